@@ -1,0 +1,24 @@
+//! Compiles `proto/` with protox (pure Rust, no `protoc` needed) and emits the descriptor set that
+//! server reflection serves.
+
+use std::{env, fs, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/vaultgate/v1/encryption.proto",
+        "proto/vaultgate/v1/secret.proto",
+        "proto/vaultgate/v1/database.proto",
+    ];
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(files, ["proto"])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(
+        out.join("vaultgate_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
