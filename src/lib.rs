@@ -1,11 +1,47 @@
-//! vaultgate
+//! vaultgate: an encryption-as-a-service gRPC gateway in front of Vault/OpenBao.
+//!
+//! Code map, in the order a request meets it:
+//! - [`server`]: the tonic server, health and reflection; `run(listener, config, shutdown)`.
+//! - [`service`]: one module per gRPC service; validate → authenticate → Vault → response.
+//! - [`identity`]: the caller's bearer JWT and the rule mapping it to a Vault role.
+//! - [`session`]: Vault tokens acting for callers (login, cache, one login per caller at a time).
+//! - [`batch`]: coalescing of concurrent Transit calls into `batch_input` requests.
+//! - [`leases`]: who owns each database lease, and keeping its parent token alive.
+//! - [`vault`]: the Vault HTTP client; knows nothing of gRPC.
+//! - [`error`]: the one mapping from failures to gRPC status codes.
+//! - [`health`]: the `sys/health` watcher behind `grpc.health.v1`.
+//! - [`config`]: the TOML config, validated at start-up.
+//! - [`dev`]: `vaultgate dev`, a local OpenBao + PostgreSQL with two demo callers.
+//!
+//! Invariants: no root or shared privileged token serves callers; nothing logs a secret; a batch
+//! result goes back only to the caller that sent the item.
+#![forbid(unsafe_code)]
+
+pub mod batch;
+pub mod config;
+pub mod dev;
+pub mod error;
+pub mod health;
+pub mod identity;
+pub mod leases;
+pub mod server;
+pub mod service;
+pub mod session;
+pub mod vault;
+
+/// Generated protobuf and gRPC code.
+#[allow(missing_docs, clippy::all)]
 pub mod pb {
+    /// `google.rpc` (Status for per-item batch errors).
     pub mod google {
+        /// `google.rpc`.
         pub mod rpc {
             tonic::include_proto!("google.rpc");
         }
     }
+    /// `vaultgate.v1`.
     pub mod vaultgate {
+        /// `vaultgate.v1`.
         pub mod v1 {
             tonic::include_proto!("vaultgate.v1");
         }

@@ -1,0 +1,353 @@
+//! The typed configuration, parsed from TOML and validated once at start-up. Every error names
+//! the key and says why it is wrong. Invariant: only this module reads files and the environment.
+
+use serde::Deserialize;
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+/// The whole gateway configuration (`vaultgate serve --config FILE`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// How to reach Vault.
+    pub vault: crate::vault::ClientConfig,
+    /// How often the health watcher polls `sys/health`.
+    pub health_interval: Duration,
+    /// Default engine mounts.
+    pub mounts: Mounts,
+    /// Rules that map callers to Vault roles, first match wins.
+    pub callers: Vec<CallerRule>,
+    /// Most caller tokens kept in the cache.
+    pub token_cache_size: usize,
+    /// Coalescing of Transit calls.
+    pub batch: BatchConfig,
+    /// Request size limits.
+    pub limits: Limits,
+    /// Log output.
+    pub log: LogConfig,
+}
+
+/// Default mount paths of the three engines.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mounts {
+    /// Transit mount.
+    #[serde(default = "default_transit")]
+    pub transit: String,
+    /// KV v2 mount used when a request names none.
+    #[serde(default = "default_kv")]
+    pub kv: String,
+    /// Database mount used when a request names none.
+    #[serde(default = "default_database")]
+    pub database: String,
+}
+
+/// Maps callers whose JWT claim matches to one Vault JWT-auth role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerRule {
+    /// Vault role to log in with (a role of the JWT auth method at `auth_mount`).
+    pub role: String,
+    /// Claim to match; default `sub`.
+    #[serde(default = "default_claim")]
+    pub claim: String,
+    /// The claim must equal this value.
+    pub equals: Option<String>,
+    /// Or the claim must start with this value.
+    pub prefix: Option<String>,
+    /// Optional: the JWT's `iss` must equal this.
+    pub issuer: Option<String>,
+    /// JWT auth mount; default `jwt`.
+    #[serde(default = "default_jwt_mount")]
+    pub auth_mount: String,
+}
+
+/// Limits and knobs of the Transit coalescer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Coalesce concurrent Encrypt/Decrypt calls; when false each call is its own Vault request.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Most items in one Vault request (HashiCorp Vault caps arrays at 10,000).
+    #[serde(default = "default_max_items")]
+    pub max_items: usize,
+    /// Most JSON strings in one request body (OpenBao's `max_request_json_strings`, default 1000).
+    #[serde(default = "default_max_json_strings")]
+    pub max_json_strings: usize,
+    /// Most bytes in one request body (OpenBao's `max_request_size` is 32 MiB).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// Vault requests one lane may have in flight at once.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    /// Calls that may wait in one lane; past it callers get RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
+    /// Extra wait before sending a batch, in microseconds; 0 (default) sends at once.
+    #[serde(default)]
+    pub linger_us: u64,
+}
+
+/// Size limits on what callers send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest plaintext or ciphertext of one item, in bytes.
+    #[serde(default = "default_max_item_bytes")]
+    pub max_item_bytes: usize,
+    /// Most items in one EncryptBatch/DecryptBatch call.
+    #[serde(default = "default_max_batch_items")]
+    pub max_batch_items: usize,
+    /// Largest gRPC request message, in bytes.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+/// Log settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+    /// A tracing filter such as `info` or `vaultgate=debug`; `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+fn default_transit() -> String {
+    "transit".into()
+}
+fn default_kv() -> String {
+    "secret".into()
+}
+fn default_database() -> String {
+    "database".into()
+}
+fn default_claim() -> String {
+    "sub".into()
+}
+fn default_jwt_mount() -> String {
+    "jwt".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_items() -> usize {
+    10_000
+}
+fn default_max_json_strings() -> usize {
+    1000
+}
+fn default_max_bytes() -> usize {
+    16 << 20
+}
+fn default_in_flight() -> usize {
+    2
+}
+fn default_max_queue() -> usize {
+    20_000
+}
+fn default_max_item_bytes() -> usize {
+    768 << 10
+}
+fn default_max_batch_items() -> usize {
+    10_000
+}
+fn default_max_message_bytes() -> usize {
+    16 << 20
+}
+fn default_log_format() -> String {
+    "human".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: String,
+    vault: RawVault,
+    #[serde(default)]
+    mounts: Option<Mounts>,
+    #[serde(default)]
+    callers: Vec<CallerRule>,
+    #[serde(default = "default_cache")]
+    token_cache_size: usize,
+    #[serde(default)]
+    batch: Option<BatchConfig>,
+    #[serde(default)]
+    limits: Option<Limits>,
+    #[serde(default)]
+    log: Option<LogConfig>,
+}
+
+fn default_cache() -> usize {
+    10_000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVault {
+    address: String,
+    ca_cert: Option<String>,
+    namespace: Option<String>,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_health_ms")]
+    health_interval_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+fn default_health_ms() -> u64 {
+    1_000
+}
+
+fn empty<T: serde::de::DeserializeOwned>() -> T {
+    // An empty table always parses: every field of these tables has a default.
+    match toml::from_str("") {
+        Ok(v) => v,
+        Err(e) => unreachable!("defaults of an empty table: {e}"),
+    }
+}
+
+impl Config {
+    /// Reads and validates the config file.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+        let listen = raw.listen.parse().map_err(|e| format!("listen: {:?} is not host:port ({e})", raw.listen))?;
+        let address = reqwest::Url::parse(&raw.vault.address)
+            .map_err(|e| format!("vault.address: {:?} is not a URL ({e})", raw.vault.address))?;
+        if !matches!(address.scheme(), "http" | "https") {
+            return Err(format!("vault.address: scheme must be http or https, not {:?}", address.scheme()));
+        }
+        let ca_pem = match &raw.vault.ca_cert {
+            Some(p) => Some(std::fs::read(p).map_err(|e| format!("vault.ca_cert: cannot read {p}: {e}"))?),
+            None => None,
+        };
+        positive("vault.timeout_ms", raw.vault.timeout_ms as usize)?;
+        positive("vault.health_interval_ms", raw.vault.health_interval_ms as usize)?;
+        let mounts: Mounts = raw.mounts.unwrap_or_else(empty);
+        for (key, value) in [("mounts.transit", &mounts.transit), ("mounts.kv", &mounts.kv), ("mounts.database", &mounts.database)] {
+            valid_mount(key, value)?;
+        }
+        for (i, rule) in raw.callers.iter().enumerate() {
+            validate_rule(i, rule)?;
+        }
+        let batch: BatchConfig = raw.batch.unwrap_or_else(empty);
+        positive("batch.max_items", batch.max_items)?;
+        positive("batch.max_in_flight", batch.max_in_flight)?;
+        positive("batch.max_queue", batch.max_queue)?;
+        if batch.max_json_strings < 16 {
+            return Err("batch.max_json_strings: must be at least 16 (OpenBao's default is 1000)".into());
+        }
+        if batch.max_bytes < 4096 {
+            return Err("batch.max_bytes: must be at least 4096".into());
+        }
+        let limits: Limits = raw.limits.unwrap_or_else(empty);
+        positive("limits.max_item_bytes", limits.max_item_bytes)?;
+        positive("limits.max_batch_items", limits.max_batch_items)?;
+        if limits.max_item_bytes * 4 / 3 + 1024 > batch.max_bytes {
+            return Err("limits.max_item_bytes: one item (base64) must fit in batch.max_bytes".into());
+        }
+        if limits.max_message_bytes < 1024 {
+            return Err("limits.max_message_bytes: must be at least 1024".into());
+        }
+        let log: LogConfig = raw.log.unwrap_or_else(empty);
+        if !matches!(log.format.as_str(), "human" | "json") {
+            return Err(format!("log.format: must be \"human\" or \"json\", not {:?}", log.format));
+        }
+        Ok(Config {
+            listen,
+            vault: crate::vault::ClientConfig {
+                address,
+                timeout: Duration::from_millis(raw.vault.timeout_ms),
+                namespace: raw.vault.namespace.filter(|n| !n.is_empty()),
+                ca_pem,
+            },
+            health_interval: Duration::from_millis(raw.vault.health_interval_ms),
+            mounts,
+            callers: raw.callers,
+            token_cache_size: raw.token_cache_size.max(1),
+            batch,
+            limits,
+            log,
+        })
+    }
+}
+
+fn positive(key: &str, value: usize) -> Result<(), String> {
+    if value == 0 {
+        return Err(format!("{key}: must be greater than 0"));
+    }
+    Ok(())
+}
+
+/// Mount paths are sent as URL path segments: keep them to a safe alphabet.
+fn valid_mount(key: &str, value: &str) -> Result<(), String> {
+    crate::service::validate::mount(value).map_err(|why| format!("{key}: {why}"))
+}
+
+fn validate_rule(i: usize, rule: &CallerRule) -> Result<(), String> {
+    let key = |k: &str| format!("callers[{i}].{k}");
+    if rule.role.trim().is_empty() {
+        return Err(format!("{}: must name a Vault role", key("role")));
+    }
+    if rule.claim.is_empty() {
+        return Err(format!("{}: must name a claim", key("claim")));
+    }
+    match (&rule.equals, &rule.prefix) {
+        (Some(_), Some(_)) => Err(format!("{}: set either equals or prefix, not both", key("equals"))),
+        (None, None) => Err(format!("{}: set equals or prefix", key("equals"))),
+        _ => valid_mount(&key("auth_mount"), &rule.auth_mount),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "listen = \"127.0.0.1:0\"\n[vault]\naddress = \"http://127.0.0.1:8200\"\n";
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.mounts.transit, "transit");
+        assert_eq!(c.mounts.kv, "secret");
+        assert_eq!(c.batch.max_json_strings, 1000);
+        assert!(c.batch.enabled);
+        assert_eq!(c.vault.timeout, Duration::from_secs(10));
+        assert_eq!(c.log.format, "human");
+    }
+
+    #[test]
+    fn invalid_configs_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            ("listen = \"nope\"\n[vault]\naddress = \"http://x\"\n", "listen"),
+            ("listen = \"127.0.0.1:1\"\n[vault]\naddress = \"ftp://x\"\n", "vault.address"),
+            ("listen = \"127.0.0.1:1\"\n[vault]\naddress = \"http://x\"\ntimeout_ms = 0\n", "vault.timeout_ms"),
+            ("listen = \"127.0.0.1:1\"\n", "vault"),
+            (&format!("{MINIMAL}typo = 1\n"), "typo"),
+            (&format!("{MINIMAL}[batch]\nmax_in_flight = 0\n"), "batch.max_in_flight"),
+            (&format!("{MINIMAL}[batch]\nmax_json_strings = 2\n"), "batch.max_json_strings"),
+            (&format!("{MINIMAL}[mounts]\nkv = \"a/../b\"\n"), "mounts.kv"),
+            (&format!("{MINIMAL}[[callers]]\nrole = \"r\"\n"), "callers[0].equals"),
+            (&format!("{MINIMAL}[[callers]]\nrole = \"\"\nequals = \"x\"\n"), "callers[0].role"),
+            (&format!("{MINIMAL}[log]\nformat = \"xml\"\n"), "log.format"),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(text).unwrap_err();
+            assert!(err.contains(key), "error {err:?} should name {key:?}");
+        }
+    }
+}

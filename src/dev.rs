@@ -1,0 +1,160 @@
+//! `vaultgate dev`: the embedded default. Starts a local OpenBao dev server and (where PostgreSQL
+//! is installed) a throwaway PostgreSQL, sets them up for two demo callers, writes the files
+//! contract §4 lists, serves the gateway, and stops everything it started on SIGINT/SIGTERM.
+
+pub mod issuer;
+pub mod process;
+pub mod provision;
+
+use crate::{config::Config, vault};
+use process::{Bao, Postgres};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+/// How long the demo callers' JWTs are valid.
+pub const DEMO_JWT_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// A running, provisioned local stack (OpenBao, maybe PostgreSQL) and the demo issuer.
+pub struct Stack {
+    /// The OpenBao dev server.
+    pub bao: Bao,
+    /// PostgreSQL, when installed.
+    pub postgres: Option<Postgres>,
+    /// The demo JWT issuer.
+    pub issuer: issuer::Issuer,
+    /// Vault's root token: for setting up and inspecting Vault only, never for serving.
+    pub root_token: String,
+}
+
+fn random_token() -> String {
+    use sha2::{Digest, Sha256};
+    let seed = format!("{:?}{:?}{}", std::time::SystemTime::now(), std::thread::current().id(), std::process::id());
+    format!("root-{}", &hex(&Sha256::digest(seed.as_bytes()))[..24])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Stack {
+    /// Starts and provisions OpenBao and PostgreSQL, keeping their logs and data in `dir`.
+    pub async fn start(dir: &Path) -> Result<Stack, String> {
+        let root_token = random_token();
+        let bao = Bao::start(&process::find_bao()?, dir, &root_token).await?;
+        let postgres = match Postgres::start(dir, &random_token()).await {
+            Ok(pg) => pg,
+            Err(e) => {
+                bao.stop().await;
+                return Err(e);
+            }
+        };
+        if postgres.is_none() {
+            tracing::warn!("PostgreSQL (initdb, pg_ctl) not found: the database engine is not set up");
+        }
+        let stack = Stack { bao, postgres, issuer: issuer::Issuer::generate()?, root_token };
+        let client = stack.admin_client()?;
+        let admin = provision::Admin { vault: &client, root: vault::VaultToken::new(stack.root_token.as_str()) };
+        let pg = stack.postgres.as_ref().map(|p| provision::PgTarget { port: p.port, password: p.password.clone() });
+        if let Err(e) = provision::provision(&admin, &stack.issuer.public_pem, pg.as_ref()).await {
+            stack.stop().await;
+            return Err(e);
+        }
+        Ok(stack)
+    }
+
+    /// A Vault client for the stack's OpenBao.
+    pub fn admin_client(&self) -> Result<vault::Client, String> {
+        vault::Client::new(&vault::ClientConfig {
+            address: self.bao.addr.parse().map_err(|e| format!("{e}"))?,
+            timeout: std::time::Duration::from_secs(30),
+            namespace: None,
+            ca_pem: None,
+        })
+    }
+
+    /// The gateway config for this stack: demo callers mapped by JWT subject to their roles.
+    pub fn config_toml(&self, listen: SocketAddr) -> String {
+        let mut text = format!(
+            "# Written by `vaultgate dev`: the gateway config for the local demo stack.\nlisten = \"{listen}\"\n\n[vault]\naddress = \"{}\"\n\n",
+            self.bao.addr
+        );
+        for (name, _) in provision::CALLERS {
+            text.push_str(&format!(
+                "[[callers]]\nrole = \"{name}\"\nclaim = \"sub\"\nequals = \"{name}\"\nissuer = \"{}\"\n\n",
+                issuer::ISSUER
+            ));
+        }
+        text
+    }
+
+    /// Writes the files of contract §4 into `dir`.
+    pub fn write_files(&self, dir: &Path, listen: SocketAddr) -> Result<(), String> {
+        let w = |p: PathBuf, text: &str| std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()));
+        std::fs::create_dir_all(dir.join("callers")).map_err(|e| e.to_string())?;
+        w(dir.join("vaultgate.toml"), &self.config_toml(listen))?;
+        for (name, _) in provision::CALLERS {
+            w(dir.join(format!("callers/{name}.jwt")), &self.issuer.mint(name, DEMO_JWT_TTL_SECS)?)?;
+        }
+        w(dir.join("vault-addr"), &self.bao.addr)?;
+        let pg_addr = self.postgres.as_ref().map(|p| format!("127.0.0.1:{}", p.port)).unwrap_or_default();
+        w(dir.join("postgres-addr"), &pg_addr)?;
+        w(dir.join("root-token"), &self.root_token)?;
+        Ok(())
+    }
+
+    /// Stops PostgreSQL and OpenBao.
+    pub async fn stop(self) {
+        if let Some(pg) = self.postgres {
+            pg.stop().await;
+        }
+        self.bao.stop().await;
+    }
+}
+
+/// Runs dev mode until SIGINT/SIGTERM. With `dir` unset, a temporary directory is used and removed
+/// at exit; a directory the user named is kept.
+pub async fn run(dir: Option<PathBuf>, listen: SocketAddr) -> Result<(), String> {
+    let (dir, temporary) = match dir {
+        Some(d) => (d, false),
+        None => (std::env::temp_dir().join(format!("vaultgate-dev-{}", std::process::id())), true),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dir = std::fs::canonicalize(&dir).map_err(|e| e.to_string())?;
+    let stack = Stack::start(&dir).await?;
+    let result = serve(&stack, &dir, listen).await;
+    stack.stop().await;
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+async fn serve(stack: &Stack, dir: &Path, listen: SocketAddr) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    stack.write_files(dir, addr)?;
+    let config = Arc::new(Config::parse(&stack.config_toml(addr))?);
+    println!("vaultgate dev: files in {}", dir.display());
+    println!("ready {addr}");
+    crate::server::run(listener, config, shutdown_signal()).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}

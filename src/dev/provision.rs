@@ -1,0 +1,129 @@
+//! Sets up a fresh Vault for the demo with its root token: Transit keys, KV seed data, the
+//! database engine on PostgreSQL, JWT auth trusting the demo issuer, and one least-privilege
+//! policy and JWT role per demo caller (contract §4). Integration tests reuse it.
+
+use super::issuer::{AUDIENCE, ISSUER};
+use crate::vault::{Call, Client, VaultToken};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// The two demo callers: name, and whether it may get database credentials.
+pub const CALLERS: [(&str, bool); 2] = [("billing", true), ("reports", false)];
+
+/// Where the demo's PostgreSQL listens.
+#[derive(Debug, Clone)]
+pub struct PgTarget {
+    /// Port on 127.0.0.1.
+    pub port: u16,
+    /// Password of the `postgres` superuser, which Vault uses to create users.
+    pub password: String,
+}
+
+/// An admin session on Vault with the root token; used only to set Vault up, never to serve.
+pub struct Admin<'a> {
+    /// The Vault client.
+    pub vault: &'a Client,
+    /// The root token.
+    pub root: VaultToken,
+}
+
+impl Admin<'_> {
+    /// `POST /v1/<path>` with a JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> Result<(), String> {
+        self.vault
+            .call_empty(Call::new(Method::POST, &[path]), Some(&self.root), Some(&body), None)
+            .await
+            .map_err(|e| format!("setting up Vault ({path}): {e:?}"))
+    }
+
+    /// `GET /v1/<path>` and return its `data`.
+    pub async fn get(&self, path: &str) -> Result<Value, String> {
+        let env = self
+            .vault
+            .call::<(), Value>(Call::new(Method::GET, &[path]), Some(&self.root), None, None)
+            .await
+            .map_err(|e| format!("reading Vault ({path}): {e:?}"))?;
+        Ok(env.data.unwrap_or(Value::Null))
+    }
+}
+
+/// The ACL policy of one demo caller: its own key, its own KV folder, its own database role.
+pub fn policy(name: &str, database: bool) -> String {
+    let mut p = format!(
+        r#"# Demo caller {name}: only its own Transit key, KV folder and database role.
+path "transit/encrypt/{name}" {{ capabilities = ["update"] }}
+path "transit/decrypt/{name}" {{ capabilities = ["update"] }}
+path "transit/rewrap/{name}" {{ capabilities = ["update"] }}
+path "transit/datakey/plaintext/{name}" {{ capabilities = ["update"] }}
+path "transit/datakey/wrapped/{name}" {{ capabilities = ["update"] }}
+path "transit/keys/{name}" {{ capabilities = ["read"] }}
+path "transit/keys/{name}/rotate" {{ capabilities = ["update"] }}
+path "secret/data/{name}/*" {{ capabilities = ["read"] }}
+path "secret/metadata/{name}/*" {{ capabilities = ["read", "list"] }}
+"#
+    );
+    if database {
+        p.push_str(&format!(
+            "path \"database/creds/{name}\" {{ capabilities = [\"read\"] }}\npath \"sys/leases/revoke\" {{ capabilities = [\"update\"] }}\n"
+        ));
+    }
+    p
+}
+
+/// Runs the whole demo setup. `pg` is `None` when PostgreSQL is not installed (no database engine).
+pub async fn provision(admin: &Admin<'_>, issuer_public_pem: &str, pg: Option<&PgTarget>) -> Result<(), String> {
+    admin.post("sys/mounts/transit", json!({"type": "transit"})).await?;
+    for (name, _) in CALLERS {
+        admin.post(&format!("transit/keys/{name}"), json!({"type": "aes256-gcm96"})).await?;
+    }
+    admin.post("secret/data/billing/api-keys", json!({"data": {"stripe_key": "sk_test_demo"}})).await?;
+    admin.post("secret/data/reports/config", json!({"data": {"schedule": "daily"}})).await?;
+    if let Some(pg) = pg {
+        admin.post("sys/mounts/database", json!({"type": "database"})).await?;
+        admin
+            .post(
+                "database/config/postgres",
+                json!({
+                    "plugin_name": "postgresql-database-plugin",
+                    "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/postgres?sslmode=disable", pg.port),
+                    "username": "postgres",
+                    "password": pg.password,
+                    "allowed_roles": ["billing"],
+                }),
+            )
+            .await?;
+        admin
+            .post(
+                "database/roles/billing",
+                json!({
+                    "db_name": "postgres",
+                    "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
+                    "default_ttl": "1h",
+                    "max_ttl": "24h",
+                }),
+            )
+            .await?;
+    }
+    admin.post("sys/auth/jwt", json!({"type": "jwt"})).await?;
+    admin.post("auth/jwt/config", json!({"jwt_validation_pubkeys": [issuer_public_pem], "bound_issuer": ISSUER})).await?;
+    for (name, database) in CALLERS {
+        admin.post(&format!("sys/policies/acl/{name}"), json!({"policy": policy(name, database && pg.is_some())})).await?;
+        admin.post(&format!("auth/jwt/role/{name}"), jwt_role(name, "1h", "24h")).await?;
+    }
+    Ok(())
+}
+
+/// A JWT auth role that admits only JWTs of the demo issuer for `subject`, with its own policy.
+/// `token_max_ttl` must be at least the database role's `max_ttl` (see `leases.rs`).
+pub fn jwt_role(subject: &str, ttl: &str, max_ttl: &str) -> Value {
+    json!({
+        "role_type": "jwt",
+        "user_claim": "sub",
+        "bound_subject": subject,
+        "bound_audiences": [AUDIENCE],
+        "token_policies": [subject],
+        "token_ttl": ttl,
+        "token_max_ttl": max_ttl,
+        "token_type": "service",
+    })
+}

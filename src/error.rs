@@ -1,0 +1,210 @@
+//! The gateway's error type and the single place that turns any failure into a `tonic::Status`.
+//!
+//! Invariant: only this file picks a gRPC code. Messages say what to fix and never carry a
+//! plaintext, secret value, password, Vault token or JWT: Vault's own error strings are passed
+//! through only after [`vault_message`] trims them, and Vault never echoes request bodies.
+
+use crate::vault::VaultError;
+use tonic::{Code, Status};
+
+/// What an operation was doing when Vault failed, so the mapping can name the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject<'a> {
+    /// A Transit key by name.
+    Key(&'a str),
+    /// A KV v2 secret path (or folder).
+    Secret(&'a str),
+    /// A database role.
+    DbRole(&'a str),
+    /// A lease id.
+    Lease(&'a str),
+    /// A login to Vault with the caller's credentials.
+    Login(&'a str),
+}
+
+/// Every failure a request can meet; each variant is one row of the contract's error table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// Missing, malformed, expired or refused caller credentials.
+    Unauthenticated(String),
+    /// A gateway rule or Vault's policy forbids this caller the operation.
+    PermissionDenied(String),
+    /// The request itself is wrong: empty names, malformed ciphertext, wrong context, too large.
+    InvalidArgument(String),
+    /// The key, secret, version, role or lease does not exist.
+    NotFound(String),
+    /// Queue full, rate limit, or Vault's rate limit.
+    ResourceExhausted(String),
+    /// Vault is unreachable, sealed or failing.
+    Unavailable(String),
+    /// The caller's deadline passed before an answer.
+    DeadlineExceeded(String),
+    /// A bug or an answer from Vault the gateway does not understand; details go to the log only.
+    Internal(String),
+}
+
+impl Error {
+    /// Turns a Vault failure into the caller-facing error, naming what was being accessed.
+    pub fn from_vault(err: VaultError, subject: Subject<'_>) -> Error {
+        match err {
+            VaultError::Transport(detail) => {
+                tracing::warn!(%detail, "vault unreachable");
+                Error::Unavailable("Vault is unreachable; retry with backoff".into())
+            }
+            VaultError::Timeout => Error::Unavailable("Vault did not answer in time; retry with backoff".into()),
+            VaultError::Decode(detail) => {
+                tracing::error!(%detail, "unexpected answer from vault");
+                Error::Internal("unexpected answer from Vault (see the gateway log)".into())
+            }
+            VaultError::Api { status, errors } => from_vault_status(status, &vault_message(&errors), subject),
+        }
+    }
+
+    /// Maps one failed Transit batch item's error string (Vault answers per item, not per request).
+    pub fn from_transit_item(message: &str, key: &str) -> Error {
+        from_vault_status(400, &vault_message(&[message.to_string()]), Subject::Key(key))
+    }
+}
+
+fn from_vault_status(status: u16, msg: &str, subject: Subject<'_>) -> Error {
+    let what = describe(subject);
+    if let Subject::Login(role) = subject {
+        return match status {
+            400 | 401 | 403 => Error::Unauthenticated(format!("Vault refused the caller's credentials for role {role:?}: {msg}")),
+            _ => from_vault_status(status, msg, Subject::Key(role)),
+        };
+    }
+    match status {
+        403 => Error::PermissionDenied(format!("Vault's policy denies this caller access to {what}")),
+        404 => Error::NotFound(format!("{what} does not exist")),
+        429 => Error::ResourceExhausted(format!("Vault is rate limiting requests: {msg}")),
+        413 => Error::InvalidArgument(format!("request too large for Vault: {msg}")),
+        503 if msg.contains("sealed") => Error::Unavailable("Vault is sealed; an operator must unseal it".into()),
+        500..=599 => Error::Unavailable(format!("Vault failed ({status}): {msg}")),
+        400 => classify_bad_request(msg, &what),
+        _ => Error::Internal(format!("Vault answered HTTP {status} for {what}: {msg}")),
+    }
+}
+
+/// Vault answers most user errors with HTTP 400; the message tells which row of the table it is.
+fn classify_bad_request(msg: &str, what: &str) -> Error {
+    let not_found = ["encryption key not found", "key not found", "unknown role", "lease not found", "invalid lease"];
+    if not_found.iter().any(|s| msg.contains(s)) {
+        return Error::NotFound(format!("{what} does not exist ({msg})"));
+    }
+    if msg.contains("message authentication failed") {
+        return Error::InvalidArgument(format!(
+            "decryption of {what} failed: wrong context or associated_data, or the ciphertext was altered"
+        ));
+    }
+    if msg.contains("permission denied") {
+        return Error::PermissionDenied(format!("Vault's policy denies this caller access to {what}"));
+    }
+    Error::InvalidArgument(format!("Vault rejected the request for {what}: {msg}"))
+}
+
+fn describe(subject: Subject<'_>) -> String {
+    match subject {
+        Subject::Key(k) => format!("Transit key {k:?}"),
+        Subject::Secret(p) => format!("secret {p:?}"),
+        Subject::DbRole(r) => format!("database role {r:?}"),
+        Subject::Lease(l) => format!("lease {l:?}"),
+        Subject::Login(r) => format!("login role {r:?}"),
+    }
+}
+
+/// Longest Vault message passed to a caller; Vault's messages are short, this bounds surprises.
+const MAX_VAULT_MESSAGE: usize = 300;
+
+/// Joins Vault's error strings into one line, bounded in length.
+pub fn vault_message(errors: &[String]) -> String {
+    let joined = errors
+        .iter()
+        .map(|e| e.replace("1 error occurred:", "").replace(['\n', '\t', '*'], " "))
+        .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|e| !e.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut out: String = joined.chars().take(MAX_VAULT_MESSAGE).collect();
+    if out.is_empty() {
+        out.push_str("no detail given");
+    }
+    out
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        let (code, msg) = match err {
+            Error::Unauthenticated(m) => (Code::Unauthenticated, m),
+            Error::PermissionDenied(m) => (Code::PermissionDenied, m),
+            Error::InvalidArgument(m) => (Code::InvalidArgument, m),
+            Error::NotFound(m) => (Code::NotFound, m),
+            Error::ResourceExhausted(m) => (Code::ResourceExhausted, m),
+            Error::Unavailable(m) => (Code::Unavailable, m),
+            Error::DeadlineExceeded(m) => (Code::DeadlineExceeded, m),
+            Error::Internal(m) => {
+                tracing::error!(detail = %m, "internal error");
+                (Code::Internal, "internal error in the gateway; see its log".to_string())
+            }
+        };
+        Status::new(code, msg)
+    }
+}
+
+impl From<&Error> for crate::pb::google::rpc::Status {
+    fn from(err: &Error) -> Self {
+        let status = Status::from(err.clone());
+        crate::pb::google::rpc::Status { code: status.code() as i32, message: status.message().to_string(), details: vec![] }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, msg: &str) -> VaultError {
+        VaultError::Api { status, errors: vec![msg.to_string()] }
+    }
+
+    #[test]
+    fn vault_answers_map_to_contract_codes() {
+        let cases: &[(VaultError, Subject, Code)] = &[
+            (api(403, "1 error occurred:\n\t* permission denied\n\n"), Subject::Key("k"), Code::PermissionDenied),
+            (api(404, ""), Subject::Secret("a/b"), Code::NotFound),
+            (api(400, "encryption key not found"), Subject::Key("k"), Code::NotFound),
+            (api(400, "unknown role: x"), Subject::DbRole("x"), Code::NotFound),
+            (api(400, "lease not found"), Subject::Lease("l"), Code::NotFound),
+            (api(400, "invalid ciphertext: no prefix"), Subject::Key("k"), Code::InvalidArgument),
+            (api(400, "cipher: message authentication failed"), Subject::Key("k"), Code::InvalidArgument),
+            (api(400, "error validating token: invalid audience (aud) claim"), Subject::Login("r"), Code::Unauthenticated),
+            (api(403, "permission denied"), Subject::Login("r"), Code::Unauthenticated),
+            (api(429, "rate limit quota exceeded"), Subject::Key("k"), Code::ResourceExhausted),
+            (api(503, "Vault is sealed"), Subject::Key("k"), Code::Unavailable),
+            (api(500, "internal error"), Subject::Key("k"), Code::Unavailable),
+            (api(413, "http: request body too large"), Subject::Key("k"), Code::InvalidArgument),
+            (VaultError::Timeout, Subject::Key("k"), Code::Unavailable),
+            (VaultError::Transport("connection refused".into()), Subject::Key("k"), Code::Unavailable),
+            (VaultError::Decode("bad json".into()), Subject::Key("k"), Code::Internal),
+        ];
+        for (err, subject, code) in cases {
+            let status = Status::from(Error::from_vault(err.clone(), *subject));
+            assert_eq!(status.code(), *code, "{err:?} -> {status:?}");
+            assert!(!status.message().is_empty());
+        }
+    }
+
+    #[test]
+    fn vault_message_is_one_bounded_line() {
+        let long = "x".repeat(10_000);
+        assert_eq!(vault_message(&[long]).len(), MAX_VAULT_MESSAGE);
+        assert_eq!(vault_message(&["1 error occurred:\n\t* permission denied\n\n".into()]), "permission denied");
+        assert_eq!(vault_message(&[]), "no detail given");
+    }
+
+    #[test]
+    fn internal_details_stay_in_the_log() {
+        let status = Status::from(Error::Internal("detail that callers must not see".into()));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("detail"));
+    }
+}

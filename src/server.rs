@@ -1,0 +1,62 @@
+//! The tonic server: the three vaultgate services, `grpc.health.v1`, and reflection (v1 and
+//! v1alpha, for grpcurl 1.8), all on one listener until `shutdown` resolves.
+
+use crate::{
+    config::Config,
+    health,
+    pb::vaultgate::v1::{
+        database_service_server::DatabaseServiceServer, encryption_service_server::EncryptionServiceServer,
+        secret_service_server::SecretServiceServer,
+    },
+    service::{database::Database, encryption::Encryption, secret::Secrets, Gateway},
+};
+use std::{future::Future, sync::Arc};
+use tokio::net::TcpListener;
+use tonic::transport::{server::TcpIncoming, Server};
+use tonic_health::ServingStatus;
+
+/// The encoded descriptor set of `proto/`, served by reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vaultgate_descriptor");
+
+/// Builds the gateway from `config` and serves on `listener` until `shutdown` resolves.
+pub async fn run(listener: TcpListener, config: Arc<Config>, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    let gateway = Gateway::new(config)?;
+    serve(listener, gateway, shutdown).await
+}
+
+/// Serves an already-built gateway (tests keep a handle on it to read its counters).
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    // Until the first probe answers, nothing is known: report NOT_SERVING rather than guess.
+    health::set_all(&reporter, ServingStatus::NotServing).await;
+    let watcher = tokio::spawn(health::watch(gateway.vault.clone(), reporter.clone(), gateway.config.health_interval));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("reflection: {e}"))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| format!("reflection: {e}"))?;
+
+    let max = gateway.config.limits.max_message_bytes;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, vault = %gateway.vault.address(), batching = gateway.coalescer.is_some(), "vaultgate serving");
+    let result = Server::builder()
+        // HTTP/2 keepalive detects dead client connections behind load balancers.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(EncryptionServiceServer::new(Encryption(gateway.clone())).max_decoding_message_size(max))
+        .add_service(SecretServiceServer::new(Secrets(gateway.clone())).max_decoding_message_size(max))
+        .add_service(DatabaseServiceServer::new(Database(gateway.clone())).max_decoding_message_size(max))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        .await
+        .map_err(|e| format!("gRPC server failed: {e}"));
+    watcher.abort();
+    result
+}

@@ -1,0 +1,119 @@
+//! The gRPC services. Each handler validates its request, authenticates the caller, calls Vault
+//! (through the coalescer for single Encrypt/Decrypt) and builds the response.
+//! Invariant: services know nothing of HTTP; only `error.rs` picks a status code.
+
+pub mod database;
+pub mod encryption;
+pub mod secret;
+pub mod validate;
+
+use crate::{
+    batch::Coalescer,
+    config::Config,
+    error::Error,
+    leases::Leases,
+    session::{Actor, Sessions},
+    vault::Client,
+};
+use std::{future::Future, sync::Arc, time::Duration};
+use tokio::time::Instant;
+use tonic::{metadata::MetadataMap, Request, Response, Status};
+
+/// State shared by all services: the Vault client, caller sessions, coalescer and leases.
+pub struct Gateway {
+    /// Vault client (connection pool).
+    pub vault: Client,
+    /// Caller tokens.
+    pub sessions: Sessions,
+    /// Coalescer of Transit calls; `None` when batching is off.
+    pub coalescer: Option<Arc<Coalescer>>,
+    /// Database leases handed out.
+    pub leases: Leases,
+    /// The configuration.
+    pub config: Arc<Config>,
+}
+
+impl Gateway {
+    /// Builds the shared state from the config.
+    pub fn new(config: Arc<Config>) -> Result<Arc<Gateway>, String> {
+        let vault = Client::new(&config.vault)?;
+        let coalescer = config.batch.enabled.then(|| Coalescer::new(vault.clone(), &config.batch));
+        Ok(Arc::new(Gateway {
+            sessions: Sessions::new(vault.clone(), config.callers.clone(), config.token_cache_size),
+            vault,
+            coalescer,
+            leases: Leases::default(),
+            config,
+        }))
+    }
+
+    /// Runs one call: reads the caller's deadline, authenticates, runs `work`, maps the error.
+    pub async fn handle<R, T, F, Fut>(&self, request: Request<R>, work: F) -> Result<Response<T>, Status>
+    where
+        F: FnOnce(Actor, Option<Instant>, R) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let (metadata, _, message) = request.into_parts();
+        let deadline = grpc_deadline(&metadata);
+        let call = async {
+            let actor = self.sessions.authenticate(&metadata, deadline).await?;
+            work(actor, deadline, message).await
+        };
+        let result = match deadline {
+            Some(d) => tokio::time::timeout_at(d, call)
+                .await
+                .unwrap_or_else(|_| Err(Error::DeadlineExceeded("the call's deadline passed before Vault answered".into()))),
+            None => call.await,
+        };
+        result.map(Response::new).map_err(Status::from)
+    }
+}
+
+/// The caller's deadline from the `grpc-timeout` header, slightly early so that the answer is
+/// ours (DEADLINE_EXCEEDED) rather than the transport's cancellation.
+pub fn grpc_deadline(metadata: &MetadataMap) -> Option<Instant> {
+    let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    let early = timeout.saturating_sub(timeout / 50 + Duration::from_millis(1));
+    Some(Instant::now() + early)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header_table() {
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("1S", Some(Duration::from_secs(1))),
+            ("250m", Some(Duration::from_millis(250))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("1m", Some(Duration::ZERO)),
+            ("", None),
+            ("10x", None),
+            ("abcS", None),
+        ];
+        for (raw, want) in cases {
+            let mut md = MetadataMap::new();
+            if !raw.is_empty() {
+                md.insert("grpc-timeout", raw.parse().unwrap());
+            }
+            let got = grpc_deadline(&md).map(|d| d.saturating_duration_since(Instant::now()));
+            match (got, want) {
+                (None, None) => {}
+                (Some(g), Some(w)) => assert!(g <= *w && g + Duration::from_millis(2) + *w / 50 >= *w, "{raw}: {g:?}"),
+                _ => panic!("{raw}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! `vaultgate.v1.EncryptionService` over Transit: single calls go through the coalescer, explicit
+//! batches are split to fit Vault's limits and answered in order, one result per item.
+
+use super::{validate, Gateway};
+use crate::{
+    batch::{self, Budget, LaneKey},
+    error::{Error, Subject},
+    pb::vaultgate::v1::{encryption_service_server::EncryptionService, *},
+    session::Actor,
+    vault::transit::{b64, unb64, BatchItem, BatchResult, Op},
+};
+use std::sync::Arc;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+/// The Transit-backed encryption service.
+pub struct Encryption(pub Arc<Gateway>);
+
+fn opt_b64(bytes: &[u8]) -> Option<String> {
+    (!bytes.is_empty()).then(|| b64(bytes))
+}
+
+impl Gateway {
+    fn check_payloads(&self, fields: &[(&str, &[u8])]) -> Result<(), Error> {
+        fields.iter().try_for_each(|(f, v)| validate::payload(f, v, self.config.limits.max_item_bytes))
+    }
+
+    fn encrypt_item(&self, field: &str, plaintext: &[u8], context: &[u8], aad: &[u8], version: u32) -> Result<BatchItem, Error> {
+        self.check_payloads(&[(&format!("{field}plaintext"), plaintext), (&format!("{field}context"), context), (&format!("{field}associated_data"), aad)])?;
+        Ok(BatchItem {
+            plaintext: Some(b64(plaintext)),
+            context: opt_b64(context),
+            associated_data: opt_b64(aad),
+            key_version: (version > 0).then_some(version),
+            ..Default::default()
+        })
+    }
+
+    fn decrypt_item(&self, field: &str, ciphertext: &str, context: &[u8], aad: &[u8]) -> Result<BatchItem, Error> {
+        validate::ciphertext(&format!("{field}ciphertext"), ciphertext, self.config.limits.max_item_bytes)?;
+        self.check_payloads(&[(&format!("{field}context"), context), (&format!("{field}associated_data"), aad)])?;
+        Ok(BatchItem {
+            ciphertext: Some(ciphertext.to_string()),
+            context: opt_b64(context),
+            associated_data: opt_b64(aad),
+            ..Default::default()
+        })
+    }
+
+    /// One Encrypt/Decrypt item: coalesced with concurrent ones, or alone when batching is off.
+    async fn transit_one(&self, actor: &Actor, op: Op, key: &str, item: BatchItem, deadline: Option<Instant>) -> Result<BatchResult, Error> {
+        let mount = &self.config.mounts.transit;
+        let result = match &self.coalescer {
+            Some(c) => c.submit(LaneKey::new(actor.token.clone(), mount, key, op, &item), item, deadline).await?,
+            None => self
+                .vault
+                .transit_single(&actor.token, mount, op, key, &item, deadline)
+                .await
+                .map_err(|e| Error::from_vault(e, Subject::Key(key)))?,
+        };
+        match &result.error {
+            Some(msg) => Err(Error::from_transit_item(msg, key)),
+            None => Ok(result),
+        }
+    }
+
+    /// An explicit batch: items that passed validation are sent in chunks that fit Vault's
+    /// limits; the answer has one entry per input item, in order.
+    async fn transit_many(
+        &self,
+        actor: &Actor,
+        op: Op,
+        key: &str,
+        items: Vec<Result<BatchItem, Error>>,
+        deadline: Option<Instant>,
+    ) -> Vec<Result<BatchResult, Error>> {
+        let mount = &self.config.mounts.transit;
+        let mut out: Vec<Option<Result<BatchResult, Error>>> = Vec::with_capacity(items.len());
+        let mut valid = Vec::new();
+        let mut positions = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            match item {
+                Ok(item) => {
+                    valid.push(item);
+                    positions.push(i);
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        for range in batch::plan(&valid, Budget::from(&self.config.batch)) {
+            let answer = self.vault.transit_batch(&actor.token, mount, op, key, &valid[range.clone()], deadline).await;
+            match answer {
+                Ok(results) => {
+                    for (pos, result) in positions[range].iter().zip(results) {
+                        out[*pos] = Some(match &result.error {
+                            Some(msg) => Err(Error::from_transit_item(msg, key)),
+                            None => Ok(result),
+                        });
+                    }
+                }
+                Err(e) => {
+                    let err = Error::from_vault(e, Subject::Key(key));
+                    for pos in &positions[range] {
+                        out[*pos] = Some(Err(err.clone()));
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::Internal("batch item left unanswered".into())))).collect()
+    }
+
+    fn check_batch_len(&self, len: usize) -> Result<(), Error> {
+        let max = self.config.limits.max_batch_items;
+        if len == 0 {
+            return Err(Error::InvalidArgument("items: must hold at least one item".into()));
+        }
+        if len > max {
+            return Err(Error::InvalidArgument(format!("items: {len} items is over the limit of {max} per call")));
+        }
+        Ok(())
+    }
+}
+
+fn ciphertext_of(result: BatchResult) -> Result<(String, u32), Error> {
+    let ct = result.ciphertext.ok_or_else(|| Error::Internal("Transit answered without a ciphertext".into()))?;
+    let version = result.key_version.or_else(|| validate::ciphertext_version(&ct)).unwrap_or(0);
+    Ok((ct, version))
+}
+
+fn plaintext_of(result: BatchResult) -> Result<Vec<u8>, Error> {
+    let b = result.plaintext.ok_or_else(|| Error::Internal("Transit answered without a plaintext".into()))?;
+    unb64(&b).map_err(|_| Error::Internal("Transit answered with a plaintext that is not base64".into()))
+}
+
+fn item_status(err: &Error) -> Option<crate::pb::google::rpc::Status> {
+    Some(err.into())
+}
+
+#[tonic::async_trait]
+impl EncryptionService for Encryption {
+    async fn encrypt(&self, req: Request<EncryptRequest>) -> Result<Response<EncryptResponse>, Status> {
+        let gw = &self.0;
+        gw.handle(req, |actor, deadline, r| async move {
+            validate::name("key", &r.key)?;
+            let item = gw.encrypt_item("", &r.plaintext, &r.context, &r.associated_data, r.key_version)?;
+            let (ciphertext, key_version) = ciphertext_of(gw.transit_one(&actor, Op::Encrypt, &r.key, item, deadline).await?)?;
+            Ok(EncryptResponse { ciphertext, key_version })
+        })
+        .await
+    }
+
+    async fn decrypt(&self, req: Request<DecryptRequest>) -> Result<Response<DecryptResponse>, Status> {
+        let gw = &self.0;
+        gw.handle(req, |actor, deadline, r| async move {
+            validate::name("key", &r.key)?;
+            let item = gw.decrypt_item("", &r.ciphertext, &r.context, &r.associated_data)?;
+            let key_version = validate::ciphertext_version(&r.ciphertext).unwrap_or(0);
+            let plaintext = plaintext_of(gw.transit_one(&actor, Op::Decrypt, &r.key, item, deadline).await?)?;
+            Ok(DecryptResponse { plaintext, key_version })
+        })
+        .await
+    }
+
+    async fn encrypt_batch(&self, req: Request<EncryptBatchRequest>) -> Result<Response<EncryptBatchResponse>, Status> {
+        let gw = &self.0;
+        gw.handle(req, |actor, deadline, r| async move {
+            validate::name("key", &r.key)?;
+            gw.check_batch_len(r.items.len())?;
+            let items = r
+                .items
+                .iter()
+                .enumerate()
+                .map(|(i, it)| gw.encrypt_item(&format!("items[{i}]."), &it.plaintext, &it.context, &it.associated_data, 0))
+                .collect();
+            let results = gw
+                .transit_many(&actor, Op::Encrypt, &r.key, items, deadline)
+                .await
+                .into_iter()
+                .map(|res| match res.and_then(ciphertext_of) {
+                    Ok((ciphertext, key_version)) => EncryptBatchResult { ciphertext, key_version, error: None },
+                    Err(e) => EncryptBatchResult { ciphertext: String::new(), key_version: 0, error: item_status(&e) },
+                })
+                .collect();
+            Ok(EncryptBatchResponse { results })
+        })
+        .await
+    }
+
+    async fn decrypt_batch(&self, req: Request<DecryptBatchRequest>) -> Result<Response<DecryptBatchResponse>, Status> {
+        let gw = &self.0;
+        gw.handle(req, |actor, deadline, r| async move {
+            validate::name("key", &r.key)?;
+            gw.check_batch_len(r.items.len())?;
+            let items = r
+                .items
+                .iter()
+                .enumerate()
+                .map(|(i, it)| gw.decrypt_item(&format!("items[{i}]."), &it.ciphertext, &it.context, &it.associated_data))
+                .collect();
+            let results = gw
+                .transit_many(&actor, Op::Decrypt, &r.key, items, deadline)
+                .await
+                .into_iter()
+                .map(|res| match res.and_then(plaintext_of) {
+                    Ok(plaintext) => DecryptBatchResult { plaintext, error: None },
+                    Err(e) => DecryptBatchResult { plaintext: Vec::new(), error: item_status(&e) },
+                })
+                .collect();
+            Ok(DecryptBatchResponse { results })
+        })
+        .await
+    }
+
+    async fn rewrap(&self, req: Request<RewrapRequest>) -> Result<Response<RewrapResponse>, Status> {
+        let gw = &self.0;
+        gw.handle(req, |actor, deadline, r| async move {
+            validate::name("key", &r.key)?;
+            gw.decrypt_item("", &r.ciphertext, &r.context, &[])?;
+            let mount = &gw.config.mounts.transit;
+            let out = gw
+                .vault
+                .transit_rewrap(&actor.token, mount, &r.key, &r.ciphertext, opt_b64(&r.context), deadline)
+                .await
+                .map_err(|e| Error::from_vault(e, Subject::Key(&r.key)))?;
+            Ok(RewrapResponse { key_version: out.key_version, ciphertext: out.ciphertext })
+        })
+        .await
+    }
+
+    async fn rotate(&self, req: Request<RotateRequest>) -> Result<Response<RotateResponse>, Status> {
+        let gw = &self.0;
+        gw.handle(req, |actor, deadline, r| async move {
+            let key = &r.key;
+            validate::name("key", key)?;
+            let info = gw
+                .vault
+                .transit_rotate(&actor.token, &gw.config.mounts.transit, key, deadline)
+                .await
+                .map_err(|e| Error::from_vault(e, Subject::Key(key)))?;
+            tracing::info!(caller = %actor.caller, key = %key, version = info.latest_version, "key rotated");
+            Ok(RotateResponse { latest_version: info.latest_version })
+        })
+        .await
+    }
+
+    async fn get_key(&self, req: Request<GetKeyRequest>) -> Result<Response<GetKeyResponse>, Status> {
+        let gw = &self.0;
+        gw.handle(req, |actor, deadline, r| async move {
+            let key = &r.key;
+            validate::name("key", key)?;
+            let info = gw
+                .vault
+                .transit_read_key(&actor.token, &gw.config.mounts.transit, key, deadline)
+                .await
+                .map_err(|e| Error::from_vault(e, Subject::Key(key)))?;
+            Ok(GetKeyResponse {
+                r#type: info.key_type,
+                latest_version: info.latest_version,
+                min_decryption_version: info.min_decryption_version,
+                min_encryption_version: info.min_encryption_version,
+                derived: info.derived,
+            })
+        })
+        .await
+    }
+
+    async fn generate_data_key(&self, req: Request<GenerateDataKeyRequest>) -> Result<Response<GenerateDataKeyResponse>, Status> {
+        let gw = &self.0;
+        gw.handle(req, |actor, deadline, r| async move {
+            validate::name("key", &r.key)?;
+            gw.check_payloads(&[("context", &r.context)])?;
+            let bits = match r.bits {
+                0 => 256,
+                b @ (128 | 256 | 512) => b,
+                b => return Err(Error::InvalidArgument(format!("bits: {b} is not 128, 256 or 512 (0 means 256)"))),
+            };
+            let out = gw
+                .vault
+                .transit_datakey(&actor.token, &gw.config.mounts.transit, &r.key, opt_b64(&r.context), bits, deadline)
+                .await
+                .map_err(|e| Error::from_vault(e, Subject::Key(&r.key)))?;
+            let plaintext = out
+                .plaintext
+                .as_deref()
+                .map(unb64)
+                .transpose()
+                .map_err(|_| Error::Internal("datakey plaintext is not base64".into()))?
+                .ok_or_else(|| Error::Internal("datakey answer without plaintext".into()))?;
+            Ok(GenerateDataKeyResponse { plaintext, ciphertext: out.ciphertext, key_version: out.key_version })
+        })
+        .await
+    }
+}

@@ -1,0 +1,163 @@
+//! Checks of names, paths and payloads that callers send, before anything reaches Vault. Each
+//! failure is `INVALID_ARGUMENT` naming the field and what a valid value looks like.
+
+use crate::error::Error;
+
+/// Longest key, role or mount name accepted.
+const MAX_NAME: usize = 256;
+/// Longest secret path accepted.
+const MAX_PATH: usize = 1024;
+
+fn invalid(field: &str, why: &str) -> Error {
+    Error::InvalidArgument(format!("{field}: {why}"))
+}
+
+fn name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@')
+}
+
+/// A Transit key or database role name: one path segment of safe characters.
+pub fn name(field: &str, value: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if value.len() > MAX_NAME || !value.chars().all(name_char) || value == "." || value == ".." {
+        return Err(invalid(field, "must be 1-256 characters of A-Z a-z 0-9 _ - . @"));
+    }
+    Ok(())
+}
+
+/// A mount path: segments of safe characters separated by `/`. Returns the reason on failure.
+pub fn mount(value: &str) -> Result<(), String> {
+    let trimmed = value.trim_matches('/');
+    if trimmed.is_empty() || trimmed.len() > MAX_NAME {
+        return Err("must be a mount path such as \"secret\" or \"team/kv\"".into());
+    }
+    if trimmed.split('/').any(|s| s.is_empty() || s == "." || s == ".." || !s.chars().all(name_char)) {
+        return Err("segments must be A-Z a-z 0-9 _ - . @ (no empty, . or .. segments)".into());
+    }
+    Ok(())
+}
+
+/// A secret path (or, with `folder`, a folder that may be empty or end in `/`).
+pub fn secret_path(field: &str, value: &str, folder: bool) -> Result<(), Error> {
+    if value.is_empty() && !folder {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if value.len() > MAX_PATH {
+        return Err(invalid(field, "must be at most 1024 bytes"));
+    }
+    if value.starts_with('/') || (!folder && value.ends_with('/')) {
+        return Err(invalid(field, "must not start with '/' (nor end with it, for a secret)"));
+    }
+    let body = value.strip_suffix('/').unwrap_or(value);
+    if !body.is_empty() && body.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return Err(invalid(field, "must not contain empty, '.' or '..' segments"));
+    }
+    if value.chars().any(|c| c.is_control() || matches!(c, '?' | '#' | '%' | '\\')) {
+        return Err(invalid(field, "must not contain control characters, '?', '#', '%' or '\\'"));
+    }
+    Ok(())
+}
+
+/// A Vault ciphertext: `vault:v<N>:<base64>` within the size limit.
+pub fn ciphertext(field: &str, value: &str, max_bytes: usize) -> Result<(), Error> {
+    if value.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if value.len() > max_bytes * 4 / 3 + 64 {
+        return Err(invalid(field, &format!("is larger than the limit of {max_bytes} bytes of plaintext")));
+    }
+    ciphertext_version(value).map(|_| ()).ok_or_else(|| invalid(field, "is not a Vault ciphertext of the form vault:v<N>:<base64>"))
+}
+
+/// The key version in a `vault:v<N>:…` ciphertext.
+pub fn ciphertext_version(value: &str) -> Option<u32> {
+    let rest = value.strip_prefix("vault:v")?;
+    let (version, body) = rest.split_once(':')?;
+    if body.is_empty() || !body.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')) {
+        return None;
+    }
+    version.parse().ok().filter(|v| *v > 0)
+}
+
+/// A payload (plaintext, context or AAD) within the size limit.
+pub fn payload(field: &str, value: &[u8], max_bytes: usize) -> Result<(), Error> {
+    if value.len() > max_bytes {
+        return Err(invalid(field, &format!("is {} bytes, over the limit of {max_bytes}", value.len())));
+    }
+    Ok(())
+}
+
+/// A lease id as Vault issues them: `<mount>/creds/<role>/<id>`.
+pub fn lease_id(field: &str, value: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if value.len() > MAX_PATH || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid(field, "is not a Vault lease id"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["billing", "a-b_c.d", "x@y"] {
+            assert!(name("key", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/b", "..", "a b", "é", &"k".repeat(257)] {
+            assert!(name("key", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn paths() {
+        let cases: &[(&str, bool, bool)] = &[
+            ("billing/api-keys", false, true),
+            ("", false, false),
+            ("", true, true),
+            ("billing/", true, true),
+            ("billing/", false, false),
+            ("/etc", false, false),
+            ("a/../b", false, false),
+            ("a//b", false, false),
+            ("a?b", false, false),
+            ("a b/c", false, true),
+        ];
+        for (path, folder, ok) in cases {
+            assert_eq!(secret_path("path", path, *folder).is_ok(), *ok, "{path:?} folder={folder}");
+        }
+    }
+
+    #[test]
+    fn ciphertexts() {
+        let cases: &[(&str, Option<u32>)] = &[
+            ("vault:v1:abc=", Some(1)),
+            ("vault:v12:YWJj", Some(12)),
+            ("vault:v0:abc", None),
+            ("vault:v1:", None),
+            ("vault:vx:abc", None),
+            ("v1:abc", None),
+            ("vault:v1:a b", None),
+            ("", None),
+        ];
+        for (ct, version) in cases {
+            assert_eq!(ciphertext_version(ct), *version, "{ct}");
+            assert_eq!(ciphertext("ciphertext", ct, 100).is_ok(), version.is_some(), "{ct}");
+        }
+        assert!(ciphertext("ciphertext", &format!("vault:v1:{}", "A".repeat(1000)), 100).is_err());
+    }
+
+    #[test]
+    fn mounts() {
+        assert!(mount("secret").is_ok());
+        assert!(mount("team/kv").is_ok());
+        for bad in ["", "/", "a/../b", "a b", "a//b"] {
+            assert!(mount(bad).is_err(), "{bad}");
+        }
+    }
+}

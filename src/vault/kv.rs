@@ -1,0 +1,70 @@
+//! KV version 2 calls: read a secret (optionally a version) and list a folder.
+//! Docs: <https://openbao.org/api-docs/secret/kv/kv-v2/>.
+//!
+//! A missing path answers 404 `{"errors":[]}`; a deleted or destroyed version answers 404 with a
+//! full body whose `data` is null (VAULT-API.md §2). Both become `VaultError::Api { status: 404 }`.
+
+use super::{decode, Call, Client, Envelope, VaultError, VaultToken};
+use reqwest::Method;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+/// One version of a secret: its data and metadata.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Secret {
+    /// The key/value data; `None` when the version is deleted or destroyed.
+    pub data: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Version metadata.
+    pub metadata: SecretMetadata,
+}
+
+/// Metadata of one secret version.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SecretMetadata {
+    /// RFC 3339 creation time.
+    pub created_time: String,
+    /// Version number.
+    pub version: u32,
+}
+
+#[derive(Deserialize)]
+struct Keys {
+    keys: Vec<String>,
+}
+
+impl Client {
+    /// `GET <mount>/data/<path>[?version=N]`.
+    pub async fn kv_read(
+        &self,
+        token: &VaultToken,
+        mount: &str,
+        path: &str,
+        version: u32,
+        deadline: Option<Instant>,
+    ) -> Result<Secret, VaultError> {
+        let mut call = Call::new(Method::GET, &[mount, "data", path]);
+        if version > 0 {
+            call = call.query("version", version);
+        }
+        let (status, bytes) = self.send::<()>(call, Some(token), None, deadline).await?;
+        let env: Envelope<Secret> = decode(status, &bytes)?;
+        match env.data {
+            Some(secret) if secret.data.is_some() => Ok(secret),
+            _ => Err(VaultError::Api { status: 404, errors: vec!["secret version deleted or destroyed".into()] }),
+        }
+    }
+
+    /// `LIST <mount>/metadata/<path>` (as `GET ?list=true`); folders end in `/`.
+    pub async fn kv_list(
+        &self,
+        token: &VaultToken,
+        mount: &str,
+        path: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<String>, VaultError> {
+        let call = Call::new(Method::GET, &[mount, "metadata", path]).query("list", "true");
+        let (status, bytes) = self.send::<()>(call, Some(token), None, deadline).await?;
+        let env: Envelope<Keys> = decode(status, &bytes)?;
+        Ok(env.data.map(|k| k.keys).unwrap_or_default())
+    }
+}
