@@ -4,21 +4,12 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
-        "proto/vaultgate/v1/encryption.proto",
-        "proto/vaultgate/v1/secret.proto",
-        "proto/vaultgate/v1/database.proto",
-    ];
+    let files =
+        ["proto/vaultgate/v1/encryption.proto", "proto/vaultgate/v1/secret.proto", "proto/vaultgate/v1/database.proto"];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(files, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(
-        out.join("vaultgate_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
-    )?;
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(fds)?;
+    fs::write(out.join("vaultgate_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
     Ok(())
 }

@@ -166,7 +166,12 @@ impl Coalescer {
 
     /// Sends one item in its lane and waits for its own result. A per-item failure comes back as
     /// a result with `error` set; a failure of the whole Vault request as `Err`.
-    pub async fn submit(self: &Arc<Self>, lane_key: LaneKey, item: BatchItem, deadline: Option<Instant>) -> Result<BatchResult, Error> {
+    pub async fn submit(
+        self: &Arc<Self>,
+        lane_key: LaneKey,
+        item: BatchItem,
+        deadline: Option<Instant>,
+    ) -> Result<BatchResult, Error> {
         let lane = self.lane(&lane_key);
         let (tx, rx) = oneshot::channel();
         let start = {
@@ -230,7 +235,8 @@ impl Coalescer {
         let (mut strings, mut bytes) = (BODY_STRINGS, BODY_BYTES);
         while let Some(w) = st.queue.front() {
             let (s, b) = (w.item.json_strings(), w.item.json_bytes());
-            let fits = batch.len() < self.budget.items && strings + s <= self.budget.strings && bytes + b <= self.budget.bytes;
+            let fits =
+                batch.len() < self.budget.items && strings + s <= self.budget.strings && bytes + b <= self.budget.bytes;
             if !batch.is_empty() && !fits {
                 break;
             }

@@ -238,7 +238,9 @@ impl Config {
         positive("vault.timeout_ms", raw.vault.timeout_ms as usize)?;
         positive("vault.health_interval_ms", raw.vault.health_interval_ms as usize)?;
         let mounts: Mounts = raw.mounts.unwrap_or_else(empty);
-        for (key, value) in [("mounts.transit", &mounts.transit), ("mounts.kv", &mounts.kv), ("mounts.database", &mounts.database)] {
+        for (key, value) in
+            [("mounts.transit", &mounts.transit), ("mounts.kv", &mounts.kv), ("mounts.database", &mounts.database)]
+        {
             valid_mount(key, value)?;
         }
         for (i, rule) in raw.callers.iter().enumerate() {

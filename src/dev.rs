@@ -133,7 +133,8 @@ pub async fn run(dir: Option<PathBuf>, listen: SocketAddr) -> Result<(), String>
 }
 
 async fn serve(stack: &Stack, dir: &Path, listen: SocketAddr) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     stack.write_files(dir, addr)?;
     let config = Arc::new(Config::parse(&stack.config_toml(addr))?);

@@ -70,7 +70,9 @@ fn from_vault_status(status: u16, msg: &str, subject: Subject<'_>) -> Error {
     let what = describe(subject);
     if let Subject::Login(role) = subject {
         return match status {
-            400 | 401 | 403 => Error::Unauthenticated(format!("Vault refused the caller's credentials for role {role:?}: {msg}")),
+            400 | 401 | 403 => {
+                Error::Unauthenticated(format!("Vault refused the caller's credentials for role {role:?}: {msg}"))
+            }
             _ => from_vault_status(status, msg, Subject::Key(role)),
         };
     }
@@ -154,7 +156,11 @@ impl From<Error> for Status {
 impl From<&Error> for crate::pb::google::rpc::Status {
     fn from(err: &Error) -> Self {
         let status = Status::from(err.clone());
-        crate::pb::google::rpc::Status { code: status.code() as i32, message: status.message().to_string(), details: vec![] }
+        crate::pb::google::rpc::Status {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+            details: vec![],
+        }
     }
 }
 
@@ -176,7 +182,11 @@ mod tests {
             (api(400, "lease not found"), Subject::Lease("l"), Code::NotFound),
             (api(400, "invalid ciphertext: no prefix"), Subject::Key("k"), Code::InvalidArgument),
             (api(400, "cipher: message authentication failed"), Subject::Key("k"), Code::InvalidArgument),
-            (api(400, "error validating token: invalid audience (aud) claim"), Subject::Login("r"), Code::Unauthenticated),
+            (
+                api(400, "error validating token: invalid audience (aud) claim"),
+                Subject::Login("r"),
+                Code::Unauthenticated,
+            ),
             (api(403, "permission denied"), Subject::Login("r"), Code::Unauthenticated),
             (api(429, "rate limit quota exceeded"), Subject::Key("k"), Code::ResourceExhausted),
             (api(503, "Vault is sealed"), Subject::Key("k"), Code::Unavailable),

@@ -16,9 +16,9 @@ pub const MAX_JWT_BYTES: usize = 16 << 10;
 
 /// The caller's bearer token, as sent.
 pub fn bearer(metadata: &MetadataMap) -> Result<&str, Error> {
-    let value = metadata.get("authorization").ok_or_else(|| {
-        Error::Unauthenticated("no credentials: send metadata `authorization: Bearer <JWT>`".into())
-    })?;
+    let value = metadata
+        .get("authorization")
+        .ok_or_else(|| Error::Unauthenticated("no credentials: send metadata `authorization: Bearer <JWT>`".into()))?;
     let text = value
         .to_str()
         .map_err(|_| Error::Unauthenticated("the authorization metadata is not printable ASCII".into()))?;

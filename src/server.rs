@@ -25,7 +25,11 @@ pub async fn run(listener: TcpListener, config: Arc<Config>, shutdown: impl Futu
 }
 
 /// Serves an already-built gateway (tests keep a handle on it to read its counters).
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     // Until the first probe answers, nothing is known: report NOT_SERVING rather than guess.
     health::set_all(&reporter, ServingStatus::NotServing).await;

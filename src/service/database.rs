@@ -36,9 +36,9 @@ impl Gateway {
     fn owned_parent(&self, actor: &Actor, lease_id: &str) -> Result<VaultToken, Error> {
         match self.leases.check(lease_id, &actor.caller) {
             Ownership::Owner(parent) => Ok(parent),
-            Ownership::Other => {
-                Err(Error::PermissionDenied(format!("lease {lease_id:?} was obtained by another caller; only its owner may use it")))
-            }
+            Ownership::Other => Err(Error::PermissionDenied(format!(
+                "lease {lease_id:?} was obtained by another caller; only its owner may use it"
+            ))),
             Ownership::Unknown => Err(Error::NotFound(format!(
                 "lease {lease_id:?} does not exist: it expired, was revoked, or was not obtained through this gateway"
             ))),

@@ -25,8 +25,19 @@ impl Gateway {
         fields.iter().try_for_each(|(f, v)| validate::payload(f, v, self.config.limits.max_item_bytes))
     }
 
-    fn encrypt_item(&self, field: &str, plaintext: &[u8], context: &[u8], aad: &[u8], version: u32) -> Result<BatchItem, Error> {
-        self.check_payloads(&[(&format!("{field}plaintext"), plaintext), (&format!("{field}context"), context), (&format!("{field}associated_data"), aad)])?;
+    fn encrypt_item(
+        &self,
+        field: &str,
+        plaintext: &[u8],
+        context: &[u8],
+        aad: &[u8],
+        version: u32,
+    ) -> Result<BatchItem, Error> {
+        self.check_payloads(&[
+            (&format!("{field}plaintext"), plaintext),
+            (&format!("{field}context"), context),
+            (&format!("{field}associated_data"), aad),
+        ])?;
         Ok(BatchItem {
             plaintext: Some(b64(plaintext)),
             context: opt_b64(context),
@@ -48,7 +59,14 @@ impl Gateway {
     }
 
     /// One Encrypt/Decrypt item: coalesced with concurrent ones, or alone when batching is off.
-    async fn transit_one(&self, actor: &Actor, op: Op, key: &str, item: BatchItem, deadline: Option<Instant>) -> Result<BatchResult, Error> {
+    async fn transit_one(
+        &self,
+        actor: &Actor,
+        op: Op,
+        key: &str,
+        item: BatchItem,
+        deadline: Option<Instant>,
+    ) -> Result<BatchResult, Error> {
         let mount = &self.config.mounts.transit;
         let result = match &self.coalescer {
             Some(c) => c.submit(LaneKey::new(actor.token.clone(), mount, key, op, &item), item, deadline).await?,
@@ -107,7 +125,9 @@ impl Gateway {
                 }
             }
         }
-        out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::Internal("batch item left unanswered".into())))).collect()
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("batch item left unanswered".into()))))
+            .collect()
     }
 
     fn check_batch_len(&self, len: usize) -> Result<(), Error> {
@@ -144,7 +164,8 @@ impl EncryptionService for Encryption {
         gw.handle(req, |actor, deadline, r| async move {
             validate::name("key", &r.key)?;
             let item = gw.encrypt_item("", &r.plaintext, &r.context, &r.associated_data, r.key_version)?;
-            let (ciphertext, key_version) = ciphertext_of(gw.transit_one(&actor, Op::Encrypt, &r.key, item, deadline).await?)?;
+            let (ciphertext, key_version) =
+                ciphertext_of(gw.transit_one(&actor, Op::Encrypt, &r.key, item, deadline).await?)?;
             Ok(EncryptResponse { ciphertext, key_version })
         })
         .await
@@ -171,7 +192,9 @@ impl EncryptionService for Encryption {
                 .items
                 .iter()
                 .enumerate()
-                .map(|(i, it)| gw.encrypt_item(&format!("items[{i}]."), &it.plaintext, &it.context, &it.associated_data, 0))
+                .map(|(i, it)| {
+                    gw.encrypt_item(&format!("items[{i}]."), &it.plaintext, &it.context, &it.associated_data, 0)
+                })
                 .collect();
             let results = gw
                 .transit_many(&actor, Op::Encrypt, &r.key, items, deadline)
@@ -196,7 +219,9 @@ impl EncryptionService for Encryption {
                 .items
                 .iter()
                 .enumerate()
-                .map(|(i, it)| gw.decrypt_item(&format!("items[{i}]."), &it.ciphertext, &it.context, &it.associated_data))
+                .map(|(i, it)| {
+                    gw.decrypt_item(&format!("items[{i}]."), &it.ciphertext, &it.context, &it.associated_data)
+                })
                 .collect();
             let results = gw
                 .transit_many(&actor, Op::Decrypt, &r.key, items, deadline)
@@ -265,7 +290,10 @@ impl EncryptionService for Encryption {
         .await
     }
 
-    async fn generate_data_key(&self, req: Request<GenerateDataKeyRequest>) -> Result<Response<GenerateDataKeyResponse>, Status> {
+    async fn generate_data_key(
+        &self,
+        req: Request<GenerateDataKeyRequest>,
+    ) -> Result<Response<GenerateDataKeyResponse>, Status> {
         let gw = &self.0;
         gw.handle(req, |actor, deadline, r| async move {
             validate::name("key", &r.key)?;

@@ -52,16 +52,14 @@ impl SecretService for Secrets {
         gw.handle(req, |actor, deadline, r| async move {
             validate::secret_path("path", &r.path, false)?;
             let mount = gw.kv_mount(&r.mount)?;
-            let secret = gw
-                .vault
-                .kv_read(&actor.token, mount, &r.path, r.version, deadline)
-                .await
-                .map_err(|e| match Error::from_vault(e, Subject::Secret(&r.path)) {
+            let secret = gw.vault.kv_read(&actor.token, mount, &r.path, r.version, deadline).await.map_err(|e| {
+                match Error::from_vault(e, Subject::Secret(&r.path)) {
                     Error::NotFound(_) if r.version > 0 => {
                         Error::NotFound(format!("secret {:?} has no readable version {}", r.path, r.version))
                     }
                     other => other,
-                })?;
+                }
+            })?;
             Ok(GetSecretResponse {
                 data: secret.data.map(to_struct),
                 version: secret.metadata.version,

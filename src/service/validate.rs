@@ -68,7 +68,9 @@ pub fn ciphertext(field: &str, value: &str, max_bytes: usize) -> Result<(), Erro
     if value.len() > max_bytes * 4 / 3 + 64 {
         return Err(invalid(field, &format!("is larger than the limit of {max_bytes} bytes of plaintext")));
     }
-    ciphertext_version(value).map(|_| ()).ok_or_else(|| invalid(field, "is not a Vault ciphertext of the form vault:v<N>:<base64>"))
+    ciphertext_version(value)
+        .map(|_| ())
+        .ok_or_else(|| invalid(field, "is not a Vault ciphertext of the form vault:v<N>:<base64>"))
 }
 
 /// The key version in a `vault:v<N>:…` ciphertext.

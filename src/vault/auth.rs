@@ -60,20 +60,37 @@ struct Increment {
 
 fn login_from(env: Envelope<serde_json::Value>) -> Result<Login, VaultError> {
     let auth = env.auth.ok_or_else(|| VaultError::Decode("login answer without auth".into()))?;
-    Ok(Login { token: VaultToken::new(auth.client_token), policies: auth.policies, ttl: auth.lease_duration, renewable: auth.renewable })
+    Ok(Login {
+        token: VaultToken::new(auth.client_token),
+        policies: auth.policies,
+        ttl: auth.lease_duration,
+        renewable: auth.renewable,
+    })
 }
 
 impl Client {
     /// `POST auth/<mount>/login {role, jwt}`: Vault verifies the caller's JWT against `role`.
-    pub async fn login_jwt(&self, mount: &str, role: &str, jwt: &str, deadline: Option<Instant>) -> Result<Login, VaultError> {
+    pub async fn login_jwt(
+        &self,
+        mount: &str,
+        role: &str,
+        jwt: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Login, VaultError> {
         let call = Call::new(Method::POST, &["auth", mount, "login"]);
         login_from(self.call(call, None, Some(&JwtLogin { role, jwt }), deadline).await?)
     }
 
     /// `POST auth/token/renew-self {increment}`: extends the token; returns its new TTL in seconds.
-    pub async fn renew_self(&self, token: &VaultToken, increment: u64, deadline: Option<Instant>) -> Result<u64, VaultError> {
+    pub async fn renew_self(
+        &self,
+        token: &VaultToken,
+        increment: u64,
+        deadline: Option<Instant>,
+    ) -> Result<u64, VaultError> {
         let call = Call::new(Method::POST, &["auth/token/renew-self"]);
-        let env: Envelope<serde_json::Value> = self.call(call, Some(token), Some(&Increment { increment }), deadline).await?;
+        let env: Envelope<serde_json::Value> =
+            self.call(call, Some(token), Some(&Increment { increment }), deadline).await?;
         Ok(env.auth.map(|a| a.lease_duration).unwrap_or(0))
     }
 

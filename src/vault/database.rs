@@ -74,13 +74,23 @@ impl Client {
     }
 
     /// `PUT sys/leases/revoke` (synchronous: the database user is dropped when this returns).
-    pub async fn lease_revoke(&self, token: &VaultToken, lease_id: &str, deadline: Option<Instant>) -> Result<(), VaultError> {
+    pub async fn lease_revoke(
+        &self,
+        token: &VaultToken,
+        lease_id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<(), VaultError> {
         let body = LeaseBody { lease_id, increment: None };
         self.call_empty(Call::new(Method::PUT, &["sys/leases/revoke"]), Some(token), Some(&body), deadline).await
     }
 
     /// `PUT sys/leases/lookup`: whether a lease exists, and its remaining TTL in seconds.
-    pub async fn lease_lookup(&self, token: &VaultToken, lease_id: &str, deadline: Option<Instant>) -> Result<u64, VaultError> {
+    pub async fn lease_lookup(
+        &self,
+        token: &VaultToken,
+        lease_id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<u64, VaultError> {
         #[derive(Deserialize)]
         struct Info {
             ttl: u64,

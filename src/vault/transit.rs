@@ -234,7 +234,8 @@ impl Client {
         key: &str,
         deadline: Option<Instant>,
     ) -> Result<KeyInfo, VaultError> {
-        let (status, bytes) = self.send::<()>(Call::new(Method::GET, &[mount, "keys", key]), Some(token), None, deadline).await?;
+        let (status, bytes) =
+            self.send::<()>(Call::new(Method::GET, &[mount, "keys", key]), Some(token), None, deadline).await?;
         let env: Envelope<KeyInfo> = decode(status, &bytes)?;
         env.data.ok_or_else(|| VaultError::Decode("key answer without data".into()))
     }

@@ -1,0 +1,25 @@
+# vaultgate: the two set-up commands are `make dev` and `make test`; both install what is missing
+# (into the git-ignored .tools/) first. `make bench` runs the Transit benchmark.
+SHELL := /bin/bash
+export PATH := $(CURDIR)/.tools/bin:$(HOME)/.cargo/bin:$(PATH)
+export VAULTGATE_BAO := $(CURDIR)/.tools/bin/bao
+
+.PHONY: tools dev test lint unit it bench
+
+tools:
+	@bash scripts/tools.sh
+
+# Runs the gateway on its embedded default: local OpenBao + PostgreSQL, two demo callers.
+dev: tools
+	cargo run --bin vaultgate -- dev --dir .dev
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+# Every test: lint, unit tests, the integration binary against real OpenBao and PostgreSQL.
+test: tools lint
+	cargo test --all-targets
+
+bench: tools
+	bash scripts/bench.sh
