@@ -15,7 +15,7 @@ use std::{
 };
 
 /// How long the demo callers' JWTs are valid.
-pub const DEMO_JWT_TTL_SECS: u64 = 7 * 24 * 3600;
+pub const DEMO_JWT_TTL_SECS: i64 = 7 * 24 * 3600;
 
 /// A running, provisioned local stack (OpenBao, maybe PostgreSQL) and the demo issuer.
 pub struct Stack {

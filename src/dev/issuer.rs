@@ -35,17 +35,12 @@ impl Issuer {
         Ok(Issuer { key, public_pem: pair.public_key_pem() })
     }
 
-    /// A JWT for `subject`, valid for `ttl_secs` from now.
-    pub fn mint(&self, subject: &str, ttl_secs: u64) -> Result<String, String> {
+    /// A JWT for `subject`, valid for `ttl_secs` from now (negative: already expired, for tests).
+    pub fn mint(&self, subject: &str, ttl_secs: i64) -> Result<String, String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs();
-        let claims = Claims {
-            iss: ISSUER,
-            sub: subject,
-            aud: AUDIENCE,
-            iat: now,
-            nbf: now.saturating_sub(60),
-            exp: now + ttl_secs,
-        };
+        let exp = now.saturating_add_signed(ttl_secs);
+        let iat = now.min(exp.saturating_sub(1));
+        let claims = Claims { iss: ISSUER, sub: subject, aud: AUDIENCE, iat, nbf: iat.saturating_sub(60), exp };
         jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.key).map_err(|e| format!("signing: {e}"))
     }
 }

@@ -44,8 +44,15 @@ pub struct Bao {
 impl Bao {
     /// Starts `bao server -dev` with `root_token`, logging to `dir/bao.log`, and waits until it answers.
     pub async fn start(bao: &Path, dir: &Path, root_token: &str) -> Result<Bao, String> {
-        let port = free_port()?;
-        let log = std::fs::File::create(dir.join("bao.log")).map_err(|e| format!("bao.log: {e}"))?;
+        Bao::start_at(bao, dir, root_token, free_port()?).await
+    }
+
+    /// Like [`Bao::start`] on a given port (tests restart a server on the same address).
+    pub async fn start_at(bao: &Path, dir: &Path, root_token: &str, port: u16) -> Result<Bao, String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("bao.log")).map_err(|e| format!("bao.log: {e}"))?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
         let child = Command::new(bao)
             .arg("server")

@@ -1,0 +1,49 @@
+//! grpc.health.v1 follows Vault: a gateway and an OpenBao of their own, stopped and restarted.
+
+use crate::support::Env;
+use std::{sync::Arc, time::Duration};
+use tokio::time::Instant;
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+use vaultgate::{config::Config, dev::process, service::Gateway};
+
+async fn wait_for(client: &mut HealthClient<tonic::transport::Channel>, service: &str, want: ServingStatus, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got = client.check(HealthCheckRequest { service: service.into() }).await.map(|r| r.into_inner().status);
+        if got.as_ref().ok() == Some(&(want as i32)) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "service {service:?} not {want:?} within {within:?} (last: {got:?})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn follows_vault_down_and_up(env: &'static Env) {
+    let dir = env.dir.join("health");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bao_bin = process::find_bao().expect("bao");
+    let port = process::free_port().expect("port");
+    let bao = process::Bao::start_at(&bao_bin, &dir, "health-root", port).await.expect("start bao");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let toml = format!("listen = \"{addr}\"\n[vault]\naddress = \"{}\"\nhealth_interval_ms = 500\ntimeout_ms = 2000\n", bao.addr);
+    let gateway = Gateway::new(Arc::new(Config::parse(&toml).expect("config"))).expect("gateway");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(vaultgate::server::serve(listener, gateway, async {
+        let _ = rx.await;
+    }));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy();
+    let mut client = HealthClient::new(channel);
+    let limit = Duration::from_secs(5);
+    for service in ["", "vaultgate.v1.EncryptionService", "vaultgate.v1.SecretService", "vaultgate.v1.DatabaseService"] {
+        wait_for(&mut client, service, ServingStatus::Serving, limit).await;
+    }
+    bao.stop().await;
+    let down = wait_for(&mut client, "vaultgate.v1.EncryptionService", ServingStatus::NotServing, limit).await;
+    wait_for(&mut client, "", ServingStatus::NotServing, limit).await;
+    let bao = process::Bao::start_at(&bao_bin, &dir, "health-root", port).await.expect("restart bao");
+    let up = wait_for(&mut client, "vaultgate.v1.EncryptionService", ServingStatus::Serving, limit).await;
+    println!("  health: NOT_SERVING {:.1} s after Vault stopped, SERVING {:.1} s after it returned", down.as_secs_f64(), up.as_secs_f64());
+    let _ = tx.send(());
+    bao.stop().await;
+}

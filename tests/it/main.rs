@@ -1,0 +1,99 @@
+//! The integration test binary: starts one real OpenBao dev server and one PostgreSQL, provisions
+//! them (as `vaultgate dev` does, plus test callers), starts the gateway in-process on
+//! `127.0.0.1:0`, runs every test concurrently against it, stops the stack, and finally checks
+//! that the gateway's log of the whole run holds no secret.
+//!
+//! A custom runner (not libtest) so the stack starts once and is always stopped, and so the log
+//! check sees the whole run. `cargo test --test it -- NAME` runs the tests whose name contains NAME.
+
+mod callers;
+mod database;
+mod encryption;
+mod health;
+mod logs;
+mod secrets;
+mod support;
+mod tools;
+
+use std::{future::Future, pin::Pin, time::Duration};
+use support::Env;
+
+type TestFn = fn(&'static Env) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+macro_rules! tests {
+    ($($module:ident::$name:ident),* $(,)?) => {
+        &[$((concat!(stringify!($module), "::", stringify!($name)), |env| Box::pin($module::$name(env)))),*]
+    };
+}
+
+/// Every test, by name.
+const TESTS: &[(&str, TestFn)] = tests![
+    encryption::round_trip_matches_vault,
+    encryption::batch_rpcs_answer_in_order,
+    encryption::batch_item_failures_stay_alone,
+    encryption::key_lifecycle_rpcs,
+    encryption::generate_data_key_unwraps_in_vault,
+    encryption::error_table,
+    encryption::concurrent_calls_are_coalesced_and_answered_correctly,
+    secrets::get_and_list,
+    secrets::error_table,
+    database::creds_log_in_renew_and_revoke,
+    database::lease_outlives_caller_token,
+    database::error_table,
+    callers::credentials_error_table,
+    callers::callers_cannot_use_each_others_resources,
+    callers::five_hundred_mixed_round_trips,
+    callers::one_login_for_fifty_first_calls,
+    health::follows_vault_down_and_up,
+    tools::grpcurl_lists_and_encrypts,
+];
+
+/// Upper bound of one test, so a hang fails instead of blocking CI.
+const TEST_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn main() {
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let selected: Vec<_> =
+        TESTS.iter().filter(|(name, _)| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()))).collect();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot build the tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let failed = runtime.block_on(async move {
+        let log = logs::capture();
+        let env: &'static Env = Box::leak(Box::new(Env::start().await));
+        println!("\nrunning {} tests against OpenBao {} and the gateway at {}", selected.len(), env.vault_addr, env.addr);
+        let mut handles = Vec::new();
+        for (name, test) in selected.iter().copied() {
+            let started = std::time::Instant::now();
+            let task = tokio::spawn(tokio::time::timeout(TEST_TIMEOUT, test(env)));
+            handles.push((*name, started, task));
+        }
+        let mut failed = Vec::new();
+        for (name, started, task) in handles {
+            let outcome = match task.await {
+                Ok(Ok(())) => "ok",
+                Ok(Err(_)) => "FAILED (timed out)",
+                Err(_) => "FAILED (panicked, see above)",
+            };
+            println!("test {name} ... {outcome} ({:.1} s)", started.elapsed().as_secs_f64());
+            if outcome != "ok" {
+                failed.push(name);
+            }
+        }
+        env.stop().await;
+        let passed = selected.len() - failed.len();
+        let leaks = logs::check(&log, env);
+        println!("test logs::whole_run_holds_no_secret ... {}", if leaks.is_empty() { "ok" } else { "FAILED" });
+        for leak in &leaks {
+            println!("  {leak}");
+        }
+        let (passed, failed_n) = if leaks.is_empty() { (passed + 1, failed.len()) } else { (passed, failed.len() + 1) };
+        println!("\nintegration: {passed} passed, {failed_n} failed");
+        failed_n
+    });
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}

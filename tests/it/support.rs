@@ -1,0 +1,224 @@
+//! The shared test environment: a real OpenBao dev server and PostgreSQL provisioned as in
+//! `vaultgate dev` plus a `qa` caller for the cases the demo callers cannot reach, and the
+//! gateway serving in-process on `127.0.0.1:0`.
+
+use serde_json::{json, Value};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+use tonic::{transport::Channel, Request};
+use vaultgate::{
+    config::Config,
+    dev::{self, issuer::Issuer, process::Bao, process::Postgres, provision},
+    service::Gateway,
+    vault::VaultToken,
+};
+
+/// Everything a test needs: addresses, callers' JWTs, admin access to Vault for checks.
+pub struct Env {
+    /// The gateway's address.
+    pub addr: SocketAddr,
+    /// The gateway's shared state (counters).
+    pub gateway: Arc<Gateway>,
+    /// OpenBao's URL.
+    pub vault_addr: String,
+    /// Root token: for setup and for checking results in Vault directly, never given to the gateway.
+    pub root_token: String,
+    /// PostgreSQL's port.
+    pub pg_port: u16,
+    /// The demo issuer (mints JWTs Vault trusts).
+    pub issuer: Issuer,
+    /// JWTs of the demo callers and the test caller.
+    pub billing: String,
+    /// The `reports` demo caller.
+    pub reports: String,
+    /// The `qa` caller: keys `qa-*`, KV `qa/`, database roles `qa*`; its Vault token lives 4 s.
+    pub qa: String,
+    /// A directory for the test's files (logs of bao and postgres).
+    pub dir: PathBuf,
+    http: reqwest::Client,
+    channel: Channel,
+    secrets: Mutex<Vec<String>>,
+    processes: tokio::sync::Mutex<Option<(Bao, Option<Postgres>)>>,
+    shutdown: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+/// Policy of the `qa` caller.
+const QA_POLICY: &str = r#"
+path "transit/encrypt/qa-*" { capabilities = ["update"] }
+path "transit/decrypt/qa-*" { capabilities = ["update"] }
+path "transit/rewrap/qa-*" { capabilities = ["update"] }
+path "transit/datakey/plaintext/qa-*" { capabilities = ["update"] }
+path "transit/keys/qa-*" { capabilities = ["read", "update"] }
+path "secret/data/qa/*" { capabilities = ["read"] }
+path "secret/metadata/qa/*" { capabilities = ["read", "list"] }
+path "database/creds/qa*" { capabilities = ["read"] }
+path "sys/leases/revoke" { capabilities = ["update"] }
+"#;
+
+impl Env {
+    /// Starts and provisions the stack and the gateway; panics with the reason if it cannot.
+    pub async fn start() -> Env {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("it-stack");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the test stack directory");
+        let stack = dev::Stack::start(&dir).await.unwrap_or_else(|e| panic!("starting OpenBao/PostgreSQL: {e}"));
+        let pg = stack.postgres.as_ref().expect("PostgreSQL must be installed for the tests (make test installs it)");
+        let (pg_port, pg_password) = (pg.port, pg.password.clone());
+        let client = stack.admin_client().expect("vault client");
+        let admin = provision::Admin { vault: &client, root: VaultToken::new(stack.root_token.as_str()) };
+        provision_qa(&admin, pg_port, &pg_password).await;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the gateway");
+        let addr = listener.local_addr().expect("gateway address");
+        let mut toml = stack.config_toml(addr);
+        toml.push_str(&format!(
+            "[[callers]]\nrole = \"qa\"\nclaim = \"sub\"\nequals = \"qa\"\nissuer = \"{}\"\n\n[limits]\nmax_item_bytes = 65536\nmax_batch_items = 2000\n",
+            dev::issuer::ISSUER
+        ));
+        let config = Arc::new(Config::parse(&toml).expect("gateway config"));
+        let gateway = Gateway::new(config).expect("gateway");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let served = gateway.clone();
+        tokio::spawn(async move {
+            if let Err(e) = vaultgate::server::serve(listener, served, async {
+                let _ = rx.await;
+            })
+            .await
+            {
+                eprintln!("gateway stopped: {e}");
+            }
+        });
+
+        let dev::Stack { bao, postgres, issuer, root_token } = stack;
+        let mint = |sub: &str| issuer.mint(sub, 3600).expect("mint a JWT");
+        let env = Env {
+            addr,
+            gateway,
+            vault_addr: bao.addr.clone(),
+            billing: mint("billing"),
+            reports: mint("reports"),
+            qa: mint("qa"),
+            root_token,
+            pg_port,
+            issuer,
+            dir,
+            http: reqwest::Client::new(),
+            channel: tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy(),
+            secrets: Mutex::new(Vec::new()),
+            processes: tokio::sync::Mutex::new(Some((bao, postgres))),
+            shutdown: Mutex::new(Some(tx)),
+        };
+        for s in [&env.billing, &env.reports, &env.qa, &env.root_token, &pg_password] {
+            env.remember(s);
+        }
+        env.remember("sk_test_demo");
+        env
+    }
+
+    /// Stops the gateway, PostgreSQL and OpenBao.
+    pub async fn stop(&self) {
+        if let Some(tx) = self.shutdown.lock().expect("lock").take() {
+            let _ = tx.send(());
+        }
+        if let Some((bao, pg)) = self.processes.lock().await.take() {
+            if let Some(pg) = pg {
+                pg.stop().await;
+            }
+            bao.stop().await;
+        }
+    }
+
+    /// Registers a value that must never appear in the gateway's log.
+    pub fn remember(&self, secret: &str) {
+        self.secrets.lock().expect("lock").push(secret.to_string());
+    }
+
+    /// Everything registered with [`Env::remember`].
+    pub fn secrets(&self) -> Vec<String> {
+        self.secrets.lock().expect("lock").clone()
+    }
+
+    /// The shared HTTP/2 channel to the gateway (one connection, as a real client would use).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// A JWT for `subject` from the trusted demo issuer, valid for `ttl` seconds (negative: expired).
+    pub fn jwt(&self, subject: &str, ttl: i64) -> String {
+        let jwt = self.issuer.mint(subject, ttl).expect("mint a JWT");
+        self.remember(&jwt);
+        jwt
+    }
+
+    /// Calls Vault directly with the root token (to check what the gateway did).
+    pub async fn vault(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}/v1/{path}", self.vault_addr)).header("X-Vault-Token", &self.root_token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("vault answers");
+        let status = resp.status().as_u16();
+        let value = resp.json().await.unwrap_or(Value::Null);
+        (status, value)
+    }
+
+    /// Logs in to PostgreSQL with `user`/`password`; `Ok(current_user)` or the error text.
+    pub async fn pg_login(&self, user: &str, password: &str) -> Result<String, String> {
+        let out = tokio::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.pg_port.to_string(), "-U", user, "-d", "postgres", "-Atc", "select current_user"])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "5")
+            .output()
+            .await
+            .map_err(|e| format!("psql: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+}
+
+/// A request carrying `jwt` as the caller's bearer token.
+pub fn req<T>(message: T, jwt: &str) -> Request<T> {
+    let mut r = Request::new(message);
+    r.metadata_mut().insert("authorization", format!("Bearer {jwt}").parse().expect("ascii metadata"));
+    r
+}
+
+async fn provision_qa(admin: &provision::Admin<'_>, pg_port: u16, pg_password: &str) {
+    let steps = [
+        ("sys/policies/acl/qa", json!({"policy": QA_POLICY})),
+        ("auth/jwt/role/qa", provision::jwt_role("qa", "4s", "1h")),
+        ("transit/keys/qa-aes", json!({"type": "aes256-gcm96"})),
+        ("transit/keys/qa-derived", json!({"type": "aes256-gcm96", "derived": true})),
+        ("transit/keys/qa-rotate", json!({"type": "aes256-gcm96"})),
+        ("secret/data/qa/multi", json!({"data": {"v": "one"}})),
+        ("secret/data/qa/multi", json!({"data": {"v": "two"}})),
+        (
+            "database/config/postgres",
+            json!({
+                "plugin_name": "postgresql-database-plugin",
+                "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{pg_port}/postgres?sslmode=disable"),
+                "username": "postgres",
+                "password": pg_password,
+                "allowed_roles": ["billing", "qa"],
+            }),
+        ),
+        (
+            "database/roles/qa",
+            json!({
+                "db_name": "postgres",
+                "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
+                "default_ttl": "60s",
+                "max_ttl": "1h",
+            }),
+        ),
+    ];
+    for (path, body) in steps {
+        admin.post(path, body).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+}
