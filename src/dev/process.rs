@@ -52,7 +52,8 @@ impl Bao {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("bao.log")).map_err(|e| format!("bao.log: {e}"))?;
+            .open(dir.join("bao.log"))
+            .map_err(|e| format!("bao.log: {e}"))?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
         let child = Command::new(bao)
             .arg("server")

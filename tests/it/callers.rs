@@ -54,10 +54,15 @@ pub async fn callers_cannot_use_each_others_resources(env: &'static Env) {
     let billing_ct = e.encrypt(req(enc("billing", b"b"), &env.billing)).await.expect("encrypt").into_inner().ciphertext;
     let reports_ct = e.encrypt(req(enc("reports", b"r"), &env.reports)).await.expect("encrypt").into_inner().ciphertext;
     // Each pair: (caller, other's key, other's ciphertext, other's secret).
-    for (jwt, key, ct, secret) in [(&env.reports, "billing", &billing_ct, "billing/api-keys"), (&env.billing, "reports", &reports_ct, "reports/config")] {
+    for (jwt, key, ct, secret) in [
+        (&env.reports, "billing", &billing_ct, "billing/api-keys"),
+        (&env.billing, "reports", &reports_ct, "reports/config"),
+    ] {
         let denied = [
             e.encrypt(req(enc(key, b"x"), jwt)).await.err(),
-            e.decrypt(req(DecryptRequest { key: key.into(), ciphertext: ct.clone(), ..Default::default() }, jwt)).await.err(),
+            e.decrypt(req(DecryptRequest { key: key.into(), ciphertext: ct.clone(), ..Default::default() }, jwt))
+                .await
+                .err(),
             e.get_key(req(GetKeyRequest { key: key.into() }, jwt)).await.err(),
             e.rotate(req(RotateRequest { key: key.into() }, jwt)).await.err(),
             s.get_secret(req(GetSecretRequest { path: secret.into(), ..Default::default() }, jwt)).await.err(),
@@ -68,25 +73,37 @@ pub async fn callers_cannot_use_each_others_resources(env: &'static Env) {
         }
     }
     // reports has no database role; billing's lease cannot be renewed or revoked by reports.
-    let lease = d.get_db_creds(req(GetDbCredsRequest { role: "billing".into(), mount: String::new() }, &env.billing)).await.expect("creds").into_inner();
+    let lease = d
+        .get_db_creds(req(GetDbCredsRequest { role: "billing".into(), mount: String::new() }, &env.billing))
+        .await
+        .expect("creds")
+        .into_inner();
     env.remember(&lease.password);
-    let status = d.renew_lease(req(RenewLeaseRequest { lease_id: lease.lease_id.clone(), increment: None }, &env.reports)).await.expect_err("renew");
+    let status = d
+        .renew_lease(req(RenewLeaseRequest { lease_id: lease.lease_id.clone(), increment: None }, &env.reports))
+        .await
+        .expect_err("renew");
     assert_eq!(status.code(), Code::PermissionDenied, "{}", status.message());
-    let status = d.revoke_lease(req(RevokeLeaseRequest { lease_id: lease.lease_id.clone() }, &env.reports)).await.expect_err("revoke");
+    let status = d
+        .revoke_lease(req(RevokeLeaseRequest { lease_id: lease.lease_id.clone() }, &env.reports))
+        .await
+        .expect_err("revoke");
     assert_eq!(status.code(), Code::PermissionDenied, "{}", status.message());
     assert!(env.pg_login(&lease.username, &lease.password).await.is_ok(), "a refused revoke must not revoke");
     d.revoke_lease(req(RevokeLeaseRequest { lease_id: lease.lease_id }, &env.billing)).await.expect("owner revokes");
 }
 
 pub async fn five_hundred_mixed_round_trips(env: &'static Env) {
-    let callers: [(&'static str, &'static String); 3] = [("billing", &env.billing), ("reports", &env.reports), ("qa-aes", &env.qa)];
+    let callers: [(&'static str, &'static String); 3] =
+        [("billing", &env.billing), ("reports", &env.reports), ("qa-aes", &env.qa)];
     let mut tasks = Vec::new();
     for i in 0..500 {
         let (key, jwt) = callers[i % 3];
         let mut c = EncryptionServiceClient::new(env.channel());
         tasks.push(tokio::spawn(async move {
             let plaintext = format!("{key}-payload-{i}");
-            let ct = c.encrypt(req(enc(key, plaintext.as_bytes()), jwt)).await.expect("encrypt").into_inner().ciphertext;
+            let ct =
+                c.encrypt(req(enc(key, plaintext.as_bytes()), jwt)).await.expect("encrypt").into_inner().ciphertext;
             let r = DecryptRequest { key: key.into(), ciphertext: ct, ..Default::default() };
             let back = c.decrypt(req(r, jwt)).await.expect("decrypt").into_inner().plaintext;
             assert_eq!(back, plaintext.into_bytes(), "round trip {i} came back to the wrong caller");
@@ -116,7 +133,9 @@ pub async fn one_login_for_fifty_first_calls(env: &'static Env) {
     let tasks: Vec<_> = (0..50)
         .map(|i| {
             let mut c = EncryptionServiceClient::new(channel.clone());
-            tokio::spawn(async move { c.encrypt(req(enc("billing", format!("{i}").as_bytes()), jwt)).await.map(|_| ()) })
+            tokio::spawn(
+                async move { c.encrypt(req(enc("billing", format!("{i}").as_bytes()), jwt)).await.map(|_| ()) },
+            )
         })
         .collect();
     for t in tasks {

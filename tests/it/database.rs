@@ -20,7 +20,13 @@ pub async fn creds_log_in_renew_and_revoke(env: &'static Env) {
     assert_eq!(got.lease_duration.as_ref().map(|d| d.seconds), Some(3600));
     assert_eq!(env.pg_login(&got.username, &got.password).await.as_deref(), Ok(got.username.as_str()));
     let renewed = c
-        .renew_lease(req(RenewLeaseRequest { lease_id: got.lease_id.clone(), increment: Some(prost_types::Duration { seconds: 600, nanos: 0 }) }, &env.billing))
+        .renew_lease(req(
+            RenewLeaseRequest {
+                lease_id: got.lease_id.clone(),
+                increment: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
+            },
+            &env.billing,
+        ))
         .await
         .expect("renew")
         .into_inner();
@@ -30,7 +36,10 @@ pub async fn creds_log_in_renew_and_revoke(env: &'static Env) {
     assert!((590..=600).contains(&ttl), "ttl after renew {ttl}");
     c.revoke_lease(req(RevokeLeaseRequest { lease_id: got.lease_id.clone() }, &env.billing)).await.expect("revoke");
     assert!(env.pg_login(&got.username, &got.password).await.is_err(), "the user must be gone after revoke");
-    let status = c.renew_lease(req(RenewLeaseRequest { lease_id: got.lease_id, increment: None }, &env.billing)).await.expect_err("renew revoked");
+    let status = c
+        .renew_lease(req(RenewLeaseRequest { lease_id: got.lease_id, increment: None }, &env.billing))
+        .await
+        .expect_err("renew revoked");
     assert_eq!(status.code(), Code::NotFound);
 }
 
@@ -46,7 +55,13 @@ pub async fn lease_outlives_caller_token(env: &'static Env) {
     assert_eq!(status, 200, "{lookup}");
     // The caller's token was re-issued meanwhile (4 s TTL); it still owns and can renew the lease.
     let renewed = c
-        .renew_lease(req(RenewLeaseRequest { lease_id: got.lease_id.clone(), increment: Some(prost_types::Duration { seconds: 30, nanos: 0 }) }, &env.qa))
+        .renew_lease(req(
+            RenewLeaseRequest {
+                lease_id: got.lease_id.clone(),
+                increment: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+            },
+            &env.qa,
+        ))
         .await
         .expect("renew by owner after re-login")
         .into_inner();
@@ -61,7 +76,12 @@ pub async fn error_table(env: &'static Env) {
         ("role of another caller", creds("billing"), &env.qa, Code::PermissionDenied),
         ("no database rights", creds("billing"), &env.reports, Code::PermissionDenied),
         ("empty role", creds(""), &env.billing, Code::InvalidArgument),
-        ("bad mount", GetDbCredsRequest { mount: "../x".into(), ..creds("billing") }, &env.billing, Code::InvalidArgument),
+        (
+            "bad mount",
+            GetDbCredsRequest { mount: "../x".into(), ..creds("billing") },
+            &env.billing,
+            Code::InvalidArgument,
+        ),
     ];
     for (name, r, jwt, code) in cases {
         let status = c.get_db_creds(req(r, jwt)).await.expect_err(name);
@@ -73,9 +93,15 @@ pub async fn error_table(env: &'static Env) {
         ("lease with spaces", "a b", Code::InvalidArgument),
     ];
     for (name, lease, code) in lease_cases {
-        let status = c.renew_lease(req(RenewLeaseRequest { lease_id: lease.to_string(), increment: None }, &env.billing)).await.expect_err(name);
+        let status = c
+            .renew_lease(req(RenewLeaseRequest { lease_id: lease.to_string(), increment: None }, &env.billing))
+            .await
+            .expect_err(name);
         assert_eq!(status.code(), *code, "{name}: {}", status.message());
-        let status = c.revoke_lease(req(RevokeLeaseRequest { lease_id: lease.to_string() }, &env.billing)).await.expect_err(name);
+        let status = c
+            .revoke_lease(req(RevokeLeaseRequest { lease_id: lease.to_string() }, &env.billing))
+            .await
+            .expect_err(name);
         assert_eq!(status.code(), *code, "{name}: {}", status.message());
     }
 }

@@ -8,6 +8,11 @@ use std::sync::atomic::Ordering;
 use tonic::Code;
 use vaultgate::pb::vaultgate::v1::{encryption_service_client::EncryptionServiceClient as Client, *};
 
+/// A round-trip case: key, plaintext, context, associated data.
+type Case<'a> = (&'a str, &'a [u8], &'a [u8], &'a [u8]);
+/// What a call returned, with its response dropped.
+type Outcome = Result<tonic::Response<()>, tonic::Status>;
+
 fn enc(key: &str, plaintext: &[u8]) -> EncryptRequest {
     EncryptRequest { key: key.into(), plaintext: plaintext.to_vec(), ..Default::default() }
 }
@@ -18,7 +23,8 @@ fn dec(key: &str, ciphertext: &str) -> DecryptRequest {
 
 pub async fn round_trip_matches_vault(env: &'static Env) {
     let mut c = Client::new(env.channel());
-    let cases: &[(&str, &[u8], &[u8], &[u8])] = &[
+    // (key, plaintext, context, associated data)
+    let cases: &[Case] = &[
         ("billing", b"4111 1111 1111 1111", b"", b""),
         ("billing", b"", b"", b""),
         ("qa-aes", b"with aad", b"", b"order-17"),
@@ -82,7 +88,11 @@ pub async fn batch_rpcs_answer_in_order(env: &'static Env) {
         .into_inner();
     assert_eq!(out.results.len(), plaintexts.len());
     assert!(out.results.iter().all(|r| r.error.is_none() && r.key_version == 1));
-    let items = out.results.iter().map(|r| DecryptBatchItem { ciphertext: r.ciphertext.clone(), ..Default::default() }).collect();
+    let items = out
+        .results
+        .iter()
+        .map(|r| DecryptBatchItem { ciphertext: r.ciphertext.clone(), ..Default::default() })
+        .collect();
     let back = c
         .decrypt_batch(req(DecryptBatchRequest { key: "billing".into(), items }, &env.billing))
         .await
@@ -91,7 +101,9 @@ pub async fn batch_rpcs_answer_in_order(env: &'static Env) {
     let got: Vec<Vec<u8>> = back.results.into_iter().map(|r| r.plaintext).collect();
     assert_eq!(got, plaintexts);
     // Spot-check with Vault directly.
-    let (_, answer) = env.vault(Method::POST, "transit/decrypt/billing", Some(json!({"ciphertext": out.results[777].ciphertext}))).await;
+    let (_, answer) = env
+        .vault(Method::POST, "transit/decrypt/billing", Some(json!({"ciphertext": out.results[777].ciphertext})))
+        .await;
     assert_eq!(answer["data"]["plaintext"], json!(B64.encode(b"item-777")));
 }
 
@@ -107,10 +119,19 @@ pub async fn batch_item_failures_stay_alone(env: &'static Env) {
     let cases: Vec<(DecryptBatchItem, Result<&[u8], Code>)> = vec![
         (DecryptBatchItem { ciphertext: good.clone(), ..Default::default() }, Ok(b"good")),
         (DecryptBatchItem { ciphertext: "not-a-ciphertext".into(), ..Default::default() }, Err(Code::InvalidArgument)),
-        (DecryptBatchItem { ciphertext: "vault:v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(), ..Default::default() }, Err(Code::InvalidArgument)),
+        (
+            DecryptBatchItem { ciphertext: "vault:v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(), ..Default::default() },
+            Err(Code::InvalidArgument),
+        ),
         (DecryptBatchItem { ciphertext: with_aad.clone(), ..Default::default() }, Err(Code::InvalidArgument)),
-        (DecryptBatchItem { ciphertext: with_aad, associated_data: b"aad".to_vec(), ..Default::default() }, Ok(b"aad-bound")),
-        (DecryptBatchItem { ciphertext: "vault:v99:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(), ..Default::default() }, Err(Code::InvalidArgument)),
+        (
+            DecryptBatchItem { ciphertext: with_aad, associated_data: b"aad".to_vec(), ..Default::default() },
+            Ok(b"aad-bound"),
+        ),
+        (
+            DecryptBatchItem { ciphertext: "vault:v99:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(), ..Default::default() },
+            Err(Code::InvalidArgument),
+        ),
         (DecryptBatchItem { ciphertext: good, ..Default::default() }, Ok(b"good")),
     ];
     let items = cases.iter().map(|(i, _)| i.clone()).collect();
@@ -140,7 +161,11 @@ pub async fn batch_item_failures_stay_alone(env: &'static Env) {
         EncryptBatchItem { plaintext: vec![7u8; 70_000], ..Default::default() },
         EncryptBatchItem { plaintext: b"ok too".to_vec(), ..Default::default() },
     ];
-    let out = c.encrypt_batch(req(EncryptBatchRequest { key: "qa-aes".into(), items }, &env.qa)).await.expect("batch").into_inner();
+    let out = c
+        .encrypt_batch(req(EncryptBatchRequest { key: "qa-aes".into(), items }, &env.qa))
+        .await
+        .expect("batch")
+        .into_inner();
     assert!(out.results[0].error.is_none() && out.results[2].error.is_none());
     assert_eq!(out.results[1].error.as_ref().map(|e| e.code), Some(Code::InvalidArgument as i32));
     assert!(out.results[1].error.as_ref().is_some_and(|e| e.message.contains("items[1].plaintext")));
@@ -149,14 +174,20 @@ pub async fn batch_item_failures_stay_alone(env: &'static Env) {
 pub async fn key_lifecycle_rpcs(env: &'static Env) {
     let mut c = Client::new(env.channel());
     let key = c.get_key(req(GetKeyRequest { key: "qa-rotate".into() }, &env.qa)).await.expect("get key").into_inner();
-    assert_eq!((key.r#type.as_str(), key.latest_version, key.min_decryption_version, key.derived), ("aes256-gcm96", 1, 1, false));
+    assert_eq!(
+        (key.r#type.as_str(), key.latest_version, key.min_decryption_version, key.derived),
+        ("aes256-gcm96", 1, 1, false)
+    );
     let old = c.encrypt(req(enc("qa-rotate", b"rotate me"), &env.qa)).await.expect("encrypt").into_inner();
     let rotated = c.rotate(req(RotateRequest { key: "qa-rotate".into() }, &env.qa)).await.expect("rotate").into_inner();
     assert_eq!(rotated.latest_version, 2);
     let (_, vault_key) = env.vault(Method::GET, "transit/keys/qa-rotate", None).await;
     assert_eq!(vault_key["data"]["latest_version"], 2);
     let rewrapped = c
-        .rewrap(req(RewrapRequest { key: "qa-rotate".into(), ciphertext: old.ciphertext.clone(), context: vec![] }, &env.qa))
+        .rewrap(req(
+            RewrapRequest { key: "qa-rotate".into(), ciphertext: old.ciphertext.clone(), context: vec![] },
+            &env.qa,
+        ))
         .await
         .expect("rewrap")
         .into_inner();
@@ -164,7 +195,8 @@ pub async fn key_lifecycle_rpcs(env: &'static Env) {
     assert_eq!(rewrapped.key_version, 2);
     let back = c.decrypt(req(dec("qa-rotate", &rewrapped.ciphertext), &env.qa)).await.expect("decrypt").into_inner();
     assert_eq!((back.plaintext.as_slice(), back.key_version), (&b"rotate me"[..], 2));
-    let derived = c.get_key(req(GetKeyRequest { key: "qa-derived".into() }, &env.qa)).await.expect("get key").into_inner();
+    let derived =
+        c.get_key(req(GetKeyRequest { key: "qa-derived".into() }, &env.qa)).await.expect("get key").into_inner();
     assert!(derived.derived);
     // A pinned older version encrypts with that version.
     let pinned = c
@@ -180,13 +212,17 @@ pub async fn generate_data_key_unwraps_in_vault(env: &'static Env) {
     let mut c = Client::new(env.channel());
     for (bits, len) in [(0u32, 32usize), (128, 16), (512, 64)] {
         let dk = c
-            .generate_data_key(req(GenerateDataKeyRequest { key: "billing".into(), context: vec![], bits }, &env.billing))
+            .generate_data_key(req(
+                GenerateDataKeyRequest { key: "billing".into(), context: vec![], bits },
+                &env.billing,
+            ))
             .await
             .expect("datakey")
             .into_inner();
         assert_eq!(dk.plaintext.len(), len);
         assert_eq!(dk.key_version, 1);
-        let (_, answer) = env.vault(Method::POST, "transit/decrypt/billing", Some(json!({"ciphertext": dk.ciphertext}))).await;
+        let (_, answer) =
+            env.vault(Method::POST, "transit/decrypt/billing", Some(json!({"ciphertext": dk.ciphertext}))).await;
         assert_eq!(answer["data"]["plaintext"], json!(B64.encode(&dk.plaintext)));
     }
 }
@@ -199,29 +235,112 @@ pub async fn error_table(env: &'static Env) {
         .expect("encrypt")
         .into_inner()
         .ciphertext;
-    let cases: Vec<(&str, Result<tonic::Response<()>, tonic::Status>, Code, &str)> = vec![
-        ("empty key", c.encrypt(req(enc("", b"x"), &env.qa)).await.map(|r| r.map(|_| ())), Code::InvalidArgument, "key"),
-        ("bad key name", c.encrypt(req(enc("a/b", b"x"), &env.qa)).await.map(|r| r.map(|_| ())), Code::InvalidArgument, "key"),
-        ("oversized plaintext", c.encrypt(req(enc("qa-aes", &[1u8; 70_000]), &env.qa)).await.map(|r| r.map(|_| ())), Code::InvalidArgument, "limit"),
-        ("malformed ciphertext", c.decrypt(req(dec("qa-aes", "garbage"), &env.qa)).await.map(|r| r.map(|_| ())), Code::InvalidArgument, "ciphertext"),
-        ("empty ciphertext", c.decrypt(req(dec("qa-aes", ""), &env.qa)).await.map(|r| r.map(|_| ())), Code::InvalidArgument, "ciphertext"),
+    let cases: Vec<(&str, Outcome, Code, &str)> = vec![
+        (
+            "empty key",
+            c.encrypt(req(enc("", b"x"), &env.qa)).await.map(|r| r.map(|_| ())),
+            Code::InvalidArgument,
+            "key",
+        ),
+        (
+            "bad key name",
+            c.encrypt(req(enc("a/b", b"x"), &env.qa)).await.map(|r| r.map(|_| ())),
+            Code::InvalidArgument,
+            "key",
+        ),
+        (
+            "oversized plaintext",
+            c.encrypt(req(enc("qa-aes", &[1u8; 70_000]), &env.qa)).await.map(|r| r.map(|_| ())),
+            Code::InvalidArgument,
+            "limit",
+        ),
+        (
+            "malformed ciphertext",
+            c.decrypt(req(dec("qa-aes", "garbage"), &env.qa)).await.map(|r| r.map(|_| ())),
+            Code::InvalidArgument,
+            "ciphertext",
+        ),
+        (
+            "empty ciphertext",
+            c.decrypt(req(dec("qa-aes", ""), &env.qa)).await.map(|r| r.map(|_| ())),
+            Code::InvalidArgument,
+            "ciphertext",
+        ),
         (
             "wrong context",
-            c.decrypt(req(DecryptRequest { context: b"tenant-b".to_vec(), ..dec("qa-derived", &derived_ct) }, &env.qa)).await.map(|r| r.map(|_| ())),
+            c.decrypt(req(DecryptRequest { context: b"tenant-b".to_vec(), ..dec("qa-derived", &derived_ct) }, &env.qa))
+                .await
+                .map(|r| r.map(|_| ())),
             Code::InvalidArgument,
             "context",
         ),
-        ("missing context", c.encrypt(req(enc("qa-derived", b"x"), &env.qa)).await.map(|r| r.map(|_| ())), Code::InvalidArgument, "context"),
-        ("version too new", c.decrypt(req(dec("qa-aes", "vault:v9:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), &env.qa)).await.map(|r| r.map(|_| ())), Code::InvalidArgument, "version"),
-        ("missing key, decrypt", c.decrypt(req(dec("qa-missing", "vault:v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), &env.qa)).await.map(|r| r.map(|_| ())), Code::NotFound, "qa-missing"),
-        ("missing key, get", c.get_key(req(GetKeyRequest { key: "qa-missing".into() }, &env.qa)).await.map(|r| r.map(|_| ())), Code::NotFound, "qa-missing"),
-        ("missing key, rotate", c.rotate(req(RotateRequest { key: "qa-missing".into() }, &env.qa)).await.map(|r| r.map(|_| ())), Code::NotFound, "qa-missing"),
-        ("another caller's key", c.encrypt(req(enc("billing", b"x"), &env.qa)).await.map(|r| r.map(|_| ())), Code::PermissionDenied, "billing"),
-        ("bad datakey bits", c.generate_data_key(req(GenerateDataKeyRequest { key: "qa-aes".into(), context: vec![], bits: 100 }, &env.qa)).await.map(|r| r.map(|_| ())), Code::InvalidArgument, "bits"),
-        ("empty batch", c.encrypt_batch(req(EncryptBatchRequest { key: "qa-aes".into(), items: vec![] }, &env.qa)).await.map(|r| r.map(|_| ())), Code::InvalidArgument, "items"),
+        (
+            "missing context",
+            c.encrypt(req(enc("qa-derived", b"x"), &env.qa)).await.map(|r| r.map(|_| ())),
+            Code::InvalidArgument,
+            "context",
+        ),
+        (
+            "version too new",
+            c.decrypt(req(dec("qa-aes", "vault:v9:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), &env.qa))
+                .await
+                .map(|r| r.map(|_| ())),
+            Code::InvalidArgument,
+            "version",
+        ),
+        (
+            "missing key, decrypt",
+            c.decrypt(req(dec("qa-missing", "vault:v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), &env.qa))
+                .await
+                .map(|r| r.map(|_| ())),
+            Code::NotFound,
+            "qa-missing",
+        ),
+        (
+            "missing key, get",
+            c.get_key(req(GetKeyRequest { key: "qa-missing".into() }, &env.qa)).await.map(|r| r.map(|_| ())),
+            Code::NotFound,
+            "qa-missing",
+        ),
+        (
+            "missing key, rotate",
+            c.rotate(req(RotateRequest { key: "qa-missing".into() }, &env.qa)).await.map(|r| r.map(|_| ())),
+            Code::NotFound,
+            "qa-missing",
+        ),
+        (
+            "another caller's key",
+            c.encrypt(req(enc("billing", b"x"), &env.qa)).await.map(|r| r.map(|_| ())),
+            Code::PermissionDenied,
+            "billing",
+        ),
+        (
+            "bad datakey bits",
+            c.generate_data_key(req(
+                GenerateDataKeyRequest { key: "qa-aes".into(), context: vec![], bits: 100 },
+                &env.qa,
+            ))
+            .await
+            .map(|r| r.map(|_| ())),
+            Code::InvalidArgument,
+            "bits",
+        ),
+        (
+            "empty batch",
+            c.encrypt_batch(req(EncryptBatchRequest { key: "qa-aes".into(), items: vec![] }, &env.qa))
+                .await
+                .map(|r| r.map(|_| ())),
+            Code::InvalidArgument,
+            "items",
+        ),
         (
             "oversized batch",
-            c.encrypt_batch(req(EncryptBatchRequest { key: "qa-aes".into(), items: vec![EncryptBatchItem::default(); 2001] }, &env.qa)).await.map(|r| r.map(|_| ())),
+            c.encrypt_batch(req(
+                EncryptBatchRequest { key: "qa-aes".into(), items: vec![EncryptBatchItem::default(); 2001] },
+                &env.qa,
+            ))
+            .await
+            .map(|r| r.map(|_| ())),
             Code::InvalidArgument,
             "2001",
         ),
@@ -252,7 +371,12 @@ pub async fn concurrent_calls_are_coalesced_and_answered_correctly(env: &'static
         let mut c = Client::new(env.channel());
         tasks.push(tokio::spawn(async move {
             let plaintext = format!("secret-number-{i}");
-            let ct = c.encrypt(req(enc("billing", plaintext.as_bytes()), &env.billing)).await.expect("encrypt").into_inner().ciphertext;
+            let ct = c
+                .encrypt(req(enc("billing", plaintext.as_bytes()), &env.billing))
+                .await
+                .expect("encrypt")
+                .into_inner()
+                .ciphertext;
             let back = c.decrypt(req(dec("billing", &ct), &env.billing)).await.expect("decrypt").into_inner().plaintext;
             assert_eq!(back, plaintext.as_bytes(), "call {i} got another caller's answer");
         }));

@@ -6,7 +6,12 @@ use tokio::time::Instant;
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
 use vaultgate::{config::Config, dev::process, service::Gateway};
 
-async fn wait_for(client: &mut HealthClient<tonic::transport::Channel>, service: &str, want: ServingStatus, within: Duration) -> Duration {
+async fn wait_for(
+    client: &mut HealthClient<tonic::transport::Channel>,
+    service: &str,
+    want: ServingStatus,
+    within: Duration,
+) -> Duration {
     let start = Instant::now();
     loop {
         let got = client.check(HealthCheckRequest { service: service.into() }).await.map(|r| r.into_inner().status);
@@ -26,7 +31,10 @@ pub async fn follows_vault_down_and_up(env: &'static Env) {
     let bao = process::Bao::start_at(&bao_bin, &dir, "health-root", port).await.expect("start bao");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let toml = format!("listen = \"{addr}\"\n[vault]\naddress = \"{}\"\nhealth_interval_ms = 500\ntimeout_ms = 2000\n", bao.addr);
+    let toml = format!(
+        "listen = \"{addr}\"\n[vault]\naddress = \"{}\"\nhealth_interval_ms = 500\ntimeout_ms = 2000\n",
+        bao.addr
+    );
     let gateway = Gateway::new(Arc::new(Config::parse(&toml).expect("config"))).expect("gateway");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(vaultgate::server::serve(listener, gateway, async {
@@ -35,7 +43,8 @@ pub async fn follows_vault_down_and_up(env: &'static Env) {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy();
     let mut client = HealthClient::new(channel);
     let limit = Duration::from_secs(5);
-    for service in ["", "vaultgate.v1.EncryptionService", "vaultgate.v1.SecretService", "vaultgate.v1.DatabaseService"] {
+    for service in ["", "vaultgate.v1.EncryptionService", "vaultgate.v1.SecretService", "vaultgate.v1.DatabaseService"]
+    {
         wait_for(&mut client, service, ServingStatus::Serving, limit).await;
     }
     bao.stop().await;
@@ -43,7 +52,11 @@ pub async fn follows_vault_down_and_up(env: &'static Env) {
     wait_for(&mut client, "", ServingStatus::NotServing, limit).await;
     let bao = process::Bao::start_at(&bao_bin, &dir, "health-root", port).await.expect("restart bao");
     let up = wait_for(&mut client, "vaultgate.v1.EncryptionService", ServingStatus::Serving, limit).await;
-    println!("  health: NOT_SERVING {:.1} s after Vault stopped, SERVING {:.1} s after it returned", down.as_secs_f64(), up.as_secs_f64());
+    println!(
+        "  health: NOT_SERVING {:.1} s after Vault stopped, SERVING {:.1} s after it returned",
+        down.as_secs_f64(),
+        up.as_secs_f64()
+    );
     let _ = tx.send(());
     bao.stop().await;
 }

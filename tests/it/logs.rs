@@ -38,7 +38,11 @@ pub fn check(path: &PathBuf, env: &Env) -> Vec<String> {
     }
     for secret in env.secrets() {
         if secret.len() >= 6 && text.contains(&secret) {
-            leaks.push(format!("a registered secret ({} bytes, starts {:?}) is in the log", secret.len(), &secret[..3]));
+            leaks.push(format!(
+                "a registered secret ({} bytes, starts {:?}) is in the log",
+                secret.len(),
+                &secret[..3]
+            ));
         }
     }
     if text.contains("eyJ") {

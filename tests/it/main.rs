@@ -53,8 +53,10 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let selected: Vec<_> =
-        TESTS.iter().filter(|(name, _)| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()))).collect();
+    let selected: Vec<_> = TESTS
+        .iter()
+        .filter(|(name, _)| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str())))
+        .collect();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -65,7 +67,12 @@ fn main() {
     let failed = runtime.block_on(async move {
         let log = logs::capture();
         let env: &'static Env = Box::leak(Box::new(Env::start().await));
-        println!("\nrunning {} tests against OpenBao {} and the gateway at {}", selected.len(), env.vault_addr, env.addr);
+        println!(
+            "\nrunning {} tests against OpenBao {} and the gateway at {}",
+            selected.len(),
+            env.vault_addr,
+            env.addr
+        );
         let mut handles = Vec::new();
         for (name, test) in selected.iter().copied() {
             let started = std::time::Instant::now();

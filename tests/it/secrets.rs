@@ -31,9 +31,15 @@ pub async fn get_and_list(env: &'static Env) {
         let s = c.get_secret(req(r, &env.qa)).await.expect("get version").into_inner();
         assert_eq!((string_field(&s, "v").as_deref(), s.version), (Some(value), want_version), "version {version}");
     }
-    let list = c.list_secrets(req(ListSecretsRequest { path: "billing/".into(), mount: String::new() }, &env.billing)).await.expect("list");
+    let list = c
+        .list_secrets(req(ListSecretsRequest { path: "billing/".into(), mount: String::new() }, &env.billing))
+        .await
+        .expect("list");
     assert_eq!(list.into_inner().keys, vec!["api-keys".to_string()]);
-    let list = c.list_secrets(req(ListSecretsRequest { path: "qa".into(), mount: String::new() }, &env.qa)).await.expect("list");
+    let list = c
+        .list_secrets(req(ListSecretsRequest { path: "qa".into(), mount: String::new() }, &env.qa))
+        .await
+        .expect("list");
     assert_eq!(list.into_inner().keys, vec!["multi".to_string()]);
 }
 
@@ -46,7 +52,12 @@ pub async fn error_table(env: &'static Env) {
         ("empty path", get("", 0), &env.billing, Code::InvalidArgument),
         ("dot-dot path", get("billing/../reports/config", 0), &env.billing, Code::InvalidArgument),
         ("folder, not secret", get("billing/", 0), &env.billing, Code::InvalidArgument),
-        ("bad mount", GetSecretRequest { mount: "a b".into(), ..get("billing/api-keys", 0) }, &env.billing, Code::InvalidArgument),
+        (
+            "bad mount",
+            GetSecretRequest { mount: "a b".into(), ..get("billing/api-keys", 0) },
+            &env.billing,
+            Code::InvalidArgument,
+        ),
     ];
     for (name, r, jwt, code) in cases {
         let status = c.get_secret(req(r, jwt)).await.expect_err(name);

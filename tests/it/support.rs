@@ -106,7 +106,9 @@ impl Env {
             issuer,
             dir,
             http: reqwest::Client::new(),
-            channel: tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy(),
+            channel: tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("endpoint")
+                .connect_lazy(),
             secrets: Mutex::new(Vec::new()),
             processes: tokio::sync::Mutex::new(Some((bao, postgres))),
             shutdown: Mutex::new(Some(tx)),
@@ -155,7 +157,10 @@ impl Env {
 
     /// Calls Vault directly with the root token (to check what the gateway did).
     pub async fn vault(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.http.request(method, format!("{}/v1/{path}", self.vault_addr)).header("X-Vault-Token", &self.root_token);
+        let mut req = self
+            .http
+            .request(method, format!("{}/v1/{path}", self.vault_addr))
+            .header("X-Vault-Token", &self.root_token);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -168,7 +173,18 @@ impl Env {
     /// Logs in to PostgreSQL with `user`/`password`; `Ok(current_user)` or the error text.
     pub async fn pg_login(&self, user: &str, password: &str) -> Result<String, String> {
         let out = tokio::process::Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &self.pg_port.to_string(), "-U", user, "-d", "postgres", "-Atc", "select current_user"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.pg_port.to_string(),
+                "-U",
+                user,
+                "-d",
+                "postgres",
+                "-Atc",
+                "select current_user",
+            ])
             .env("PGPASSWORD", password)
             .env("PGCONNECT_TIMEOUT", "5")
             .output()

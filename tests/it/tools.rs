@@ -3,7 +3,11 @@
 use crate::support::Env;
 
 async fn grpcurl(args: &[&str]) -> String {
-    let out = tokio::process::Command::new("grpcurl").args(args).output().await.expect("grpcurl on PATH (make test installs it)");
+    let out = tokio::process::Command::new("grpcurl")
+        .args(args)
+        .output()
+        .await
+        .expect("grpcurl on PATH (make test installs it)");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "grpcurl {args:?} failed: {text}");
     text
@@ -12,14 +16,37 @@ async fn grpcurl(args: &[&str]) -> String {
 pub async fn grpcurl_lists_and_encrypts(env: &'static Env) {
     let addr = env.addr.to_string();
     let services = grpcurl(&["-plaintext", &addr, "list"]).await;
-    for s in ["vaultgate.v1.EncryptionService", "vaultgate.v1.SecretService", "vaultgate.v1.DatabaseService", "grpc.health.v1.Health"] {
+    for s in [
+        "vaultgate.v1.EncryptionService",
+        "vaultgate.v1.SecretService",
+        "vaultgate.v1.DatabaseService",
+        "grpc.health.v1.Health",
+    ] {
         assert!(services.contains(s), "{s} missing from: {services}");
     }
     let methods = grpcurl(&["-plaintext", &addr, "describe", "vaultgate.v1.EncryptionService"]).await;
     assert!(methods.contains("rpc GenerateDataKey"), "{methods}");
     let auth = format!("authorization: Bearer {}", env.billing);
-    let out = grpcurl(&["-plaintext", "-H", &auth, "-d", r#"{"key":"billing","plaintext":"aGVsbG8="}"#, &addr, "vaultgate.v1.EncryptionService/Encrypt"]).await;
+    let out = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        r#"{"key":"billing","plaintext":"aGVsbG8="}"#,
+        &addr,
+        "vaultgate.v1.EncryptionService/Encrypt",
+    ])
+    .await;
     assert!(out.contains("\"ciphertext\": \"vault:v1:"), "{out}");
-    let out = grpcurl(&["-plaintext", "-H", &auth, "-d", r#"{"path":"billing/api-keys"}"#, &addr, "vaultgate.v1.SecretService/GetSecret"]).await;
+    let out = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        r#"{"path":"billing/api-keys"}"#,
+        &addr,
+        "vaultgate.v1.SecretService/GetSecret",
+    ])
+    .await;
     assert!(out.contains("sk_test_demo"), "{out}");
 }

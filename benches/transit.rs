@@ -1,0 +1,930 @@
+//! The Transit benchmark of issue 4 (`make bench`): a Rust load generator that starts an OpenBao
+//! dev server and the release `vaultgate` binary as separate processes and measures, side by side,
+//! (a) a client calling Transit directly, one HTTP request per item, (b) the gateway with
+//! batching off, (c) the gateway with batching on, and (d) 100-item EncryptBatch calls through the
+//! gateway against the same `batch_input` sent to OpenBao directly; then gateway peak RSS with
+//! 10,000 calls in flight.
+//!
+//! Pinning (2 cores): this load generator runs on CPU 0, OpenBao and the gateway on CPU 1, so
+//! the client's own cost never competes with what is measured. Each case is a closed loop of N
+//! concurrent callers: a warm-up, then a fixed measuring window in which completed calls,
+//! their latencies and the CPU time (`/proc/<pid>/stat`) of every process are counted. The
+//! gateway acts with the caller's own token (JWT login), never root.
+//!
+//! Knobs (environment): `VAULTGATE_BENCH_SECS` (measuring window, default 5),
+//! `VAULTGATE_BENCH_WARMUP` (default 1), `VAULTGATE_BENCH_CONCURRENCY` (default `1,16,64,256`),
+//! `VAULTGATE_BENCH_GATEWAY_LOG` (the gateway's log filter, default `warn`), `VAULTGATE_BIN`
+//! (gateway binary, default `vaultgate` beside this bench's target dir), `VAULTGATE_BAO`.
+//! Output: a table on stdout, `target/bench/transit-<UTC time>.json` and `target/bench/latest.json`.
+
+use reqwest::header::CONTENT_TYPE;
+use serde_json::{json, Value};
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+use tokio::{
+    process::{Child, Command},
+    time::Instant,
+};
+use tonic::{metadata::MetadataValue, transport::Channel};
+use vaultgate::{
+    dev::{
+        issuer::{Issuer, AUDIENCE, ISSUER},
+        process::{find_bao, free_port},
+    },
+    pb::vaultgate::v1::{
+        encryption_service_client::EncryptionServiceClient, EncryptBatchItem, EncryptBatchRequest, EncryptRequest,
+    },
+};
+
+/// Plaintext size of every item.
+const PLAINTEXT_BYTES: usize = 64;
+/// Items of one explicit batch, case (d).
+const BATCH_ITEMS: usize = 100;
+/// Transit key the bench encrypts with.
+const KEY: &str = "bench";
+/// Vault role (and JWT subject) of the bench caller.
+const ROLE: &str = "bench";
+/// Concurrencies of case (d).
+const BATCH_CONCURRENCY: [usize; 2] = [1, 16];
+/// Calls in flight for the memory case.
+const MANY_IN_FLIGHT: usize = 10_000;
+/// Calls in flight per HTTP/2 connection to the gateway, at most (more callers, more channels).
+const CALLS_PER_CHANNEL: usize = 128;
+/// Most HTTP/2 connections to the gateway.
+const MAX_CHANNELS: usize = 64;
+/// CPU of the load generator.
+const CLIENT_CPU: &str = "0";
+/// CPU of OpenBao and the gateway.
+const SERVER_CPU: &str = "1";
+
+/// Settings of one run, from the environment.
+#[derive(Debug, Clone)]
+struct Settings {
+    /// Measuring window of each case.
+    window: Duration,
+    /// Warm-up before each window.
+    warmup: Duration,
+    /// Concurrencies of cases (a), (b), (c).
+    concurrency: Vec<usize>,
+    /// The gateway's log filter.
+    gateway_log: String,
+    /// Whether processes are pinned to CPUs.
+    pinned: bool,
+}
+
+fn env_secs(name: &str, default: f64) -> Duration {
+    let secs = std::env::var(name).ok().and_then(|v| v.parse::<f64>().ok()).filter(|s| *s > 0.0).unwrap_or(default);
+    Duration::from_secs_f64(secs)
+}
+
+impl Settings {
+    fn from_env(pinned: bool) -> Settings {
+        let concurrency = std::env::var("VAULTGATE_BENCH_CONCURRENCY")
+            .ok()
+            .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).filter(|c| *c > 0).collect::<Vec<_>>())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| vec![1, 16, 64, 256]);
+        Settings {
+            window: env_secs("VAULTGATE_BENCH_SECS", 5.0),
+            warmup: env_secs("VAULTGATE_BENCH_WARMUP", 1.0),
+            concurrency,
+            gateway_log: std::env::var("VAULTGATE_BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+            pinned,
+        }
+    }
+}
+
+/// Pins this process (all its threads) to [`CLIENT_CPU`]; false when there are fewer than two
+/// CPUs or no `taskset`, in which case nothing is pinned.
+fn pin_self() -> bool {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if cpus < 2 {
+        eprintln!("bench: only {cpus} CPU; running unpinned (results are not comparable)");
+        return false;
+    }
+    let pid = std::process::id().to_string();
+    let ok = std::process::Command::new("taskset")
+        .args(["-a", "-c", "-p", CLIENT_CPU, &pid])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("bench: `taskset` failed or missing; running unpinned (results are not comparable)");
+    }
+    ok
+}
+
+/// A child process (OpenBao or the gateway), pinned to [`SERVER_CPU`], killed when dropped.
+struct Server {
+    child: Child,
+    pid: u32,
+    name: &'static str,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `program args` with stdout and stderr to `log`.
+    fn spawn(
+        name: &'static str,
+        pinned: bool,
+        program: &Path,
+        args: &[String],
+        log: PathBuf,
+    ) -> Result<Server, String> {
+        let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
+        // `taskset -c CPU program` execs the program, so the child's pid is the program's.
+        let mut cmd = if pinned {
+            let mut c = Command::new("taskset");
+            c.args(["-c", SERVER_CPU]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        let child = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {name} ({}): {e}", program.display()))?;
+        let pid = child.id().ok_or_else(|| format!("{name} exited at once; see {}", log.display()))?;
+        Ok(Server { child, pid, name, log })
+    }
+
+    /// Fails with the tail of the log if the process has exited.
+    fn check_alive(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!("{} exited ({status}); log:\n{}", self.name, tail(&self.log, 20))),
+            Err(e) => Err(format!("{}: {e}", self.name)),
+        }
+    }
+
+    /// Asks the process to stop (SIGTERM), then kills it after 5 s.
+    async fn stop(mut self) {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.pid.to_string()]).status();
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times.
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of a process, in ticks.
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces: state is
+    // field 3, utime 14 and stime 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Peak resident set size (VmHWM) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resets a process's VmHWM to its current RSS, so that the next reading is the peak of one case.
+fn reset_peak_rss(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// A Vault HTTP helper for setup, with the root token.
+struct Admin {
+    http: reqwest::Client,
+    addr: String,
+    root: String,
+}
+
+impl Admin {
+    async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/{path}", self.addr))
+            .header("X-Vault-Token", &self.root)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("POST {path}: {e}"))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| format!("POST {path}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("POST {path}: HTTP {status}: {text}"));
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
+/// Starts OpenBao in dev mode on a free port and waits until it answers.
+async fn start_bao(settings: &Settings, dir: &Path, root: &str) -> Result<(Server, String), String> {
+    let port = free_port()?;
+    let args = vec![
+        "server".to_string(),
+        "-dev".into(),
+        format!("-dev-root-token-id={root}"),
+        format!("-dev-listen-address=127.0.0.1:{port}"),
+    ];
+    let mut bao = Server::spawn("OpenBao", settings.pinned, &find_bao()?, &args, dir.join("bao.log"))?;
+    let addr = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..600 {
+        bao.check_alive()?;
+        let health = http.get(format!("{addr}/v1/sys/health")).timeout(Duration::from_secs(1)).send().await;
+        if health.is_ok_and(|r| r.status().is_success()) {
+            return Ok((bao, addr));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("OpenBao did not answer within 30 s; log:\n{}", tail(&bao.log, 20)))
+}
+
+/// Sets OpenBao up with the root token: a Transit key, JWT auth trusting `issuer`, and a role
+/// whose policy allows only encrypting with that key. Returns the caller's JWT and its Vault token.
+async fn provision(admin: &Admin, issuer: &Issuer) -> Result<(String, String), String> {
+    admin.post("sys/mounts/transit", json!({"type": "transit"})).await?;
+    admin.post(&format!("transit/keys/{KEY}"), json!({"type": "aes256-gcm96"})).await?;
+    admin.post("sys/auth/jwt", json!({"type": "jwt"})).await?;
+    admin
+        .post("auth/jwt/config", json!({"jwt_validation_pubkeys": [issuer.public_pem], "bound_issuer": ISSUER}))
+        .await?;
+    let policy = format!("path \"transit/encrypt/{KEY}\" {{ capabilities = [\"update\"] }}\n");
+    admin.post(&format!("sys/policies/acl/{ROLE}"), json!({"policy": policy})).await?;
+    admin
+        .post(
+            &format!("auth/jwt/role/{ROLE}"),
+            json!({
+                "role_type": "jwt",
+                "user_claim": "sub",
+                "bound_subject": ROLE,
+                "bound_audiences": [AUDIENCE],
+                "token_policies": [ROLE],
+                "token_ttl": "2h",
+                "token_max_ttl": "4h",
+                "token_type": "service",
+            }),
+        )
+        .await?;
+    let jwt = issuer.mint(ROLE, 4 * 3600)?;
+    // The direct client logs in like any service would: with its own JWT, never root.
+    let login = admin.post("auth/jwt/login", json!({"role": ROLE, "jwt": jwt})).await?;
+    let token = login["auth"]["client_token"].as_str().ok_or("JWT login answered without a client_token")?;
+    Ok((jwt, token.to_string()))
+}
+
+/// The gateway's config file.
+fn gateway_config(listen: u16, bao_addr: &str, batching: bool, log: &str) -> String {
+    format!(
+        "# Written by benches/transit.rs.\nlisten = \"127.0.0.1:{listen}\"\n\n[vault]\naddress = \"{bao_addr}\"\n\n\
+         [[callers]]\nrole = \"{ROLE}\"\nclaim = \"sub\"\nequals = \"{ROLE}\"\nissuer = \"{ISSUER}\"\n\n\
+         [batch]\nenabled = {batching}\n\n[log]\nlevel = \"{log}\"\n"
+    )
+}
+
+/// A running gateway and the HTTP/2 connections to it.
+struct Gateway {
+    server: Server,
+    addr: String,
+    auth: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl Gateway {
+    /// Starts `vaultgate serve` and waits until one Encrypt call succeeds (that call logs in).
+    async fn start(
+        settings: &Settings,
+        bin: &Path,
+        dir: &Path,
+        bao_addr: &str,
+        jwt: &str,
+        batching: bool,
+    ) -> Result<Gateway, String> {
+        let port = free_port()?;
+        let name = if batching { "gateway-batching-on" } else { "gateway-batching-off" };
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, gateway_config(port, bao_addr, batching, &settings.gateway_log))
+            .map_err(|e| format!("{}: {e}", config.display()))?;
+        let args = vec!["serve".to_string(), "--config".into(), config.display().to_string()];
+        let mut server = Server::spawn("the gateway", settings.pinned, bin, &args, dir.join(format!("{name}.log")))?;
+        let auth = format!("Bearer {jwt}").parse().map_err(|e| format!("JWT as metadata: {e}"))?;
+        let addr = format!("http://127.0.0.1:{port}");
+        for _ in 0..200 {
+            server.check_alive()?;
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                let gateway = Gateway { server, addr, auth };
+                let first = match gateway.single(1).await {
+                    Ok(target) => target.call(0).await,
+                    Err(e) => Err(e),
+                };
+                return match first {
+                    Ok(()) => Ok(gateway),
+                    Err(e) => Err(format!(
+                        "first Encrypt through the gateway failed: {e}; log:\n{}",
+                        tail(&gateway.server.log, 20)
+                    )),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!("the gateway did not listen within 10 s; log:\n{}", tail(&server.log, 20)))
+    }
+
+    /// Enough HTTP/2 connections for `concurrency` calls in flight.
+    async fn channels(&self, concurrency: usize) -> Result<Vec<Channel>, String> {
+        let n = concurrency.div_ceil(CALLS_PER_CHANNEL).clamp(1, MAX_CHANNELS);
+        let mut channels = Vec::with_capacity(n);
+        for _ in 0..n {
+            let endpoint = Channel::from_shared(self.addr.clone()).map_err(|e| format!("gateway address: {e}"))?;
+            let channel = endpoint
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect to the gateway: {e}"))?;
+            channels.push(channel);
+        }
+        Ok(channels)
+    }
+
+    async fn single(&self, concurrency: usize) -> Result<Target, String> {
+        Ok(Target::GatewaySingle { channels: self.channels(concurrency).await?, auth: self.auth.clone() })
+    }
+
+    async fn batch(&self, concurrency: usize) -> Result<Target, String> {
+        Ok(Target::GatewayBatch { channels: self.channels(concurrency).await?, auth: self.auth.clone() })
+    }
+}
+
+/// What one call of a case does.
+enum Target {
+    /// (a) and (d) direct: one HTTP request to Transit with a prepared JSON body.
+    Direct { http: reqwest::Client, url: String, token: String, body: bytes::Bytes, items: usize },
+    /// (b), (c): one unary Encrypt.
+    GatewaySingle { channels: Vec<Channel>, auth: MetadataValue<tonic::metadata::Ascii> },
+    /// (d) gateway: one EncryptBatch of [`BATCH_ITEMS`].
+    GatewayBatch { channels: Vec<Channel>, auth: MetadataValue<tonic::metadata::Ascii> },
+}
+
+/// The plaintext of item `i`.
+fn plaintext(i: usize) -> Vec<u8> {
+    (0..PLAINTEXT_BYTES).map(|b| (b + i) as u8).collect()
+}
+
+/// Counts `needle` in `hay`.
+fn count(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len()).filter(|w| *w == needle).count()
+}
+
+impl Target {
+    fn direct(http: &reqwest::Client, addr: &str, token: &str, items: usize) -> Target {
+        use base64::{engine::general_purpose::STANDARD, Engine};
+        let body = if items == 1 {
+            json!({"plaintext": STANDARD.encode(plaintext(0))})
+        } else {
+            let input: Vec<Value> = (0..items).map(|i| json!({"plaintext": STANDARD.encode(plaintext(i))})).collect();
+            json!({"batch_input": input})
+        };
+        Target::Direct {
+            http: http.clone(),
+            url: format!("{addr}/v1/transit/encrypt/{KEY}"),
+            token: token.to_string(),
+            body: serde_json::to_vec(&body).unwrap_or_default().into(),
+            items,
+        }
+    }
+
+    /// Items one call carries.
+    fn items(&self) -> usize {
+        match self {
+            Target::Direct { items, .. } => *items,
+            Target::GatewaySingle { .. } => 1,
+            Target::GatewayBatch { .. } => BATCH_ITEMS,
+        }
+    }
+
+    /// One call by caller `worker`; checks that every item came back encrypted.
+    async fn call(&self, worker: usize) -> Result<(), String> {
+        match self {
+            Target::Direct { http, url, token, body, items } => {
+                let resp = http
+                    .post(url)
+                    .header("X-Vault-Token", token)
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .map_err(|e| format!("OpenBao: {e}"))?;
+                let status = resp.status();
+                let bytes = resp.bytes().await.map_err(|e| format!("OpenBao: {e}"))?;
+                let ok = count(&bytes, b"\"ciphertext\":\"vault:v");
+                if !status.is_success() || ok != *items {
+                    return Err(format!("OpenBao: HTTP {status}, {ok} of {items} items encrypted"));
+                }
+                Ok(())
+            }
+            Target::GatewaySingle { channels, auth } => {
+                let mut client = EncryptionServiceClient::new(channels[worker % channels.len()].clone());
+                let mut req = tonic::Request::new(EncryptRequest {
+                    key: KEY.into(),
+                    plaintext: plaintext(worker),
+                    ..Default::default()
+                });
+                req.metadata_mut().insert("authorization", auth.clone());
+                let resp =
+                    client.encrypt(req).await.map_err(|s| format!("gateway: {:?}: {}", s.code(), s.message()))?;
+                if !resp.get_ref().ciphertext.starts_with("vault:v") {
+                    return Err("gateway: answer without a ciphertext".into());
+                }
+                Ok(())
+            }
+            Target::GatewayBatch { channels, auth } => {
+                let mut client = EncryptionServiceClient::new(channels[worker % channels.len()].clone())
+                    .max_decoding_message_size(16 << 20);
+                let items =
+                    (0..BATCH_ITEMS).map(|i| EncryptBatchItem { plaintext: plaintext(i), ..Default::default() });
+                let mut req = tonic::Request::new(EncryptBatchRequest { key: KEY.into(), items: items.collect() });
+                req.metadata_mut().insert("authorization", auth.clone());
+                let resp =
+                    client.encrypt_batch(req).await.map_err(|s| format!("gateway: {:?}: {}", s.code(), s.message()))?;
+                let ok =
+                    resp.get_ref().results.iter().filter(|r| r.error.is_none() && !r.ciphertext.is_empty()).count();
+                if ok != BATCH_ITEMS {
+                    return Err(format!("gateway: {ok} of {BATCH_ITEMS} items encrypted"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What one caller saw: for each completed call, its completion time since the start of the
+/// case and its latency, both in microseconds.
+#[derive(Default)]
+struct Trace {
+    done: Vec<(u32, u32)>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// The measured figures of one case.
+#[derive(Debug, Clone)]
+struct Measured {
+    case: &'static str,
+    label: &'static str,
+    concurrency: usize,
+    items_per_call: usize,
+    calls: usize,
+    items_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    gateway_cpu_ms_per_1k: Option<f64>,
+    openbao_cpu_ms_per_1k: f64,
+    client_cpu_ms_per_1k: f64,
+    /// Share of one core each process used during the window.
+    gateway_util: Option<f64>,
+    openbao_util: f64,
+    client_util: f64,
+    gateway_peak_rss_mib: Option<f64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Measured {
+    fn json(&self) -> Value {
+        json!({
+            "case": self.case,
+            "label": self.label,
+            "concurrency": self.concurrency,
+            "items_per_call": self.items_per_call,
+            "calls": self.calls,
+            "items_per_s": round(self.items_per_s, 0),
+            "p50_ms": round(self.p50_ms, 3),
+            "p99_ms": round(self.p99_ms, 3),
+            "gateway_cpu_ms_per_1k_items": self.gateway_cpu_ms_per_1k.map(|v| round(v, 2)),
+            "openbao_cpu_ms_per_1k_items": round(self.openbao_cpu_ms_per_1k, 2),
+            "client_cpu_ms_per_1k_items": round(self.client_cpu_ms_per_1k, 2),
+            "gateway_cpu_utilisation": self.gateway_util.map(|v| round(v, 3)),
+            "openbao_cpu_utilisation": round(self.openbao_util, 3),
+            "client_cpu_utilisation": round(self.client_util, 3),
+            "gateway_peak_rss_mib": self.gateway_peak_rss_mib.map(|v| round(v, 1)),
+            "errors": self.errors,
+            "first_error": self.first_error,
+        })
+    }
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (v * f).round() / f
+}
+
+/// The processes whose CPU time a case reads.
+struct Watched {
+    bao: u32,
+    gateway: Option<u32>,
+    ticks_per_s: f64,
+}
+
+/// CPU ticks of OpenBao, the gateway and this process at one instant.
+fn snapshot(w: &Watched) -> (Instant, u64, Option<u64>, u64) {
+    let bao = cpu_ticks(&w.bao.to_string()).unwrap_or(0);
+    let gw = w.gateway.and_then(|p| cpu_ticks(&p.to_string()));
+    (Instant::now(), bao, gw, cpu_ticks("self").unwrap_or(0))
+}
+
+/// Runs `concurrency` callers in a closed loop for warm-up + window and measures the window.
+async fn measure(
+    settings: &Settings,
+    case: &'static str,
+    label: &'static str,
+    target: Target,
+    concurrency: usize,
+    window: Duration,
+    watched: &Watched,
+) -> Measured {
+    let target = Arc::new(target);
+    let start = Instant::now();
+    let (from, to) = (start + settings.warmup, start + settings.warmup + window);
+    if let Some(pid) = watched.gateway {
+        reset_peak_rss(pid);
+    }
+    let workers: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let mut trace = Trace::default();
+                loop {
+                    let sent = Instant::now();
+                    if sent >= to {
+                        return trace;
+                    }
+                    match target.call(w).await {
+                        Ok(()) => {
+                            let done = Instant::now();
+                            let micros = |d: Duration| d.as_micros().min(u32::MAX as u128) as u32;
+                            trace.done.push((micros(done - start), micros(done - sent)));
+                        }
+                        Err(e) => {
+                            trace.errors += 1;
+                            trace.first_error.get_or_insert(e);
+                            // Do not spin on a failing server.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep_until(from).await;
+    let before = snapshot(watched);
+    tokio::time::sleep_until(to).await;
+    let after = snapshot(watched);
+    let peak = watched.gateway.and_then(peak_rss_kib).map(|k| k as f64 / 1024.0);
+    let mut traces = Vec::with_capacity(concurrency);
+    for w in workers {
+        match w.await {
+            Ok(t) => traces.push(t),
+            Err(e) => eprintln!("bench: a caller task failed: {e}"),
+        }
+    }
+    // Calls that completed inside the CPU-measured window.
+    let (lo, hi) = ((before.0 - start).as_micros() as u32, (after.0 - start).as_micros() as u32);
+    let mut latencies: Vec<u32> =
+        traces.iter().flat_map(|t| t.done.iter()).filter(|(d, _)| (lo..=hi).contains(d)).map(|(_, l)| *l).collect();
+    latencies.sort_unstable();
+    let secs = (after.0 - before.0).as_secs_f64();
+    let items = (latencies.len() * target.items()) as f64;
+    let per_1k = |ticks: u64| if items > 0.0 { ticks as f64 / watched.ticks_per_s * 1e3 / items * 1e3 } else { 0.0 };
+    let util = |ticks: u64| ticks as f64 / watched.ticks_per_s / secs;
+    let gw_ticks = before.2.zip(after.2).map(|(b, a)| a.saturating_sub(b));
+    let (bao_ticks, client_ticks) = (after.1.saturating_sub(before.1), after.3.saturating_sub(before.3));
+    let errors = traces.iter().map(|t| t.errors).sum();
+    Measured {
+        case,
+        label,
+        concurrency,
+        items_per_call: target.items(),
+        calls: latencies.len(),
+        items_per_s: items / secs,
+        p50_ms: percentile(&latencies, 50.0),
+        p99_ms: percentile(&latencies, 99.0),
+        gateway_cpu_ms_per_1k: gw_ticks.map(per_1k),
+        openbao_cpu_ms_per_1k: per_1k(bao_ticks),
+        client_cpu_ms_per_1k: per_1k(client_ticks),
+        gateway_util: gw_ticks.map(util),
+        openbao_util: util(bao_ticks),
+        client_util: util(client_ticks),
+        gateway_peak_rss_mib: peak,
+        errors,
+        first_error: traces.into_iter().find_map(|t| t.first_error),
+    }
+}
+
+/// Nearest-rank percentile of sorted microseconds, in milliseconds.
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1] as f64 / 1e3
+}
+
+const HEADER: &str = "case  what                        conc   items/s   p50 ms   p99 ms  gw ms/1k  bao ms/1k  \
+                      cli ms/1k  gw%  bao%  cli%  gw RSS MiB  errors";
+
+fn row(m: &Measured) -> String {
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+    format!(
+        "{:<5} {:<26} {:>5} {:>9.0} {:>8.2} {:>8.2} {:>9} {:>10.1} {:>10.1} {:>4} {:>5.0} {:>5.0} {:>11} {:>7}",
+        m.case,
+        m.label,
+        m.concurrency,
+        m.items_per_s,
+        m.p50_ms,
+        m.p99_ms,
+        opt(m.gateway_cpu_ms_per_1k, 1),
+        m.openbao_cpu_ms_per_1k,
+        m.client_cpu_ms_per_1k,
+        opt(m.gateway_util.map(|u| u * 100.0), 0),
+        m.openbao_util * 100.0,
+        m.client_util * 100.0,
+        opt(m.gateway_peak_rss_mib, 1),
+        m.errors,
+    )
+}
+
+/// Prints and keeps one result.
+fn record(results: &mut Vec<Measured>, m: Measured) {
+    println!("{}", row(&m));
+    if let Some(e) = &m.first_error {
+        eprintln!("bench:   {} errors in {} at {}; first: {e}", m.errors, m.case, m.concurrency);
+    }
+    results.push(m);
+}
+
+fn find<'a>(results: &'a [Measured], case: &str, concurrency: usize) -> Option<&'a Measured> {
+    results.iter().find(|m| m.case == case && m.concurrency == concurrency)
+}
+
+/// One goal of issue 4: its measured value, the bound, and whether it is met.
+struct Goal {
+    name: String,
+    value: Option<f64>,
+    unit: &'static str,
+    bound: &'static str,
+    met: Option<bool>,
+}
+
+/// The ratios issue 4 asks for, from the results.
+fn goals(results: &[Measured]) -> Vec<Goal> {
+    let (a256, c256) = (find(results, "a", 256), find(results, "c", 256));
+    let (a1, c1) = (find(results, "a", 1), find(results, "c", 1));
+    let mut goals = vec![
+        {
+            let v = a256.zip(c256).map(|(a, c)| c.items_per_s / a.items_per_s);
+            Goal { name: "(c)/(a) items/s at 256".into(), value: v, unit: "x", bound: ">= 8", met: v.map(|v| v >= 8.0) }
+        },
+        {
+            let v = a256.zip(c256).map(|(a, c)| c.p99_ms / a.p99_ms);
+            Goal { name: "p99 (c)/(a) at 256".into(), value: v, unit: "x", bound: "< 1", met: v.map(|v| v < 1.0) }
+        },
+        {
+            let v = a1.zip(c1).map(|(a, c)| c.p50_ms - a.p50_ms);
+            Goal {
+                name: "p50 (c) - p50 (a) at 1".into(),
+                value: v,
+                unit: "ms",
+                bound: "<= 0.3",
+                met: v.map(|v| v <= 0.3),
+            }
+        },
+    ];
+    for conc in BATCH_CONCURRENCY {
+        let v =
+            find(results, "d-dir", conc).zip(find(results, "d-gw", conc)).map(|(d, g)| g.items_per_s / d.items_per_s);
+        goals.push(Goal {
+            name: format!("(d) gateway/direct items/s at {conc}"),
+            value: v,
+            unit: "x",
+            bound: ">= 0.7",
+            met: v.map(|v| v >= 0.7),
+        });
+    }
+    let v = c256.and_then(|c| c.gateway_cpu_ms_per_1k);
+    goals.push(Goal {
+        name: "gateway CPU per item, (c) at 256".into(),
+        value: v,
+        unit: "us",
+        bound: "< 15 (aim)",
+        met: v.map(|v| v < 15.0),
+    });
+    let v = find(results, "mem", MANY_IN_FLIGHT).and_then(|m| m.gateway_peak_rss_mib);
+    goals.push(Goal {
+        name: format!("gateway peak RSS, {MANY_IN_FLIGHT} in flight"),
+        value: v,
+        unit: "MiB",
+        bound: "< 64",
+        met: v.map(|v| v < 64.0),
+    });
+    goals
+}
+
+/// Facts about the machine and build, so that runs on different days can be compared.
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1));
+    let cpus = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let run = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().trim().to_string())
+    };
+    let bao = find_bao().ok().and_then(|b| run(&b.display().to_string(), &["version"]));
+    let dir = env!("CARGO_MANIFEST_DIR");
+    json!({
+        "cpu_model": model.map(str::trim),
+        "cpus": cpus,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_string()),
+        "hostname": std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()),
+        "openbao": bao,
+        "git": run("git", &["-C", dir, "describe", "--always", "--dirty"]),
+    })
+}
+
+/// `target/` of this build: the bench binary lives in `target/release/deps/`.
+fn target_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+/// The gateway binary: `$VAULTGATE_BIN`, else `vaultgate` in this build's profile directory.
+fn gateway_bin() -> Result<PathBuf, String> {
+    let bin = match std::env::var_os("VAULTGATE_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => target_dir().join("release/vaultgate"),
+    };
+    if !bin.is_file() {
+        return Err(format!("no gateway binary at {}: run `cargo build --release --bin vaultgate`", bin.display()));
+    }
+    Ok(bin)
+}
+
+/// Runs a case against a fresh target and records it.
+async fn run_case<F: Future<Output = Result<Target, String>>>(
+    settings: &Settings,
+    results: &mut Vec<Measured>,
+    (case, label): (&'static str, &'static str),
+    concurrency: usize,
+    window: Duration,
+    watched: &Watched,
+    target: F,
+) -> Result<(), String> {
+    let m = measure(settings, case, label, target.await?, concurrency, window, watched).await;
+    record(results, m);
+    // Let connections of the finished case settle before the next one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
+}
+
+async fn run(settings: &Settings) -> Result<(), String> {
+    let gateway_bin = gateway_bin()?;
+    let out_dir = target_dir().join("bench");
+    let dir = out_dir.join("logs");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let started = SystemTime::now();
+    let root = format!("root-{:x}", started.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    let (bao, bao_addr) = start_bao(settings, &dir, &root).await?;
+    let admin = Admin { http: reqwest::Client::new(), addr: bao_addr.clone(), root };
+    let issuer = Issuer::generate()?;
+    let (jwt, token) = provision(&admin, &issuer).await?;
+    let ticks_per_s = clock_ticks();
+    let direct_http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let mut results = Vec::new();
+    println!(
+        "vaultgate Transit bench: window {:.1} s after {:.1} s warm-up, {PLAINTEXT_BYTES}-byte plaintexts, {}\n\
+         ms/1k = CPU milliseconds per 1,000 items (= µs per item); gw%/bao%/cli% = share of one core\n\n{HEADER}",
+        settings.window.as_secs_f64(),
+        settings.warmup.as_secs_f64(),
+        if settings.pinned { "client on CPU 0, OpenBao + gateway on CPU 1" } else { "UNPINNED" },
+    );
+    let mut watched = Watched { bao: bao.pid, gateway: None, ticks_per_s };
+    let w = settings.window;
+    for &c in &settings.concurrency {
+        let target = async { Ok(Target::direct(&direct_http, &bao_addr, &token, 1)) };
+        run_case(settings, &mut results, ("a", "direct, 1 item/request"), c, w, &watched, target).await?;
+    }
+    for c in BATCH_CONCURRENCY {
+        let target = async { Ok(Target::direct(&direct_http, &bao_addr, &token, BATCH_ITEMS)) };
+        run_case(settings, &mut results, ("d-dir", "direct, batch_input of 100"), c, w, &watched, target).await?;
+    }
+
+    let gw = Gateway::start(settings, &gateway_bin, &dir, &bao_addr, &jwt, false).await?;
+    watched.gateway = Some(gw.server.pid);
+    for &c in &settings.concurrency {
+        run_case(settings, &mut results, ("b", "gateway, batching off"), c, w, &watched, gw.single(c)).await?;
+    }
+    gw.server.stop().await;
+
+    let gw = Gateway::start(settings, &gateway_bin, &dir, &bao_addr, &jwt, true).await?;
+    watched.gateway = Some(gw.server.pid);
+    for &c in &settings.concurrency {
+        run_case(settings, &mut results, ("c", "gateway, batching on"), c, w, &watched, gw.single(c)).await?;
+    }
+    for c in BATCH_CONCURRENCY {
+        run_case(settings, &mut results, ("d-gw", "gateway, EncryptBatch 100"), c, w, &watched, gw.batch(c)).await?;
+    }
+    let short = Duration::from_secs(3).min(w);
+    let many = gw.single(MANY_IN_FLIGHT);
+    run_case(settings, &mut results, ("mem", "gateway, batching on"), MANY_IN_FLIGHT, short, &watched, many).await?;
+    gw.server.stop().await;
+    bao.stop().await;
+
+    let goals = goals(&results);
+    println!("\nGoals of issue 4 (one run):");
+    for g in &goals {
+        let value = g.value.map_or("n/a".to_string(), |v| format!("{v:.2} {}", g.unit));
+        let met = match g.met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "not measured",
+        };
+        println!("  {:<42} {:>12}   goal {:<11} {met}", g.name, value, g.bound);
+    }
+    let errors: u64 = results.iter().map(|m| m.errors).sum();
+    let stamp = humantime::format_rfc3339_seconds(started).to_string().replace(':', "");
+    let report = json!({
+        "bench": "transit",
+        "started": humantime::format_rfc3339_seconds(started).to_string(),
+        "machine": machine(),
+        "settings": {
+            "window_s": settings.window.as_secs_f64(),
+            "warmup_s": settings.warmup.as_secs_f64(),
+            "pinned": settings.pinned,
+            "client_cpu": CLIENT_CPU,
+            "server_cpu": SERVER_CPU,
+            "plaintext_bytes": PLAINTEXT_BYTES,
+            "batch_items": BATCH_ITEMS,
+            "calls_per_channel": CALLS_PER_CHANNEL,
+            "clock_ticks_per_s": ticks_per_s,
+        },
+        "results": results.iter().map(Measured::json).collect::<Vec<_>>(),
+        "goals": goals.iter().map(|g| json!({
+            "goal": g.name, "value": g.value.map(|v| round(v, 3)), "unit": g.unit, "bound": g.bound, "met": g.met,
+        })).collect::<Vec<_>>(),
+        "errors": errors,
+    });
+    let text = serde_json::to_string_pretty(&report).map_err(|e| format!("JSON: {e}"))?;
+    for path in [out_dir.join(format!("transit-{stamp}.json")), out_dir.join("latest.json")] {
+        std::fs::write(&path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    println!("\nwrote {}", out_dir.join(format!("transit-{stamp}.json")).display());
+    if errors > 0 {
+        return Err(format!("{errors} calls failed (see above); the figures are not trustworthy"));
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    // Pin before the runtime starts so that every thread of the load generator stays on CPU 0;
+    // one thread is enough there and avoids hand-offs between threads.
+    let pinned = pin_self();
+    let settings = Settings::from_env(pinned);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(&settings)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
