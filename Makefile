@@ -19,7 +19,7 @@ lint:
 
 # Every test: lint, unit tests, the integration binary against real OpenBao and PostgreSQL.
 test: tools lint
-	cargo test --all-targets
+	cargo test --lib --bins --tests
 
 bench: tools
 	bash scripts/bench.sh

@@ -13,8 +13,10 @@
 //!
 //! Knobs (environment): `VAULTGATE_BENCH_SECS` (measuring window, default 5),
 //! `VAULTGATE_BENCH_WARMUP` (default 1), `VAULTGATE_BENCH_CONCURRENCY` (default `1,16,64,256`),
+//! `VAULTGATE_BENCH_IN_FLIGHT` (calls in flight of the memory case, default 10000),
+//! `VAULTGATE_BENCH_CASES` (default `a,b,c,d,mem`),
 //! `VAULTGATE_BENCH_GATEWAY_LOG` (the gateway's log filter, default `warn`), `VAULTGATE_BIN`
-//! (gateway binary, default `vaultgate` beside this bench's target dir), `VAULTGATE_BAO`.
+//! (gateway binary, default the release `vaultgate` cargo built with this bench), `VAULTGATE_BAO`.
 //! Output: a table on stdout, `target/bench/transit-<UTC time>.json` and `target/bench/latest.json`.
 
 use reqwest::header::CONTENT_TYPE;
@@ -51,7 +53,7 @@ const KEY: &str = "bench";
 const ROLE: &str = "bench";
 /// Concurrencies of case (d).
 const BATCH_CONCURRENCY: [usize; 2] = [1, 16];
-/// Calls in flight for the memory case.
+/// Calls in flight for the memory case, by default.
 const MANY_IN_FLIGHT: usize = 10_000;
 /// Calls in flight per HTTP/2 connection to the gateway, at most (more callers, more channels).
 const CALLS_PER_CHANNEL: usize = 128;
@@ -71,6 +73,10 @@ struct Settings {
     warmup: Duration,
     /// Concurrencies of cases (a), (b), (c).
     concurrency: Vec<usize>,
+    /// Calls in flight for the memory case.
+    in_flight: usize,
+    /// Cases to run: `a`, `b`, `c`, `d`, `mem`.
+    cases: Vec<String>,
     /// The gateway's log filter.
     gateway_log: String,
     /// Whether processes are pinned to CPUs.
@@ -93,9 +99,24 @@ impl Settings {
             window: env_secs("VAULTGATE_BENCH_SECS", 5.0),
             warmup: env_secs("VAULTGATE_BENCH_WARMUP", 1.0),
             concurrency,
+            in_flight: std::env::var("VAULTGATE_BENCH_IN_FLIGHT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(MANY_IN_FLIGHT),
+            cases: std::env::var("VAULTGATE_BENCH_CASES")
+                .unwrap_or_else(|_| "a,b,c,d,mem".into())
+                .split(',')
+                .map(|c| c.trim().to_string())
+                .collect(),
             gateway_log: std::env::var("VAULTGATE_BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
             pinned,
         }
+    }
+
+    /// Whether case `case` runs.
+    fn wants(&self, case: &str) -> bool {
+        self.cases.iter().any(|c| c == case)
     }
 }
 
@@ -507,6 +528,10 @@ struct Measured {
     gateway_util: Option<f64>,
     openbao_util: f64,
     client_util: f64,
+    /// CPU used by everything else (other processes, and the kernel's interrupt and loopback
+    /// network work, which is partly this bench's own), and CPU stolen by the hypervisor.
+    other_util: f64,
+    steal_util: f64,
     gateway_peak_rss_mib: Option<f64>,
     errors: u64,
     first_error: Option<String>,
@@ -529,6 +554,8 @@ impl Measured {
             "gateway_cpu_utilisation": self.gateway_util.map(|v| round(v, 3)),
             "openbao_cpu_utilisation": round(self.openbao_util, 3),
             "client_cpu_utilisation": round(self.client_util, 3),
+            "other_cpu_utilisation": round(self.other_util, 3),
+            "steal_cpu_utilisation": round(self.steal_util, 3),
             "gateway_peak_rss_mib": self.gateway_peak_rss_mib.map(|v| round(v, 1)),
             "errors": self.errors,
             "first_error": self.first_error,
@@ -548,11 +575,33 @@ struct Watched {
     ticks_per_s: f64,
 }
 
-/// CPU ticks of OpenBao, the gateway and this process at one instant.
-fn snapshot(w: &Watched) -> (Instant, u64, Option<u64>, u64) {
-    let bao = cpu_ticks(&w.bao.to_string()).unwrap_or(0);
-    let gw = w.gateway.and_then(|p| cpu_ticks(&p.to_string()));
-    (Instant::now(), bao, gw, cpu_ticks("self").unwrap_or(0))
+/// CPU ticks of OpenBao, the gateway, this process and the whole machine at one instant.
+struct Snapshot {
+    at: Instant,
+    bao: u64,
+    gateway: Option<u64>,
+    client: u64,
+    /// All CPUs: (busy, steal) ticks from `/proc/stat`; busy counts user, nice, system, irq, softirq.
+    machine: (u64, u64),
+}
+
+/// Busy and steal ticks of all CPUs together.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return (0, 0) };
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    (at(0) + at(1) + at(2) + at(5) + at(6), at(7))
+}
+
+fn snapshot(w: &Watched) -> Snapshot {
+    Snapshot {
+        at: Instant::now(),
+        bao: cpu_ticks(&w.bao.to_string()).unwrap_or(0),
+        gateway: w.gateway.and_then(|p| cpu_ticks(&p.to_string())),
+        client: cpu_ticks("self").unwrap_or(0),
+        machine: machine_ticks(),
+    }
 }
 
 /// Runs `concurrency` callers in a closed loop for warm-up + window and measures the window.
@@ -611,16 +660,18 @@ async fn measure(
         }
     }
     // Calls that completed inside the CPU-measured window.
-    let (lo, hi) = ((before.0 - start).as_micros() as u32, (after.0 - start).as_micros() as u32);
+    let (lo, hi) = ((before.at - start).as_micros() as u32, (after.at - start).as_micros() as u32);
     let mut latencies: Vec<u32> =
         traces.iter().flat_map(|t| t.done.iter()).filter(|(d, _)| (lo..=hi).contains(d)).map(|(_, l)| *l).collect();
     latencies.sort_unstable();
-    let secs = (after.0 - before.0).as_secs_f64();
+    let secs = (after.at - before.at).as_secs_f64();
     let items = (latencies.len() * target.items()) as f64;
     let per_1k = |ticks: u64| if items > 0.0 { ticks as f64 / watched.ticks_per_s * 1e3 / items * 1e3 } else { 0.0 };
     let util = |ticks: u64| ticks as f64 / watched.ticks_per_s / secs;
-    let gw_ticks = before.2.zip(after.2).map(|(b, a)| a.saturating_sub(b));
-    let (bao_ticks, client_ticks) = (after.1.saturating_sub(before.1), after.3.saturating_sub(before.3));
+    let gw_ticks = before.gateway.zip(after.gateway).map(|(b, a)| a.saturating_sub(b));
+    let (bao_ticks, client_ticks) = (after.bao.saturating_sub(before.bao), after.client.saturating_sub(before.client));
+    let busy = after.machine.0.saturating_sub(before.machine.0);
+    let other_ticks = busy.saturating_sub(bao_ticks + client_ticks + gw_ticks.unwrap_or(0));
     let errors = traces.iter().map(|t| t.errors).sum();
     Measured {
         case,
@@ -637,6 +688,8 @@ async fn measure(
         gateway_util: gw_ticks.map(util),
         openbao_util: util(bao_ticks),
         client_util: util(client_ticks),
+        other_util: util(other_ticks),
+        steal_util: util(after.machine.1.saturating_sub(before.machine.1)),
         gateway_peak_rss_mib: peak,
         errors,
         first_error: traces.into_iter().find_map(|t| t.first_error),
@@ -653,12 +706,12 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 }
 
 const HEADER: &str = "case  what                        conc   items/s   p50 ms   p99 ms  gw ms/1k  bao ms/1k  \
-                      cli ms/1k  gw%  bao%  cli%  gw RSS MiB  errors";
+                      cli ms/1k  gw%  bao%  cli%  oth%  gw RSS MiB  errors";
 
 fn row(m: &Measured) -> String {
     let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     format!(
-        "{:<5} {:<26} {:>5} {:>9.0} {:>8.2} {:>8.2} {:>9} {:>10.1} {:>10.1} {:>4} {:>5.0} {:>5.0} {:>11} {:>7}",
+        "{:<5} {:<26} {:>5} {:>9.0} {:>8.2} {:>8.2} {:>9} {:>10.1} {:>10.1} {:>4} {:>5.0} {:>5.0} {:>5.0} {:>11} {:>7}",
         m.case,
         m.label,
         m.concurrency,
@@ -671,6 +724,7 @@ fn row(m: &Measured) -> String {
         opt(m.gateway_util.map(|u| u * 100.0), 0),
         m.openbao_util * 100.0,
         m.client_util * 100.0,
+        (m.other_util + m.steal_util) * 100.0,
         opt(m.gateway_peak_rss_mib, 1),
         m.errors,
     )
@@ -741,15 +795,20 @@ fn goals(results: &[Measured]) -> Vec<Goal> {
         bound: "< 15 (aim)",
         met: v.map(|v| v < 15.0),
     });
-    let v = find(results, "mem", MANY_IN_FLIGHT).and_then(|m| m.gateway_peak_rss_mib);
+    let mem = results.iter().find(|m| m.case == "mem");
     goals.push(Goal {
-        name: format!("gateway peak RSS, {MANY_IN_FLIGHT} in flight"),
-        value: v,
+        name: format!("gateway peak RSS, {} in flight", mem.map_or(MANY_IN_FLIGHT, |m| m.concurrency)),
+        value: mem.and_then(|m| m.gateway_peak_rss_mib),
         unit: "MiB",
         bound: "< 64",
-        met: v.map(|v| v < 64.0),
+        met: mem.and_then(|m| m.gateway_peak_rss_mib).map(|v| v < 64.0),
     });
     goals
+}
+
+/// `/proc/loadavg`: 1, 5 and 15-minute load averages and more.
+fn loadavg() -> Option<String> {
+    std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.trim().to_string())
 }
 
 /// Facts about the machine and build, so that runs on different days can be compared.
@@ -773,6 +832,7 @@ fn machine() -> Value {
         "hostname": std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()),
         "openbao": bao,
         "git": run("git", &["-C", dir, "describe", "--always", "--dirty"]),
+        "loadavg_at_end": loadavg(),
     })
 }
 
@@ -784,12 +844,10 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
-/// The gateway binary: `$VAULTGATE_BIN`, else `vaultgate` in this build's profile directory.
+/// The gateway binary: `$VAULTGATE_BIN`, else the `vaultgate` that cargo built with this bench.
 fn gateway_bin() -> Result<PathBuf, String> {
-    let bin = match std::env::var_os("VAULTGATE_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => target_dir().join("release/vaultgate"),
-    };
+    let bin =
+        PathBuf::from(std::env::var_os("VAULTGATE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_vaultgate").into()));
     if !bin.is_file() {
         return Err(format!("no gateway binary at {}: run `cargo build --release --bin vaultgate`", bin.display()));
     }
@@ -819,6 +877,7 @@ async fn run(settings: &Settings) -> Result<(), String> {
     let dir = out_dir.join("logs");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let started = SystemTime::now();
+    let load_at_start = loadavg();
     let root = format!("root-{:x}", started.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos());
     let (bao, bao_addr) = start_bao(settings, &dir, &root).await?;
     let admin = Admin { http: reqwest::Client::new(), addr: bao_addr.clone(), root };
@@ -832,41 +891,56 @@ async fn run(settings: &Settings) -> Result<(), String> {
     let mut results = Vec::new();
     println!(
         "vaultgate Transit bench: window {:.1} s after {:.1} s warm-up, {PLAINTEXT_BYTES}-byte plaintexts, {}\n\
-         ms/1k = CPU milliseconds per 1,000 items (= µs per item); gw%/bao%/cli% = share of one core\n\n{HEADER}",
+         ms/1k = CPU milliseconds per 1,000 items (= µs per item); gw%/bao%/cli% = share of one core;\n\
+         oth% = everything else (other processes, kernel network work, steal): keep it low for comparable runs\n\n{HEADER}",
         settings.window.as_secs_f64(),
         settings.warmup.as_secs_f64(),
         if settings.pinned { "client on CPU 0, OpenBao + gateway on CPU 1" } else { "UNPINNED" },
     );
     let mut watched = Watched { bao: bao.pid, gateway: None, ticks_per_s };
     let w = settings.window;
-    for &c in &settings.concurrency {
-        let target = async { Ok(Target::direct(&direct_http, &bao_addr, &token, 1)) };
-        run_case(settings, &mut results, ("a", "direct, 1 item/request"), c, w, &watched, target).await?;
+    if settings.wants("a") {
+        for &c in &settings.concurrency {
+            let target = async { Ok(Target::direct(&direct_http, &bao_addr, &token, 1)) };
+            run_case(settings, &mut results, ("a", "direct, 1 item/request"), c, w, &watched, target).await?;
+        }
     }
-    for c in BATCH_CONCURRENCY {
-        let target = async { Ok(Target::direct(&direct_http, &bao_addr, &token, BATCH_ITEMS)) };
-        run_case(settings, &mut results, ("d-dir", "direct, batch_input of 100"), c, w, &watched, target).await?;
+    if settings.wants("d") {
+        for c in BATCH_CONCURRENCY {
+            let target = async { Ok(Target::direct(&direct_http, &bao_addr, &token, BATCH_ITEMS)) };
+            run_case(settings, &mut results, ("d-dir", "direct, batch_input of 100"), c, w, &watched, target).await?;
+        }
     }
 
-    let gw = Gateway::start(settings, &gateway_bin, &dir, &bao_addr, &jwt, false).await?;
-    watched.gateway = Some(gw.server.pid);
-    for &c in &settings.concurrency {
-        run_case(settings, &mut results, ("b", "gateway, batching off"), c, w, &watched, gw.single(c)).await?;
+    if settings.wants("b") {
+        let gw = Gateway::start(settings, &gateway_bin, &dir, &bao_addr, &jwt, false).await?;
+        watched.gateway = Some(gw.server.pid);
+        for &c in &settings.concurrency {
+            run_case(settings, &mut results, ("b", "gateway, batching off"), c, w, &watched, gw.single(c)).await?;
+        }
+        gw.server.stop().await;
     }
-    gw.server.stop().await;
 
-    let gw = Gateway::start(settings, &gateway_bin, &dir, &bao_addr, &jwt, true).await?;
-    watched.gateway = Some(gw.server.pid);
-    for &c in &settings.concurrency {
-        run_case(settings, &mut results, ("c", "gateway, batching on"), c, w, &watched, gw.single(c)).await?;
+    if settings.wants("c") || settings.wants("d") || settings.wants("mem") {
+        let gw = Gateway::start(settings, &gateway_bin, &dir, &bao_addr, &jwt, true).await?;
+        watched.gateway = Some(gw.server.pid);
+        if settings.wants("c") {
+            for &c in &settings.concurrency {
+                run_case(settings, &mut results, ("c", "gateway, batching on"), c, w, &watched, gw.single(c)).await?;
+            }
+        }
+        if settings.wants("d") {
+            for c in BATCH_CONCURRENCY {
+                let target = gw.batch(c);
+                run_case(settings, &mut results, ("d-gw", "gateway, EncryptBatch 100"), c, w, &watched, target).await?;
+            }
+        }
+        if settings.wants("mem") {
+            let (n, short) = (settings.in_flight, Duration::from_secs(3).min(w));
+            run_case(settings, &mut results, ("mem", "gateway, batching on"), n, short, &watched, gw.single(n)).await?;
+        }
+        gw.server.stop().await;
     }
-    for c in BATCH_CONCURRENCY {
-        run_case(settings, &mut results, ("d-gw", "gateway, EncryptBatch 100"), c, w, &watched, gw.batch(c)).await?;
-    }
-    let short = Duration::from_secs(3).min(w);
-    let many = gw.single(MANY_IN_FLIGHT);
-    run_case(settings, &mut results, ("mem", "gateway, batching on"), MANY_IN_FLIGHT, short, &watched, many).await?;
-    gw.server.stop().await;
     bao.stop().await;
 
     let goals = goals(&results);
@@ -886,6 +960,7 @@ async fn run(settings: &Settings) -> Result<(), String> {
         "bench": "transit",
         "started": humantime::format_rfc3339_seconds(started).to_string(),
         "machine": machine(),
+        "loadavg_at_start": load_at_start,
         "settings": {
             "window_s": settings.window.as_secs_f64(),
             "warmup_s": settings.warmup.as_secs_f64(),
@@ -895,6 +970,9 @@ async fn run(settings: &Settings) -> Result<(), String> {
             "plaintext_bytes": PLAINTEXT_BYTES,
             "batch_items": BATCH_ITEMS,
             "calls_per_channel": CALLS_PER_CHANNEL,
+            "max_channels": MAX_CHANNELS,
+            "cases": settings.cases,
+            "gateway_log": settings.gateway_log,
             "clock_ticks_per_s": ticks_per_s,
         },
         "results": results.iter().map(Measured::json).collect::<Vec<_>>(),

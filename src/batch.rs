@@ -15,12 +15,14 @@ use crate::{
     error::{Error, Subject},
     vault::{
         transit::{BatchItem, BatchResult, Op},
-        Client, VaultToken,
+        Client, VaultError, VaultToken,
     },
 };
 use std::{
     collections::{HashMap, VecDeque},
+    future::Future,
     ops::Range,
+    pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -54,6 +56,21 @@ impl LaneKey {
             op,
             shape: (item.context.is_some(), item.associated_data.is_some(), item.key_version),
         }
+    }
+}
+
+/// A future of one Transit batch request.
+pub type BatchFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<BatchResult>, VaultError>> + Send + 'a>>;
+
+/// Where batches go: Vault's Transit engine, or a scripted stand-in in unit tests.
+pub trait TransitBatches: Send + Sync + 'static {
+    /// Sends one `batch_input` request for `key`'s lane; results in input order.
+    fn send<'a>(&'a self, lane: &'a LaneKey, items: &'a [BatchItem], deadline: Option<Instant>) -> BatchFuture<'a>;
+}
+
+impl TransitBatches for Client {
+    fn send<'a>(&'a self, lane: &'a LaneKey, items: &'a [BatchItem], deadline: Option<Instant>) -> BatchFuture<'a> {
+        Box::pin(self.transit_batch(&lane.token, &lane.mount, lane.op, &lane.key, items, deadline))
     }
 }
 
@@ -133,7 +150,7 @@ pub struct Stats {
 
 /// Sends Transit items to Vault, coalescing concurrent ones of the same lane.
 pub struct Coalescer {
-    vault: Client,
+    vault: Arc<dyn TransitBatches>,
     budget: Budget,
     max_in_flight: usize,
     max_queue: usize,
@@ -147,7 +164,7 @@ const LANES_BEFORE_PRUNE: usize = 4096;
 
 impl Coalescer {
     /// A coalescer with the configured limits.
-    pub fn new(vault: Client, config: &BatchConfig) -> Arc<Coalescer> {
+    pub fn new(vault: Arc<dyn TransitBatches>, config: &BatchConfig) -> Arc<Coalescer> {
         Arc::new(Coalescer {
             vault,
             budget: Budget::from(config),
@@ -217,7 +234,7 @@ impl Coalescer {
             }
             let batch = self.take(&lane);
             if !batch.is_empty() {
-                self.send(&key, batch).await;
+                self.dispatch(&key, batch).await;
             }
             let mut st = lane.state.lock().unwrap_or_else(|p| p.into_inner());
             if st.queue.is_empty() {
@@ -258,13 +275,13 @@ impl Coalescer {
         batch
     }
 
-    async fn send(&self, key: &LaneKey, batch: Vec<Waiter>) {
+    async fn dispatch(&self, key: &LaneKey, batch: Vec<Waiter>) {
         // The request may run until the latest deadline of its callers; earlier ones stop waiting.
         let deadline = batch.iter().map(|w| w.deadline).try_fold(Instant::now(), |acc, d| d.map(|d| acc.max(d)));
         let (items, txs): (Vec<_>, Vec<_>) = batch.into_iter().map(|w| (w.item, w.tx)).unzip();
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         self.stats.items.fetch_add(items.len() as u64, Ordering::Relaxed);
-        match self.vault.transit_batch(&key.token, &key.mount, key.op, &key.key, &items, deadline).await {
+        match self.vault.send(key, &items, deadline).await {
             Ok(results) => {
                 for (tx, result) in txs.into_iter().zip(results) {
                     let _ = tx.send(Ok(result));
@@ -283,9 +300,256 @@ impl Coalescer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::Semaphore;
 
     fn plain(n: usize) -> BatchItem {
         BatchItem { plaintext: Some("a".repeat(n)), ..Default::default() }
+    }
+
+    fn text(s: &str) -> BatchItem {
+        BatchItem { plaintext: Some(s.to_string()), ..Default::default() }
+    }
+
+    /// A scripted Transit: "ciphertext" = `ct:` + plaintext; the plaintext `bad` fails alone; the
+    /// plaintext `boom` fails the whole request. Each request first takes a permit of `gate`, so a
+    /// test can hold requests in flight while others queue.
+    struct Scripted {
+        gate: Semaphore,
+        requests: Mutex<Vec<Vec<String>>>,
+    }
+
+    impl Scripted {
+        fn new(open: bool) -> Arc<Scripted> {
+            let permits = if open { Semaphore::MAX_PERMITS } else { 0 };
+            Arc::new(Scripted { gate: Semaphore::new(permits), requests: Mutex::new(Vec::new()) })
+        }
+
+        fn requests(&self) -> Vec<Vec<String>> {
+            self.requests.lock().unwrap().clone()
+        }
+    }
+
+    impl TransitBatches for Scripted {
+        fn send<'a>(
+            &'a self,
+            _lane: &'a LaneKey,
+            items: &'a [BatchItem],
+            _deadline: Option<Instant>,
+        ) -> BatchFuture<'a> {
+            Box::pin(async move {
+                let plaintexts: Vec<String> = items.iter().map(|i| i.plaintext.clone().unwrap_or_default()).collect();
+                self.requests.lock().unwrap().push(plaintexts.clone());
+                self.gate.acquire().await.map_err(|_| VaultError::Timeout)?.forget();
+                if plaintexts.iter().any(|p| p == "boom") {
+                    return Err(VaultError::Api { status: 500, errors: vec!["internal error".into()] });
+                }
+                Ok(plaintexts
+                    .into_iter()
+                    .map(|p| match p.as_str() {
+                        "bad" => BatchResult { error: Some("invalid input".into()), ..Default::default() },
+                        _ => BatchResult {
+                            ciphertext: Some(format!("ct:{p}")),
+                            key_version: Some(1),
+                            ..Default::default()
+                        },
+                    })
+                    .collect())
+            })
+        }
+    }
+
+    fn config(max_in_flight: usize, max_queue: usize) -> BatchConfig {
+        BatchConfig {
+            enabled: true,
+            max_items: 10_000,
+            max_json_strings: 1000,
+            max_bytes: 1 << 20,
+            max_in_flight,
+            max_queue,
+            linger_us: 0,
+        }
+    }
+
+    fn lane(token: &str) -> LaneKey {
+        LaneKey::new(VaultToken::new(token), "transit", "k", Op::Encrypt, &text("x"))
+    }
+
+    /// Waits until the scripted Vault has seen `n` requests (the coalescer runs on spawned tasks).
+    async fn seen(vault: &Scripted, n: usize) {
+        while vault.requests().len() < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_calls_go_in_one_batch_and_each_gets_its_own_result() {
+        let vault = Scripted::new(false);
+        let c = Coalescer::new(vault.clone(), &config(1, 100));
+        let first = tokio::spawn({
+            let c = c.clone();
+            async move { c.submit(lane("t"), text("first"), None).await }
+        });
+        seen(&vault, 1).await;
+        let queued: Vec<_> = (0..50)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move { c.submit(lane("t"), text(&format!("p{i}")), None).await })
+            })
+            .collect();
+        while c.lane(&lane("t")).state.lock().unwrap().queue.len() < 50 {
+            tokio::task::yield_now().await;
+        }
+        vault.gate.add_permits(2);
+        assert_eq!(first.await.unwrap().unwrap().ciphertext.as_deref(), Some("ct:first"));
+        for (i, task) in queued.into_iter().enumerate() {
+            assert_eq!(task.await.unwrap().unwrap().ciphertext, Some(format!("ct:p{i}")));
+        }
+        let requests = vault.requests();
+        assert_eq!(requests.len(), 2, "one request alone, then one batch of everything queued");
+        assert_eq!(requests[1].len(), 50);
+        assert_eq!(c.stats().requests.load(Ordering::Relaxed), 2);
+        assert_eq!(c.stats().items.load(Ordering::Relaxed), 51);
+    }
+
+    #[tokio::test]
+    async fn an_idle_lane_sends_at_once() {
+        let vault = Scripted::new(true);
+        let c = Coalescer::new(vault.clone(), &config(2, 100));
+        let r = c.submit(lane("t"), text("solo"), None).await.unwrap();
+        assert_eq!(r.ciphertext.as_deref(), Some("ct:solo"));
+        assert_eq!(vault.requests(), vec![vec!["solo".to_string()]]);
+    }
+
+    #[tokio::test]
+    async fn item_failures_stay_alone_and_request_failures_reach_everyone_in_it() {
+        let vault = Scripted::new(false);
+        let c = Coalescer::new(vault.clone(), &config(1, 100));
+        let submit = |p: &'static str| {
+            let c = c.clone();
+            tokio::spawn(async move { c.submit(lane("t"), text(p), None).await })
+        };
+        let holder = submit("hold");
+        seen(&vault, 1).await;
+        let tasks: Vec<_> = ["a", "bad", "b"].into_iter().map(submit).collect();
+        while c.lane(&lane("t")).state.lock().unwrap().queue.len() < 3 {
+            tokio::task::yield_now().await;
+        }
+        vault.gate.add_permits(1);
+        holder.await.unwrap().unwrap();
+        seen(&vault, 2).await;
+        let boom: Vec<_> = ["c", "boom", "d"].into_iter().map(submit).collect();
+        while c.lane(&lane("t")).state.lock().unwrap().queue.len() < 3 {
+            tokio::task::yield_now().await;
+        }
+        vault.gate.add_permits(2);
+        let results: Vec<_> = futures_join(tasks).await;
+        assert_eq!(results[0].as_ref().unwrap().ciphertext.as_deref(), Some("ct:a"));
+        assert_eq!(results[1].as_ref().unwrap().error.as_deref(), Some("invalid input"));
+        assert_eq!(results[2].as_ref().unwrap().ciphertext.as_deref(), Some("ct:b"));
+        for r in futures_join(boom).await {
+            assert!(matches!(r, Err(Error::Unavailable(_))), "{r:?}");
+        }
+    }
+
+    async fn futures_join(
+        tasks: Vec<tokio::task::JoinHandle<Result<BatchResult, Error>>>,
+    ) -> Vec<Result<BatchResult, Error>> {
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn cancelled_and_expired_callers_are_never_sent() {
+        let vault = Scripted::new(false);
+        let c = Coalescer::new(vault.clone(), &config(1, 100));
+        let holder = tokio::spawn({
+            let c = c.clone();
+            async move { c.submit(lane("t"), text("hold"), None).await }
+        });
+        seen(&vault, 1).await;
+        let cancelled = tokio::spawn({
+            let c = c.clone();
+            async move { c.submit(lane("t"), text("cancelled"), None).await }
+        });
+        let expired = tokio::spawn({
+            let c = c.clone();
+            async move { c.submit(lane("t"), text("expired"), Some(Instant::now())).await }
+        });
+        let kept = tokio::spawn({
+            let c = c.clone();
+            async move { c.submit(lane("t"), text("kept"), None).await }
+        });
+        while c.lane(&lane("t")).state.lock().unwrap().queue.len() < 3 {
+            tokio::task::yield_now().await;
+        }
+        cancelled.abort();
+        let _ = cancelled.await;
+        vault.gate.add_permits(2);
+        holder.await.unwrap().unwrap();
+        assert!(matches!(expired.await.unwrap(), Err(Error::DeadlineExceeded(_))));
+        assert_eq!(kept.await.unwrap().unwrap().ciphertext.as_deref(), Some("ct:kept"));
+        assert_eq!(vault.requests()[1], vec!["kept".to_string()]);
+        assert_eq!(c.stats().abandoned.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_sheds_load() {
+        let vault = Scripted::new(false);
+        let c = Coalescer::new(vault.clone(), &config(1, 2));
+        let mut tasks = Vec::new();
+        for i in 0..3 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move { c.submit(lane("t"), text(&format!("{i}")), None).await }));
+            if i == 0 {
+                seen(&vault, 1).await;
+            }
+        }
+        while c.lane(&lane("t")).state.lock().unwrap().queue.len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let shed = c.submit(lane("t"), text("over"), None).await;
+        assert!(matches!(shed, Err(Error::ResourceExhausted(_))), "{shed:?}");
+        vault.gate.add_permits(10);
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_respect_the_string_budget_and_lanes_do_not_mix_tokens() {
+        let vault = Scripted::new(false);
+        let mut cfg = config(1, 10_000);
+        cfg.max_json_strings = 21; // 1 for `batch_input` + 10 plain items of 2 strings
+        let c = Coalescer::new(vault.clone(), &cfg);
+        let mut tasks = Vec::new();
+        for i in 0..35 {
+            let c = c.clone();
+            let token = if i % 2 == 0 { "a" } else { "b" };
+            tasks.push(tokio::spawn(async move {
+                (token, c.submit(lane(token), text(&format!("{token}{i}")), None).await)
+            }));
+        }
+        // Wait until every call is either queued or in a (held) request.
+        loop {
+            let queued: usize = c.lanes.lock().unwrap().values().map(|l| l.state.lock().unwrap().queue.len()).sum();
+            if queued + vault.requests().iter().map(Vec::len).sum::<usize>() == 35 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        vault.gate.add_permits(100);
+        for t in tasks {
+            let (token, r) = t.await.unwrap();
+            assert!(r.unwrap().ciphertext.unwrap().starts_with(&format!("ct:{token}")));
+        }
+        for request in vault.requests() {
+            assert!(request.len() <= 10, "{} items over the budget", request.len());
+            let tokens: std::collections::HashSet<_> = request.iter().map(|p| &p[..1]).collect();
+            assert_eq!(tokens.len(), 1, "a batch mixed two tokens: {request:?}");
+        }
     }
 
     #[test]

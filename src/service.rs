@@ -37,7 +37,7 @@ impl Gateway {
     /// Builds the shared state from the config.
     pub fn new(config: Arc<Config>) -> Result<Arc<Gateway>, String> {
         let vault = Client::new(&config.vault)?;
-        let coalescer = config.batch.enabled.then(|| Coalescer::new(vault.clone(), &config.batch));
+        let coalescer = config.batch.enabled.then(|| Coalescer::new(Arc::new(vault.clone()), &config.batch));
         Ok(Arc::new(Gateway {
             sessions: Sessions::new(vault.clone(), config.callers.clone(), config.token_cache_size),
             vault,
