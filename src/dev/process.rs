@@ -55,9 +55,19 @@ impl Bao {
             .open(dir.join("bao.log"))
             .map_err(|e| format!("bao.log: {e}"))?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
+        // A file audit device (OpenBao enables them only from config) shows every request in
+        // `dir/audit.log`, with secrets HMAC'd, so a newcomer can see what the gateway sends.
+        let audit_config = dir.join("bao-audit.hcl");
+        let audit_log = dir.join("audit.log");
+        let hcl = format!(
+            "audit \"file\" \"dev\" {{\n  options {{\n    file_path = {:?}\n  }}\n}}\n",
+            audit_log.to_string_lossy()
+        );
+        std::fs::write(&audit_config, hcl).map_err(|e| format!("{}: {e}", audit_config.display()))?;
         let child = Command::new(bao)
             .arg("server")
             .arg("-dev")
+            .arg(format!("-config={}", audit_config.display()))
             .arg(format!("-dev-root-token-id={root_token}"))
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
             .env("HOME", dir)

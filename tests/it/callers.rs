@@ -1,16 +1,13 @@
 //! Callers and identity: credential errors, isolation between callers, concurrency, login coalescing.
 
-use crate::support::{req, Env};
-use std::sync::Arc;
+use crate::support::{req, serve_gateway, Env};
 use tonic::{Code, Request};
 use vaultgate::{
-    config::Config,
     dev::issuer::Issuer,
     pb::vaultgate::v1::{
         database_service_client::DatabaseServiceClient, encryption_service_client::EncryptionServiceClient,
         secret_service_client::SecretServiceClient, *,
     },
-    service::Gateway,
 };
 
 fn enc(key: &str, plaintext: &[u8]) -> EncryptRequest {
@@ -116,19 +113,12 @@ pub async fn five_hundred_mixed_round_trips(env: &'static Env) {
 
 /// A gateway of its own (so its login counter is exact) receives 50 concurrent first calls of one caller.
 pub async fn one_login_for_fifty_first_calls(env: &'static Env) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let toml = format!(
-        "listen = \"{addr}\"\n[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"billing\"\nequals = \"billing\"\n",
+    let own = serve_gateway(&format!(
+        "[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"billing\"\nequals = \"billing\"\n",
         env.vault_addr
-    );
-    let gateway = Gateway::new(Arc::new(Config::parse(&toml).expect("config"))).expect("gateway");
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let served = gateway.clone();
-    tokio::spawn(vaultgate::server::serve(listener, served, async {
-        let _ = rx.await;
-    }));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy();
+    ))
+    .await;
+    let channel = own.channel.clone();
     let jwt: &'static str = Box::leak(env.jwt("billing", 3600).into_boxed_str());
     let tasks: Vec<_> = (0..50)
         .map(|i| {
@@ -141,6 +131,5 @@ pub async fn one_login_for_fifty_first_calls(env: &'static Env) {
     for t in tasks {
         t.await.expect("task").expect("encrypt");
     }
-    assert_eq!(gateway.sessions.logins(), 1, "50 concurrent first calls must share one login");
-    let _ = tx.send(());
+    assert_eq!(own.gateway.sessions.logins(), 1, "50 concurrent first calls must share one login");
 }

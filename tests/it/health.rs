@@ -1,10 +1,10 @@
 //! grpc.health.v1 follows Vault: a gateway and an OpenBao of their own, stopped and restarted.
 
-use crate::support::Env;
-use std::{sync::Arc, time::Duration};
+use crate::support::{serve_gateway, Env};
+use std::time::Duration;
 use tokio::time::Instant;
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
-use vaultgate::{config::Config, dev::process, service::Gateway};
+use vaultgate::dev::process;
 
 async fn wait_for(
     client: &mut HealthClient<tonic::transport::Channel>,
@@ -29,19 +29,10 @@ pub async fn follows_vault_down_and_up(env: &'static Env) {
     let bao_bin = process::find_bao().expect("bao");
     let port = process::free_port().expect("port");
     let bao = process::Bao::start_at(&bao_bin, &dir, "health-root", port).await.expect("start bao");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let toml = format!(
-        "listen = \"{addr}\"\n[vault]\naddress = \"{}\"\nhealth_interval_ms = 500\ntimeout_ms = 2000\n",
-        bao.addr
-    );
-    let gateway = Gateway::new(Arc::new(Config::parse(&toml).expect("config"))).expect("gateway");
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(vaultgate::server::serve(listener, gateway, async {
-        let _ = rx.await;
-    }));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy();
-    let mut client = HealthClient::new(channel);
+    let own =
+        serve_gateway(&format!("[vault]\naddress = \"{}\"\nhealth_interval_ms = 500\ntimeout_ms = 2000\n", bao.addr))
+            .await;
+    let mut client = HealthClient::new(own.channel.clone());
     let limit = Duration::from_secs(5);
     for service in ["", "vaultgate.v1.EncryptionService", "vaultgate.v1.SecretService", "vaultgate.v1.DatabaseService"]
     {
@@ -57,6 +48,5 @@ pub async fn follows_vault_down_and_up(env: &'static Env) {
         down.as_secs_f64(),
         up.as_secs_f64()
     );
-    let _ = tx.send(());
     bao.stop().await;
 }

@@ -75,7 +75,7 @@ impl Env {
         let addr = listener.local_addr().expect("gateway address");
         let mut toml = stack.config_toml(addr);
         toml.push_str(&format!(
-            "[[callers]]\nrole = \"qa\"\nclaim = \"sub\"\nequals = \"qa\"\nissuer = \"{}\"\n\n[limits]\nmax_item_bytes = 65536\nmax_batch_items = 2000\n",
+            "[[callers]]\nrole = \"qa\"\nclaim = \"sub\"\nequals = \"qa\"\nissuer = \"{0}\"\n\n[[callers]]\nrole = \"qa2\"\nequals = \"qa2\"\nissuer = \"{0}\"\n\n[limits]\nmax_item_bytes = 65536\nmax_batch_items = 2000\n",
             dev::issuer::ISSUER
         ));
         let config = Arc::new(Config::parse(&toml).expect("gateway config"));
@@ -209,6 +209,12 @@ async fn provision_qa(admin: &provision::Admin<'_>, pg_port: u16, pg_password: &
     let steps = [
         ("sys/policies/acl/qa", json!({"policy": QA_POLICY})),
         ("auth/jwt/role/qa", provision::jwt_role("qa", "4s", "1h")),
+        (
+            "auth/jwt/role/qa2",
+            json!({"role_type": "jwt", "user_claim": "sub", "bound_subject": "qa2", "bound_audiences": [dev::issuer::AUDIENCE], "token_policies": ["qa"], "token_ttl": "1h"}),
+        ),
+        ("transit/keys/qa-b1", json!({"type": "aes256-gcm96"})),
+        ("transit/keys/qa-b2", json!({"type": "aes256-gcm96"})),
         ("transit/keys/qa-aes", json!({"type": "aes256-gcm96"})),
         ("transit/keys/qa-derived", json!({"type": "aes256-gcm96", "derived": true})),
         ("transit/keys/qa-rotate", json!({"type": "aes256-gcm96"})),
@@ -237,4 +243,35 @@ async fn provision_qa(admin: &provision::Admin<'_>, pg_port: u16, pg_password: &
     for (path, body) in steps {
         admin.post(path, body).await.unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+/// A gateway of a test's own (exact counters, or a Vault of its own), stopped when dropped.
+pub struct TestGateway {
+    /// Its shared state.
+    pub gateway: Arc<Gateway>,
+    /// A channel to it.
+    pub channel: Channel,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Starts a gateway on `127.0.0.1:0` with `config_after_listen` (TOML without `listen`).
+pub async fn serve_gateway(config_after_listen: &str) -> TestGateway {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let toml = format!("listen = \"{addr}\"\n{config_after_listen}");
+    let gateway = Gateway::new(Arc::new(Config::parse(&toml).expect("config"))).expect("gateway");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(vaultgate::server::serve(listener, gateway.clone(), async {
+        let _ = rx.await;
+    }));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy();
+    TestGateway { gateway, channel, stop: Some(tx) }
 }
