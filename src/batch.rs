@@ -13,6 +13,7 @@
 use crate::{
     config::BatchConfig,
     error::{Error, Subject},
+    metrics,
     vault::{
         transit::{BatchItem, BatchResult, Op},
         Client, VaultError, VaultToken,
@@ -200,6 +201,7 @@ impl Coalescer {
                 )));
             }
             st.queue.push_back(Waiter { item, deadline, tx });
+            metrics::get().queue_depth.inc();
             let start = st.in_flight < self.max_in_flight;
             if start {
                 st.in_flight += 1;
@@ -258,6 +260,7 @@ impl Coalescer {
                 break;
             }
             let Some(w) = st.queue.pop_front() else { break };
+            metrics::get().queue_depth.dec();
             if w.tx.is_closed() {
                 self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -281,6 +284,10 @@ impl Coalescer {
         let (items, txs): (Vec<_>, Vec<_>) = batch.into_iter().map(|w| (w.item, w.tx)).unzip();
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         self.stats.items.fetch_add(items.len() as u64, Ordering::Relaxed);
+        let m = metrics::get();
+        m.batch_requests.inc();
+        m.batch_items.inc_by(items.len() as u64);
+        m.batch_size.observe(items.len() as f64);
         match self.vault.send(key, &items, deadline).await {
             Ok(results) => {
                 for (tx, result) in txs.into_iter().zip(results) {

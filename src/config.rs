@@ -9,6 +9,8 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 pub struct Config {
     /// gRPC listen address.
     pub listen: SocketAddr,
+    /// Address of the plain-HTTP Prometheus endpoint; `None` turns it off.
+    pub metrics_listen: Option<SocketAddr>,
     /// How to reach Vault.
     pub vault: crate::vault::ClientConfig,
     /// How often the health watcher polls `sys/health`.
@@ -169,6 +171,7 @@ fn default_log_level() -> String {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: String,
+    metrics_listen: Option<String>,
     vault: RawVault,
     #[serde(default)]
     mounts: Option<Mounts>,
@@ -226,6 +229,10 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, String> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
         let listen = raw.listen.parse().map_err(|e| format!("listen: {:?} is not host:port ({e})", raw.listen))?;
+        let metrics_listen = match &raw.metrics_listen {
+            Some(m) => Some(m.parse().map_err(|e| format!("metrics_listen: {m:?} is not host:port ({e})"))?),
+            None => None,
+        };
         let address = reqwest::Url::parse(&raw.vault.address)
             .map_err(|e| format!("vault.address: {:?} is not a URL ({e})", raw.vault.address))?;
         if !matches!(address.scheme(), "http" | "https") {
@@ -271,6 +278,7 @@ impl Config {
         }
         Ok(Config {
             listen,
+            metrics_listen,
             vault: crate::vault::ClientConfig {
                 address,
                 timeout: Duration::from_millis(raw.vault.timeout_ms),

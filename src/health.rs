@@ -29,6 +29,7 @@ pub async fn watch(vault: Client, reporter: HealthReporter, interval: Duration) 
         let deadline = Instant::now() + interval.max(Duration::from_millis(200));
         let probe = vault.health(Some(deadline)).await;
         let serving = matches!(probe, Ok(NodeHealth::Ready));
+        crate::metrics::get().vault_up.set(i64::from(serving));
         if last != Some(serving) {
             match &probe {
                 Ok(NodeHealth::Ready) => tracing::info!(vault = %vault.address(), "vault ready: SERVING"),

@@ -10,6 +10,7 @@
 //! - [`vault`]: the Vault HTTP client; knows nothing of gRPC.
 //! - [`error`]: the one mapping from failures to gRPC status codes.
 //! - [`health`]: the `sys/health` watcher behind `grpc.health.v1`.
+//! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 //! - [`config`]: the TOML config, validated at start-up.
 //! - [`dev`]: `vaultgate dev`, a local OpenBao + PostgreSQL with two demo callers.
 //!
@@ -24,6 +25,7 @@ pub mod error;
 pub mod health;
 pub mod identity;
 pub mod leases;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod session;

@@ -46,6 +46,14 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| format!("reflection: {e}"))?;
 
+    let metrics_task = match gateway.config.metrics_listen {
+        Some(addr) => {
+            let listener =
+                TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} (metrics_listen): {e}"))?;
+            Some(tokio::spawn(crate::metrics::serve(listener)))
+        }
+        None => None,
+    };
     let max = gateway.config.limits.max_message_bytes;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, vault = %gateway.vault.address(), batching = gateway.coalescer.is_some(), "vaultgate serving");
@@ -62,5 +70,8 @@ pub async fn serve(
         .await
         .map_err(|e| format!("gRPC server failed: {e}"));
     watcher.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     result
 }

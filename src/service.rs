@@ -12,6 +12,7 @@ use crate::{
     config::Config,
     error::Error,
     leases::Leases,
+    metrics,
     session::{Actor, Sessions},
     vault::Client,
 };
@@ -48,15 +49,24 @@ impl Gateway {
     }
 
     /// Runs one call: reads the caller's deadline, authenticates, runs `work`, maps the error.
-    pub async fn handle<R, T, F, Fut>(&self, request: Request<R>, work: F) -> Result<Response<T>, Status>
+    /// Records the call's code, latency and role in the metrics.
+    pub async fn handle<R, T, F, Fut>(
+        &self,
+        rpc: &'static str,
+        request: Request<R>,
+        work: F,
+    ) -> Result<Response<T>, Status>
     where
         F: FnOnce(Actor, Option<Instant>, R) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
+        let started = Instant::now();
         let (metadata, _, message) = request.into_parts();
         let deadline = grpc_deadline(&metadata);
+        let mut role = None;
         let call = async {
             let actor = self.sessions.authenticate(&metadata, deadline).await?;
+            role = Some(actor.role.clone());
             work(actor, deadline, message).await
         };
         let result = match deadline {
@@ -65,7 +75,10 @@ impl Gateway {
             }),
             None => call.await,
         };
-        result.map(Response::new).map_err(Status::from)
+        let result = result.map(Response::new).map_err(Status::from);
+        let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        metrics::get().call(rpc, code, role.as_deref(), started.elapsed());
+        result
     }
 }
 

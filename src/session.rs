@@ -100,6 +100,7 @@ impl Sessions {
             Ok(login) => login,
             Err(e) => {
                 self.forget(&key);
+                crate::metrics::get().logins.get_or_create(&crate::metrics::NameLabel { name: "refused".into() }).inc();
                 let err = Error::from_vault(e, Subject::Login(&rule.role));
                 tracing::info!(caller = %identity::caller_id(&claims), role = %rule.role, error = ?err, "login refused");
                 return Err(err);

@@ -191,11 +191,18 @@ impl Client {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req.send().await.map_err(classify)?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(classify)?;
-        tracing::debug!(status = status.as_u16(), "vault answered");
-        Ok((status, bytes))
+        let started = Instant::now();
+        let endpoint = call.segments.iter().take(2).copied().collect::<Vec<_>>().join("/");
+        let answer = async {
+            let resp = req.send().await.map_err(classify)?;
+            let status = resp.status();
+            Ok((status, resp.bytes().await.map_err(classify)?))
+        }
+        .await;
+        let status = answer.as_ref().ok().map(|(s, _): &(StatusCode, bytes::Bytes)| s.as_u16());
+        crate::metrics::get().vault(endpoint, status, started.elapsed());
+        tracing::debug!(status, "vault answered");
+        answer
     }
 
     /// Sends a request and decodes a success envelope; any other status becomes [`VaultError::Api`].

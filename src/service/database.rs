@@ -50,7 +50,7 @@ impl Gateway {
 impl DatabaseService for Database {
     async fn get_db_creds(&self, req: Request<GetDbCredsRequest>) -> Result<Response<GetDbCredsResponse>, Status> {
         let gw = &self.0;
-        gw.handle(req, |actor, deadline, r| async move {
+        gw.handle("GetDbCreds", req, |actor, deadline, r| async move {
             validate::name("role", &r.role)?;
             let mount = if r.mount.is_empty() {
                 gw.config.mounts.database.as_str()
@@ -79,7 +79,7 @@ impl DatabaseService for Database {
 
     async fn renew_lease(&self, req: Request<RenewLeaseRequest>) -> Result<Response<RenewLeaseResponse>, Status> {
         let gw = &self.0;
-        gw.handle(req, |actor, deadline, r| async move {
+        gw.handle("RenewLease", req, |actor, deadline, r| async move {
             validate::lease_id("lease_id", &r.lease_id)?;
             let increment = match &r.increment {
                 None => None,
@@ -101,7 +101,7 @@ impl DatabaseService for Database {
 
     async fn revoke_lease(&self, req: Request<RevokeLeaseRequest>) -> Result<Response<RevokeLeaseResponse>, Status> {
         let gw = &self.0;
-        gw.handle(req, |actor, deadline, r| async move {
+        gw.handle("RevokeLease", req, |actor, deadline, r| async move {
             validate::lease_id("lease_id", &r.lease_id)?;
             gw.owned_parent(&actor, &r.lease_id)?;
             gw.vault

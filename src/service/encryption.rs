@@ -161,7 +161,7 @@ fn item_status(err: &Error) -> Option<crate::pb::google::rpc::Status> {
 impl EncryptionService for Encryption {
     async fn encrypt(&self, req: Request<EncryptRequest>) -> Result<Response<EncryptResponse>, Status> {
         let gw = &self.0;
-        gw.handle(req, |actor, deadline, r| async move {
+        gw.handle("Encrypt", req, |actor, deadline, r| async move {
             validate::name("key", &r.key)?;
             let item = gw.encrypt_item("", &r.plaintext, &r.context, &r.associated_data, r.key_version)?;
             let (ciphertext, key_version) =
@@ -173,7 +173,7 @@ impl EncryptionService for Encryption {
 
     async fn decrypt(&self, req: Request<DecryptRequest>) -> Result<Response<DecryptResponse>, Status> {
         let gw = &self.0;
-        gw.handle(req, |actor, deadline, r| async move {
+        gw.handle("Decrypt", req, |actor, deadline, r| async move {
             validate::name("key", &r.key)?;
             let item = gw.decrypt_item("", &r.ciphertext, &r.context, &r.associated_data)?;
             let key_version = validate::ciphertext_version(&r.ciphertext).unwrap_or(0);
@@ -185,7 +185,7 @@ impl EncryptionService for Encryption {
 
     async fn encrypt_batch(&self, req: Request<EncryptBatchRequest>) -> Result<Response<EncryptBatchResponse>, Status> {
         let gw = &self.0;
-        gw.handle(req, |actor, deadline, r| async move {
+        gw.handle("EncryptBatch", req, |actor, deadline, r| async move {
             validate::name("key", &r.key)?;
             gw.check_batch_len(r.items.len())?;
             let items = r
@@ -212,7 +212,7 @@ impl EncryptionService for Encryption {
 
     async fn decrypt_batch(&self, req: Request<DecryptBatchRequest>) -> Result<Response<DecryptBatchResponse>, Status> {
         let gw = &self.0;
-        gw.handle(req, |actor, deadline, r| async move {
+        gw.handle("DecryptBatch", req, |actor, deadline, r| async move {
             validate::name("key", &r.key)?;
             gw.check_batch_len(r.items.len())?;
             let items = r
@@ -239,7 +239,7 @@ impl EncryptionService for Encryption {
 
     async fn rewrap(&self, req: Request<RewrapRequest>) -> Result<Response<RewrapResponse>, Status> {
         let gw = &self.0;
-        gw.handle(req, |actor, deadline, r| async move {
+        gw.handle("Rewrap", req, |actor, deadline, r| async move {
             validate::name("key", &r.key)?;
             gw.decrypt_item("", &r.ciphertext, &r.context, &[])?;
             let mount = &gw.config.mounts.transit;
@@ -255,7 +255,7 @@ impl EncryptionService for Encryption {
 
     async fn rotate(&self, req: Request<RotateRequest>) -> Result<Response<RotateResponse>, Status> {
         let gw = &self.0;
-        gw.handle(req, |actor, deadline, r| async move {
+        gw.handle("Rotate", req, |actor, deadline, r| async move {
             let key = &r.key;
             validate::name("key", key)?;
             let info = gw
@@ -271,7 +271,7 @@ impl EncryptionService for Encryption {
 
     async fn get_key(&self, req: Request<GetKeyRequest>) -> Result<Response<GetKeyResponse>, Status> {
         let gw = &self.0;
-        gw.handle(req, |actor, deadline, r| async move {
+        gw.handle("GetKey", req, |actor, deadline, r| async move {
             let key = &r.key;
             validate::name("key", key)?;
             let info = gw
@@ -295,7 +295,7 @@ impl EncryptionService for Encryption {
         req: Request<GenerateDataKeyRequest>,
     ) -> Result<Response<GenerateDataKeyResponse>, Status> {
         let gw = &self.0;
-        gw.handle(req, |actor, deadline, r| async move {
+        gw.handle("GetKey", req, |actor, deadline, r| async move {
             validate::name("key", &r.key)?;
             gw.check_payloads(&[("context", &r.context)])?;
             let bits = match r.bits {

@@ -49,7 +49,7 @@ fn to_timestamp(rfc3339: &str) -> Option<Timestamp> {
 impl SecretService for Secrets {
     async fn get_secret(&self, req: Request<GetSecretRequest>) -> Result<Response<GetSecretResponse>, Status> {
         let gw = &self.0;
-        gw.handle(req, |actor, deadline, r| async move {
+        gw.handle("GetSecret", req, |actor, deadline, r| async move {
             validate::secret_path("path", &r.path, false)?;
             let mount = gw.kv_mount(&r.mount)?;
             let secret = gw.vault.kv_read(&actor.token, mount, &r.path, r.version, deadline).await.map_err(|e| {
@@ -71,7 +71,7 @@ impl SecretService for Secrets {
 
     async fn list_secrets(&self, req: Request<ListSecretsRequest>) -> Result<Response<ListSecretsResponse>, Status> {
         let gw = &self.0;
-        gw.handle(req, |actor, deadline, r| async move {
+        gw.handle("ListSecrets", req, |actor, deadline, r| async move {
             validate::secret_path("path", &r.path, true)?;
             let mount = gw.kv_mount(&r.mount)?;
             let keys = gw

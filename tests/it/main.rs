@@ -48,6 +48,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     callers::one_login_for_fifty_first_calls,
     health::follows_vault_down_and_up,
     tools::grpcurl_lists_and_encrypts,
+    tools::metrics_endpoint_serves_prometheus_text,
 ];
 
 /// Upper bound of one test, so a hang fails instead of blocking CI.

@@ -20,6 +20,8 @@ use vaultgate::{
 pub struct Env {
     /// The gateway's address.
     pub addr: SocketAddr,
+    /// The gateway's Prometheus endpoint.
+    pub metrics_addr: SocketAddr,
     /// The gateway's shared state (counters).
     pub gateway: Arc<Gateway>,
     /// OpenBao's URL.
@@ -73,7 +75,9 @@ impl Env {
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the gateway");
         let addr = listener.local_addr().expect("gateway address");
-        let mut toml = stack.config_toml(addr);
+        let metrics_addr: SocketAddr =
+            format!("127.0.0.1:{}", dev::process::free_port().expect("port")).parse().expect("addr");
+        let mut toml = format!("metrics_listen = \"{metrics_addr}\"\n{}", stack.config_toml(addr));
         toml.push_str(&format!(
             "[[callers]]\nrole = \"qa\"\nclaim = \"sub\"\nequals = \"qa\"\nissuer = \"{0}\"\n\n[[callers]]\nrole = \"qa2\"\nequals = \"qa2\"\nissuer = \"{0}\"\n\n[limits]\nmax_item_bytes = 65536\nmax_batch_items = 2000\n",
             dev::issuer::ISSUER
@@ -96,6 +100,7 @@ impl Env {
         let mint = |sub: &str| issuer.mint(sub, 3600).expect("mint a JWT");
         let env = Env {
             addr,
+            metrics_addr,
             gateway,
             vault_addr: bao.addr.clone(),
             billing: mint("billing"),
@@ -153,6 +158,13 @@ impl Env {
         let jwt = self.issuer.mint(subject, ttl).expect("mint a JWT");
         self.remember(&jwt);
         jwt
+    }
+
+    /// GETs a plain-HTTP URL and returns the body.
+    pub async fn http_get(&self, url: &str) -> String {
+        let resp = self.http.get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
+        resp.text().await.expect("body")
     }
 
     /// Calls Vault directly with the root token (to check what the gateway did).

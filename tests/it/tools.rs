@@ -50,3 +50,22 @@ pub async fn grpcurl_lists_and_encrypts(env: &'static Env) {
     .await;
     assert!(out.contains("sk_test_demo"), "{out}");
 }
+
+pub async fn metrics_endpoint_serves_prometheus_text(env: &'static Env) {
+    use vaultgate::pb::vaultgate::v1::{encryption_service_client::EncryptionServiceClient, EncryptRequest};
+    let mut c = EncryptionServiceClient::new(env.channel());
+    let r = EncryptRequest { key: "billing".into(), plaintext: b"m".to_vec(), ..Default::default() };
+    c.encrypt(crate::support::req(r, &env.billing)).await.expect("encrypt");
+    let text = env.http_get(&format!("http://{}/metrics", env.metrics_addr)).await;
+    for want in [
+        "vaultgate_grpc_calls_total{rpc=\"Encrypt\",code=\"Ok\"}",
+        "vaultgate_role_calls_total{name=\"billing\"}",
+        "vaultgate_vault_requests_total{endpoint=\"transit/encrypt\",status=\"200\"}",
+        "vaultgate_batch_size_items_count",
+        "vaultgate_vault_up 1",
+        "vaultgate_build_info",
+    ] {
+        assert!(text.contains(want), "{want} missing from /metrics");
+    }
+    assert!(!text.contains("eyJ") && !text.contains("sk_test_demo"), "/metrics must carry no secret");
+}

@@ -1,0 +1,190 @@
+//! Prometheus metrics: what the gateway counts, and the plain-HTTP `/metrics` endpoint that
+//! serves them on a port of its own (off the gRPC port, no auth). One registry per process.
+//!
+//! Labels never carry a caller-controlled value of unbounded cardinality: RPC names, codes,
+//! configured role names, Vault endpoint kinds (`transit/encrypt`, never a key name) and statuses.
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use std::{net::SocketAddr, sync::OnceLock, time::Duration};
+
+/// Labels of a gRPC call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// RPC name, e.g. `Encrypt`.
+    pub rpc: &'static str,
+    /// gRPC code name, e.g. `Ok`, `PermissionDenied`.
+    pub code: String,
+}
+
+/// Labels naming one thing (a role, an RPC, a Vault endpoint kind).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NameLabel {
+    /// The name.
+    pub name: String,
+}
+
+/// Labels of a Vault request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VaultLabels {
+    /// Endpoint kind: the first two path segments, e.g. `transit/encrypt`, `auth/jwt`.
+    pub endpoint: String,
+    /// HTTP status, or `error` when there was no answer.
+    pub status: String,
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    /// gRPC calls by RPC and code.
+    pub calls: Family<CallLabels, Counter>,
+    /// gRPC call latency by RPC.
+    pub call_seconds: Family<NameLabel, Histogram>,
+    /// gRPC calls by mapped Vault role.
+    pub role_calls: Family<NameLabel, Counter>,
+    /// Vault requests by endpoint kind and status.
+    pub vault_requests: Family<VaultLabels, Counter>,
+    /// Vault request latency by endpoint kind.
+    pub vault_seconds: Family<NameLabel, Histogram>,
+    /// Items per Transit batch request the coalescer sent.
+    pub batch_size: Histogram,
+    /// Items sent by the coalescer.
+    pub batch_items: Counter,
+    /// Vault requests the coalescer made (items minus this is the number of requests saved).
+    pub batch_requests: Counter,
+    /// Calls waiting in coalescer queues.
+    pub queue_depth: Gauge,
+    /// Vault logins by result (`ok`, `refused`).
+    pub logins: Family<NameLabel, Counter>,
+    /// 1 while Vault is reachable and unsealed.
+    pub vault_up: Gauge,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter()
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("vaultgate");
+        let calls = Family::<CallLabels, Counter>::default();
+        let call_seconds = Family::<NameLabel, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        let role_calls = Family::<NameLabel, Counter>::default();
+        let vault_requests = Family::<VaultLabels, Counter>::default();
+        let vault_seconds = Family::<NameLabel, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        let batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 499.0, 1000.0]);
+        let build = Family::<NameLabel, Gauge>::default();
+        build.get_or_create(&NameLabel { name: env!("CARGO_PKG_VERSION").into() }).set(1);
+        let m = Metrics {
+            calls,
+            call_seconds,
+            role_calls,
+            vault_requests,
+            vault_seconds,
+            batch_size,
+            batch_items: Counter::default(),
+            batch_requests: Counter::default(),
+            queue_depth: Gauge::default(),
+            logins: Family::default(),
+            vault_up: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("grpc_calls", "gRPC calls by RPC and status code", m.calls.clone());
+        registry.register("grpc_call_seconds", "gRPC call latency by RPC", m.call_seconds.clone());
+        registry.register("role_calls", "gRPC calls by the Vault role of the caller", m.role_calls.clone());
+        registry.register(
+            "vault_requests",
+            "Vault HTTP requests by endpoint kind and status",
+            m.vault_requests.clone(),
+        );
+        registry.register(
+            "vault_request_seconds",
+            "Vault HTTP request latency by endpoint kind",
+            m.vault_seconds.clone(),
+        );
+        registry.register("batch_size_items", "items per Transit request sent by the coalescer", m.batch_size.clone());
+        registry.register("batch_items", "items sent by the coalescer", m.batch_items.clone());
+        registry.register("batch_vault_requests", "Transit requests made by the coalescer", m.batch_requests.clone());
+        registry.register("batch_queue_depth", "calls waiting in coalescer queues", m.queue_depth.clone());
+        registry.register("vault_logins", "Vault logins by result", m.logins.clone());
+        registry.register("vault_up", "1 while Vault is reachable and unsealed", m.vault_up.clone());
+        registry.register("build_info", "the running version (label name)", build);
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Records one gRPC call.
+    pub fn call(&self, rpc: &'static str, code: tonic::Code, role: Option<&str>, took: Duration) {
+        self.calls.get_or_create(&CallLabels { rpc, code: format!("{code:?}") }).inc();
+        self.call_seconds.get_or_create(&NameLabel { name: rpc.into() }).observe(took.as_secs_f64());
+        if let Some(role) = role {
+            self.role_calls.get_or_create(&NameLabel { name: role.into() }).inc();
+        }
+    }
+
+    /// Records one Vault request (`status` None: no HTTP answer).
+    pub fn vault(&self, endpoint: String, status: Option<u16>, took: Duration) {
+        let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+        self.vault_seconds.get_or_create(&NameLabel { name: endpoint.clone() }).observe(took.as_secs_f64());
+        self.vault_requests.get_or_create(&VaultLabels { endpoint, status }).inc();
+    }
+}
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener) -> Result<(), String> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, "metrics endpoint serving /metrics");
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], get().render())
+        }),
+    );
+    axum::serve(listener, app).await.map_err(|e| format!("metrics endpoint failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_every_family() {
+        let m = get();
+        m.call("Encrypt", tonic::Code::Ok, Some("billing"), Duration::from_millis(2));
+        m.vault("transit/encrypt".into(), Some(200), Duration::from_millis(1));
+        m.batch_size.observe(12.0);
+        let text = m.render();
+        for name in [
+            "vaultgate_grpc_calls_total{rpc=\"Encrypt\",code=\"Ok\"}",
+            "vaultgate_grpc_call_seconds_bucket",
+            "vaultgate_role_calls_total{name=\"billing\"}",
+            "vaultgate_vault_requests_total{endpoint=\"transit/encrypt\",status=\"200\"}",
+            "vaultgate_batch_size_items_bucket",
+            "vaultgate_batch_items_total",
+            "vaultgate_batch_vault_requests_total",
+            "vaultgate_batch_queue_depth",
+            "vaultgate_vault_logins_total",
+            "vaultgate_vault_up",
+            "vaultgate_build_info",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+}
