@@ -20,6 +20,8 @@ lint:
 # Every test: lint, unit tests, the integration binary against real OpenBao and PostgreSQL.
 test: tools lint
 	cargo test --lib --bins --tests
+	cargo build --bin vaultgate
+	bash scripts/check-ecosystem.sh
 
 bench: tools
 	bash scripts/bench.sh

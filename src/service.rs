@@ -16,9 +16,21 @@ use crate::{
     session::{Actor, Sessions},
     vault::Client,
 };
-use std::{future::Future, sync::Arc, time::Duration};
+use sha2::Digest;
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, OnceLock,
+    },
+    time::Duration,
+};
 use tokio::time::Instant;
-use tonic::{metadata::MetadataMap, Request, Response, Status};
+use tonic::{
+    metadata::{MetadataMap, MetadataValue},
+    Request, Response, Status,
+};
+use tracing::Instrument;
 
 /// State shared by all services: the Vault client, caller sessions, coalescer and leases.
 pub struct Gateway {
@@ -63,23 +75,64 @@ impl Gateway {
         let started = Instant::now();
         let (metadata, _, message) = request.into_parts();
         let deadline = grpc_deadline(&metadata);
+        let request_id = request_id(&metadata);
+        let span = tracing::info_span!("call", rpc, request_id = %request_id);
         let mut role = None;
         let call = async {
             let actor = self.sessions.authenticate(&metadata, deadline).await?;
             role = Some(actor.role.clone());
             work(actor, deadline, message).await
-        };
+        }
+        .instrument(span.clone());
         let result = match deadline {
             Some(d) => tokio::time::timeout_at(d, call).await.unwrap_or_else(|_| {
                 Err(Error::DeadlineExceeded("the call's deadline passed before Vault answered".into()))
             }),
             None => call.await,
         };
-        let result = result.map(Response::new).map_err(Status::from);
+        let header = MetadataValue::try_from(request_id.as_str()).ok();
+        let result = match result {
+            Ok(body) => {
+                let mut response = Response::new(body);
+                if let Some(h) = header {
+                    response.metadata_mut().insert(REQUEST_ID, h);
+                }
+                Ok(response)
+            }
+            Err(err) => {
+                let mut status = Status::from(err);
+                if let Some(h) = header {
+                    status.metadata_mut().insert(REQUEST_ID, h);
+                }
+                Err(status)
+            }
+        };
         let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-        metrics::get().call(rpc, code, role.as_deref(), started.elapsed());
+        let took = started.elapsed();
+        span.in_scope(|| tracing::debug!(?code, role = role.as_deref(), ms = took.as_secs_f64() * 1e3, "call done"));
+        metrics::get().call(rpc, code, role.as_deref(), took);
         result
     }
+}
+
+/// Metadata key of the request id: taken from the caller when it sends a sane one, else made
+/// here; it is on every log line of the call and returned in the response (or error) metadata.
+pub const REQUEST_ID: &str = "x-request-id";
+
+fn request_id(metadata: &MetadataMap) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    if let Some(given) = metadata.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        if (1..=64).contains(&given.len()) && given.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return given.to_string();
+        }
+    }
+    let prefix = PREFIX.get_or_init(|| {
+        let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+        sha2::Sha256::digest(seed.as_bytes()).iter().take(4).map(|b| format!("{b:02x}")).collect()
+    });
+    format!("{prefix}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The caller's deadline from the `grpc-timeout` header, slightly early so that the answer is

@@ -49,6 +49,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     health::follows_vault_down_and_up,
     tools::grpcurl_lists_and_encrypts,
     tools::metrics_endpoint_serves_prometheus_text,
+    tools::request_ids_are_returned,
 ];
 
 /// Upper bound of one test, so a hang fails instead of blocking CI.

@@ -69,3 +69,19 @@ pub async fn metrics_endpoint_serves_prometheus_text(env: &'static Env) {
     }
     assert!(!text.contains("eyJ") && !text.contains("sk_test_demo"), "/metrics must carry no secret");
 }
+
+pub async fn request_ids_are_returned(env: &'static Env) {
+    use vaultgate::pb::vaultgate::v1::{encryption_service_client::EncryptionServiceClient, EncryptRequest};
+    let mut c = EncryptionServiceClient::new(env.channel());
+    let r = || EncryptRequest { key: "billing".into(), plaintext: b"r".to_vec(), ..Default::default() };
+    let ok = c.encrypt(crate::support::req(r(), &env.billing)).await.expect("encrypt");
+    let made = ok.metadata().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert!(made.as_deref().is_some_and(|id| !id.is_empty()), "a success carries a request id");
+    let mut given = crate::support::req(r(), &env.billing);
+    given.metadata_mut().insert("x-request-id", "trace-abc-123".parse().expect("ascii"));
+    let echoed = c.encrypt(given).await.expect("encrypt");
+    assert_eq!(echoed.metadata().get("x-request-id").and_then(|v| v.to_str().ok()), Some("trace-abc-123"));
+    let err = c.encrypt(tonic::Request::new(r())).await.expect_err("no credentials");
+    let id = err.metadata().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert!(id.is_some_and(|id| Some(&id) != made.as_ref()), "an error carries its own request id");
+}

@@ -1,0 +1,166 @@
+#!/usr/bin/env node
+// vaultgate example client in Node.js (@grpc/grpc-js + @grpc/proto-loader + grpc-health-check).
+//
+// Loads the repository's proto/ at run time (proto-loader; the well-known types come with
+// protobufjs), then exercises a running `vaultgate dev` as its demo callers and checks every
+// answer. Exits 0 when all checks pass, 1 on the first wrong answer (with a message saying
+// what was expected), 2 on a usage error.
+//
+//   npm ci && node client.js [--addr 127.0.0.1:50051] [--dir .dev]
+//
+// --addr defaults to $VAULTGATE_ADDR or 127.0.0.1:50051; --dir (the dev directory holding
+// callers/*.jwt) to $VAULTGATE_DEV_DIR or .dev.
+'use strict';
+
+const fs = require('node:fs');
+const path = require('node:path');
+const { parseArgs } = require('node:util');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+const healthCheck = require('grpc-health-check');
+
+const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'proto');
+const TIMEOUT_MS = 10_000; // the deadline of every call
+
+class CheckFailed extends Error {}
+
+// Fails with `what` (a claim, then ": got ..." detail) unless cond; prints the claim when it holds.
+function check(cond, what) {
+  if (!cond) throw new CheckFailed(what);
+  console.log(`  ok  ${what.split(': got ')[0].split(': expected ')[0]}`);
+}
+
+const deadline = () => ({ deadline: Date.now() + TIMEOUT_MS });
+
+// Promise form of a unary call.
+function call(client, method, request, metadata = new grpc.Metadata()) {
+  return new Promise((resolve, reject) => {
+    client[method](request, metadata, deadline(), (err, response) => (err ? reject(err) : resolve(response)));
+  });
+}
+
+function bearer(jwt) {
+  const md = new grpc.Metadata();
+  md.set('authorization', `Bearer ${jwt}`);
+  return md;
+}
+
+const codeName = (code) => Object.keys(grpc.status).find((k) => grpc.status[k] === code) ?? String(code);
+
+async function expectCode(promise, code, what) {
+  try {
+    await promise;
+  } catch (err) {
+    if (err.code === undefined) throw err;
+    check(err.code === code, `${what}: expected ${codeName(code)}, got ${codeName(err.code)}: ${err.details}`);
+    return;
+  }
+  throw new CheckFailed(`${what}: expected ${codeName(code)}, but the call succeeded`);
+}
+
+function loadServices() {
+  const files = ['vaultgate/v1/encryption.proto', 'vaultgate/v1/secret.proto', 'vaultgate/v1/database.proto'];
+  const definition = protoLoader.loadSync(files, {
+    includeDirs: [PROTO_ROOT],
+    keepCase: true, // field names as in the .proto (lease_id, not leaseId)
+    longs: String,
+    enums: String,
+    defaults: true,
+    oneofs: true,
+  });
+  return grpc.loadPackageDefinition(definition).vaultgate.v1;
+}
+
+async function run(addr, devDir) {
+  const billing = bearer(fs.readFileSync(path.join(devDir, 'callers', 'billing.jwt'), 'utf8').trim());
+  const reports = bearer(fs.readFileSync(path.join(devDir, 'callers', 'reports.jwt'), 'utf8').trim());
+  const v1 = loadServices();
+  const creds = grpc.credentials.createInsecure();
+
+  // Standard health-check client (grpc.health.v1), no credentials.
+  const HealthClient = grpc.makeClientConstructor(healthCheck.service, 'grpc.health.v1.Health');
+  const health = new HealthClient(addr, creds);
+  await new Promise((resolve, reject) =>
+    health.waitForReady(Date.now() + TIMEOUT_MS, (err) =>
+      err ? reject(new CheckFailed(`cannot connect to ${addr} within ${TIMEOUT_MS / 1000}s (is \`vaultgate dev\` running?)`)) : resolve()));
+  for (const service of ['', 'vaultgate.v1.EncryptionService', 'vaultgate.v1.SecretService', 'vaultgate.v1.DatabaseService']) {
+    const r = await call(health, 'Check', { service });
+    check(r.status === 'SERVING', `health ${service || '(server)'} is SERVING: got ${r.status}`);
+  }
+
+  // Encrypt / Decrypt round trip (one channel shared by all three service clients).
+  const crypto = new v1.EncryptionService(addr, creds);
+  const secrets = new v1.SecretService(addr, creds, { channelOverride: crypto.getChannel() });
+  const dbs = new v1.DatabaseService(addr, creds, { channelOverride: crypto.getChannel() });
+  try {
+    const e = await call(crypto, 'Encrypt', { key: 'billing', plaintext: Buffer.from('hello') }, billing);
+    check(e.ciphertext.startsWith('vault:v') && e.key_version >= 1,
+      `Encrypt returns a vault:vN: ciphertext: got ${JSON.stringify(e.ciphertext)}, key_version ${e.key_version}`);
+    const d = await call(crypto, 'Decrypt', { key: 'billing', ciphertext: e.ciphertext }, billing);
+    check(d.plaintext.toString() === 'hello' && d.key_version === e.key_version,
+      `Decrypt returns the plaintext: got ${JSON.stringify(d.plaintext.toString())}, key_version ${d.key_version}`);
+
+    // EncryptBatch, then DecryptBatch of its results.
+    const plaintexts = [Buffer.from('alpha'), Buffer.alloc(0), Buffer.from([...Array(256).keys()])];
+    const b = await call(crypto, 'EncryptBatch',
+      { key: 'billing', items: plaintexts.map((plaintext) => ({ plaintext })) }, billing);
+    check(b.results.length === plaintexts.length, `EncryptBatch answers every item: got ${b.results.length} results`);
+    b.results.forEach((res, i) => check(!res.error && res.ciphertext.startsWith('vault:v'),
+      `EncryptBatch item ${i} succeeded: got error ${JSON.stringify(res.error?.message)}, ciphertext ${JSON.stringify(res.ciphertext)}`));
+    const db = await call(crypto, 'DecryptBatch',
+      { key: 'billing', items: b.results.map((res) => ({ ciphertext: res.ciphertext })) }, billing);
+    check(db.results.length === plaintexts.length && db.results.every((res, i) => !res.error && res.plaintext.equals(plaintexts[i])),
+      `DecryptBatch returns the plaintexts in order: got ${JSON.stringify(db.results.map((res) => res.plaintext.toString('hex')))}`);
+
+    // GetSecret: data is a google.protobuf.Struct ({fields: {name: {kind, stringValue, ...}}}).
+    const s = await call(secrets, 'GetSecret', { path: 'billing/api-keys' }, billing);
+    const fields = s.data?.fields ?? {};
+    check(fields.stripe_key?.stringValue === 'sk_test_demo' && s.version >= 1,
+      `GetSecret billing/api-keys has stripe_key == sk_test_demo: got keys ${JSON.stringify(Object.keys(fields))}, version ${s.version}`);
+
+    // GetDbCreds, then revoke the lease (the database user is dropped).
+    const c = await call(dbs, 'GetDbCreds', { role: 'billing' }, billing);
+    const seconds = Number(c.lease_duration?.seconds ?? 0);
+    check(c.username && c.password && c.lease_id.startsWith('database/creds/billing/') && seconds > 0,
+      `GetDbCreds billing returns credentials and a lease: got username ${JSON.stringify(c.username)}, lease_id ${JSON.stringify(c.lease_id)}, lease_duration ${seconds}s`);
+    await call(dbs, 'RevokeLease', { lease_id: c.lease_id }, billing);
+    check(true, 'RevokeLease of that lease');
+
+    // Refusals.
+    await expectCode(call(crypto, 'Encrypt', { key: 'billing', plaintext: Buffer.from('x') }, reports),
+      grpc.status.PERMISSION_DENIED, 'reports caller refused Transit key billing');
+    await expectCode(call(secrets, 'GetSecret', { path: 'billing/api-keys' }, reports),
+      grpc.status.PERMISSION_DENIED, 'reports caller refused secret billing/api-keys');
+    await expectCode(call(crypto, 'Encrypt', { key: 'billing', plaintext: Buffer.from('x') }),
+      grpc.status.UNAUTHENTICATED, 'call without credentials refused');
+  } finally {
+    crypto.close();
+    health.close();
+  }
+}
+
+async function main() {
+  const { values } = parseArgs({
+    options: {
+      addr: { type: 'string', default: process.env.VAULTGATE_ADDR || '127.0.0.1:50051' },
+      dir: { type: 'string', default: process.env.VAULTGATE_DEV_DIR || '.dev' },
+    },
+  });
+  if (!fs.existsSync(path.join(values.dir, 'callers', 'billing.jwt'))) {
+    console.error(`node client: FAIL: ${values.dir}/callers/billing.jwt not found (--dir must be vaultgate dev's directory)`);
+    return 2;
+  }
+  console.log(`node client: ${values.addr}, node ${process.version}, @grpc/grpc-js ${require('@grpc/grpc-js/package.json').version}`);
+  try {
+    await run(values.addr, values.dir);
+  } catch (err) {
+    if (err instanceof CheckFailed) console.error(`node client: FAIL: ${err.message}`);
+    else if (err.code !== undefined && err.details !== undefined) console.error(`node client: FAIL: unexpected ${codeName(err.code)}: ${err.details}`);
+    else console.error(`node client: FAIL: ${err.stack || err}`);
+    return 1;
+  }
+  console.log('node client: all checks passed');
+  return 0;
+}
+
+main().then((code) => { process.exitCode = code; });

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""vaultgate example client in Python (grpcio + grpcio-tools + grpcio-health-checking).
+
+Generates the stubs from the repository's proto/ at run time (into a temporary directory,
+removed at exit), then exercises a running `vaultgate dev` as its demo callers and checks
+every answer. Exits 0 when all checks pass, 1 on the first wrong answer (with a message
+saying what was expected), 2 on a usage error.
+
+    python3 examples/python/client.py [--addr 127.0.0.1:50051] [--dir .dev]
+
+--addr defaults to $VAULTGATE_ADDR or 127.0.0.1:50051; --dir (the dev directory holding
+callers/*.jwt) to $VAULTGATE_DEV_DIR or .dev.
+"""
+
+import argparse
+import base64
+import importlib
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_tools import protoc
+from google.protobuf import json_format
+
+PROTO_ROOT = pathlib.Path(__file__).resolve().parents[2] / "proto"
+TIMEOUT = 10.0  # seconds: the deadline of every call
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def check(cond, what):
+    """Fails with `what` (a claim, then ": got ..." detail) unless cond; prints the claim when it holds."""
+    if not cond:
+        raise CheckFailed(what)
+    print(f"  ok  {what.split(': got ')[0].split(': expected ')[0]}")
+
+
+def generate_stubs(out_dir):
+    """Runs protoc (from grpcio-tools) on proto/; the well-known types come with grpcio-tools."""
+    well_known = pathlib.Path(protoc.__file__).parent / "_proto"
+    files = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{well_known}",
+        f"--python_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        *files,
+    ]
+    if protoc.main(args) != 0:
+        raise CheckFailed(f"protoc failed on {files}")
+    # The generated google/rpc/status_pb2 must win over any installed googleapis package,
+    # and google/ must be a namespace package that merges with protobuf's own google/.
+    sys.path.insert(0, str(out_dir))
+    import google
+
+    google.__path__.append(str(pathlib.Path(out_dir) / "google"))
+
+
+def bearer(jwt):
+    return (("authorization", f"Bearer {jwt}"),)
+
+
+def expect_code(call, code, what):
+    try:
+        call()
+    except grpc.RpcError as e:
+        check(e.code() == code, f"{what}: expected {code.name}, got {e.code().name}: {e.details()}")
+        return
+    raise CheckFailed(f"{what}: expected {code.name}, but the call succeeded")
+
+
+def run(addr, dev_dir):
+    billing_jwt = (dev_dir / "callers" / "billing.jwt").read_text().strip()
+    reports_jwt = (dev_dir / "callers" / "reports.jwt").read_text().strip()
+    billing, reports = bearer(billing_jwt), bearer(reports_jwt)
+
+    enc = importlib.import_module("vaultgate.v1.encryption_pb2")
+    enc_grpc = importlib.import_module("vaultgate.v1.encryption_pb2_grpc")
+    sec = importlib.import_module("vaultgate.v1.secret_pb2")
+    sec_grpc = importlib.import_module("vaultgate.v1.secret_pb2_grpc")
+    db = importlib.import_module("vaultgate.v1.database_pb2")
+    db_grpc = importlib.import_module("vaultgate.v1.database_pb2_grpc")
+
+    with grpc.insecure_channel(addr) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
+        except grpc.FutureTimeoutError:
+            raise CheckFailed(f"cannot connect to {addr} within {TIMEOUT:.0f}s (is `vaultgate dev` running?)")
+
+        # Standard health-check client (grpc.health.v1), no credentials.
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ["", "vaultgate.v1.EncryptionService", "vaultgate.v1.SecretService",
+                        "vaultgate.v1.DatabaseService"]:
+            r = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT)
+            check(r.status == health_pb2.HealthCheckResponse.SERVING,
+                  f"health {service or '(server)'} is SERVING: got {health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)}")
+
+        # Encrypt / Decrypt round trip.
+        crypto = enc_grpc.EncryptionServiceStub(channel)
+        r = crypto.Encrypt(enc.EncryptRequest(key="billing", plaintext=b"hello"), metadata=billing, timeout=TIMEOUT)
+        check(r.ciphertext.startswith("vault:v") and r.key_version >= 1,
+              f"Encrypt returns a vault:vN: ciphertext: got {r.ciphertext!r}, key_version {r.key_version}")
+        d = crypto.Decrypt(enc.DecryptRequest(key="billing", ciphertext=r.ciphertext), metadata=billing,
+                           timeout=TIMEOUT)
+        check(d.plaintext == b"hello" and d.key_version == r.key_version,
+              f"Decrypt returns the plaintext: got {d.plaintext!r}, key_version {d.key_version}")
+
+        # EncryptBatch, then DecryptBatch of its results.
+        plaintexts = [b"alpha", b"", bytes(range(256))]
+        b = crypto.EncryptBatch(
+            enc.EncryptBatchRequest(key="billing", items=[enc.EncryptBatchItem(plaintext=p) for p in plaintexts]),
+            metadata=billing, timeout=TIMEOUT)
+        check(len(b.results) == len(plaintexts), f"EncryptBatch answers every item: got {len(b.results)} results")
+        for i, res in enumerate(b.results):
+            check(not res.HasField("error") and res.ciphertext.startswith("vault:v"),
+                  f"EncryptBatch item {i} succeeded: got error {res.error.message!r}, ciphertext {res.ciphertext!r}")
+        db_ = crypto.DecryptBatch(
+            enc.DecryptBatchRequest(key="billing",
+                                    items=[enc.DecryptBatchItem(ciphertext=res.ciphertext) for res in b.results]),
+            metadata=billing, timeout=TIMEOUT)
+        got = [res.plaintext for res in db_.results]
+        check(got == plaintexts, f"DecryptBatch returns the plaintexts in order: got {got!r}")
+
+        # GetSecret.
+        secrets = sec_grpc.SecretServiceStub(channel)
+        s = secrets.GetSecret(sec.GetSecretRequest(path="billing/api-keys"), metadata=billing, timeout=TIMEOUT)
+        data = json_format.MessageToDict(s.data)
+        check(data.get("stripe_key") == "sk_test_demo" and s.version >= 1,
+              f"GetSecret billing/api-keys has stripe_key == sk_test_demo: got keys {sorted(data)}, version {s.version}")
+
+        # GetDbCreds, then revoke the lease (the database user is dropped).
+        dbs = db_grpc.DatabaseServiceStub(channel)
+        c = dbs.GetDbCreds(db.GetDbCredsRequest(role="billing"), metadata=billing, timeout=TIMEOUT)
+        check(c.username and c.password and c.lease_id.startswith("database/creds/billing/")
+              and c.lease_duration.seconds > 0,
+              f"GetDbCreds billing returns credentials and a lease: got username {c.username!r}, "
+              f"lease_id {c.lease_id!r}, lease_duration {c.lease_duration.seconds}s")
+        dbs.RevokeLease(db.RevokeLeaseRequest(lease_id=c.lease_id), metadata=billing, timeout=TIMEOUT)
+        check(True, "RevokeLease of that lease")
+
+        # Refusals.
+        expect_code(lambda: crypto.Encrypt(enc.EncryptRequest(key="billing", plaintext=b"x"), metadata=reports,
+                                           timeout=TIMEOUT),
+                    grpc.StatusCode.PERMISSION_DENIED, "reports caller refused Transit key billing")
+        expect_code(lambda: secrets.GetSecret(sec.GetSecretRequest(path="billing/api-keys"), metadata=reports,
+                                              timeout=TIMEOUT),
+                    grpc.StatusCode.PERMISSION_DENIED, "reports caller refused secret billing/api-keys")
+        expect_code(lambda: crypto.Encrypt(enc.EncryptRequest(key="billing", plaintext=b"x"), timeout=TIMEOUT),
+                    grpc.StatusCode.UNAUTHENTICATED, "call without credentials refused")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--addr", default=os.environ.get("VAULTGATE_ADDR", "127.0.0.1:50051"))
+    p.add_argument("--dir", default=os.environ.get("VAULTGATE_DEV_DIR", ".dev"))
+    a = p.parse_args()
+    dev_dir = pathlib.Path(a.dir)
+    if not (dev_dir / "callers" / "billing.jwt").is_file():
+        print(f"python client: FAIL: {dev_dir}/callers/billing.jwt not found (--dir must be vaultgate dev's directory)",
+              file=sys.stderr)
+        return 2
+
+    out = tempfile.mkdtemp(prefix="vaultgate-py-stubs-")
+    try:
+        print(f"python client: {a.addr}, grpcio {grpc.__version__}")
+        generate_stubs(out)
+        run(a.addr, dev_dir)
+    except CheckFailed as e:
+        print(f"python client: FAIL: {e}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as e:
+        print(f"python client: FAIL: unexpected {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    print("python client: all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Ecosystem check: the example clients, the README's grpcurl commands and buf, against a real
+# `vaultgate dev` (OpenBao + PostgreSQL) started on a free port in a temporary directory.
+#
+#   bash scripts/check-ecosystem.sh
+#
+# Needs: target/debug/vaultgate (`cargo build --bin vaultgate`; or $VAULTGATE_BIN), the tools of
+# scripts/tools.sh in .tools/ (venv, bao, grpcurl, buf), node + npm. Runs `npm ci` in
+# examples/node only when node_modules is missing or was installed from another lockfile.
+# Prints one line per check and ends with `ecosystem: N passed, M failed`; exits 1 if any
+# failed. Leaves nothing running and nothing behind but examples/node/node_modules.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export PATH="$ROOT/.tools/bin:$PATH"
+export VAULTGATE_BAO="$ROOT/.tools/bin/bao"
+BIN="${VAULTGATE_BIN:-$ROOT/target/debug/vaultgate}"
+PY="$ROOT/.tools/venv/bin/python3"
+READY_TIMEOUT=60 # seconds for `vaultgate dev` to print `ready`
+STOP_TIMEOUT=30  # seconds for it to exit after SIGTERM
+
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/vaultgate-ecosystem.XXXXXX")"
+DEV_DIR="$TMP/dev"
+DEV_PID="" DRAIN_PID=""
+passed=0 failed=0
+
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
+pass() { printf 'ok    %-28s %s\n' "$1" "$2"; passed=$((passed + 1)); }
+fail() { # fail NAME WHY [LOGFILE]
+    printf 'FAIL  %-28s %s\n' "$1" "$2"
+    if [[ -n "${3:-}" && -s "$3" ]]; then tail -n 25 "$3" | sed 's/^/        /'; fi
+    failed=$((failed + 1))
+}
+
+# run NAME CMD...: one check; output kept in $TMP/NAME.log and shown on failure.
+run() {
+    local name="$1" t log
+    shift
+    log="$TMP/${name// /-}.log"
+    t="$(now)"
+    if "$@" >"$log" 2>&1; then pass "$name" "$(since "$t")"; else fail "$name" "exit $? after $(since "$t")" "$log"; fi
+}
+
+# Processes started for DEV_DIR (OpenBao and PostgreSQL name it in their arguments).
+leftovers() { pgrep -f -- "$DEV_DIR/" 2>/dev/null | grep -vx "$$" || true; }
+
+cleanup() {
+    if [[ -n "$DEV_PID" ]] && kill -0 "$DEV_PID" 2>/dev/null; then
+        kill -TERM "$DEV_PID" 2>/dev/null
+        timeout "$STOP_TIMEOUT" tail --pid="$DEV_PID" -f /dev/null 2>/dev/null || kill -KILL "$DEV_PID" 2>/dev/null
+    fi
+    local pids
+    pids="$(leftovers)"
+    # shellcheck disable=SC2086
+    [[ -n "$pids" ]] && kill -KILL $pids 2>/dev/null
+    [[ -n "$DRAIN_PID" ]] && kill "$DRAIN_PID" 2>/dev/null
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------------------------
+# Prerequisites
+# ---------------------------------------------------------------------------------------------
+for need in "$BIN" "$PY" "$ROOT/.tools/bin/bao" "$ROOT/.tools/bin/grpcurl" "$ROOT/.tools/bin/buf"; do
+    if [[ ! -x "$need" ]]; then
+        fail "prerequisites" "$need missing (cargo build --bin vaultgate; bash scripts/tools.sh)"
+        echo "ecosystem: $passed passed, $failed failed"
+        exit 1
+    fi
+done
+
+# ---------------------------------------------------------------------------------------------
+# vaultgate dev on a free port; its stdout goes through a FIFO so `ready` is seen at once.
+# ---------------------------------------------------------------------------------------------
+PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+mkfifo "$TMP/dev.fifo"
+mkdir -p "$DEV_DIR"
+t="$(now)"
+"$BIN" dev --dir "$DEV_DIR" --listen "127.0.0.1:$PORT" >"$TMP/dev.fifo" 2>"$TMP/dev.err" &
+DEV_PID=$!
+exec 3<"$TMP/dev.fifo"
+ADDR="" deadline=$((SECONDS + READY_TIMEOUT)) why=""
+while [[ -z "$ADDR" ]]; do
+    left=$((deadline - SECONDS))
+    if ((left <= 0)); then why="no ready line within ${READY_TIMEOUT}s"; break; fi
+    if IFS= read -r -t "$left" line <&3; then
+        printf '%s\n' "$line" >>"$TMP/dev.out"
+        if [[ "$line" =~ ^ready\ ([0-9.]+:[0-9]+)$ ]]; then ADDR="${BASH_REMATCH[1]}"; fi
+    elif (($? > 128)); then
+        why="no ready line within ${READY_TIMEOUT}s"; break
+    else
+        why="exited before ready"; break
+    fi
+done
+# Keep draining stdout so the gateway never blocks on a full pipe.
+cat <&3 >>"$TMP/dev.out" &
+DRAIN_PID=$!
+exec 3<&-
+if [[ -n "$ADDR" ]]; then
+    pass "dev ready" "$(since "$t") $ADDR"
+else
+    fail "dev ready" "$why" "$TMP/dev.err"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Clients and grpcurl against it
+# ---------------------------------------------------------------------------------------------
+node_client() {
+    local dir="$ROOT/examples/node" want have
+    want="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+    have="$(cat "$dir/node_modules/.vaultgate-stamp" 2>/dev/null || true)"
+    if [[ "$want" != "$have" ]]; then
+        echo "npm ci (node_modules missing or from another lockfile)"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || return 1
+        printf '%s' "$want" >"$dir/node_modules/.vaultgate-stamp"
+    fi
+    node "$dir/client.js" --addr "$ADDR" --dir "$DEV_DIR"
+}
+
+if [[ -n "$ADDR" ]]; then
+    run "python client" "$PY" examples/python/client.py --addr "$ADDR" --dir "$DEV_DIR"
+    run "node client" node_client
+    run "grpcurl (README quick start)" bash examples/grpcurl.sh --addr "$ADDR" --dir "$DEV_DIR"
+else
+    for name in "python client" "node client" "grpcurl (README quick start)"; do
+        fail "$name" "skipped: dev mode not ready"
+    done
+fi
+
+# ---------------------------------------------------------------------------------------------
+# buf
+# ---------------------------------------------------------------------------------------------
+run "buf lint" buf lint
+run "buf breaking v0.1.0" buf breaking proto --against proto-released/v0.1.0
+
+# ---------------------------------------------------------------------------------------------
+# Stop dev mode: SIGTERM, it exits 0 and leaves neither OpenBao nor PostgreSQL running.
+# ---------------------------------------------------------------------------------------------
+t="$(now)"
+if kill -0 "$DEV_PID" 2>/dev/null; then
+    kill -TERM "$DEV_PID"
+    if timeout "$STOP_TIMEOUT" tail --pid="$DEV_PID" -f /dev/null; then
+        wait "$DEV_PID"
+        rc=$?
+        if [[ $rc -eq 0 ]]; then pass "dev stop (SIGTERM)" "$(since "$t")"; else fail "dev stop (SIGTERM)" "exit status $rc" "$TMP/dev.err"; fi
+    else
+        fail "dev stop (SIGTERM)" "still running ${STOP_TIMEOUT}s after SIGTERM" "$TMP/dev.err"
+    fi
+else
+    wait "$DEV_PID"
+    fail "dev stop (SIGTERM)" "had already exited (status $?)" "$TMP/dev.err"
+fi
+DEV_PID=""
+pids="$(leftovers)"
+if [[ -z "$pids" ]]; then
+    pass "no bao/postgres left" ""
+else
+    fail "no bao/postgres left" "still running: $(ps -o pid=,args= -p "${pids//$'\n'/,}" | cut -c1-100 | tr '\n' ';')"
+fi
+
+echo "ecosystem: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]
