@@ -6,6 +6,7 @@
 
 use crate::vault::VaultError;
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 /// What an operation was doing when Vault failed, so the mapping can name the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,13 @@ pub enum Error {
     PermissionDenied(String),
     /// The request itself is wrong: empty names, malformed ciphertext, wrong context, too large.
     InvalidArgument(String),
+    /// One named request field is wrong; carries a `google.rpc.BadRequest` field violation.
+    BadField {
+        /// The field's path, e.g. `items[3].plaintext`.
+        field: String,
+        /// What is wrong and what a valid value looks like.
+        why: String,
+    },
     /// The key, secret, version, role or lease does not exist.
     NotFound(String),
     /// Queue full, rate limit, or Vault's rate limit.
@@ -44,6 +52,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// A wrong request field.
+    pub fn bad_field(field: impl Into<String>, why: impl Into<String>) -> Error {
+        Error::BadField { field: field.into(), why: why.into() }
+    }
+
     /// Turns a Vault failure into the caller-facing error, naming what was being accessed.
     pub fn from_vault(err: VaultError, subject: Subject<'_>) -> Error {
         match err {
@@ -134,15 +147,38 @@ pub fn vault_message(errors: &[String]) -> String {
     out
 }
 
+/// How long a caller should wait before retrying a transient failure (`google.rpc.RetryInfo`).
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
         let (code, msg) = match err {
+            Error::BadField { field, why } => {
+                let msg = format!("{field}: {why}");
+                return Status::with_error_details(
+                    Code::InvalidArgument,
+                    msg,
+                    ErrorDetails::with_bad_request_violation(field, why),
+                );
+            }
+            Error::ResourceExhausted(m) => {
+                return Status::with_error_details(
+                    Code::ResourceExhausted,
+                    m,
+                    ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+                )
+            }
+            Error::Unavailable(m) => {
+                return Status::with_error_details(
+                    Code::Unavailable,
+                    m,
+                    ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+                )
+            }
             Error::Unauthenticated(m) => (Code::Unauthenticated, m),
             Error::PermissionDenied(m) => (Code::PermissionDenied, m),
             Error::InvalidArgument(m) => (Code::InvalidArgument, m),
             Error::NotFound(m) => (Code::NotFound, m),
-            Error::ResourceExhausted(m) => (Code::ResourceExhausted, m),
-            Error::Unavailable(m) => (Code::Unavailable, m),
             Error::DeadlineExceeded(m) => (Code::DeadlineExceeded, m),
             Error::Internal(m) => {
                 tracing::error!(detail = %m, "internal error");
@@ -154,12 +190,17 @@ impl From<Error> for Status {
 }
 
 impl From<&Error> for crate::pb::google::rpc::Status {
+    /// The per-item status of a batch result, with the same details as a whole-call status.
     fn from(err: &Error) -> Self {
         let status = Status::from(err.clone());
-        crate::pb::google::rpc::Status {
-            code: status.code() as i32,
-            message: status.message().to_string(),
-            details: vec![],
+        // A status with details carries them as an encoded google.rpc.Status.
+        match <crate::pb::google::rpc::Status as prost::Message>::decode(status.details()) {
+            Ok(decoded) if !status.details().is_empty() => decoded,
+            _ => crate::pb::google::rpc::Status {
+                code: status.code() as i32,
+                message: status.message().to_string(),
+                details: vec![],
+            },
         }
     }
 }
@@ -209,6 +250,21 @@ mod tests {
         assert_eq!(vault_message(&[long]).len(), MAX_VAULT_MESSAGE);
         assert_eq!(vault_message(&["1 error occurred:\n\t* permission denied\n\n".into()]), "permission denied");
         assert_eq!(vault_message(&[]), "no detail given");
+    }
+
+    #[test]
+    fn rich_details_name_the_field_and_the_retry() {
+        let status = Status::from(Error::bad_field("items[2].plaintext", "is too large"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "items[2].plaintext: is too large");
+        let bad = status.get_details_bad_request().expect("BadRequest details");
+        assert_eq!(bad.field_violations[0].field, "items[2].plaintext");
+        let status = Status::from(Error::Unavailable("Vault is sealed".into()));
+        assert_eq!(status.get_details_retry_info().and_then(|r| r.retry_delay), Some(RETRY_AFTER));
+        let item = crate::pb::google::rpc::Status::from(&Error::bad_field("items[0].ciphertext", "is empty"));
+        assert_eq!((item.code, item.message.as_str(), item.details.len()), (3, "items[0].ciphertext: is empty", 1));
+        let plain = crate::pb::google::rpc::Status::from(&Error::NotFound("gone".into()));
+        assert_eq!((plain.code, plain.details.len()), (5, 0));
     }
 
     #[test]

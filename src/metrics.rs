@@ -170,6 +170,7 @@ mod tests {
         m.call("Encrypt", tonic::Code::Ok, Some("billing"), Duration::from_millis(2));
         m.vault("transit/encrypt".into(), Some(200), Duration::from_millis(1));
         m.batch_size.observe(12.0);
+        m.logins.get_or_create(&NameLabel { name: "ok".into() }).inc();
         let text = m.render();
         for name in [
             "vaultgate_grpc_calls_total{rpc=\"Encrypt\",code=\"Ok\"}",

@@ -55,7 +55,7 @@ impl DatabaseService for Database {
             let mount = if r.mount.is_empty() {
                 gw.config.mounts.database.as_str()
             } else {
-                validate::mount(&r.mount).map_err(|why| Error::InvalidArgument(format!("mount: {why}")))?;
+                validate::mount(&r.mount).map_err(|why| Error::bad_field("mount", why))?;
                 r.mount.as_str()
             };
             let lease = gw
@@ -84,7 +84,7 @@ impl DatabaseService for Database {
             let increment = match &r.increment {
                 None => None,
                 Some(d) if d.seconds > 0 && d.nanos >= 0 => Some(d.seconds as u64),
-                Some(_) => return Err(Error::InvalidArgument("increment: must be at least one second".into())),
+                Some(_) => return Err(Error::bad_field("increment", "must be at least one second")),
             };
             let parent = gw.owned_parent(&actor, &r.lease_id)?;
             let secs = gw

@@ -133,10 +133,10 @@ impl Gateway {
     fn check_batch_len(&self, len: usize) -> Result<(), Error> {
         let max = self.config.limits.max_batch_items;
         if len == 0 {
-            return Err(Error::InvalidArgument("items: must hold at least one item".into()));
+            return Err(Error::bad_field("items", "must hold at least one item"));
         }
         if len > max {
-            return Err(Error::InvalidArgument(format!("items: {len} items is over the limit of {max} per call")));
+            return Err(Error::bad_field("items", format!("{len} items is over the limit of {max} per call")));
         }
         Ok(())
     }
@@ -301,7 +301,7 @@ impl EncryptionService for Encryption {
             let bits = match r.bits {
                 0 => 256,
                 b @ (128 | 256 | 512) => b,
-                b => return Err(Error::InvalidArgument(format!("bits: {b} is not 128, 256 or 512 (0 means 256)"))),
+                b => return Err(Error::bad_field("bits", format!("{b} is not 128, 256 or 512 (0 means 256)"))),
             };
             let out = gw
                 .vault

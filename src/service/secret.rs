@@ -17,7 +17,7 @@ impl Gateway {
         if requested.is_empty() {
             return Ok(&self.config.mounts.kv);
         }
-        validate::mount(requested).map_err(|why| Error::InvalidArgument(format!("mount: {why}")))?;
+        validate::mount(requested).map_err(|why| Error::bad_field("mount", why))?;
         Ok(requested)
     }
 }

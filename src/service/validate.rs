@@ -9,7 +9,7 @@ const MAX_NAME: usize = 256;
 const MAX_PATH: usize = 1024;
 
 fn invalid(field: &str, why: &str) -> Error {
-    Error::InvalidArgument(format!("{field}: {why}"))
+    Error::bad_field(field, why)
 }
 
 fn name_char(c: char) -> bool {

@@ -350,6 +350,10 @@ pub async fn error_table(env: &'static Env) {
         assert_eq!(status.code(), code, "{name}: {}", status.message());
         assert!(status.message().contains(mentions), "{name}: {:?} should mention {mentions:?}", status.message());
     }
+    // INVALID_ARGUMENT names the field in google.rpc.BadRequest details.
+    let status = c.encrypt(req(enc("", b"x"), &env.qa)).await.expect_err("empty key");
+    let bad = tonic_types::StatusExt::get_details_bad_request(&status).expect("BadRequest details");
+    assert_eq!(bad.field_violations[0].field, "key");
     // A 1 ms deadline: an immediate DEADLINE_EXCEEDED, never a hang. (When the deadline passes
     // before the handler even runs, tonic's transport layer answers CANCELLED "Timeout expired";
     // gRPC clients that enforce deadlines themselves report DEADLINE_EXCEEDED either way.)
