@@ -27,6 +27,41 @@ pub struct Config {
     pub limits: Limits,
     /// Log output.
     pub log: LogConfig,
+    /// The audit log; `None` when not configured.
+    pub audit: Option<AuditConfig>,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+}
+
+/// Where audit lines go and what happens when they cannot be written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// `stdout` or a file path.
+    pub path: String,
+    /// Refuse calls whose audit line cannot be written (default true, as Vault does).
+    #[serde(default = "yes")]
+    pub fail_closed: bool,
+}
+
+/// How the gateway stops on SIGTERM: health NOT_SERVING for `grace`, then no new connections,
+/// then calls in flight get up to `drain_timeout` to finish.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Milliseconds of NOT_SERVING (still serving) so load balancers stop routing first.
+    #[serde(default = "default_grace_ms")]
+    pub grace_ms: u64,
+    /// Milliseconds calls in flight may take to finish after that.
+    #[serde(default = "default_drain_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+fn default_grace_ms() -> u64 {
+    5_000
+}
+fn default_drain_ms() -> u64 {
+    20_000
 }
 
 /// Default mount paths of the three engines.
@@ -185,6 +220,10 @@ struct RawConfig {
     limits: Option<Limits>,
     #[serde(default)]
     log: Option<LogConfig>,
+    #[serde(default)]
+    audit: Option<AuditConfig>,
+    #[serde(default)]
+    shutdown: Option<ShutdownConfig>,
 }
 
 fn default_cache() -> usize {
@@ -272,6 +311,9 @@ impl Config {
         if limits.max_message_bytes < 1024 {
             return Err("limits.max_message_bytes: must be at least 1024".into());
         }
+        if raw.audit.as_ref().is_some_and(|a| a.path.is_empty()) {
+            return Err("audit.path: must be \"stdout\" or a file path".into());
+        }
         let log: LogConfig = raw.log.unwrap_or_else(empty);
         if !matches!(log.format.as_str(), "human" | "json") {
             return Err(format!("log.format: must be \"human\" or \"json\", not {:?}", log.format));
@@ -292,6 +334,8 @@ impl Config {
             batch,
             limits,
             log,
+            audit: raw.audit,
+            shutdown: raw.shutdown.unwrap_or_else(empty),
         })
     }
 }

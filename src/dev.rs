@@ -78,7 +78,7 @@ impl Stack {
     /// The gateway config for this stack: demo callers mapped by JWT subject to their roles.
     pub fn config_toml(&self, listen: SocketAddr) -> String {
         let mut text = format!(
-            "# Written by `vaultgate dev`: the gateway config for the local demo stack.\nlisten = \"{listen}\"\n\n[vault]\naddress = \"{}\"\n\n",
+            "# Written by `vaultgate dev`: the gateway config for the local demo stack.\nlisten = \"{listen}\"\n\n[vault]\naddress = \"{}\"\n\n[shutdown]\ngrace_ms = 0\ndrain_timeout_ms = 5000\n\n[audit]\npath = \"stdout\"\n\n",
             self.bao.addr
         );
         for (name, _) in provision::CALLERS {

@@ -70,6 +70,13 @@ impl Leases {
         }
     }
 
+    /// The tokens that parent live leases (never revoked at shutdown: their leases would die).
+    pub fn parents(&self) -> Vec<VaultToken> {
+        let now = Instant::now();
+        let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        records.values().filter(|r| r.expires > now).map(|r| r.parent.clone()).collect()
+    }
+
     /// Forgets a revoked lease.
     pub fn remove(&self, lease_id: &str) {
         self.records.lock().unwrap_or_else(|p| p.into_inner()).remove(lease_id);

@@ -9,6 +9,7 @@
 //! - [`leases`]: who owns each database lease, and keeping its parent token alive.
 //! - [`vault`]: the Vault HTTP client; knows nothing of gRPC.
 //! - [`error`]: the one mapping from failures to gRPC status codes.
+//! - [`audit`]: one JSON line per call, fail closed.
 //! - [`health`]: the `sys/health` watcher behind `grpc.health.v1`.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 //! - [`config`]: the TOML config, validated at start-up.
@@ -18,6 +19,7 @@
 //! result goes back only to the caller that sent the item.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod batch;
 pub mod config;
 pub mod dev;

@@ -10,8 +10,9 @@ use crate::{
     },
     service::{database::Database, encryption::Encryption, secret::Secrets, Gateway},
 };
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tonic::transport::{server::TcpIncoming, Server};
 use tonic_health::ServingStatus;
 
@@ -57,7 +58,24 @@ pub async fn serve(
     let max = gateway.config.limits.max_message_bytes;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, vault = %gateway.vault.address(), batching = gateway.coalescer.is_some(), "vaultgate serving");
-    let result = Server::builder()
+    // Graceful shutdown: NOT_SERVING first (load balancers stop routing) while still serving for
+    // `grace`; then no new connections, and calls in flight get up to `drain_timeout` to finish.
+    let grace = Duration::from_millis(gateway.config.shutdown.grace_ms);
+    let drain_timeout = Duration::from_millis(gateway.config.shutdown.drain_timeout_ms);
+    let draining = Arc::new(Notify::new());
+    let graceful = {
+        let (reporter, draining, watcher) = (reporter.clone(), draining.clone(), watcher.abort_handle());
+        async move {
+            shutdown.await;
+            tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: health NOT_SERVING");
+            watcher.abort();
+            health::set_all(&reporter, ServingStatus::NotServing).await;
+            tokio::time::sleep(grace).await;
+            tracing::info!("refusing new connections; draining calls in flight");
+            draining.notify_one();
+        }
+    };
+    let server = Server::builder()
         // HTTP/2 keepalive detects dead client connections behind load balancers.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health_service)
@@ -66,10 +84,20 @@ pub async fn serve(
         .add_service(EncryptionServiceServer::new(Encryption(gateway.clone())).max_decoding_message_size(max))
         .add_service(SecretServiceServer::new(Secrets(gateway.clone())).max_decoding_message_size(max))
         .add_service(DatabaseServiceServer::new(Database(gateway.clone())).max_decoding_message_size(max))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-        .await
-        .map_err(|e| format!("gRPC server failed: {e}"));
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), graceful);
+    let deadline = async {
+        draining.notified().await;
+        tokio::time::sleep(drain_timeout).await;
+    };
+    let result = tokio::select! {
+        served = server => served.map_err(|e| format!("gRPC server failed: {e}")),
+        () = deadline => {
+            tracing::warn!(drain_timeout_ms = drain_timeout.as_millis() as u64, "drain timeout: dropping calls still in flight");
+            Ok(())
+        }
+    };
     watcher.abort();
+    gateway.sessions.revoke_all(&gateway.leases.parents()).await;
     if let Some(task) = metrics_task {
         task.abort();
     }

@@ -8,6 +8,7 @@ pub mod secret;
 pub mod validate;
 
 use crate::{
+    audit::{self, AuditLog, Target},
     batch::Coalescer,
     config::Config,
     error::Error,
@@ -44,6 +45,8 @@ pub struct Gateway {
     pub leases: Leases,
     /// The configuration.
     pub config: Arc<Config>,
+    /// The audit log, when configured.
+    pub audit: Option<AuditLog>,
 }
 
 impl Gateway {
@@ -51,7 +54,12 @@ impl Gateway {
     pub fn new(config: Arc<Config>) -> Result<Arc<Gateway>, String> {
         let vault = Client::new(&config.vault)?;
         let coalescer = config.batch.enabled.then(|| Coalescer::new(Arc::new(vault.clone()), &config.batch));
+        let audit = match &config.audit {
+            Some(a) => Some(AuditLog::open(&a.path, a.fail_closed)?),
+            None => None,
+        };
         Ok(Arc::new(Gateway {
+            audit,
             sessions: Sessions::new(vault.clone(), config.callers.clone(), config.token_cache_size),
             vault,
             coalescer,
@@ -66,6 +74,7 @@ impl Gateway {
         &self,
         rpc: &'static str,
         request: Request<R>,
+        describe: fn(&R) -> Target,
         work: F,
     ) -> Result<Response<T>, Status>
     where
@@ -76,11 +85,12 @@ impl Gateway {
         let (metadata, _, message) = request.into_parts();
         let deadline = grpc_deadline(&metadata);
         let request_id = request_id(&metadata);
+        let target = describe(&message);
         let span = tracing::info_span!("call", rpc, request_id = %request_id);
-        let mut role = None;
+        let mut who: Option<(Arc<str>, Arc<str>)> = None;
         let call = async {
             let actor = self.sessions.authenticate(&metadata, deadline).await?;
-            role = Some(actor.role.clone());
+            who = Some((actor.caller.clone(), actor.role.clone()));
             work(actor, deadline, message).await
         }
         .instrument(span.clone());
@@ -89,6 +99,40 @@ impl Gateway {
                 Err(Error::DeadlineExceeded("the call's deadline passed before Vault answered".into()))
             }),
             None => call.await,
+        };
+        let took = started.elapsed();
+        let (caller, role) = who.as_ref().map_or(("", ""), |(c, r)| (&**c, &**r));
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(e) => Status::from(e.clone()).code(),
+        };
+        let result = match (&self.audit, result) {
+            (Some(log), result) => {
+                let entry = audit::Entry {
+                    time_ms: audit::now_ms(),
+                    request_id: &request_id,
+                    caller,
+                    role,
+                    rpc,
+                    target: &target,
+                    code: format!("{code:?}"),
+                    latency_ms: took.as_secs_f64() * 1e3,
+                };
+                match log.write(&entry) {
+                    Err(e) if log.fail_closed => {
+                        tracing::error!(error = %e, "audit log write failed: refusing the call's answer");
+                        Err(Error::Unavailable(
+                            "the audit log cannot be written; the gateway refuses to serve unaudited".into(),
+                        ))
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "audit log write failed");
+                        result
+                    }
+                    Ok(()) => result,
+                }
+            }
+            (None, result) => result,
         };
         let header = MetadataValue::try_from(request_id.as_str()).ok();
         let result = match result {
@@ -108,9 +152,8 @@ impl Gateway {
             }
         };
         let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-        let took = started.elapsed();
-        span.in_scope(|| tracing::debug!(?code, role = role.as_deref(), ms = took.as_secs_f64() * 1e3, "call done"));
-        metrics::get().call(rpc, code, role.as_deref(), took);
+        span.in_scope(|| tracing::debug!(?code, role, ms = took.as_secs_f64() * 1e3, "call done"));
+        metrics::get().call(rpc, code, who.as_ref().map(|(_, r)| &**r), took);
         result
     }
 }

@@ -119,6 +119,23 @@ impl Sessions {
         Ok(actor)
     }
 
+    /// At shutdown: revokes every cached caller token except those in `keep` (they parent live
+    /// database leases), within a few seconds in all.
+    pub async fn revoke_all(&self, keep: &[VaultToken]) {
+        let tokens: Vec<VaultToken> = {
+            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.values().filter_map(|s| s.valid()).map(|a| a.token).filter(|t| !keep.contains(t)).collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut revoked = 0usize;
+        for token in &tokens {
+            if self.vault.revoke_self(token, Some(deadline)).await.is_ok() {
+                revoked += 1;
+            }
+        }
+        tracing::info!(revoked, kept = keep.len(), "caller tokens revoked at shutdown");
+    }
+
     fn slot_if_cached(&self, key: &[u8; 32]) -> Option<Arc<Slot>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
     }

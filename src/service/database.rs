@@ -2,6 +2,7 @@
 //! revocation of a lease by the caller that obtained it (see `leases.rs` for the lifetime rule).
 
 use super::{validate, Gateway};
+use crate::audit::Target;
 use crate::{
     error::{Error, Subject},
     leases::{Ownership, PARENT_SLACK},
@@ -50,7 +51,7 @@ impl Gateway {
 impl DatabaseService for Database {
     async fn get_db_creds(&self, req: Request<GetDbCredsRequest>) -> Result<Response<GetDbCredsResponse>, Status> {
         let gw = &self.0;
-        gw.handle("GetDbCreds", req, |actor, deadline, r| async move {
+        gw.handle("GetDbCreds", req, |r| Target::new(&r.role, 1), |actor, deadline, r| async move {
             validate::name("role", &r.role)?;
             let mount = if r.mount.is_empty() {
                 gw.config.mounts.database.as_str()
@@ -79,39 +80,49 @@ impl DatabaseService for Database {
 
     async fn renew_lease(&self, req: Request<RenewLeaseRequest>) -> Result<Response<RenewLeaseResponse>, Status> {
         let gw = &self.0;
-        gw.handle("RenewLease", req, |actor, deadline, r| async move {
-            validate::lease_id("lease_id", &r.lease_id)?;
-            let increment = match &r.increment {
-                None => None,
-                Some(d) if d.seconds > 0 && d.nanos >= 0 => Some(d.seconds as u64),
-                Some(_) => return Err(Error::bad_field("increment", "must be at least one second")),
-            };
-            let parent = gw.owned_parent(&actor, &r.lease_id)?;
-            let secs = gw
-                .vault
-                .lease_renew(&actor.token, &r.lease_id, increment, deadline)
-                .await
-                .map_err(|e| Error::from_vault(e, Subject::Lease(&r.lease_id)))?;
-            let secs = gw.keep_parent(&parent, secs, deadline).await;
-            gw.leases.extend(&r.lease_id, Duration::from_secs(secs));
-            Ok(RenewLeaseResponse { lease_duration: Some(duration(secs)) })
-        })
+        gw.handle(
+            "RenewLease",
+            req,
+            |r| Target::new(&r.lease_id, 1),
+            |actor, deadline, r| async move {
+                validate::lease_id("lease_id", &r.lease_id)?;
+                let increment = match &r.increment {
+                    None => None,
+                    Some(d) if d.seconds > 0 && d.nanos >= 0 => Some(d.seconds as u64),
+                    Some(_) => return Err(Error::bad_field("increment", "must be at least one second")),
+                };
+                let parent = gw.owned_parent(&actor, &r.lease_id)?;
+                let secs = gw
+                    .vault
+                    .lease_renew(&actor.token, &r.lease_id, increment, deadline)
+                    .await
+                    .map_err(|e| Error::from_vault(e, Subject::Lease(&r.lease_id)))?;
+                let secs = gw.keep_parent(&parent, secs, deadline).await;
+                gw.leases.extend(&r.lease_id, Duration::from_secs(secs));
+                Ok(RenewLeaseResponse { lease_duration: Some(duration(secs)) })
+            },
+        )
         .await
     }
 
     async fn revoke_lease(&self, req: Request<RevokeLeaseRequest>) -> Result<Response<RevokeLeaseResponse>, Status> {
         let gw = &self.0;
-        gw.handle("RevokeLease", req, |actor, deadline, r| async move {
-            validate::lease_id("lease_id", &r.lease_id)?;
-            gw.owned_parent(&actor, &r.lease_id)?;
-            gw.vault
-                .lease_revoke(&actor.token, &r.lease_id, deadline)
-                .await
-                .map_err(|e| Error::from_vault(e, Subject::Lease(&r.lease_id)))?;
-            gw.leases.remove(&r.lease_id);
-            tracing::info!(caller = %actor.caller, lease_id = %r.lease_id, "lease revoked");
-            Ok(RevokeLeaseResponse {})
-        })
+        gw.handle(
+            "RevokeLease",
+            req,
+            |r| Target::new(&r.lease_id, 1),
+            |actor, deadline, r| async move {
+                validate::lease_id("lease_id", &r.lease_id)?;
+                gw.owned_parent(&actor, &r.lease_id)?;
+                gw.vault
+                    .lease_revoke(&actor.token, &r.lease_id, deadline)
+                    .await
+                    .map_err(|e| Error::from_vault(e, Subject::Lease(&r.lease_id)))?;
+                gw.leases.remove(&r.lease_id);
+                tracing::info!(caller = %actor.caller, lease_id = %r.lease_id, "lease revoked");
+                Ok(RevokeLeaseResponse {})
+            },
+        )
         .await
     }
 }

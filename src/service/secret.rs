@@ -1,6 +1,7 @@
 //! `vaultgate.v1.SecretService` over KV version 2: read a secret version, list a folder.
 
 use super::{validate, Gateway};
+use crate::audit::Target;
 use crate::{
     error::{Error, Subject},
     pb::vaultgate::v1::{secret_service_server::SecretService, *},
@@ -49,38 +50,49 @@ fn to_timestamp(rfc3339: &str) -> Option<Timestamp> {
 impl SecretService for Secrets {
     async fn get_secret(&self, req: Request<GetSecretRequest>) -> Result<Response<GetSecretResponse>, Status> {
         let gw = &self.0;
-        gw.handle("GetSecret", req, |actor, deadline, r| async move {
-            validate::secret_path("path", &r.path, false)?;
-            let mount = gw.kv_mount(&r.mount)?;
-            let secret = gw.vault.kv_read(&actor.token, mount, &r.path, r.version, deadline).await.map_err(|e| {
-                match Error::from_vault(e, Subject::Secret(&r.path)) {
-                    Error::NotFound(_) if r.version > 0 => {
-                        Error::NotFound(format!("secret {:?} has no readable version {}", r.path, r.version))
-                    }
-                    other => other,
-                }
-            })?;
-            Ok(GetSecretResponse {
-                data: secret.data.map(to_struct),
-                version: secret.metadata.version,
-                created_time: to_timestamp(&secret.metadata.created_time),
-            })
-        })
+        gw.handle(
+            "GetSecret",
+            req,
+            |r| Target::new(&r.path, 1),
+            |actor, deadline, r| async move {
+                validate::secret_path("path", &r.path, false)?;
+                let mount = gw.kv_mount(&r.mount)?;
+                let secret =
+                    gw.vault.kv_read(&actor.token, mount, &r.path, r.version, deadline).await.map_err(|e| {
+                        match Error::from_vault(e, Subject::Secret(&r.path)) {
+                            Error::NotFound(_) if r.version > 0 => {
+                                Error::NotFound(format!("secret {:?} has no readable version {}", r.path, r.version))
+                            }
+                            other => other,
+                        }
+                    })?;
+                Ok(GetSecretResponse {
+                    data: secret.data.map(to_struct),
+                    version: secret.metadata.version,
+                    created_time: to_timestamp(&secret.metadata.created_time),
+                })
+            },
+        )
         .await
     }
 
     async fn list_secrets(&self, req: Request<ListSecretsRequest>) -> Result<Response<ListSecretsResponse>, Status> {
         let gw = &self.0;
-        gw.handle("ListSecrets", req, |actor, deadline, r| async move {
-            validate::secret_path("path", &r.path, true)?;
-            let mount = gw.kv_mount(&r.mount)?;
-            let keys = gw
-                .vault
-                .kv_list(&actor.token, mount, &r.path, deadline)
-                .await
-                .map_err(|e| Error::from_vault(e, Subject::Secret(&r.path)))?;
-            Ok(ListSecretsResponse { keys })
-        })
+        gw.handle(
+            "ListSecrets",
+            req,
+            |r| Target::new(&r.path, 1),
+            |actor, deadline, r| async move {
+                validate::secret_path("path", &r.path, true)?;
+                let mount = gw.kv_mount(&r.mount)?;
+                let keys = gw
+                    .vault
+                    .kv_list(&actor.token, mount, &r.path, deadline)
+                    .await
+                    .map_err(|e| Error::from_vault(e, Subject::Secret(&r.path)))?;
+                Ok(ListSecretsResponse { keys })
+            },
+        )
         .await
     }
 }

@@ -11,6 +11,7 @@ mod callers;
 mod database;
 mod encryption;
 mod health;
+mod lifecycle;
 mod logs;
 mod secrets;
 mod support;
@@ -47,6 +48,8 @@ const TESTS: &[(&str, TestFn)] = tests![
     callers::five_hundred_mixed_round_trips,
     callers::one_login_for_fifty_first_calls,
     health::follows_vault_down_and_up,
+    lifecycle::audit_log_has_one_line_per_call_and_fails_closed,
+    lifecycle::shutdown_goes_not_serving_first_and_finishes_calls_in_flight,
     tools::grpcurl_lists_and_encrypts,
     tools::metrics_endpoint_serves_prometheus_text,
     tools::request_ids_are_returned,

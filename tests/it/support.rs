@@ -77,7 +77,10 @@ impl Env {
         let addr = listener.local_addr().expect("gateway address");
         let metrics_addr: SocketAddr =
             format!("127.0.0.1:{}", dev::process::free_port().expect("port")).parse().expect("addr");
-        let mut toml = format!("metrics_listen = \"{metrics_addr}\"\n{}", stack.config_toml(addr));
+        let audit = dir.join("main-gateway-audit.log");
+        let dev_toml =
+            stack.config_toml(addr).replace("path = \"stdout\"", &format!("path = {:?}", audit.to_string_lossy()));
+        let mut toml = format!("metrics_listen = \"{metrics_addr}\"\n{dev_toml}");
         toml.push_str(&format!(
             "[[callers]]\nrole = \"qa\"\nclaim = \"sub\"\nequals = \"qa\"\nissuer = \"{0}\"\n\n[[callers]]\nrole = \"qa2\"\nequals = \"qa2\"\nissuer = \"{0}\"\n\n[limits]\nmax_item_bytes = 65536\nmax_batch_items = 2000\n",
             dev::issuer::ISSUER
@@ -263,14 +266,28 @@ pub struct TestGateway {
     pub gateway: Arc<Gateway>,
     /// A channel to it.
     pub channel: Channel,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    served: Option<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl TestGateway {
+    /// Starts its graceful shutdown (as SIGTERM does).
+    pub fn shutdown(&self) {
+        if let Some(tx) = self.stop.lock().expect("lock").take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits (up to 30 s) for the server to stop after [`TestGateway::shutdown`]; true if it did.
+    pub async fn stopped(mut self) -> bool {
+        let Some(served) = self.served.take() else { return false };
+        tokio::time::timeout(std::time::Duration::from_secs(30), served).await.is_ok_and(|r| r.is_ok_and(|r| r.is_ok()))
+    }
 }
 
 impl Drop for TestGateway {
     fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
+        self.shutdown();
     }
 }
 
@@ -281,9 +298,9 @@ pub async fn serve_gateway(config_after_listen: &str) -> TestGateway {
     let toml = format!("listen = \"{addr}\"\n{config_after_listen}");
     let gateway = Gateway::new(Arc::new(Config::parse(&toml).expect("config"))).expect("gateway");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(vaultgate::server::serve(listener, gateway.clone(), async {
+    let served = tokio::spawn(vaultgate::server::serve(listener, gateway.clone(), async {
         let _ = rx.await;
     }));
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy();
-    TestGateway { gateway, channel, stop: Some(tx) }
+    TestGateway { gateway, channel, stop: Mutex::new(Some(tx)), served: Some(served) }
 }

@@ -1,0 +1,110 @@
+//! Audit log and graceful shutdown, each on a gateway of its own.
+
+use crate::support::{req, serve_gateway, Env};
+use std::time::Duration;
+use tonic::Code;
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+use vaultgate::pb::vaultgate::v1::{encryption_service_client::EncryptionServiceClient as Client, *};
+
+fn enc(plaintext: &[u8]) -> EncryptRequest {
+    EncryptRequest { key: "billing".into(), plaintext: plaintext.to_vec(), ..Default::default() }
+}
+
+fn config(env: &Env, extra: &str) -> String {
+    format!("[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"billing\"\nequals = \"billing\"\n{extra}", env.vault_addr)
+}
+
+pub async fn audit_log_has_one_line_per_call_and_fails_closed(env: &'static Env) {
+    let path = env.dir.join("gateway-audit.log");
+    let own = serve_gateway(&config(env, &format!("[audit]\npath = {:?}\n", path.to_string_lossy()))).await;
+    let mut c = Client::new(own.channel.clone());
+    c.encrypt(req(enc(b"audited plaintext"), &env.billing)).await.expect("encrypt");
+    let batch = EncryptBatchRequest { key: "billing".into(), items: vec![EncryptBatchItem::default(); 3] };
+    c.encrypt_batch(req(batch, &env.billing)).await.expect("batch");
+    c.encrypt(req(EncryptRequest { key: "reports".into(), ..enc(b"x") }, &env.billing)).await.expect_err("denied");
+    c.encrypt(tonic::Request::new(enc(b"x"))).await.expect_err("no credentials");
+    let text = std::fs::read_to_string(&path).expect("audit log");
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let summary: Vec<(&str, &str, &str, u64, &str)> = lines
+        .iter()
+        .map(|l| {
+            let s = |k: &str| l[k].as_str().unwrap_or("?");
+            (s("rpc"), s("role"), s("target"), l["items"].as_u64().unwrap_or(0), s("code"))
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("Encrypt", "billing", "billing", 1, "Ok"),
+            ("EncryptBatch", "billing", "billing", 3, "Ok"),
+            ("Encrypt", "billing", "reports", 1, "PermissionDenied"),
+            ("Encrypt", "", "billing", 1, "Unauthenticated"),
+        ]
+    );
+    assert!(lines
+        .iter()
+        .all(|l| l["request_id"].as_str().is_some_and(|id| !id.is_empty()) && l["latency_ms"].is_number()));
+    assert!(!text.contains("audited plaintext") && !text.contains("eyJ"), "the audit log holds no plaintext or JWT");
+    drop(own);
+    // A sink that cannot be written: the call is refused rather than served unaudited.
+    let own = serve_gateway(&config(env, "[audit]\npath = \"/dev/full\"\n")).await;
+    let status = Client::new(own.channel.clone()).encrypt(req(enc(b"x"), &env.billing)).await.expect_err("fail closed");
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    assert!(status.message().contains("audit"));
+}
+
+pub async fn shutdown_goes_not_serving_first_and_finishes_calls_in_flight(env: &'static Env) {
+    let own = serve_gateway(&config(env, "[shutdown]\ngrace_ms = 1500\ndrain_timeout_ms = 5000\n")).await;
+    let mut health = HealthClient::new(own.channel.clone());
+    let serving = |s: &tonic::Response<tonic_health::pb::HealthCheckResponse>| {
+        s.get_ref().status == ServingStatus::Serving as i32
+    };
+    for _ in 0..100 {
+        if health.check(HealthCheckRequest { service: String::new() }).await.is_ok_and(|r| serving(&r)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 200 calls are sent, then shutdown starts at once: every one of them must be answered.
+    let calls: Vec<_> = (0..200)
+        .map(|i| {
+            let mut c = Client::new(own.channel.clone());
+            tokio::spawn(async move {
+                let plaintext = format!("in-flight-{i}");
+                let ct = c.encrypt(req(enc(plaintext.as_bytes()), &env.billing)).await?.into_inner().ciphertext;
+                Ok::<_, tonic::Status>((plaintext, ct))
+            })
+        })
+        .collect();
+    let t0 = std::time::Instant::now();
+    own.shutdown();
+    // During the grace period health says NOT_SERVING while calls are still answered.
+    let mut saw_not_serving = false;
+    for _ in 0..20 {
+        match health.check(HealthCheckRequest { service: "vaultgate.v1.EncryptionService".into() }).await {
+            Ok(r) if r.get_ref().status == ServingStatus::NotServing as i32 => {
+                saw_not_serving = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(saw_not_serving, "health must go NOT_SERVING as soon as shutdown starts");
+    let mut answered = Vec::new();
+    for (i, call) in calls.into_iter().enumerate() {
+        let result = call.await.expect("task");
+        answered.push(
+            result.unwrap_or_else(|e| panic!("call {i} in flight at shutdown failed after {:?}: {e:?}", t0.elapsed())),
+        );
+    }
+    // The answers are right: the main gateway decrypts each to its own plaintext.
+    let mut c = Client::new(env.channel());
+    for (plaintext, ciphertext) in answered {
+        let r = DecryptRequest { key: "billing".into(), ciphertext, ..Default::default() };
+        assert_eq!(
+            c.decrypt(req(r, &env.billing)).await.expect("decrypt").into_inner().plaintext,
+            plaintext.as_bytes()
+        );
+    }
+    assert!(own.stopped().await, "the server stops after draining");
+}
