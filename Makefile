@@ -22,6 +22,7 @@ test: tools lint
 	cargo test --lib --bins --tests
 	cargo build --bin vaultgate
 	bash scripts/check-ecosystem.sh
+	bash scripts/check-deploy.sh
 
 bench: tools
 	bash scripts/bench.sh

@@ -15,7 +15,8 @@
 //! `VAULTGATE_BENCH_WARMUP` (default 1), `VAULTGATE_BENCH_CONCURRENCY` (default `1,16,64,256`),
 //! `VAULTGATE_BENCH_IN_FLIGHT` (calls in flight of the memory case, default 10000),
 //! `VAULTGATE_BENCH_CASES` (default `a,b,c,d,mem`),
-//! `VAULTGATE_BENCH_GATEWAY_LOG` (the gateway's log filter, default `warn`), `VAULTGATE_BIN`
+//! `VAULTGATE_BENCH_GATEWAY_LOG` (the gateway's log filter, default `warn`),
+//! `VAULTGATE_BENCH_BATCH_TOML` (extra lines of the gateway's `[batch]` table), `VAULTGATE_BIN`
 //! (gateway binary, default the release `vaultgate` cargo built with this bench), `VAULTGATE_BAO`.
 //! Output: a table on stdout, `target/bench/transit-<UTC time>.json` and `target/bench/latest.json`.
 
@@ -79,6 +80,8 @@ struct Settings {
     cases: Vec<String>,
     /// The gateway's log filter.
     gateway_log: String,
+    /// Extra lines of the gateway's `[batch]` table, e.g. `max_in_flight = 1`.
+    batch_toml: String,
     /// Whether processes are pinned to CPUs.
     pinned: bool,
 }
@@ -112,6 +115,7 @@ impl Settings {
                 .map(|c| c.trim().to_string())
                 .collect(),
             gateway_log: std::env::var("VAULTGATE_BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+            batch_toml: std::env::var("VAULTGATE_BENCH_BATCH_TOML").unwrap_or_default(),
             pinned,
         }
     }
@@ -330,11 +334,13 @@ async fn provision(admin: &Admin, issuer: &Issuer) -> Result<(String, String), S
 }
 
 /// The gateway's config file.
-fn gateway_config(listen: u16, bao_addr: &str, batching: bool, log: &str) -> String {
+fn gateway_config(listen: u16, metrics: u16, bao_addr: &str, batching: bool, settings: &Settings) -> String {
+    let (extra, log) = (&settings.batch_toml, &settings.gateway_log);
     format!(
-        "# Written by benches/transit.rs.\nlisten = \"127.0.0.1:{listen}\"\n\n[vault]\naddress = \"{bao_addr}\"\n\n\
+        "# Written by benches/transit.rs.\nlisten = \"127.0.0.1:{listen}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n\n\
+         [vault]\naddress = \"{bao_addr}\"\n\n\
          [[callers]]\nrole = \"{ROLE}\"\nclaim = \"sub\"\nequals = \"{ROLE}\"\nissuer = \"{ISSUER}\"\n\n\
-         [batch]\nenabled = {batching}\n\n[log]\nlevel = \"{log}\"\n"
+         [batch]\nenabled = {batching}\n{extra}\n\n[log]\nlevel = \"{log}\"\n"
     )
 }
 
@@ -346,6 +352,8 @@ struct Gateway {
     addr: String,
     /// `Bearer <JWT>` of the bench caller.
     auth: MetadataValue<tonic::metadata::Ascii>,
+    /// `http://127.0.0.1:PORT/metrics`.
+    metrics: String,
 }
 
 impl Gateway {
@@ -358,10 +366,10 @@ impl Gateway {
         jwt: &str,
         batching: bool,
     ) -> Result<Gateway, String> {
-        let port = free_port()?;
+        let (port, metrics_port) = (free_port()?, free_port()?);
         let name = if batching { "gateway-batching-on" } else { "gateway-batching-off" };
         let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, gateway_config(port, bao_addr, batching, &settings.gateway_log))
+        std::fs::write(&config, gateway_config(port, metrics_port, bao_addr, batching, settings))
             .map_err(|e| format!("{}: {e}", config.display()))?;
         let args = vec!["serve".to_string(), "--config".into(), config.display().to_string()];
         let mut server = Server::spawn("the gateway", settings.pinned, bin, &args, dir.join(format!("{name}.log")))?;
@@ -370,7 +378,8 @@ impl Gateway {
         for _ in 0..200 {
             server.check_alive()?;
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                let gateway = Gateway { server, addr, auth };
+                let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+                let gateway = Gateway { server, addr, auth, metrics };
                 let first = match gateway.single(1).await {
                     Ok(target) => target.call(0).await,
                     Err(e) => Err(e),
@@ -570,6 +579,8 @@ struct Measured {
     noisy: bool,
     /// The gateway's peak RSS during the case (VmHWM, reset before it).
     gateway_peak_rss_mib: Option<f64>,
+    /// Transit requests the gateway sent to Vault during the window (its own metrics).
+    vault_requests: Option<f64>,
     /// Failed calls.
     errors: u64,
     /// The first failure's message.
@@ -577,6 +588,15 @@ struct Measured {
 }
 
 impl Measured {
+    /// Items per HTTP request OpenBao received: the gateway's batch size, or the call size of a
+    /// direct case.
+    fn items_per_vault_request(&self) -> f64 {
+        match self.vault_requests {
+            Some(r) if r > 0.0 => (self.calls * self.items_per_call) as f64 / r,
+            _ => self.items_per_call as f64,
+        }
+    }
+
     /// The JSON form written to `target/bench/`.
     fn json(&self) -> Value {
         json!({
@@ -598,6 +618,8 @@ impl Measured {
             "steal_cpu_utilisation": round(self.steal_util, 3),
             "noisy": self.noisy,
             "gateway_peak_rss_mib": self.gateway_peak_rss_mib.map(|v| round(v, 1)),
+            "gateway_vault_requests": self.vault_requests,
+            "items_per_vault_request": round(self.items_per_vault_request(), 1),
             "errors": self.errors,
             "first_error": self.first_error,
         })
@@ -618,6 +640,8 @@ struct Watched {
     gateway: Option<u32>,
     /// `getconf CLK_TCK`.
     ticks_per_s: f64,
+    /// The gateway's metrics endpoint, and a client for it.
+    metrics: Option<(reqwest::Client, String)>,
 }
 
 /// CPU ticks of OpenBao, the gateway, this process and the whole machine at one instant.
@@ -641,6 +665,18 @@ fn machine_ticks() -> (u64, u64) {
     let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
     let at = |i: usize| f.get(i).copied().unwrap_or(0);
     (at(0) + at(1) + at(2) + at(5) + at(6), at(7))
+}
+
+/// Transit requests the gateway has sent to Vault so far, from its Prometheus endpoint
+/// (`vaultgate_vault_requests_total{endpoint="transit/encrypt",…}`, every status).
+async fn vault_requests(w: &Watched) -> Option<f64> {
+    let (http, url) = w.metrics.as_ref()?;
+    let resp = http.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
+    let text = resp.text().await.ok()?;
+    let lines = text
+        .lines()
+        .filter(|l| l.starts_with("vaultgate_vault_requests_total{") && l.contains("endpoint=\"transit/encrypt\""));
+    lines.map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok())).sum()
 }
 
 /// Reads the CPU counters now.
@@ -699,8 +735,10 @@ async fn measure(
         .collect();
     tokio::time::sleep_until(from).await;
     let before = snapshot(watched);
+    let requests_before = vault_requests(watched).await;
     tokio::time::sleep_until(to).await;
     let after = snapshot(watched);
+    let requests_after = vault_requests(watched).await;
     let peak = watched.gateway.and_then(peak_rss_kib).map(|k| k as f64 / 1024.0);
     let mut traces = Vec::with_capacity(concurrency);
     for w in workers {
@@ -742,6 +780,7 @@ async fn measure(
         steal_util: util(after.machine.1.saturating_sub(before.machine.1)),
         noisy: false,
         gateway_peak_rss_mib: peak,
+        vault_requests: requests_before.zip(requests_after).map(|(b, a)| a - b),
         errors,
         first_error: traces.into_iter().find_map(|t| t.first_error),
     }
@@ -758,13 +797,13 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 /// Column titles of the table.
 const HEADER: &str = "case  what                        conc   items/s   p50 ms   p99 ms  gw ms/1k  bao ms/1k  \
-                      cli ms/1k  gw%  bao%  cli%  oth%  gw RSS MiB  errors";
+                      cli ms/1k  gw%  bao%  cli%  oth%  items/req  gw RSS MiB  errors";
 
 /// One line of the table.
 fn row(m: &Measured) -> String {
     let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     format!(
-        "{:<5} {:<26} {:>5} {:>9.0} {:>8.2} {:>8.2} {:>9} {:>10.1} {:>10.1} {:>4} {:>5.0} {:>5.0} {:>5.0} {:>11} {:>7}",
+        "{:<5} {:<26} {:>5} {:>9.0} {:>8.2} {:>8.2} {:>9} {:>10.1} {:>10.1} {:>4} {:>5.0} {:>5.0} {:>5.0} {:>10.1} {:>11} {:>7}",
         m.case,
         m.label,
         m.concurrency,
@@ -778,6 +817,7 @@ fn row(m: &Measured) -> String {
         m.openbao_util * 100.0,
         m.client_util * 100.0,
         (m.other_util + m.steal_util) * 100.0,
+        m.items_per_vault_request(),
         opt(m.gateway_peak_rss_mib, 1),
         m.errors,
     )
@@ -974,12 +1014,13 @@ async fn run(settings: &Settings) -> Result<(), String> {
     println!(
         "vaultgate Transit bench: window {:.1} s after {:.1} s warm-up, {PLAINTEXT_BYTES}-byte plaintexts, {}\n\
          ms/1k = CPU milliseconds per 1,000 items (= µs per item); gw%/bao%/cli% = share of one core;\n\
-         oth% = everything else (other processes, kernel network work, steal): keep it low for comparable runs\n\n{HEADER}",
+         oth% = everything else (other processes, kernel network work, steal): keep it low for comparable runs;\n\
+         items/req = items per HTTP request OpenBao received (the gateway's batch size, from its metrics)\n\n{HEADER}",
         settings.window.as_secs_f64(),
         settings.warmup.as_secs_f64(),
         if settings.pinned { "client on CPU 0, OpenBao + gateway on CPU 1" } else { "UNPINNED" },
     );
-    let mut watched = Watched { bao: bao.pid, gateway: None, ticks_per_s };
+    let mut watched = Watched { bao: bao.pid, gateway: None, ticks_per_s, metrics: None };
     let w = settings.window;
     if settings.wants("a") {
         for &c in &settings.concurrency {
@@ -997,6 +1038,7 @@ async fn run(settings: &Settings) -> Result<(), String> {
     if settings.wants("b") {
         let gw = Gateway::start(settings, &gateway_bin, &dir, &bao_addr, &jwt, false).await?;
         watched.gateway = Some(gw.server.pid);
+        watched.metrics = Some((admin.http.clone(), gw.metrics.clone()));
         for &c in &settings.concurrency {
             run_case(settings, &mut results, ("b", "gateway, batching off"), c, w, &watched, || gw.single(c)).await?;
         }
@@ -1006,6 +1048,7 @@ async fn run(settings: &Settings) -> Result<(), String> {
     if settings.wants("c") || settings.wants("d") || settings.wants("mem") {
         let gw = Gateway::start(settings, &gateway_bin, &dir, &bao_addr, &jwt, true).await?;
         watched.gateway = Some(gw.server.pid);
+        watched.metrics = Some((admin.http.clone(), gw.metrics.clone()));
         if settings.wants("c") {
             for &c in &settings.concurrency {
                 run_case(settings, &mut results, ("c", "gateway, batching on"), c, w, &watched, || gw.single(c))
@@ -1064,6 +1107,7 @@ async fn run(settings: &Settings) -> Result<(), String> {
             "max_channels": MAX_CHANNELS,
             "cases": settings.cases,
             "gateway_log": settings.gateway_log,
+            "gateway_batch_toml": settings.batch_toml,
             "clock_ticks_per_s": ticks_per_s,
         },
         "results": results.iter().map(Measured::json).collect::<Vec<_>>(),

@@ -385,6 +385,18 @@ mod tests {
     }
 
     #[test]
+    fn the_kubernetes_config_parses() {
+        let text = include_str!("../deploy/kubernetes/base/vaultgate.toml");
+        // The CA file exists only in the pod; everything else must parse as shipped.
+        let text = text.replace("ca_cert = \"/etc/vaultgate/openbao-ca.crt\"", "");
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.callers.len(), 2);
+        assert_eq!(c.log.format, "json");
+        assert!(c.metrics_listen.is_some() && c.audit.is_some());
+        assert_eq!(c.shutdown.drain_timeout_ms, 20_000);
+    }
+
+    #[test]
     fn invalid_configs_name_the_key() {
         let cases: &[(&str, &str)] = &[
             ("listen = \"nope\"\n[vault]\naddress = \"http://x\"\n", "listen"),

@@ -11,7 +11,10 @@ use tonic_health::{server::HealthReporter, ServingStatus};
 pub const SERVICES: [&str; 4] =
     ["", "vaultgate.v1.EncryptionService", "vaultgate.v1.SecretService", "vaultgate.v1.DatabaseService"];
 
-/// Sets every service name to `status`.
+/// The health name a liveness probe asks: SERVING while the process runs, whatever Vault's state.
+pub const LIVENESS: &str = "liveness";
+
+/// Sets every service name that follows Vault to `status`.
 pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
     for name in SERVICES {
         reporter.set_service_status(name, status).await;

@@ -34,6 +34,7 @@ pub async fn serve(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     // Until the first probe answers, nothing is known: report NOT_SERVING rather than guess.
     health::set_all(&reporter, ServingStatus::NotServing).await;
+    reporter.set_service_status(health::LIVENESS, ServingStatus::Serving).await;
     let watcher = tokio::spawn(health::watch(gateway.vault.clone(), reporter.clone(), gateway.config.health_interval));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()

@@ -41,6 +41,8 @@ pub async fn follows_vault_down_and_up(env: &'static Env) {
     bao.stop().await;
     let down = wait_for(&mut client, "vaultgate.v1.EncryptionService", ServingStatus::NotServing, limit).await;
     wait_for(&mut client, "", ServingStatus::NotServing, limit).await;
+    // Liveness does not follow Vault: an outage must not restart the gateway.
+    wait_for(&mut client, "liveness", ServingStatus::Serving, Duration::ZERO).await;
     let bao = process::Bao::start_at(&bao_bin, &dir, "health-root", port).await.expect("restart bao");
     let up = wait_for(&mut client, "vaultgate.v1.EncryptionService", ServingStatus::Serving, limit).await;
     println!(

@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""Validates rendered deploy/ manifests (the output of `kubectl kustomize`).
+
+1. Every document against the Kubernetes OpenAPI schemas of each --k8s version, strict (unknown
+   fields are errors), with kubernetes-validate's offline schemas. ServiceMonitor is a CRD that
+   package has no schema for: it is checked against deploy/test/servicemonitor.schema.json.
+2. What schemas cannot see: selectors that select nothing, references to ConfigMaps that are not
+   rendered, the restricted pod-security settings of every pod, probes and the shutdown budget,
+   NetworkPolicy ports, that vaultgate.toml uses only keys src/config.rs knows and paths that are
+   mounted, and that openbao.hcl's paths are mounted and its retry_join names the StatefulSet's pods.
+
+usage: validate.py --config-rs src/config.rs --k8s 1.30.0 --k8s 1.37.0 RENDER.yaml...
+Prints one `pass …` / `fail …` line per check; exits 1 if any failed.
+"""
+import argparse
+import json
+import pathlib
+import re
+import sys
+import tomllib
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+HERE = pathlib.Path(__file__).resolve().parent
+DRAIN_SECONDS = 20  # the gateway's drain budget the Deployment's grace period must cover
+failed = 0
+
+
+def report(ok: bool, what: str, why: str = "") -> None:
+    global failed
+    failed += not ok
+    print(f"{'pass' if ok else 'fail'} {what}{'' if ok else ': ' + why}")
+
+
+def name_of(doc: dict) -> str:
+    return f"{doc['kind']}/{doc['metadata']['name']}"
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. schemas
+# ---------------------------------------------------------------------------------------------
+def schema_error(doc: dict, versions: list[str]) -> str:
+    """Why `doc` fails its schema, or "" when it passes."""
+    try:
+        if doc["kind"] == "ServiceMonitor":
+            schema = json.loads((HERE / "servicemonitor.schema.json").read_text())
+            jsonschema.Draft202012Validator(schema).validate(doc)
+        else:
+            for v in versions:
+                kubernetes_validate.validate(doc, v, strict=True)
+        return ""
+    except jsonschema.ValidationError as e:
+        return f"{'.'.join(str(p) for p in e.absolute_path)}: {e.message}"
+    except kubernetes_validate.SchemaNotFoundError as e:
+        return e.message
+
+
+def check_schemas(docs: list[dict], versions: list[str], label: str) -> None:
+    """One line per render: every document, strict, against every version (CRDs: our schema)."""
+    errors = [f"{name_of(d)}: {why}" for d in docs if (why := schema_error(d, versions))]
+    crds = [name_of(d) for d in docs if d["kind"] == "ServiceMonitor"]
+    what = f"{label}: {len(docs) - len(crds)} documents match the Kubernetes {', '.join(versions)} schemas (strict)"
+    if crds:
+        what += f"; {', '.join(crds)} matches deploy/test/servicemonitor.schema.json"
+    report(not errors, what, "; ".join(errors))
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. cross-document checks
+# ---------------------------------------------------------------------------------------------
+def pod_template(doc: dict) -> dict | None:
+    kind = doc["kind"]
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        return doc["spec"]["template"]
+    if kind == "CronJob":
+        return doc["spec"]["jobTemplate"]["spec"]["template"]
+    return None
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def check_pods(docs: list[dict], label: str) -> None:
+    config_maps = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
+    for doc in docs:
+        tpl = pod_template(doc)
+        if tpl is None:
+            continue
+        spec, who = tpl["spec"], f"{label}: {name_of(doc)}"
+        pod_sc = spec.get("securityContext", {})
+        problems = []
+        if pod_sc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            problems.append("pod seccompProfile is not RuntimeDefault")
+        for c in spec["containers"] + spec.get("initContainers", []):
+            sc = c.get("securityContext", {})
+            if not (sc.get("runAsNonRoot") or pod_sc.get("runAsNonRoot")):
+                problems.append(f"{c['name']}: runAsNonRoot unset")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{c['name']}: allowPrivilegeEscalation is not false")
+            if sc.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{c['name']}: readOnlyRootFilesystem is not true")
+            if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+                problems.append(f"{c['name']}: capabilities do not drop ALL")
+            res = c.get("resources", {})
+            for part in ("requests", "limits"):
+                for r in ("cpu", "memory"):
+                    if r not in res.get(part, {}):
+                        problems.append(f"{c['name']}: no {part}.{r}")
+            image = c["image"]
+            if ":" not in image.rsplit("/", 1)[-1] and "@" not in image or image.endswith(":latest"):
+                problems.append(f"{c['name']}: image {image} has no pinned tag")
+        report(not problems, f"{who} is restricted, bounded and pinned", "; ".join(problems))
+
+        missing = []
+        for v in spec.get("volumes", []):
+            refs = [v["configMap"]["name"]] if "configMap" in v else []
+            refs += [s["configMap"]["name"] for s in v.get("projected", {}).get("sources", []) if "configMap" in s]
+            missing += [r for r in refs if r not in config_maps]
+        report(not missing, f"{who} mounts only rendered ConfigMaps", f"missing {missing}")
+
+
+def check_selectors(docs: list[dict], label: str) -> None:
+    pods = [(d, pod_template(d)["metadata"].get("labels", {})) for d in docs if pod_template(d) is not None]
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    for doc in docs:
+        kind, spec = doc["kind"], doc.get("spec", {})
+        if kind == "Service":
+            sel = spec.get("selector", {})
+        elif kind in ("PodDisruptionBudget",):
+            sel = spec["selector"].get("matchLabels", {})
+        elif kind == "NetworkPolicy":
+            sel = spec["podSelector"].get("matchLabels", {})
+        elif kind == "HorizontalPodAutoscaler":
+            ref = spec["scaleTargetRef"]
+            ok = any(d["kind"] == ref["kind"] and d["metadata"]["name"] == ref["name"] for d in docs)
+            report(ok, f"{label}: {name_of(doc)} targets a rendered {ref['kind']}", f"no {ref['kind']}/{ref['name']}")
+            continue
+        elif kind == "ServiceMonitor":
+            sel = spec["selector"].get("matchLabels", {})
+            hits = [s for s in services.values() if matches(sel, s["metadata"].get("labels", {}))]
+            ports = {p["name"] for s in hits for p in s["spec"]["ports"]}
+            want = {e["port"] for e in spec["endpoints"]}
+            report(bool(hits) and want <= ports, f"{label}: {name_of(doc)} selects a Service with port(s) {sorted(want)}",
+                   f"services {[s['metadata']['name'] for s in hits]}, ports {sorted(ports)}")
+            continue
+        elif kind == "StatefulSet":
+            ok = spec["serviceName"] in services and services[spec["serviceName"]]["spec"].get("clusterIP") == "None"
+            report(ok, f"{label}: {name_of(doc)} has its headless Service {spec['serviceName']}", "missing or not headless")
+            continue
+        else:
+            continue
+        hits = [d for d, labels in pods if matches(sel, labels)]
+        report(bool(hits), f"{label}: {name_of(doc)} selects pods ({', '.join(name_of(h) for h in hits) or 'none'})",
+               f"selector {sel} matches no pod template")
+        if kind == "Service":
+            named = {p["name"] for h in hits for c in pod_template(h)["spec"]["containers"] for p in c.get("ports", [])}
+            numbers = {p["containerPort"] for h in hits for c in pod_template(h)["spec"]["containers"] for p in c.get("ports", [])}
+            bad = [p["targetPort"] for p in spec["ports"] if p["targetPort"] not in named | numbers]
+            report(not bad, f"{label}: {name_of(doc)} targets declared container ports", f"unknown {bad}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. vaultgate
+# ---------------------------------------------------------------------------------------------
+def config_rs_keys(path: pathlib.Path) -> dict[str, set[str]]:
+    """Field names of the TOML structs of src/config.rs, per table."""
+    text = path.read_text()
+    fields = {}
+    for struct in ("RawConfig", "RawVault", "Mounts", "CallerRule", "BatchConfig", "Limits", "LogConfig",
+                   "AuditConfig", "ShutdownConfig"):
+        m = re.search(rf"struct {struct} \{{(.*?)\n\}}", text, re.S)
+        if not m:
+            raise SystemExit(f"validate.py: struct {struct} not found in {path}")
+        fields[struct] = set(re.findall(r"^\s*(?:pub\s+)?([a-z_][a-z0-9_]*)\s*:", m.group(1), re.M))
+    return {"": fields["RawConfig"], "vault": fields["RawVault"], "mounts": fields["Mounts"],
+            "callers": fields["CallerRule"], "batch": fields["BatchConfig"], "limits": fields["Limits"],
+            "log": fields["LogConfig"], "audit": fields["AuditConfig"], "shutdown": fields["ShutdownConfig"]}
+
+
+def check_vaultgate(docs: list[dict], label: str, config_rs: pathlib.Path) -> None:
+    deploy = next((d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "vaultgate"), None)
+    if deploy is None:
+        return
+    spec = deploy["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    who = f"{label}: Deployment/vaultgate"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    report(ports == {"grpc": 50051, "metrics": 9090}, f"{who} declares grpc 50051 and metrics 9090", str(ports))
+
+    ready = c.get("readinessProbe", {}).get("grpc", {})
+    report(ready.get("port") == 50051 and ready.get("service", "") == "",
+           f"{who} readiness is native gRPC health on 50051, service \"\"", str(c.get("readinessProbe")))
+    live = c.get("livenessProbe", {})
+    follows_vault = "grpc" in live and live["grpc"].get("service", "") == ""
+    report(bool(live) and not follows_vault,
+           f"{who} liveness does not follow Vault (not grpc service \"\")", str(live))
+    pre = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    grace = spec.get("terminationGracePeriodSeconds", 30)
+    report(pre >= 3 and grace >= pre + DRAIN_SECONDS,
+           f"{who} grace {grace}s covers preStop {pre}s + drain {DRAIN_SECONDS}s", "too short")
+
+    hpa = next((d for d in docs if d["kind"] == "HorizontalPodAutoscaler"), None)
+    if hpa:
+        h = hpa["spec"]
+        report(deploy["spec"]["replicas"] == h["minReplicas"] <= h["maxReplicas"],
+               f"{label}: replicas {deploy['spec']['replicas']} = HPA min {h['minReplicas']} <= max {h['maxReplicas']}",
+               "inconsistent")
+
+    for np in (d for d in docs if d["kind"] == "NetworkPolicy"):
+        ingress = sorted(str(p["port"]) for r in np["spec"].get("ingress", []) for p in r.get("ports", []))
+        egress = sorted({str(p["port"]) for r in np["spec"].get("egress", []) for p in r.get("ports", [])})
+        every_rule_has_peers = all(r.get("from") for r in np["spec"].get("ingress", [])) and all(
+            r.get("to") for r in np["spec"].get("egress", []))
+        report(ingress == ["50051", "9090"] and egress == ["53", "8200"] and every_rule_has_peers
+               and set(np["spec"]["policyTypes"]) == {"Ingress", "Egress"},
+               f"{label}: {name_of(np)} admits only callers:50051, monitoring:9090; egress only 8200, DNS",
+               f"ingress {ingress}, egress {egress}, peers on every rule: {every_rule_has_peers}")
+
+    # The config file: where it is mounted and what it says.
+    mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+    files = {}
+    for v in spec.get("volumes", []):
+        if v["name"] not in mounts:
+            continue
+        base = mounts[v["name"]]
+        for s in v.get("projected", {}).get("sources", []) + ([{"configMap": v["configMap"]}] if "configMap" in v else []):
+            src = s.get("configMap") or s.get("secret")
+            for item in src.get("items", []):
+                files[f"{base}/{item['path']}"] = ("ConfigMap" if "configMap" in s else "Secret", src["name"], item["key"])
+    cm_name = files.get("/etc/vaultgate/vaultgate.toml", (None, None, None))[1]
+    cm = next((d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == cm_name), None)
+    report(cm is not None, f"{who} mounts vaultgate.toml at /etc/vaultgate/vaultgate.toml (the image's --config)",
+           f"mounted files: {sorted(files)}")
+    if cm is None:
+        return
+    text = cm["data"]["vaultgate.toml"]
+    try:
+        conf = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        report(False, f"{label}: vaultgate.toml parses", str(e))
+        return
+    known = config_rs_keys(config_rs)
+    unknown = [k for k in conf if k not in known[""]]
+    for table, value in conf.items():
+        for entry in value if isinstance(value, list) else [value]:
+            if isinstance(entry, dict):
+                unknown += [f"{table}.{k}" for k in entry if k not in known.get(table, set())]
+    report(not unknown, f"{label}: vaultgate.toml uses only keys of {config_rs.name}", f"unknown {unknown}")
+    listen = int(conf["listen"].rsplit(":", 1)[1])
+    metrics = int(conf.get("metrics_listen", ":0").rsplit(":", 1)[1])
+    report(listen == ports.get("grpc") and metrics == ports.get("metrics"),
+           f"{label}: vaultgate.toml listens on the container ports", f"listen {listen}, metrics {metrics}")
+    ca = conf["vault"].get("ca_cert")
+    report(ca in files, f"{label}: vault.ca_cert {ca} is a mounted file ({files.get(ca, ('?',))[0]})", f"mounted: {sorted(files)}")
+    callers = conf.get("callers", [])
+    report(bool(callers) and all(("equals" in r) != ("prefix" in r) and r.get("role") for r in callers)
+           and conf.get("log", {}).get("format") == "json",
+           f"{label}: vaultgate.toml has {len(callers)} caller rule(s) and JSON logs", "bad rules or log format")
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. OpenBao
+# ---------------------------------------------------------------------------------------------
+def check_openbao(docs: list[dict], label: str) -> None:
+    sts = next((d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "openbao"), None)
+    if sts is None:
+        return
+    spec = sts["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    mounts = [m["mountPath"] for m in c["volumeMounts"]]
+    cm_vol = next(v for v in spec["volumes"] if "configMap" in v and v["name"] == "config")
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == cm_vol["configMap"]["name"])
+    config_arg = next(a for a in c["command"] if a.startswith("-config="))[len("-config="):]
+    hcl_name = pathlib.PurePosixPath(config_arg).name
+    report(hcl_name in cm["data"] and any(config_arg.startswith(m + "/") for m in mounts),
+           f"{label}: StatefulSet/openbao runs the mounted {config_arg}", "not mounted")
+    hcl = cm["data"].get(hcl_name, "")
+    paths = set(re.findall(r'"(/openbao/[^"]+)"', hcl))
+    unmounted = sorted(p for p in paths if not any(p == m or p.startswith(m + "/") for m in mounts))
+    report(not unmounted, f"{label}: every path in {hcl_name} is on a mounted volume ({len(paths)} paths)",
+           f"unmounted {unmounted}")
+    leaders = re.findall(r'leader_api_addr\s*=\s*"([^"]+)"', hcl)
+    svc, ns, n = sts["spec"]["serviceName"], sts["metadata"].get("namespace", "default"), sts["spec"]["replicas"]
+    want = [f"https://openbao-{i}.{svc}.{ns}.svc:8200" for i in range(n)]
+    report(leaders == want, f"{label}: retry_join names the {n} StatefulSet pods", f"{leaders} != {want}")
+    for stanza in ('storage "raft"', 'seal "transit"', 'audit "file"', 'listener "tcp"'):
+        report(stanza in hcl, f"{label}: {hcl_name} has {stanza}", "missing")
+    env = {e["name"] for e in c.get("env", [])}
+    report({"BAO_API_ADDR", "BAO_CLUSTER_ADDR", "BAO_RAFT_NODE_ID", "BAO_TOKEN"} <= env,
+           f"{label}: StatefulSet/openbao sets per-pod addresses, node id and the seal token", f"env {sorted(env)}")
+    headless = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == svc)
+    report(headless["spec"].get("publishNotReadyAddresses") is True,
+           f"{label}: Service/{svc} publishes unready pods (joining happens before ready)", "publishNotReadyAddresses unset")
+    cron = next((d for d in docs if d["kind"] == "CronJob"), None)
+    if cron:
+        cspec = pod_template(cron)["spec"]
+        cc = cspec["containers"][0]
+        script = cc["command"][-1]
+        ok = any(script.startswith(m["mountPath"] + "/") for m in cc["volumeMounts"])
+        token = [s["serviceAccountToken"] for v in cspec["volumes"] for s in v.get("projected", {}).get("sources", [])
+                 if "serviceAccountToken" in s]
+        report(ok and token and token[0]["audience"] == "openbao",
+               f"{label}: {name_of(cron)} runs the mounted {script} with a projected token for audience openbao",
+               "script not mounted or no token")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config-rs", type=pathlib.Path, required=True)
+    ap.add_argument("--k8s", action="append", required=True)
+    ap.add_argument("renders", nargs="+", type=pathlib.Path)
+    args = ap.parse_args()
+    for render in args.renders:
+        label = render.stem
+        docs = [d for d in yaml.safe_load_all(render.read_text()) if d]
+        if not docs:
+            report(False, f"{label}: rendered documents", "none")
+            continue
+        check_schemas(docs, args.k8s, label)
+        check_pods(docs, label)
+        check_selectors(docs, label)
+        check_vaultgate(docs, label, args.config_rs)
+        check_openbao(docs, label)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
