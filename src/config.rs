@@ -31,6 +31,8 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// Per-caller rate limits by role name; roles not listed are not limited.
+    pub rate_limits: std::collections::HashMap<String, crate::ratelimit::Limit>,
 }
 
 /// Where audit lines go and what happens when they cannot be written.
@@ -224,6 +226,8 @@ struct RawConfig {
     audit: Option<AuditConfig>,
     #[serde(default)]
     shutdown: Option<ShutdownConfig>,
+    #[serde(default)]
+    rate_limits: std::collections::HashMap<String, crate::ratelimit::Limit>,
 }
 
 fn default_cache() -> usize {
@@ -314,6 +318,11 @@ impl Config {
         if raw.audit.as_ref().is_some_and(|a| a.path.is_empty()) {
             return Err("audit.path: must be \"stdout\" or a file path".into());
         }
+        for (role, limit) in &raw.rate_limits {
+            if !(limit.per_second > 0.0 && limit.burst >= 1.0) {
+                return Err(format!("rate_limits.{role}: per_second must be > 0 and burst >= 1"));
+            }
+        }
         let log: LogConfig = raw.log.unwrap_or_else(empty);
         if !matches!(log.format.as_str(), "human" | "json") {
             return Err(format!("log.format: must be \"human\" or \"json\", not {:?}", log.format));
@@ -336,6 +345,7 @@ impl Config {
             log,
             audit: raw.audit,
             shutdown: raw.shutdown.unwrap_or_else(empty),
+            rate_limits: raw.rate_limits,
         })
     }
 }
@@ -410,6 +420,10 @@ mod tests {
             (&format!("{MINIMAL}[[callers]]\nrole = \"r\"\n"), "callers[0].equals"),
             (&format!("{MINIMAL}[[callers]]\nrole = \"\"\nequals = \"x\"\n"), "callers[0].role"),
             (&format!("{MINIMAL}[log]\nformat = \"xml\"\n"), "log.format"),
+            (
+                &format!("{MINIMAL}[rate_limits]\nbilling = {{ per_second = 0.0, burst = 5.0 }}\n"),
+                "rate_limits.billing",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::parse(text).unwrap_err();

@@ -9,6 +9,7 @@
 //! - [`leases`]: who owns each database lease, and keeping its parent token alive.
 //! - [`vault`]: the Vault HTTP client; knows nothing of gRPC.
 //! - [`error`]: the one mapping from failures to gRPC status codes.
+//! - [`ratelimit`]: per-caller token buckets, sized per role.
 //! - [`audit`]: one JSON line per call, fail closed.
 //! - [`health`]: the `sys/health` watcher behind `grpc.health.v1`.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
@@ -28,6 +29,7 @@ pub mod health;
 pub mod identity;
 pub mod leases;
 pub mod metrics;
+pub mod ratelimit;
 pub mod server;
 pub mod service;
 pub mod session;

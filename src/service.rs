@@ -14,6 +14,7 @@ use crate::{
     error::Error,
     leases::Leases,
     metrics,
+    ratelimit::RateLimits,
     session::{Actor, Sessions},
     vault::Client,
 };
@@ -47,6 +48,8 @@ pub struct Gateway {
     pub config: Arc<Config>,
     /// The audit log, when configured.
     pub audit: Option<AuditLog>,
+    /// Per-caller rate limits.
+    pub rate_limits: RateLimits,
 }
 
 impl Gateway {
@@ -60,6 +63,7 @@ impl Gateway {
         };
         Ok(Arc::new(Gateway {
             audit,
+            rate_limits: RateLimits::new(config.rate_limits.clone()),
             sessions: Sessions::new(vault.clone(), config.callers.clone(), config.token_cache_size),
             vault,
             coalescer,
@@ -91,6 +95,13 @@ impl Gateway {
         let call = async {
             let actor = self.sessions.authenticate(&metadata, deadline).await?;
             who = Some((actor.caller.clone(), actor.role.clone()));
+            if let Err(wait) = self.rate_limits.take(&actor.caller, &actor.role) {
+                return Err(Error::ResourceExhausted(format!(
+                    "rate limit of role {:?} exceeded for this caller; retry in {} ms",
+                    &*actor.role,
+                    wait.as_millis().max(1)
+                )));
+            }
             work(actor, deadline, message).await
         }
         .instrument(span.clone());

@@ -35,8 +35,6 @@ pub struct Actor {
     pub token: VaultToken,
 }
 
-/// Margin before a token's or JWT's expiry at which the cached token is no longer used.
-const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 /// How long a token without a TTL (never expiring) is cached before logging in again.
 const MAX_CACHE_TIME: Duration = Duration::from_secs(3600);
 
@@ -108,9 +106,11 @@ impl Sessions {
         };
         let actor =
             Actor { caller: identity::caller_id(&claims).into(), role: rule.role.as_str().into(), token: login.token };
+        // Use a token for two thirds of its TTL, then log in again: a call that took it near the
+        // end could otherwise reach Vault after it expired (queued, or slow on the way).
         let token_left = match login.ttl {
             0 => MAX_CACHE_TIME,
-            ttl => Duration::from_secs(ttl).saturating_sub(EXPIRY_MARGIN.min(Duration::from_secs(ttl) / 10)),
+            ttl => Duration::from_secs(ttl) * 2 / 3,
         };
         let jwt_left = jwt_expiry.map_or(MAX_CACHE_TIME, |exp| Duration::from_secs(exp.saturating_sub(now_unix)));
         let until = Instant::now() + token_left.min(jwt_left).min(MAX_CACHE_TIME);

@@ -108,3 +108,41 @@ pub async fn shutdown_goes_not_serving_first_and_finishes_calls_in_flight(env: &
     }
     assert!(own.stopped().await, "the server stops after draining");
 }
+
+pub async fn a_noisy_caller_is_throttled_alone(env: &'static Env) {
+    let own = serve_gateway(&format!(
+        "[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"billing\"\nequals = \"billing\"\n[[callers]]\nrole = \"reports\"\nequals = \"reports\"\n[rate_limits]\nbilling = {{ per_second = 5.0, burst = 10.0 }}\n",
+        env.vault_addr
+    ))
+    .await;
+    let noisy: Vec<_> = (0..100)
+        .map(|i| {
+            let mut c = Client::new(own.channel.clone());
+            tokio::spawn(async move { c.encrypt(req(enc(format!("{i}").as_bytes()), &env.billing)).await.map(|_| ()) })
+        })
+        .collect();
+    let quiet: Vec<_> = (0..50)
+        .map(|i| {
+            let mut c = Client::new(own.channel.clone());
+            let r =
+                EncryptRequest { key: "reports".into(), plaintext: format!("{i}").into_bytes(), ..Default::default() };
+            tokio::spawn(async move { c.encrypt(req(r, &env.reports)).await.map(|_| ()) })
+        })
+        .collect();
+    let (mut ok, mut throttled) = (0, 0);
+    for call in noisy {
+        match call.await.expect("task") {
+            Ok(()) => ok += 1,
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{}", s.message());
+                assert!(tonic_types::StatusExt::get_details_retry_info(&s).is_some(), "RetryInfo tells when to retry");
+                throttled += 1;
+            }
+        }
+    }
+    for call in quiet {
+        call.await.expect("task").expect("the quiet caller is not throttled");
+    }
+    assert!((10..=20).contains(&ok), "{ok} of 100 calls passed a burst of 10 at 5/s");
+    assert_eq!(ok + throttled, 100);
+}

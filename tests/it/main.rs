@@ -50,6 +50,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     health::follows_vault_down_and_up,
     lifecycle::audit_log_has_one_line_per_call_and_fails_closed,
     lifecycle::shutdown_goes_not_serving_first_and_finishes_calls_in_flight,
+    lifecycle::a_noisy_caller_is_throttled_alone,
     tools::grpcurl_lists_and_encrypts,
     tools::metrics_endpoint_serves_prometheus_text,
     tools::request_ids_are_returned,

@@ -36,7 +36,8 @@ pub struct Env {
     pub billing: String,
     /// The `reports` demo caller.
     pub reports: String,
-    /// The `qa` caller: keys `qa-*`, KV `qa/`, database roles `qa*`; its Vault token lives 4 s.
+    /// The `qa` caller: keys `qa-*`, KV `qa/`, database roles `qa*` (`qashort`: the same rights,
+    /// with a Vault token that lives 4 s).
     pub qa: String,
     /// A directory for the test's files (logs of bao and postgres).
     pub dir: PathBuf,
@@ -82,7 +83,7 @@ impl Env {
             stack.config_toml(addr).replace("path = \"stdout\"", &format!("path = {:?}", audit.to_string_lossy()));
         let mut toml = format!("metrics_listen = \"{metrics_addr}\"\n{dev_toml}");
         toml.push_str(&format!(
-            "[[callers]]\nrole = \"qa\"\nclaim = \"sub\"\nequals = \"qa\"\nissuer = \"{0}\"\n\n[[callers]]\nrole = \"qa2\"\nequals = \"qa2\"\nissuer = \"{0}\"\n\n[limits]\nmax_item_bytes = 65536\nmax_batch_items = 2000\n",
+            "[[callers]]\nrole = \"qa\"\nclaim = \"sub\"\nequals = \"qa\"\nissuer = \"{0}\"\n\n[[callers]]\nrole = \"qa2\"\nequals = \"qa2\"\nissuer = \"{0}\"\n\n[[callers]]\nrole = \"qashort\"\nequals = \"qashort\"\nissuer = \"{0}\"\n\n[limits]\nmax_item_bytes = 65536\nmax_batch_items = 2000\n",
             dev::issuer::ISSUER
         ));
         let config = Arc::new(Config::parse(&toml).expect("gateway config"));
@@ -223,7 +224,11 @@ pub fn req<T>(message: T, jwt: &str) -> Request<T> {
 async fn provision_qa(admin: &provision::Admin<'_>, pg_port: u16, pg_password: &str) {
     let steps = [
         ("sys/policies/acl/qa", json!({"policy": QA_POLICY})),
-        ("auth/jwt/role/qa", provision::jwt_role("qa", "4s", "1h")),
+        ("auth/jwt/role/qa", provision::jwt_role("qa", "1h", "24h")),
+        (
+            "auth/jwt/role/qashort",
+            json!({"role_type": "jwt", "user_claim": "sub", "bound_subject": "qashort", "bound_audiences": [dev::issuer::AUDIENCE], "token_policies": ["qa"], "token_ttl": "4s", "token_max_ttl": "1h"}),
+        ),
         (
             "auth/jwt/role/qa2",
             json!({"role_type": "jwt", "user_claim": "sub", "bound_subject": "qa2", "bound_audiences": [dev::issuer::AUDIENCE], "token_policies": ["qa"], "token_ttl": "1h"}),
