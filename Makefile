@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.tools/bin:$(HOME)/.cargo/bin:$(PATH)
 export VAULTGATE_BAO := $(CURDIR)/.tools/bin/bao
 
-.PHONY: tools dev test lint unit it bench
+.PHONY: tools dev test lint unit it bench fuzz
 
 tools:
 	@bash scripts/tools.sh
@@ -16,6 +16,7 @@ dev: tools
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	cargo check --quiet --manifest-path fuzz/Cargo.toml
 
 # Every test: lint, unit tests, the integration binary against real OpenBao and PostgreSQL.
 test: tools lint
@@ -26,3 +27,9 @@ test: tools lint
 
 bench: tools
 	bash scripts/bench.sh
+
+# Fuzzes every parser that sees caller or Vault input, FUZZ_SECONDS per target (cargo-fuzz on
+# stable via RUSTC_BOOTSTRAP; installs cargo-fuzz into .tools/cargo). Replays fuzz/regressions first.
+FUZZ_SECONDS ?= 60
+fuzz: tools
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)

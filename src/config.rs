@@ -309,7 +309,7 @@ impl Config {
         let limits: Limits = raw.limits.unwrap_or_else(empty);
         positive("limits.max_item_bytes", limits.max_item_bytes)?;
         positive("limits.max_batch_items", limits.max_batch_items)?;
-        if limits.max_item_bytes * 4 / 3 + 1024 > batch.max_bytes {
+        if limits.max_item_bytes.checked_mul(4).is_none_or(|b| b / 3 + 1024 > batch.max_bytes) {
             return Err("limits.max_item_bytes: one item (base64) must fit in batch.max_bytes".into());
         }
         if limits.max_message_bytes < 1024 {
@@ -420,6 +420,7 @@ mod tests {
             (&format!("{MINIMAL}[[callers]]\nrole = \"r\"\n"), "callers[0].equals"),
             (&format!("{MINIMAL}[[callers]]\nrole = \"\"\nequals = \"x\"\n"), "callers[0].role"),
             (&format!("{MINIMAL}[log]\nformat = \"xml\"\n"), "log.format"),
+            (&format!("{MINIMAL}[limits]\nmax_item_bytes = 4611686018427387904\n"), "limits.max_item_bytes"),
             (
                 &format!("{MINIMAL}[rate_limits]\nbilling = {{ per_second = 0.0, burst = 5.0 }}\n"),
                 "rate_limits.billing",

@@ -19,6 +19,13 @@ use tokio::time::Instant;
 /// Extra time the parent token is kept beyond its lease, to absorb clock and request delays.
 pub const PARENT_SLACK: Duration = Duration::from_secs(60);
 
+/// Longest lease time believed from Vault (its own system max is 32 days); bounds the arithmetic.
+const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
+fn end(now: Instant, ttl: Duration) -> Instant {
+    now + ttl.min(MAX_TTL)
+}
+
 #[derive(Clone)]
 struct Record {
     owner: String,
@@ -49,7 +56,7 @@ impl Leases {
         let now = Instant::now();
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         records.retain(|_, r| r.expires > now);
-        records.insert(lease_id.to_string(), Record { owner: owner.to_string(), parent, expires: now + ttl });
+        records.insert(lease_id.to_string(), Record { owner: owner.to_string(), parent, expires: end(now, ttl) });
     }
 
     /// Who owns `lease_id`, as seen by `caller`.
@@ -66,7 +73,7 @@ impl Leases {
     /// Moves a lease's end after a renewal.
     pub fn extend(&self, lease_id: &str, ttl: Duration) {
         if let Some(r) = self.records.lock().unwrap_or_else(|p| p.into_inner()).get_mut(lease_id) {
-            r.expires = Instant::now() + ttl;
+            r.expires = end(Instant::now(), ttl);
         }
     }
 

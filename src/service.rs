@@ -194,6 +194,10 @@ fn request_id(metadata: &MetadataMap) -> String {
 pub fn grpc_deadline(metadata: &MetadataMap) -> Option<Instant> {
     let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    // The gRPC spec allows at most 8 digits; anything else is ignored (no deadline).
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
     let timeout = match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
@@ -205,7 +209,7 @@ pub fn grpc_deadline(metadata: &MetadataMap) -> Option<Instant> {
         _ => return None,
     };
     let early = timeout.saturating_sub(timeout / 50 + Duration::from_millis(1));
-    Some(Instant::now() + early)
+    Instant::now().checked_add(early)
 }
 
 #[cfg(test)]
@@ -222,6 +226,10 @@ mod tests {
             ("", None),
             ("10x", None),
             ("abcS", None),
+            ("10000000000000000000S", None),
+            ("9999999999999999H", None),
+            ("99999999H", Some(Duration::from_secs(99_999_999 * 3600))),
+            ("+5S", None),
         ];
         for (raw, want) in cases {
             let mut md = MetadataMap::new();

@@ -25,7 +25,7 @@ impl Gateway {
     /// Renews the token that parents a lease so it outlives the lease; returns how long the lease
     /// can really live (Vault may cap the token below the lease).
     async fn keep_parent(&self, parent: &VaultToken, lease_secs: u64, deadline: Option<Instant>) -> u64 {
-        match self.vault.renew_self(parent, lease_secs + PARENT_SLACK.as_secs(), deadline).await {
+        match self.vault.renew_self(parent, lease_secs.saturating_add(PARENT_SLACK.as_secs()), deadline).await {
             Ok(token_secs) => lease_secs.min(token_secs),
             Err(e) => {
                 tracing::warn!(error = ?e, "could not renew the token that parents a lease; the lease ends with it");

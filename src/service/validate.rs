@@ -65,7 +65,7 @@ pub fn ciphertext(field: &str, value: &str, max_bytes: usize) -> Result<(), Erro
     if value.is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
-    if value.len() > max_bytes * 4 / 3 + 64 {
+    if value.len() > max_bytes.saturating_mul(4) / 3 + 64 {
         return Err(invalid(field, &format!("is larger than the limit of {max_bytes} bytes of plaintext")));
     }
     ciphertext_version(value)
@@ -77,6 +77,10 @@ pub fn ciphertext(field: &str, value: &str, max_bytes: usize) -> Result<(), Erro
 pub fn ciphertext_version(value: &str) -> Option<u32> {
     let rest = value.strip_prefix("vault:v")?;
     let (version, body) = rest.split_once(':')?;
+    // Canonical decimal only: no sign, no leading zero (Rust's parser would take `+1` and `08`).
+    if version.is_empty() || version.starts_with('0') || !version.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     if body.is_empty() || !body.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')) {
         return None;
     }
@@ -145,6 +149,8 @@ mod tests {
             ("vault:vx:abc", None),
             ("v1:abc", None),
             ("vault:v1:a b", None),
+            ("vault:v08:kl1+", None),
+            ("vault:v+1:YWJj", None),
             ("", None),
         ];
         for (ct, version) in cases {
