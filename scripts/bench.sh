@@ -17,6 +17,13 @@ if [[ -z "${VAULTGATE_BAO:-}" && -x "$ROOT/.tools/bin/bao" ]]; then
 fi
 command -v taskset >/dev/null || echo "bench.sh: taskset not found (util-linux): results will be unpinned" >&2
 
-cargo build --release --bin vaultgate
+# `cargo bench` builds its own copy of the gateway with the dev-dependencies' features (tokio
+# "full", which adds parking_lot) into target/release; measure the production build instead,
+# kept aside in target/bench.
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 cargo bench --bench transit --no-run
+cargo build --release --bin vaultgate
+mkdir -p "$TARGET/bench"
+cp "$TARGET/release/vaultgate" "$TARGET/bench/vaultgate"
+export VAULTGATE_BIN="${VAULTGATE_BIN:-$TARGET/bench/vaultgate}"
 exec cargo bench --bench transit

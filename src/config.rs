@@ -183,7 +183,9 @@ fn default_max_bytes() -> usize {
     16 << 20
 }
 fn default_in_flight() -> usize {
-    2
+    // One request in flight per lane lets batches grow while it is out; measured with `make bench`,
+    // 1 beat 2 (bigger batches, more items/s) against a single OpenBao node.
+    1
 }
 fn default_max_queue() -> usize {
     20_000
