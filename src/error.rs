@@ -57,6 +57,15 @@ impl Error {
         Error::BadField { field: field.into(), why: why.into() }
     }
 
+    /// The same error for a field of item `index` of a batch request (`items[3].plaintext`); built
+    /// only on failure, so valid items cost no allocation.
+    pub fn in_item(self, index: Option<usize>) -> Error {
+        match (self, index) {
+            (Error::BadField { field, why }, Some(i)) => Error::BadField { field: format!("items[{i}].{field}"), why },
+            (other, _) => other,
+        }
+    }
+
     /// Turns a Vault failure into the caller-facing error, naming what was being accessed.
     pub fn from_vault(err: VaultError, subject: Subject<'_>) -> Error {
         match err {
@@ -263,6 +272,9 @@ mod tests {
         assert_eq!(status.get_details_retry_info().and_then(|r| r.retry_delay), Some(RETRY_AFTER));
         let item = crate::pb::google::rpc::Status::from(&Error::bad_field("items[0].ciphertext", "is empty"));
         assert_eq!((item.code, item.message.as_str(), item.details.len()), (3, "items[0].ciphertext: is empty", 1));
+        let moved = Error::bad_field("plaintext", "is too large").in_item(Some(3));
+        assert_eq!(moved, Error::bad_field("items[3].plaintext", "is too large"));
+        assert_eq!(Error::bad_field("key", "x").in_item(None), Error::bad_field("key", "x"));
         let plain = crate::pb::google::rpc::Status::from(&Error::NotFound("gone".into()));
         assert_eq!((plain.code, plain.details.len()), (5, 0));
     }

@@ -26,19 +26,17 @@ impl Gateway {
         fields.iter().try_for_each(|(f, v)| validate::payload(f, v, self.config.limits.max_item_bytes))
     }
 
+    /// `item`: the index inside a batch request, which field names in errors are prefixed with.
     fn encrypt_item(
         &self,
-        field: &str,
+        item: Option<usize>,
         plaintext: &[u8],
         context: &[u8],
         aad: &[u8],
         version: u32,
     ) -> Result<BatchItem, Error> {
-        self.check_payloads(&[
-            (&format!("{field}plaintext"), plaintext),
-            (&format!("{field}context"), context),
-            (&format!("{field}associated_data"), aad),
-        ])?;
+        self.check_payloads(&[("plaintext", plaintext), ("context", context), ("associated_data", aad)])
+            .map_err(|e| e.in_item(item))?;
         Ok(BatchItem {
             plaintext: Some(b64(plaintext)),
             context: opt_b64(context),
@@ -48,9 +46,17 @@ impl Gateway {
         })
     }
 
-    fn decrypt_item(&self, field: &str, ciphertext: &str, context: &[u8], aad: &[u8]) -> Result<BatchItem, Error> {
-        validate::ciphertext(&format!("{field}ciphertext"), ciphertext, self.config.limits.max_item_bytes)?;
-        self.check_payloads(&[(&format!("{field}context"), context), (&format!("{field}associated_data"), aad)])?;
+    /// `item`: as for [`Gateway::encrypt_item`].
+    fn decrypt_item(
+        &self,
+        item: Option<usize>,
+        ciphertext: &str,
+        context: &[u8],
+        aad: &[u8],
+    ) -> Result<BatchItem, Error> {
+        validate::ciphertext("ciphertext", ciphertext, self.config.limits.max_item_bytes)
+            .and_then(|()| self.check_payloads(&[("context", context), ("associated_data", aad)]))
+            .map_err(|e| e.in_item(item))?;
         Ok(BatchItem {
             ciphertext: Some(ciphertext.to_string()),
             context: opt_b64(context),
@@ -168,7 +174,7 @@ impl EncryptionService for Encryption {
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
                 validate::name("key", &r.key)?;
-                let item = gw.encrypt_item("", &r.plaintext, &r.context, &r.associated_data, r.key_version)?;
+                let item = gw.encrypt_item(None, &r.plaintext, &r.context, &r.associated_data, r.key_version)?;
                 let (ciphertext, key_version) =
                     ciphertext_of(gw.transit_one(&actor, Op::Encrypt, &r.key, item, deadline).await?)?;
                 Ok(EncryptResponse { ciphertext, key_version })
@@ -185,7 +191,7 @@ impl EncryptionService for Encryption {
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
                 validate::name("key", &r.key)?;
-                let item = gw.decrypt_item("", &r.ciphertext, &r.context, &r.associated_data)?;
+                let item = gw.decrypt_item(None, &r.ciphertext, &r.context, &r.associated_data)?;
                 let key_version = validate::ciphertext_version(&r.ciphertext).unwrap_or(0);
                 let plaintext = plaintext_of(gw.transit_one(&actor, Op::Decrypt, &r.key, item, deadline).await?)?;
                 Ok(DecryptResponse { plaintext, key_version })
@@ -207,9 +213,7 @@ impl EncryptionService for Encryption {
                     .items
                     .iter()
                     .enumerate()
-                    .map(|(i, it)| {
-                        gw.encrypt_item(&format!("items[{i}]."), &it.plaintext, &it.context, &it.associated_data, 0)
-                    })
+                    .map(|(i, it)| gw.encrypt_item(Some(i), &it.plaintext, &it.context, &it.associated_data, 0))
                     .collect();
                 let results = gw
                     .transit_many(&actor, Op::Encrypt, &r.key, items, deadline)
@@ -241,9 +245,7 @@ impl EncryptionService for Encryption {
                     .items
                     .iter()
                     .enumerate()
-                    .map(|(i, it)| {
-                        gw.decrypt_item(&format!("items[{i}]."), &it.ciphertext, &it.context, &it.associated_data)
-                    })
+                    .map(|(i, it)| gw.decrypt_item(Some(i), &it.ciphertext, &it.context, &it.associated_data))
                     .collect();
                 let results = gw
                     .transit_many(&actor, Op::Decrypt, &r.key, items, deadline)
@@ -268,7 +270,7 @@ impl EncryptionService for Encryption {
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
                 validate::name("key", &r.key)?;
-                gw.decrypt_item("", &r.ciphertext, &r.context, &[])?;
+                gw.decrypt_item(None, &r.ciphertext, &r.context, &[])?;
                 let mount = &gw.config.mounts.transit;
                 let out = gw
                     .vault
