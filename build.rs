@@ -4,8 +4,12 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files =
-        ["proto/vaultgate/v1/encryption.proto", "proto/vaultgate/v1/secret.proto", "proto/vaultgate/v1/database.proto"];
+    let files = [
+        "proto/vaultgate/v1/encryption.proto",
+        "proto/vaultgate/v1/secret.proto",
+        "proto/vaultgate/v1/database.proto",
+        "proto/vaultgate/v1/identity.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(files, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);

@@ -2,7 +2,11 @@
 //! the key and says why it is wrong. Invariant: only this module reads files and the environment.
 
 use serde::Deserialize;
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 /// The whole gateway configuration (`vaultgate serve --config FILE`).
 #[derive(Debug, Clone)]
@@ -33,6 +37,94 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Per-caller rate limits by role name; roles not listed are not limited.
     pub rate_limits: std::collections::HashMap<String, crate::ratelimit::Limit>,
+    /// TLS of the gRPC listener; `None` serves plaintext (behind a mesh or for dev).
+    pub tls: Option<TlsConfig>,
+    /// Rules that map callers with a verified client certificate to a role, first match wins.
+    pub cert_callers: Vec<CertRule>,
+    /// Per-role settings: the gateway's own login for certificate callers and gateway-side rules.
+    pub roles: std::collections::HashMap<String, RoleConfig>,
+    /// How long a refused login is remembered, so a caller with bad credentials cannot make the
+    /// gateway hammer Vault with logins.
+    pub login_failure_cache: Duration,
+}
+
+/// The TLS listener: certificate and key files (re-read when they change), optional client CA.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert: PathBuf,
+    /// PEM private key of the server.
+    pub key: PathBuf,
+    /// PEM bundle of CAs whose client certificates are accepted (mTLS); `None`: no client certificates.
+    pub client_ca: Option<PathBuf>,
+    /// Refuse connections without a client certificate (else callers may use a JWT instead).
+    pub require_client_cert: bool,
+    /// How often the files are checked for changes.
+    pub reload_interval: Duration,
+}
+
+/// Which field of a verified client certificate a rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertField {
+    /// A URI subject alternative name, e.g. a SPIFFE ID.
+    Uri,
+    /// A DNS subject alternative name.
+    Dns,
+    /// The subject's common name.
+    Cn,
+}
+
+impl CertField {
+    /// The name used in config keys, logs and WhoAmI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertField::Uri => "uri",
+            CertField::Dns => "dns",
+            CertField::Cn => "cn",
+        }
+    }
+}
+
+/// Maps callers whose client certificate has a matching field to a role of `[roles]`.
+#[derive(Debug, Clone)]
+pub struct CertRule {
+    /// The role (a key of `[roles]`, which says how the gateway logs in for it).
+    pub role: String,
+    /// Certificate field to match.
+    pub field: CertField,
+    /// Value to match.
+    pub value: String,
+    /// Match by prefix rather than the exact value.
+    pub prefix: bool,
+}
+
+/// How the gateway obtains the Vault token of a role that certificate callers map to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoleLogin {
+    /// AppRole login with the role_id and secret_id read from files at each login.
+    AppRole {
+        /// AppRole auth mount.
+        mount: String,
+        /// File holding the role_id.
+        role_id_file: PathBuf,
+        /// File holding the secret_id.
+        secret_id_file: PathBuf,
+    },
+    /// A token issued another way, read from a file (re-read when it is no longer usable).
+    TokenFile(PathBuf),
+}
+
+/// Settings of one role.
+#[derive(Debug, Clone, Default)]
+pub struct RoleConfig {
+    /// The gateway's own login for this role; required when certificate callers map to it.
+    pub login: Option<RoleLogin>,
+    /// Transit keys the role may use (`name` or `prefix*`); `None`: not limited by the gateway.
+    pub transit_keys: Option<Vec<String>>,
+    /// KV path prefixes the role may read or list; `None`: not limited by the gateway.
+    pub kv_prefixes: Option<Vec<String>>,
+    /// Database roles the role may get credentials of (`name` or `prefix*`); `None`: not limited.
+    pub db_roles: Option<Vec<String>>,
 }
 
 /// Where audit lines go and what happens when they cannot be written.
@@ -96,8 +188,11 @@ pub struct CallerRule {
     pub prefix: Option<String>,
     /// Optional: the JWT's `iss` must equal this.
     pub issuer: Option<String>,
-    /// JWT auth mount; default `jwt`.
-    #[serde(default = "default_jwt_mount")]
+    /// Vault auth method that verifies the JWT: `jwt` (default) or `kubernetes` (service-account tokens).
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Auth mount; default: the method's name (`jwt` or `kubernetes`).
+    #[serde(default)]
     pub auth_mount: String,
 }
 
@@ -167,7 +262,7 @@ fn default_database() -> String {
 fn default_claim() -> String {
     "sub".into()
 }
-fn default_jwt_mount() -> String {
+fn default_method() -> String {
     "jwt".into()
 }
 fn yes() -> bool {
@@ -230,6 +325,63 @@ struct RawConfig {
     shutdown: Option<ShutdownConfig>,
     #[serde(default)]
     rate_limits: std::collections::HashMap<String, crate::ratelimit::Limit>,
+    #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
+    cert_callers: Vec<RawCertRule>,
+    #[serde(default)]
+    roles: std::collections::HashMap<String, RawRole>,
+    #[serde(default = "default_login_failure_ms")]
+    login_failure_cache_ms: u64,
+}
+
+fn default_login_failure_ms() -> u64 {
+    5_000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    #[serde(default)]
+    require_client_cert: bool,
+    #[serde(default = "default_reload_ms")]
+    reload_interval_ms: u64,
+}
+
+fn default_reload_ms() -> u64 {
+    10_000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertRule {
+    role: String,
+    uri: Option<String>,
+    uri_prefix: Option<String>,
+    dns: Option<String>,
+    dns_prefix: Option<String>,
+    cn: Option<String>,
+    cn_prefix: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    #[serde(default = "default_approle_mount")]
+    approle_mount: String,
+    role_id_file: Option<PathBuf>,
+    secret_id_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    transit_keys: Option<Vec<String>>,
+    kv_prefixes: Option<Vec<String>>,
+    db_roles: Option<Vec<String>>,
+}
+
+fn default_approle_mount() -> String {
+    "approle".into()
 }
 
 fn default_cache() -> usize {
@@ -295,8 +447,39 @@ impl Config {
         {
             valid_mount(key, value)?;
         }
-        for (i, rule) in raw.callers.iter().enumerate() {
+        let mut callers = raw.callers;
+        for (i, rule) in callers.iter_mut().enumerate() {
             validate_rule(i, rule)?;
+        }
+        let roles = raw
+            .roles
+            .into_iter()
+            .map(|(name, role)| role_config(&name, role).map(|r| (name, r)))
+            .collect::<Result<std::collections::HashMap<_, _>, _>>()?;
+        let cert_callers = raw
+            .cert_callers
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| cert_rule(i, r, &roles))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tls = match raw.tls {
+            Some(t) => {
+                positive("tls.reload_interval_ms", t.reload_interval_ms as usize)?;
+                if t.require_client_cert && t.client_ca.is_none() {
+                    return Err("tls.require_client_cert: needs tls.client_ca (the CAs of client certificates)".into());
+                }
+                Some(TlsConfig {
+                    cert: t.cert,
+                    key: t.key,
+                    client_ca: t.client_ca,
+                    require_client_cert: t.require_client_cert,
+                    reload_interval: Duration::from_millis(t.reload_interval_ms),
+                })
+            }
+            None => None,
+        };
+        if !cert_callers.is_empty() && tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+            return Err("cert_callers: certificate callers need [tls] with client_ca".into());
         }
         let batch: BatchConfig = raw.batch.unwrap_or_else(empty);
         positive("batch.max_items", batch.max_items)?;
@@ -340,7 +523,11 @@ impl Config {
             },
             health_interval: Duration::from_millis(raw.vault.health_interval_ms),
             mounts,
-            callers: raw.callers,
+            callers,
+            tls,
+            cert_callers,
+            roles,
+            login_failure_cache: Duration::from_millis(raw.login_failure_cache_ms),
             token_cache_size: raw.token_cache_size.max(1),
             batch,
             limits,
@@ -364,7 +551,7 @@ fn valid_mount(key: &str, value: &str) -> Result<(), String> {
     crate::service::validate::mount(value).map_err(|why| format!("{key}: {why}"))
 }
 
-fn validate_rule(i: usize, rule: &CallerRule) -> Result<(), String> {
+fn validate_rule(i: usize, rule: &mut CallerRule) -> Result<(), String> {
     let key = |k: &str| format!("callers[{i}].{k}");
     if rule.role.trim().is_empty() {
         return Err(format!("{}: must name a Vault role", key("role")));
@@ -375,7 +562,73 @@ fn validate_rule(i: usize, rule: &CallerRule) -> Result<(), String> {
     match (&rule.equals, &rule.prefix) {
         (Some(_), Some(_)) => Err(format!("{}: set either equals or prefix, not both", key("equals"))),
         (None, None) => Err(format!("{}: set equals or prefix", key("equals"))),
-        _ => valid_mount(&key("auth_mount"), &rule.auth_mount),
+        _ => Ok(()),
+    }?;
+    if !matches!(rule.method.as_str(), "jwt" | "kubernetes") {
+        return Err(format!("{}: must be \"jwt\" or \"kubernetes\", not {:?}", key("method"), rule.method));
+    }
+    if rule.auth_mount.is_empty() {
+        rule.auth_mount = rule.method.clone();
+    }
+    valid_mount(&key("auth_mount"), &rule.auth_mount)
+}
+
+fn role_config(name: &str, raw: RawRole) -> Result<RoleConfig, String> {
+    let key = |k: &str| format!("roles.{name}.{k}");
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b)) {
+        return Err(format!("roles.{name:?}: a role name is letters, digits and - _ . @"));
+    }
+    let login = match (raw.role_id_file, raw.secret_id_file, raw.token_file) {
+        (None, None, None) => None,
+        (Some(role_id_file), Some(secret_id_file), None) => {
+            valid_mount(&key("approle_mount"), &raw.approle_mount)?;
+            Some(RoleLogin::AppRole { mount: raw.approle_mount, role_id_file, secret_id_file })
+        }
+        (None, None, Some(path)) => Some(RoleLogin::TokenFile(path)),
+        (Some(_), None, None) | (None, Some(_), None) => {
+            return Err(format!("{}: AppRole needs both role_id_file and secret_id_file", key("role_id_file")))
+        }
+        _ => return Err(format!("{}: set AppRole files or token_file, not both", key("token_file"))),
+    };
+    for (field, list) in
+        [("transit_keys", &raw.transit_keys), ("kv_prefixes", &raw.kv_prefixes), ("db_roles", &raw.db_roles)]
+    {
+        if list.iter().flatten().any(|v| v.is_empty()) {
+            return Err(format!("{}: entries must not be empty", key(field)));
+        }
+    }
+    Ok(RoleConfig { login, transit_keys: raw.transit_keys, kv_prefixes: raw.kv_prefixes, db_roles: raw.db_roles })
+}
+
+fn cert_rule(
+    i: usize,
+    raw: RawCertRule,
+    roles: &std::collections::HashMap<String, RoleConfig>,
+) -> Result<CertRule, String> {
+    let key = |k: &str| format!("cert_callers[{i}].{k}");
+    let matchers = [
+        (CertField::Uri, false, raw.uri),
+        (CertField::Uri, true, raw.uri_prefix),
+        (CertField::Dns, false, raw.dns),
+        (CertField::Dns, true, raw.dns_prefix),
+        (CertField::Cn, false, raw.cn),
+        (CertField::Cn, true, raw.cn_prefix),
+    ];
+    let mut set = matchers.into_iter().filter_map(|(f, p, v)| v.map(|v| (f, p, v)));
+    let (Some((field, prefix, value)), None) = (set.next(), set.next()) else {
+        return Err(format!("{}: set exactly one of uri, uri_prefix, dns, dns_prefix, cn, cn_prefix", key("uri")));
+    };
+    if value.is_empty() {
+        return Err(format!("{}: must not be empty", key(field.as_str())));
+    }
+    match roles.get(&raw.role) {
+        Some(RoleConfig { login: Some(_), .. }) => Ok(CertRule { role: raw.role, field, value, prefix }),
+        _ => Err(format!(
+            "{}: role {:?} needs a [roles.{}] table with the gateway's login for it (role_id_file + secret_id_file, or token_file)",
+            key("role"),
+            raw.role,
+            raw.role
+        )),
     }
 }
 
@@ -422,6 +675,20 @@ mod tests {
             (&format!("{MINIMAL}[[callers]]\nrole = \"r\"\n"), "callers[0].equals"),
             (&format!("{MINIMAL}[[callers]]\nrole = \"\"\nequals = \"x\"\n"), "callers[0].role"),
             (&format!("{MINIMAL}[log]\nformat = \"xml\"\n"), "log.format"),
+            (&format!("{MINIMAL}[[callers]]\nrole = \"r\"\nequals = \"x\"\nmethod = \"oidc\"\n"), "callers[0].method"),
+            (&format!("{MINIMAL}[[cert_callers]]\nrole = \"r\"\nuri = \"spiffe://a\"\n"), "cert_callers[0].role"),
+            (
+                &format!("{MINIMAL}[roles.r]\ntoken_file = \"t\"\n[[cert_callers]]\nrole = \"r\"\nuri = \"x\"\ndns = \"y\"\n"),
+                "cert_callers[0].uri",
+            ),
+            (&format!("{MINIMAL}[roles.r]\nrole_id_file = \"a\"\n"), "roles.r.role_id_file"),
+            (&format!("{MINIMAL}[roles.r]\nrole_id_file = \"a\"\nsecret_id_file = \"b\"\ntoken_file = \"c\"\n"), "roles.r.token_file"),
+            (
+                &format!("{MINIMAL}[roles.r]\ntoken_file = \"t\"\n[[cert_callers]]\nrole = \"r\"\nuri = \"x\"\n"),
+                "cert_callers",
+            ),
+            (&format!("{MINIMAL}[tls]\ncert = \"c\"\nkey = \"k\"\nrequire_client_cert = true\n"), "tls.require_client_cert"),
+            (&format!("{MINIMAL}[roles.r]\ntransit_keys = [\"\"]\n"), "roles.r.transit_keys"),
             (&format!("{MINIMAL}[limits]\nmax_item_bytes = 4611686018427387904\n"), "limits.max_item_bytes"),
             (
                 &format!("{MINIMAL}[rate_limits]\nbilling = {{ per_second = 0.0, burst = 5.0 }}\n"),

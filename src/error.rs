@@ -21,6 +21,8 @@ pub enum Subject<'a> {
     Lease(&'a str),
     /// A login to Vault with the caller's credentials.
     Login(&'a str),
+    /// The Vault token acting for the caller (lookup-self, capabilities-self).
+    Token,
 }
 
 /// Every failure a request can meet; each variant is one row of the contract's error table.
@@ -28,8 +30,10 @@ pub enum Subject<'a> {
 pub enum Error {
     /// Missing, malformed, expired or refused caller credentials.
     Unauthenticated(String),
-    /// A gateway rule or Vault's policy forbids this caller the operation.
+    /// A gateway rule forbids this caller the operation.
     PermissionDenied(String),
+    /// Vault answered 403: its policy forbids it, or the token is gone (the gateway checks which).
+    VaultDenied(String),
     /// The request itself is wrong: empty names, malformed ciphertext, wrong context, too large.
     InvalidArgument(String),
     /// One named request field is wrong; carries a `google.rpc.BadRequest` field violation.
@@ -99,7 +103,7 @@ fn from_vault_status(status: u16, msg: &str, subject: Subject<'_>) -> Error {
         };
     }
     match status {
-        403 => Error::PermissionDenied(format!("Vault's policy denies this caller access to {what}")),
+        403 => Error::VaultDenied(format!("Vault's policy denies this caller access to {what}")),
         404 => Error::NotFound(format!("{what} does not exist")),
         429 => Error::ResourceExhausted(format!("Vault is rate limiting requests: {msg}")),
         413 => Error::InvalidArgument(format!("request too large for Vault: {msg}")),
@@ -134,6 +138,7 @@ fn describe(subject: Subject<'_>) -> String {
         Subject::DbRole(r) => format!("database role {r:?}"),
         Subject::Lease(l) => format!("lease {l:?}"),
         Subject::Login(r) => format!("login role {r:?}"),
+        Subject::Token => "the Vault token acting for the caller".into(),
     }
 }
 
@@ -185,7 +190,7 @@ impl From<Error> for Status {
                 )
             }
             Error::Unauthenticated(m) => (Code::Unauthenticated, m),
-            Error::PermissionDenied(m) => (Code::PermissionDenied, m),
+            Error::PermissionDenied(m) | Error::VaultDenied(m) => (Code::PermissionDenied, m),
             Error::InvalidArgument(m) => (Code::InvalidArgument, m),
             Error::NotFound(m) => (Code::NotFound, m),
             Error::DeadlineExceeded(m) => (Code::DeadlineExceeded, m),

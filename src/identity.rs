@@ -1,12 +1,16 @@
-//! Who is calling: the bearer JWT in the `authorization` metadata, its claims, and the configured
-//! rule that maps the caller to a Vault role.
+//! Who is calling: the bearer JWT in the `authorization` metadata (its claims) or the verified
+//! client certificate of the connection (its URI/DNS names and CN), and the configured rule that
+//! maps the caller to a Vault role.
 //!
 //! The claims are read here *without* verifying the signature: only to choose the role. Vault
 //! verifies the JWT at login against that role (signature, issuer, audience, bound claims), and a
 //! token is used only after that login succeeded for these exact JWT bytes, so a forged claim can
 //! at most choose a role whose Vault-side bindings then refuse it.
 
-use crate::{config::CallerRule, error::Error};
+use crate::{
+    config::{CallerRule, CertField, CertRule},
+    error::Error,
+};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use serde_json::{Map, Value};
 use tonic::metadata::MetadataMap;
@@ -91,6 +95,79 @@ pub fn rule_for<'a>(rules: &'a [CallerRule], claims: &Map<String, Value>) -> Res
         })
 }
 
+/// The names a verified client certificate carries, as rules match them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertNames {
+    /// URI subject alternative names (SPIFFE IDs).
+    pub uris: Vec<String>,
+    /// DNS subject alternative names.
+    pub dns: Vec<String>,
+    /// The subject's common name.
+    pub cn: Option<String>,
+}
+
+impl CertNames {
+    /// The certificate's values of one field.
+    fn values(&self, field: CertField) -> Vec<&str> {
+        match field {
+            CertField::Uri => self.uris.iter().map(String::as_str).collect(),
+            CertField::Dns => self.dns.iter().map(String::as_str).collect(),
+            CertField::Cn => self.cn.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// A short description for error messages and logs (names are not secret).
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self.uris.iter().map(|u| format!("uri {u}")).collect();
+        parts.extend(self.dns.iter().map(|d| format!("dns {d}")));
+        parts.extend(self.cn.iter().map(|c| format!("cn {c}")));
+        if parts.is_empty() {
+            "a certificate with no URI, DNS or CN name".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// Reads the names of a client certificate that the TLS handshake has already verified.
+pub fn cert_names(der: &[u8]) -> Result<CertNames, Error> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|_| Error::Unauthenticated("the client certificate cannot be parsed".into()))?;
+    let mut names = CertNames::default();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::URI(u) => names.uris.push((*u).to_string()),
+                GeneralName::DNSName(d) => names.dns.push((*d).to_string()),
+                _ => {}
+            }
+        }
+    }
+    names.cn = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_string);
+    Ok(names)
+}
+
+/// The first certificate rule that matches, with the matched value (the caller's identity).
+pub fn cert_rule_for<'a>(rules: &'a [CertRule], names: &CertNames) -> Result<(&'a CertRule, String), Error> {
+    for rule in rules {
+        let hit = names.values(rule.field).into_iter().find(|v| {
+            if rule.prefix {
+                v.starts_with(rule.value.as_str())
+            } else {
+                *v == rule.value
+            }
+        });
+        if let Some(value) = hit {
+            return Ok((rule, value.to_string()));
+        }
+    }
+    Err(Error::PermissionDenied(format!(
+        "no cert_callers rule maps the client certificate ({}) to a role; add a [[cert_callers]] rule",
+        names.describe()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,8 +183,51 @@ mod tests {
             equals: equals.map(Into::into),
             prefix: prefix.map(Into::into),
             issuer: issuer.map(Into::into),
+            method: "jwt".into(),
             auth_mount: "jwt".into(),
         }
+    }
+
+    #[test]
+    fn certificate_names_and_rules() {
+        let mut params = rcgen::CertificateParams::new(vec!["api.billing.svc".to_string()]).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI("spiffe://prod.example/ns/billing/sa/api".try_into().unwrap()));
+        params.distinguished_name.push(rcgen::DnType::CommonName, "billing-api");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let names = cert_names(cert.der()).unwrap();
+        assert_eq!(names.uris, ["spiffe://prod.example/ns/billing/sa/api"]);
+        assert_eq!(names.dns, ["api.billing.svc"]);
+        assert_eq!(names.cn.as_deref(), Some("billing-api"));
+        let rule = |field, value: &str, prefix| CertRule { role: value.into(), field, value: value.into(), prefix };
+        let cases: &[(Vec<CertRule>, Option<&str>)] = &[
+            (
+                vec![rule(CertField::Uri, "spiffe://prod.example/ns/billing/sa/api", false)],
+                Some("spiffe://prod.example/ns/billing/sa/api"),
+            ),
+            (
+                vec![rule(CertField::Uri, "spiffe://prod.example/ns/billing/", true)],
+                Some("spiffe://prod.example/ns/billing/sa/api"),
+            ),
+            (vec![rule(CertField::Uri, "spiffe://prod.example/ns/other/", true)], None),
+            (vec![rule(CertField::Dns, "api.billing.svc", false)], Some("api.billing.svc")),
+            (vec![rule(CertField::Cn, "billing", true)], Some("billing-api")),
+            (vec![rule(CertField::Cn, "billing", false), rule(CertField::Dns, "api.", true)], Some("api.billing.svc")),
+        ];
+        for (rules, want) in cases {
+            let got = cert_rule_for(rules, &names);
+            assert_eq!(got.as_ref().ok().map(|(_, v)| v.as_str()), *want, "{rules:?}");
+            if want.is_none() {
+                let err = format!("{:?}", got.unwrap_err());
+                assert!(
+                    err.contains("spiffe://prod.example/ns/billing/sa/api") && err.contains("PermissionDenied"),
+                    "{err}"
+                );
+            }
+        }
+        assert!(cert_names(b"not a certificate").is_err());
     }
 
     #[test]

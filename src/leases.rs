@@ -20,7 +20,7 @@ use tokio::time::Instant;
 pub const PARENT_SLACK: Duration = Duration::from_secs(60);
 
 /// Longest lease time believed from Vault (its own system max is 32 days); bounds the arithmetic.
-const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
 fn end(now: Instant, ttl: Duration) -> Instant {
     now + ttl.min(MAX_TTL)

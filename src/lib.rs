@@ -2,9 +2,12 @@
 //!
 //! Code map, in the order a request meets it:
 //! - [`server`]: the tonic server, health and reflection; `run(listener, config, shutdown)`.
+//! - [`tls`]: the TLS listener (mTLS client certificates; certificate files reloaded as they change).
 //! - [`service`]: one module per gRPC service; validate → authenticate → Vault → response.
-//! - [`identity`]: the caller's bearer JWT and the rule mapping it to a Vault role.
-//! - [`session`]: Vault tokens acting for callers (login, cache, one login per caller at a time).
+//! - [`identity`]: the caller's bearer JWT or client certificate and the rule mapping it to a role.
+//! - [`rules`]: gateway-side rules per role (keys, KV prefixes, database roles), before Vault.
+//! - [`session`]: Vault tokens acting for callers: logins (JWT, Kubernetes, AppRole, token file),
+//!   renewal, re-login, cache.
 //! - [`batch`]: coalescing of concurrent Transit calls into `batch_input` requests.
 //! - [`leases`]: who owns each database lease, and keeping its parent token alive.
 //! - [`vault`]: the Vault HTTP client; knows nothing of gRPC.
@@ -16,7 +19,8 @@
 //! - [`config`]: the TOML config, validated at start-up.
 //! - [`dev`]: `vaultgate dev`, a local OpenBao + PostgreSQL with two demo callers.
 //!
-//! Invariants: no root or shared privileged token serves callers; nothing logs a secret; a batch
+//! Invariants: no root or broader token serves callers (a role's token is shared only by callers
+//! mapped to that role); nothing logs a secret; a batch
 //! result goes back only to the caller that sent the item.
 #![forbid(unsafe_code)]
 
@@ -30,9 +34,11 @@ pub mod identity;
 pub mod leases;
 pub mod metrics;
 pub mod ratelimit;
+pub mod rules;
 pub mod server;
 pub mod service;
 pub mod session;
+pub mod tls;
 pub mod vault;
 
 /// Generated protobuf and gRPC code.

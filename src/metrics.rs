@@ -61,6 +61,8 @@ pub struct Metrics {
     pub logins: Family<NameLabel, Counter>,
     /// 1 while Vault is reachable and unsealed.
     pub vault_up: Gauge,
+    /// Token lifecycle events: `login`, `login_failed`, `renewed`, `dead` (gone behind our back).
+    pub token_events: Family<NameLabel, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -90,6 +92,7 @@ impl Metrics {
             queue_depth: Gauge::default(),
             logins: Family::default(),
             vault_up: Gauge::default(),
+            token_events: Family::default(),
             registry: Registry::default(),
         };
         registry.register("grpc_calls", "gRPC calls by RPC and status code", m.calls.clone());
@@ -110,6 +113,7 @@ impl Metrics {
         registry.register("batch_vault_requests", "Transit requests made by the coalescer", m.batch_requests.clone());
         registry.register("batch_queue_depth", "calls waiting in coalescer queues", m.queue_depth.clone());
         registry.register("vault_logins", "Vault logins by result", m.logins.clone());
+        registry.register("vault_token_events", "Vault token lifecycle events by kind", m.token_events.clone());
         registry.register("vault_up", "1 while Vault is reachable and unsealed", m.vault_up.clone());
         registry.register("build_info", "the running version (label name)", build);
         Metrics { registry, ..m }

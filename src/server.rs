@@ -6,9 +6,10 @@ use crate::{
     health,
     pb::vaultgate::v1::{
         database_service_server::DatabaseServiceServer, encryption_service_server::EncryptionServiceServer,
-        secret_service_server::SecretServiceServer,
+        identity_service_server::IdentityServiceServer, secret_service_server::SecretServiceServer,
     },
-    service::{database::Database, encryption::Encryption, secret::Secrets, Gateway},
+    service::{database::Database, encryption::Encryption, identity::Identity, secret::Secrets, Gateway},
+    tls,
 };
 use std::{future::Future, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
@@ -36,6 +37,9 @@ pub async fn serve(
     health::set_all(&reporter, ServingStatus::NotServing).await;
     reporter.set_service_status(health::LIVENESS, ServingStatus::Serving).await;
     let watcher = tokio::spawn(health::watch(gateway.vault.clone(), reporter.clone(), gateway.config.health_interval));
+    // Role tokens (certificate callers) are renewed in the background, so an idle role's token
+    // and the leases it parents do not lapse.
+    let refresher = tokio::spawn(gateway.sessions.clone().keep_roles_fresh());
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -58,7 +62,7 @@ pub async fn serve(
     };
     let max = gateway.config.limits.max_message_bytes;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%addr, vault = %gateway.vault.address(), batching = gateway.coalescer.is_some(), "vaultgate serving");
+    tracing::info!(%addr, vault = %gateway.vault.address(), batching = gateway.coalescer.is_some(), tls = gateway.config.tls.is_some(), "vaultgate serving");
     // Graceful shutdown: NOT_SERVING first (load balancers stop routing) while still serving for
     // `grace`; then no new connections, and calls in flight get up to `drain_timeout` to finish.
     let grace = Duration::from_millis(gateway.config.shutdown.grace_ms);
@@ -76,7 +80,7 @@ pub async fn serve(
             draining.notify_one();
         }
     };
-    let server = Server::builder()
+    let router = Server::builder()
         // HTTP/2 keepalive detects dead client connections behind load balancers.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health_service)
@@ -85,22 +89,42 @@ pub async fn serve(
         .add_service(EncryptionServiceServer::new(Encryption(gateway.clone())).max_decoding_message_size(max))
         .add_service(SecretServiceServer::new(Secrets(gateway.clone())).max_decoding_message_size(max))
         .add_service(DatabaseServiceServer::new(Database(gateway.clone())).max_decoding_message_size(max))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), graceful);
-    let deadline = async {
-        draining.notified().await;
-        tokio::time::sleep(drain_timeout).await;
-    };
-    let result = tokio::select! {
-        served = server => served.map_err(|e| format!("gRPC server failed: {e}")),
-        () = deadline => {
-            tracing::warn!(drain_timeout_ms = drain_timeout.as_millis() as u64, "drain timeout: dropping calls still in flight");
-            Ok(())
+        .add_service(IdentityServiceServer::new(Identity(gateway.clone())));
+    let drain = drain_timeout;
+    let result = match &gateway.config.tls {
+        Some(tls) => {
+            let incoming = tls::incoming(listener, tls.clone())?;
+            until_drained(router.serve_with_incoming_shutdown(incoming, graceful), &draining, drain).await
+        }
+        None => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            until_drained(router.serve_with_incoming_shutdown(incoming, graceful), &draining, drain).await
         }
     };
     watcher.abort();
+    refresher.abort();
     gateway.sessions.revoke_all(&gateway.leases.parents()).await;
     if let Some(task) = metrics_task {
         task.abort();
     }
     result
+}
+
+/// Runs the server until it stops by itself, or until `drain_timeout` after draining began.
+async fn until_drained(
+    server: impl Future<Output = Result<(), tonic::transport::Error>>,
+    draining: &Notify,
+    drain_timeout: Duration,
+) -> Result<(), String> {
+    let deadline = async {
+        draining.notified().await;
+        tokio::time::sleep(drain_timeout).await;
+    };
+    tokio::select! {
+        served = server => served.map_err(|e| format!("gRPC server failed: {e}")),
+        () = deadline => {
+            tracing::warn!(drain_timeout_ms = drain_timeout.as_millis() as u64, "drain timeout: dropping calls still in flight");
+            Ok(())
+        }
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod database;
 pub mod encryption;
+pub mod identity;
 pub mod secret;
 pub mod validate;
 
@@ -15,7 +16,7 @@ use crate::{
     leases::Leases,
     metrics,
     ratelimit::RateLimits,
-    session::{Actor, Sessions},
+    session::{Actor, Credentials, Sessions},
     vault::Client,
 };
 use sha2::Digest;
@@ -38,8 +39,8 @@ use tracing::Instrument;
 pub struct Gateway {
     /// Vault client (connection pool).
     pub vault: Client,
-    /// Caller tokens.
-    pub sessions: Sessions,
+    /// Vault tokens acting for callers (per caller JWT, per role for certificate callers).
+    pub sessions: Arc<Sessions>,
     /// Coalescer of Transit calls; `None` when batching is off.
     pub coalescer: Option<Arc<Coalescer>>,
     /// Database leases handed out.
@@ -64,7 +65,7 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             audit,
             rate_limits: RateLimits::new(config.rate_limits.clone()),
-            sessions: Sessions::new(vault.clone(), config.callers.clone(), config.token_cache_size),
+            sessions: Arc::new(Sessions::new(vault.clone(), &config)),
             vault,
             coalescer,
             leases: Leases::default(),
@@ -73,7 +74,8 @@ impl Gateway {
     }
 
     /// Runs one call: reads the caller's deadline, authenticates, runs `work`, maps the error.
-    /// Records the call's code, latency and role in the metrics.
+    /// When Vault answers 403 and the token turns out to be gone (revoked or expired behind the
+    /// gateway's back), logs in again and runs `work` once more. Records code, latency and role.
     pub async fn handle<R, T, F, Fut>(
         &self,
         rpc: &'static str,
@@ -82,18 +84,22 @@ impl Gateway {
         work: F,
     ) -> Result<Response<T>, Status>
     where
-        F: FnOnce(Actor, Option<Instant>, R) -> Fut,
+        F: Fn(Actor, Option<Instant>, Arc<R>) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
         let started = Instant::now();
+        let peer = request.peer_certs();
         let (metadata, _, message) = request.into_parts();
+        let message = Arc::new(message);
         let deadline = grpc_deadline(&metadata);
         let request_id = request_id(&metadata);
         let target = describe(&message);
         let span = tracing::info_span!("call", rpc, request_id = %request_id);
         let mut who: Option<(Arc<str>, Arc<str>)> = None;
         let call = async {
-            let actor = self.sessions.authenticate(&metadata, deadline).await?;
+            let leaf = peer.as_ref().and_then(|certs| certs.first()).map(|c| c.as_ref());
+            let creds = Credentials::from_call(&metadata, leaf)?;
+            let actor = self.sessions.authenticate(&creds, deadline).await?;
             who = Some((actor.caller.clone(), actor.role.clone()));
             if let Err(wait) = self.rate_limits.take(&actor.caller, &actor.role) {
                 return Err(Error::ResourceExhausted(format!(
@@ -102,7 +108,13 @@ impl Gateway {
                     wait.as_millis().max(1)
                 )));
             }
-            work(actor, deadline, message).await
+            match work(actor.clone(), deadline, message.clone()).await {
+                Err(Error::VaultDenied(_)) if self.sessions.token_dead(&actor, deadline).await => {
+                    let actor = self.sessions.authenticate(&creds, deadline).await?;
+                    work(actor, deadline, message).await
+                }
+                other => other,
+            }
         }
         .instrument(span.clone());
         let result = match deadline {

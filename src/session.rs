@@ -1,16 +1,24 @@
-//! Vault tokens acting for callers. A caller's JWT is exchanged for a Vault token by a login to
-//! the JWT auth method with the role its rule names; the token is cached under the SHA-256 of
-//! the JWT (never the JWT itself) until shortly before it or the JWT expires, and concurrent first
-//! calls of one caller share one login.
+//! Vault tokens acting for callers, and their lifecycle.
 //!
-//! Invariant: the gateway holds no token of its own here; every token came from a login with the
-//! caller's own credentials, so it carries exactly that caller's role and nothing broader.
+//! Two kinds of holder: a JWT caller's token comes from a login with the caller's own JWT (JWT or
+//! Kubernetes auth method; Vault verifies it) and is cached under the SHA-256 of the JWT, never the
+//! JWT itself; a certificate caller's token is the gateway's own token of the caller's role, from an
+//! AppRole login or a token file, one per role and shared by every caller mapped to that role.
+//!
+//! Every held token is renewed at about two thirds of its TTL (with jitter); it is replaced by a
+//! fresh login when it is not renewable, when Vault caps a renewal (its max TTL is near), or when a
+//! call met a 403 and `lookup-self` shows the token is gone. One login or renewal is in flight per
+//! holder; refused logins are remembered briefly (negative cache); the caller cache is bounded (LRU).
+//!
+//! Invariant: every token acts for exactly one role and came from a login with that role's
+//! credentials; no root or broader token serves callers. A token is never handed out after it
+//! expires, and a renewal never shortens a token below what the leases it parents need.
 
 use crate::{
-    config::CallerRule,
+    config::{CallerRule, CertRule, RoleConfig, RoleLogin},
     error::{Error, Subject},
-    identity,
-    vault::{Client, VaultToken},
+    identity::{self, CertNames},
+    vault::{auth::Login, Client, VaultError, VaultToken},
 };
 use sha2::{Digest, Sha256};
 use std::{
@@ -27,104 +35,266 @@ use tonic::metadata::MetadataMap;
 /// A caller that passed authentication, with the token that acts for it.
 #[derive(Debug, Clone)]
 pub struct Actor {
-    /// Stable caller name (`jwt:<iss>#<sub>`), used for lease ownership and logs.
+    /// Stable caller name (`jwt:<iss>#<sub>` or `cert:<field>:<value>`), for lease ownership and logs.
     pub caller: Arc<str>,
+    /// How the caller was identified: `jwt`, `kubernetes`, `uri`, `dns` or `cn`.
+    pub kind: &'static str,
+    /// The identity itself (`<iss>#<sub>`, or the matched certificate value).
+    pub name: Arc<str>,
     /// The Vault role the caller is mapped to.
     pub role: Arc<str>,
-    /// The Vault token of that role, issued for this caller.
+    /// The Vault token of that role acting for this caller.
     pub token: VaultToken,
+    key: SlotKey,
 }
 
-/// How long a token without a TTL (never expiring) is cached before logging in again.
-const MAX_CACHE_TIME: Duration = Duration::from_secs(3600);
-
-struct Slot {
-    /// Held while logging in: later calls of the same caller wait for it instead of logging in too.
-    login: tokio::sync::Mutex<()>,
-    current: Mutex<Option<(Actor, Instant)>>,
+/// What a call presented to prove who it is.
+#[derive(Debug)]
+pub enum Credentials {
+    /// A bearer JWT (from the `authorization` metadata).
+    Bearer(String),
+    /// The names of the connection's verified client certificate.
+    Cert(CertNames),
 }
 
-impl Slot {
-    fn valid(&self) -> Option<Actor> {
-        let guard = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        match &*guard {
-            Some((actor, until)) if *until > Instant::now() => Some(actor.clone()),
-            _ => None,
+impl Credentials {
+    /// Reads the call's credentials: a bearer JWT wins over a client certificate.
+    pub fn from_call(metadata: &MetadataMap, peer_cert: Option<&[u8]>) -> Result<Credentials, Error> {
+        if metadata.contains_key("authorization") || peer_cert.is_none() {
+            return identity::bearer(metadata).map(|jwt| Credentials::Bearer(jwt.to_string())).map_err(|e| match e {
+                Error::Unauthenticated(m) if peer_cert.is_none() && !metadata.contains_key("authorization") => {
+                    Error::Unauthenticated(format!(
+                        "{m}, or connect over mTLS with a client certificate the gateway trusts"
+                    ))
+                }
+                other => other,
+            });
+        }
+        match peer_cert {
+            Some(der) => identity::cert_names(der).map(Credentials::Cert),
+            None => Err(Error::Unauthenticated("no credentials".into())),
         }
     }
 }
 
-/// The cache of caller tokens and the logins that fill it.
+/// Where a token is held: per caller JWT (hash) or per role.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum SlotKey {
+    Jwt([u8; 32]),
+    Role(Arc<str>),
+}
+
+/// Longest a token is used without a renewal, even if Vault gave it no TTL.
+const MAX_HOLD: Duration = Duration::from_secs(3600);
+
+/// A held token and when to act on it.
+#[derive(Clone)]
+struct Held {
+    actor: Actor,
+    /// TTL asked at each renewal (the TTL the login gave).
+    period: Duration,
+    renewable: bool,
+    /// From here on, renew (or log in again) before handing the token out.
+    refresh_at: Instant,
+    /// Never hand the token out after this (its expiry minus a margin, or the JWT's expiry).
+    use_until: Instant,
+    /// Leases this token parents need it alive until here: renewals never ask for less.
+    keep_until: Option<Instant>,
+    /// The credentials' own end (the JWT's `exp`): never used past it, however long the token lives.
+    hard_until: Option<Instant>,
+    /// `lookup-self` showed it alive at this time (saves repeated checks after policy denials).
+    alive_at: Option<Instant>,
+}
+
+struct Slot {
+    /// Held while logging in or renewing: concurrent calls of one holder wait for it.
+    refresh: tokio::sync::Mutex<()>,
+    current: Mutex<Option<Held>>,
+    /// Milliseconds since the cache was created, at the last use (for LRU eviction).
+    last_used: AtomicU64,
+}
+
+impl Slot {
+    fn new() -> Arc<Slot> {
+        Arc::new(Slot { refresh: tokio::sync::Mutex::new(()), current: Mutex::new(None), last_used: AtomicU64::new(0) })
+    }
+
+    fn held(&self) -> Option<Held> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, held: Option<Held>) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = held;
+    }
+
+    /// The token, when it may be handed out without a refresh.
+    fn fresh(&self, now: Instant) -> Option<Actor> {
+        let guard = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().filter(|h| now < h.refresh_at && now < h.use_until).map(|h| h.actor.clone())
+    }
+}
+
+/// Counters of the token lifecycle (also exported as metrics).
+#[derive(Default)]
+pub struct TokenStats {
+    /// Logins made (JWT, Kubernetes, AppRole, token file reads).
+    pub logins: AtomicU64,
+    /// Successful renewals.
+    pub renewals: AtomicU64,
+    /// Tokens found gone (403 + lookup-self) and replaced.
+    pub dead: AtomicU64,
+}
+
+/// Who the identity of a call is, before its token is known.
+struct Who {
+    key: SlotKey,
+    caller: Arc<str>,
+    kind: &'static str,
+    name: Arc<str>,
+    role: Arc<str>,
+    /// Unix seconds after which the credentials themselves are no longer valid (JWT exp).
+    expires_unix: Option<u64>,
+}
+
+/// The holders of tokens and the logins that fill them.
 pub struct Sessions {
     vault: Client,
     rules: Vec<CallerRule>,
+    cert_rules: Vec<CertRule>,
+    roles: HashMap<String, RoleConfig>,
     capacity: usize,
-    slots: Mutex<HashMap<[u8; 32], Arc<Slot>>>,
-    logins: AtomicU64,
+    failure_ttl: Duration,
+    epoch: Instant,
+    slots: Mutex<HashMap<SlotKey, Arc<Slot>>>,
+    failures: Mutex<HashMap<SlotKey, (Instant, Error)>>,
+    /// Lifecycle counters.
+    pub stats: TokenStats,
 }
 
 impl Sessions {
-    /// A cache holding at most `capacity` callers.
-    pub fn new(vault: Client, rules: Vec<CallerRule>, capacity: usize) -> Sessions {
-        Sessions { vault, rules, capacity, slots: Mutex::new(HashMap::new()), logins: AtomicU64::new(0) }
+    /// A cache holding at most `capacity` caller tokens (role tokens are not counted).
+    pub fn new(vault: Client, config: &crate::config::Config) -> Sessions {
+        Sessions {
+            vault,
+            rules: config.callers.clone(),
+            cert_rules: config.cert_callers.clone(),
+            roles: config.roles.clone(),
+            capacity: config.token_cache_size.max(1),
+            failure_ttl: config.login_failure_cache,
+            epoch: Instant::now(),
+            slots: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            stats: TokenStats::default(),
+        }
     }
 
     /// Number of Vault logins made so far (for tests and metrics).
     pub fn logins(&self) -> u64 {
-        self.logins.load(Ordering::Relaxed)
+        self.stats.logins.load(Ordering::Relaxed)
     }
 
     /// Authenticates the caller of a request and returns the token that acts for it.
-    pub async fn authenticate(&self, metadata: &MetadataMap, deadline: Option<Instant>) -> Result<Actor, Error> {
-        let jwt = identity::bearer(metadata)?;
-        let key: [u8; 32] = Sha256::digest(jwt.as_bytes()).into();
-        if let Some(actor) = self.slot_if_cached(&key).and_then(|s| s.valid()) {
-            return Ok(actor);
-        }
-        let claims = identity::claims(jwt)?;
-        let jwt_expiry = identity::expiry(&claims);
-        let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        if jwt_expiry.is_some_and(|exp| exp <= now_unix) {
-            return Err(Error::Unauthenticated("the JWT has expired; get a fresh one".into()));
-        }
-        let rule = identity::rule_for(&self.rules, &claims)?;
-        let slot = self.slot(key);
-        let _login = slot.login.lock().await;
-        if let Some(actor) = slot.valid() {
-            return Ok(actor);
-        }
-        self.logins.fetch_add(1, Ordering::Relaxed);
-        let login = match self.vault.login_jwt(&rule.auth_mount, &rule.role, jwt, deadline).await {
-            Ok(login) => login,
-            Err(e) => {
-                self.forget(&key);
-                crate::metrics::get().logins.get_or_create(&crate::metrics::NameLabel { name: "refused".into() }).inc();
-                let err = Error::from_vault(e, Subject::Login(&rule.role));
-                tracing::info!(caller = %identity::caller_id(&claims), role = %rule.role, error = ?err, "login refused");
-                return Err(err);
+    pub async fn authenticate(&self, creds: &Credentials, deadline: Option<Instant>) -> Result<Actor, Error> {
+        let (who, jwt) = match creds {
+            Credentials::Bearer(jwt) => {
+                let key = SlotKey::Jwt(Sha256::digest(jwt.as_bytes()).into());
+                if let Some(actor) = self.cached(&key) {
+                    return Ok(actor);
+                }
+                (self.jwt_caller(key, jwt)?, Some(jwt.as_str()))
             }
+            Credentials::Cert(names) => (self.cert_caller(names)?, None),
         };
-        let actor =
-            Actor { caller: identity::caller_id(&claims).into(), role: rule.role.as_str().into(), token: login.token };
-        // Use a token for two thirds of its TTL, then log in again: a call that took it near the
-        // end could otherwise reach Vault after it expired (queued, or slow on the way).
-        let token_left = match login.ttl {
-            0 => MAX_CACHE_TIME,
-            ttl => Duration::from_secs(ttl) * 2 / 3,
-        };
-        let jwt_left = jwt_expiry.map_or(MAX_CACHE_TIME, |exp| Duration::from_secs(exp.saturating_sub(now_unix)));
-        let until = Instant::now() + token_left.min(jwt_left).min(MAX_CACHE_TIME);
-        tracing::info!(caller = %actor.caller, role = %actor.role, policies = ?login.policies, ttl = login.ttl, "caller logged in");
-        *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((actor.clone(), until));
-        Ok(actor)
+        self.acquire(&who, jwt, deadline).await
     }
 
-    /// At shutdown: revokes every cached caller token except those in `keep` (they parent live
-    /// database leases), within a few seconds in all.
+    /// True when `actor`'s token is gone (expired or revoked behind the gateway's back): then it is
+    /// dropped, and the next [`Sessions::authenticate`] logs in again. False when it is alive (a
+    /// 403 was then a real policy denial).
+    pub async fn token_dead(&self, actor: &Actor, deadline: Option<Instant>) -> bool {
+        let Some(slot) = self.slot_if_cached(&actor.key) else { return true };
+        let _guard = slot.refresh.lock().await;
+        let Some(held) = slot.held() else { return true };
+        if held.actor.token != actor.token {
+            return true; // Already replaced by another call.
+        }
+        if held.alive_at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return false;
+        }
+        match self.vault.lookup_self(&actor.token, deadline).await {
+            Err(VaultError::Api { status: 403, .. }) => {
+                self.stats.dead.fetch_add(1, Ordering::Relaxed);
+                count("dead");
+                tracing::warn!(caller = %actor.caller, role = %actor.role, "Vault token is gone (revoked or expired); logging in again");
+                slot.set(None);
+                true
+            }
+            Ok(_) => {
+                slot.set(Some(Held { alive_at: Some(Instant::now()), ..held }));
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Records that leases parented by `actor`'s token need it alive for `ttl` more: later
+    /// renewals never ask for less.
+    pub fn keep_alive(&self, actor: &Actor, ttl: Duration) {
+        if let Some(slot) = self.slot_if_cached(&actor.key) {
+            let mut guard = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(held) = guard.as_mut().filter(|h| h.actor.token == actor.token) {
+                let until = Instant::now() + ttl.min(crate::leases::MAX_TTL);
+                held.keep_until = Some(held.keep_until.map_or(until, |k| k.max(until)));
+            }
+        }
+    }
+
+    /// Keeps role tokens fresh in the background (so an idle role's token and the leases it
+    /// parents do not lapse). Runs until the task is dropped.
+    pub async fn keep_roles_fresh(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = Instant::now();
+            let due: Vec<Held> = {
+                let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+                slots
+                    .iter()
+                    .filter(|(k, _)| matches!(k, SlotKey::Role(_)))
+                    .filter_map(|(_, s)| s.held())
+                    .filter(|h| now >= h.refresh_at)
+                    .collect()
+            };
+            for held in due {
+                let a = &held.actor;
+                let who = Who {
+                    key: a.key.clone(),
+                    caller: a.caller.clone(),
+                    kind: a.kind,
+                    name: a.name.clone(),
+                    role: a.role.clone(),
+                    expires_unix: None,
+                };
+                let deadline = Some(Instant::now() + Duration::from_secs(10));
+                if let Err(e) = self.acquire(&who, None, deadline).await {
+                    tracing::warn!(role = %a.role, error = ?e, "could not refresh the role's Vault token");
+                }
+            }
+        }
+    }
+
+    /// At shutdown: revokes every held token except those in `keep` (they parent live database
+    /// leases), within a few seconds in all.
     pub async fn revoke_all(&self, keep: &[VaultToken]) {
         let tokens: Vec<VaultToken> = {
             let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots.values().filter_map(|s| s.valid()).map(|a| a.token).filter(|t| !keep.contains(t)).collect()
+            let now = Instant::now();
+            slots
+                .values()
+                .filter_map(|s| s.held())
+                .filter(|h| h.use_until > now)
+                .map(|h| h.actor.token)
+                .filter(|t| !keep.contains(t))
+                .collect()
         };
         let deadline = Instant::now() + Duration::from_secs(3);
         let mut revoked = 0usize;
@@ -133,32 +303,327 @@ impl Sessions {
                 revoked += 1;
             }
         }
-        tracing::info!(revoked, kept = keep.len(), "caller tokens revoked at shutdown");
+        tracing::info!(revoked, kept = keep.len(), "Vault tokens revoked at shutdown");
     }
 
-    fn slot_if_cached(&self, key: &[u8; 32]) -> Option<Arc<Slot>> {
+    fn cached(&self, key: &SlotKey) -> Option<Actor> {
+        let slot = self.slot_if_cached(key)?;
+        slot.last_used.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        slot.fresh(Instant::now())
+    }
+
+    fn jwt_caller(&self, key: SlotKey, jwt: &str) -> Result<Who, Error> {
+        let claims = identity::claims(jwt)?;
+        let expires_unix = identity::expiry(&claims);
+        if expires_unix.is_some_and(|exp| exp <= unix_now()) {
+            return Err(Error::Unauthenticated("the JWT has expired; get a fresh one".into()));
+        }
+        let rule = identity::rule_for(&self.rules, &claims)?;
+        let caller = identity::caller_id(&claims);
+        let name: Arc<str> = caller.trim_start_matches("jwt:").into();
+        let kind = if rule.method == "kubernetes" { "kubernetes" } else { "jwt" };
+        Ok(Who { key, caller: caller.into(), kind, name, role: rule.role.as_str().into(), expires_unix })
+    }
+
+    fn cert_caller(&self, names: &CertNames) -> Result<Who, Error> {
+        let (rule, value) = identity::cert_rule_for(&self.cert_rules, names)?;
+        Ok(Who {
+            key: SlotKey::Role(rule.role.as_str().into()),
+            caller: format!("cert:{}:{value}", rule.field.as_str()).into(),
+            kind: rule.field.as_str(),
+            name: value.into(),
+            role: rule.role.as_str().into(),
+            expires_unix: None,
+        })
+    }
+
+    /// Returns a usable token of `who`: the held one, a renewal of it, or a fresh login.
+    async fn acquire(&self, who: &Who, jwt: Option<&str>, deadline: Option<Instant>) -> Result<Actor, Error> {
+        if let Some(err) = self.recent_failure(&who.key) {
+            return Err(err);
+        }
+        let slot = self.slot(who.key.clone());
+        let _guard = slot.refresh.lock().await;
+        let now = Instant::now();
+        let actor_for = |held: &Held| Actor {
+            caller: who.caller.clone(),
+            kind: who.kind,
+            name: who.name.clone(),
+            ..held.actor.clone()
+        };
+        let current = slot.held();
+        if let Some(held) = current.as_ref().filter(|h| now < h.refresh_at && now < h.use_until) {
+            return Ok(actor_for(held));
+        }
+        if let Some(held) = current.clone().filter(|h| h.renewable && now < h.use_until) {
+            match self.renew(held, deadline).await {
+                Ok(renewed) => {
+                    slot.set(Some(renewed.clone()));
+                    return Ok(actor_for(&renewed));
+                }
+                // A failed renewal falls through to a fresh login.
+                Err(e) => tracing::info!(role = %who.role, error = ?e, "token renewal failed; logging in again"),
+            }
+        }
+        self.stats.logins.fetch_add(1, Ordering::Relaxed);
+        let login = match self.login(who, jwt, deadline).await {
+            Ok(login) => login,
+            Err(err) => {
+                let usable = current.as_ref().filter(|h| Instant::now() < h.use_until);
+                if let (Error::Unavailable(m), Some(held)) = (&err, usable) {
+                    // Vault is unreachable but the held token is still good for a while: keep using it.
+                    tracing::warn!(role = %who.role, reason = %m, "cannot refresh the Vault token yet; using it until it nears its end");
+                    return Ok(actor_for(held));
+                }
+                count("login_failed");
+                tracing::info!(caller = %who.caller, role = %who.role, error = ?err, "login refused");
+                if matches!(err, Error::Unauthenticated(_) | Error::PermissionDenied(_)) {
+                    self.remember_failure(who.key.clone(), err.clone());
+                }
+                if matches!(who.key, SlotKey::Jwt(_)) && slot.held().is_none() {
+                    self.forget(&who.key);
+                }
+                return Err(err);
+            }
+        };
+        count("login");
+        tracing::info!(caller = %who.caller, role = %who.role, policies = ?login.policies, ttl = login.ttl, renewable = login.renewable, "logged in to Vault");
+        let actor = Actor {
+            caller: who.caller.clone(),
+            kind: who.kind,
+            name: who.name.clone(),
+            role: who.role.clone(),
+            token: login.token.clone(),
+            key: who.key.clone(),
+        };
+        let period = match login.ttl {
+            0 => MAX_HOLD,
+            ttl => Duration::from_secs(ttl),
+        };
+        let mut held = schedule(actor, period, login.renewable && login.ttl > 0, period, Instant::now());
+        // Never past the JWT's own expiry: after it, the caller must come back with a fresh one.
+        held.hard_until =
+            who.expires_unix.map(|exp| Instant::now() + Duration::from_secs(exp.saturating_sub(unix_now())));
+        let held = held.capped();
+        slot.set(Some(held.clone()));
+        Ok(held.actor)
+    }
+
+    /// Renews a held token; Err when it must be replaced by a login instead.
+    async fn renew(&self, held: Held, deadline: Option<Instant>) -> Result<Held, VaultError> {
+        let now = Instant::now();
+        let needed = held.keep_until.map_or(Duration::ZERO, |k| k.saturating_duration_since(now));
+        let ask = held.period.max(needed);
+        let renewal = self.vault.renew_self_full(&held.actor.token, ask.as_secs().max(1), deadline).await?;
+        self.stats.renewals.fetch_add(1, Ordering::Relaxed);
+        count("renewed");
+        let ttl = Duration::from_secs(renewal.ttl);
+        // Vault capped the TTL below what was asked: the max TTL is near. Keep using the token
+        // for two thirds of what is left, then log in again instead of renewing.
+        let capped = renewal.ttl + 1 < ask.as_secs();
+        tracing::debug!(role = %held.actor.role, ttl = renewal.ttl, capped, "Vault token renewed");
+        let mut renewed = schedule(held.actor.clone(), held.period, renewal.renewable && !capped, ttl, now);
+        renewed.keep_until = held.keep_until;
+        renewed.hard_until = held.hard_until;
+        let renewed = renewed.capped();
+        if renewed.use_until <= now {
+            return Err(VaultError::Decode("renewed token has no time left".into()));
+        }
+        Ok(renewed)
+    }
+
+    async fn login(&self, who: &Who, jwt: Option<&str>, deadline: Option<Instant>) -> Result<Login, Error> {
+        let role = &*who.role;
+        let refused = |e| Error::from_vault(e, Subject::Login(role));
+        if let Some(jwt) = jwt {
+            let rule = self
+                .rules
+                .iter()
+                .find(|r| r.role == role)
+                .ok_or_else(|| Error::Internal(format!("no caller rule for role {role}")))?;
+            return self.vault.login_jwt(&rule.auth_mount, role, jwt, deadline).await.map_err(refused);
+        }
+        let login =
+            self.roles.get(role).and_then(|r| r.login.as_ref()).ok_or_else(|| {
+                Error::Internal(format!("role {role} has no gateway login configured (roles.{role})"))
+            })?;
+        match login {
+            RoleLogin::AppRole { mount, role_id_file, secret_id_file } => {
+                let role_id = read_secret_file(role_id_file, role, "role_id_file").await?;
+                let secret_id = read_secret_file(secret_id_file, role, "secret_id_file").await?;
+                self.vault.login_approle(mount, &role_id, &secret_id, deadline).await.map_err(refused)
+            }
+            RoleLogin::TokenFile(path) => {
+                let token = VaultToken::new(read_secret_file(path, role, "token_file").await?);
+                let info = self.vault.lookup_self(&token, deadline).await.map_err(refused)?;
+                Ok(Login { token, policies: info.policies, ttl: info.ttl, renewable: info.renewable })
+            }
+        }
+    }
+
+    fn recent_failure(&self, key: &SlotKey) -> Option<Error> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.get(key).filter(|(until, _)| *until > Instant::now()).map(|(_, e)| e.clone())
+    }
+
+    fn remember_failure(&self, key: SlotKey, err: Error) {
+        if self.failure_ttl.is_zero() {
+            return;
+        }
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if failures.len() >= self.capacity {
+            failures.retain(|_, (until, _)| *until > now);
+            if failures.len() >= self.capacity {
+                failures.clear();
+            }
+        }
+        failures.insert(key, (now + self.failure_ttl, err));
+    }
+
+    fn slot_if_cached(&self, key: &SlotKey) -> Option<Arc<Slot>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
     }
 
-    fn slot(&self, key: [u8; 32]) -> Arc<Slot> {
+    fn slot(&self, key: SlotKey) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if !slots.contains_key(&key) && slots.len() >= self.capacity {
-            // Drop expired entries first, then any idle ones, to stay within the bound.
-            slots.retain(|_, s| s.valid().is_some() || Arc::strong_count(s) > 1);
-            if slots.len() >= self.capacity {
-                let victims: Vec<_> = slots.keys().take(slots.len() + 1 - self.capacity).copied().collect();
-                for k in victims {
-                    slots.remove(&k);
-                }
-            }
+        let callers = slots.keys().filter(|k| matches!(k, SlotKey::Jwt(_))).count();
+        if matches!(key, SlotKey::Jwt(_)) && !slots.contains_key(&key) && callers >= self.capacity {
+            self.evict(&mut slots);
         }
-        slots
-            .entry(key)
-            .or_insert_with(|| Arc::new(Slot { login: tokio::sync::Mutex::new(()), current: Mutex::new(None) }))
-            .clone()
+        let slot = slots.entry(key).or_insert_with(Slot::new).clone();
+        slot.last_used.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        slot
     }
 
-    fn forget(&self, key: &[u8; 32]) {
+    /// Makes room in a full cache: expired caller tokens first, then the least recently used
+    /// sixteenth (never a slot a call is using, nor a role token).
+    fn evict(&self, slots: &mut HashMap<SlotKey, Arc<Slot>>) {
+        let now = Instant::now();
+        slots.retain(|k, s| {
+            matches!(k, SlotKey::Role(_))
+                || Arc::strong_count(s) > 1
+                || s.held().is_some_and(|h| h.use_until > now || h.keep_until.is_some_and(|k| k > now))
+        });
+        let mut idle: Vec<(u64, SlotKey)> = slots
+            .iter()
+            .filter(|(k, s)| matches!(k, SlotKey::Jwt(_)) && Arc::strong_count(s) == 1)
+            .filter(|(_, s)| s.held().is_none_or(|h| h.keep_until.is_none_or(|k| k <= now)))
+            .map(|(k, s)| (s.last_used.load(Ordering::Relaxed), k.clone()))
+            .collect();
+        let excess = slots.len().saturating_sub(self.capacity) + 1;
+        let n = excess.max(self.capacity / 16).min(idle.len());
+        if n > 0 {
+            idle.select_nth_unstable_by_key(n - 1, |(used, _)| *used);
+        }
+        for (_, k) in idle.into_iter().take(n) {
+            slots.remove(&k);
+        }
+    }
+
+    fn forget(&self, key: &SlotKey) {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
+/// Schedules a token that lives `ttl` from `now`: refresh at 60–67 % of it (jitter spreads the
+/// refreshes of many tokens), never hand it out in its last tenth.
+fn schedule(actor: Actor, period: Duration, renewable: bool, ttl: Duration, now: Instant) -> Held {
+    let ttl = ttl.min(MAX_HOLD);
+    let fraction = 0.60 + 0.07 * jitter();
+    let margin = (ttl / 10).max(Duration::from_millis(200)).min(ttl / 3);
+    Held {
+        actor,
+        period,
+        renewable,
+        refresh_at: now + ttl.mul_f64(fraction),
+        use_until: now + ttl.saturating_sub(margin),
+        keep_until: None,
+        hard_until: None,
+        alive_at: None,
+    }
+}
+
+impl Held {
+    /// Applies the credentials' own end to the schedule.
+    fn capped(mut self) -> Held {
+        if let Some(hard) = self.hard_until {
+            self.use_until = self.use_until.min(hard);
+            self.refresh_at = self.refresh_at.min(self.use_until);
+        }
+        self
+    }
+}
+
+/// A number in [0, 1) that differs between calls; enough to spread timers (not for security).
+fn jitter() -> f64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(0);
+    let mut x = NEXT.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed) ^ nanos;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn count(event: &str) {
+    crate::metrics::get().token_events.get_or_create(&crate::metrics::NameLabel { name: event.into() }).inc();
+}
+
+/// Reads a credential file (trimmed); its content never reaches a log or an error.
+async fn read_secret_file(path: &std::path::Path, role: &str, key: &str) -> Result<String, Error> {
+    match tokio::fs::read_to_string(path).await {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
+        Ok(_) => Err(Error::Unavailable(format!("roles.{role}.{key}: {} is empty", path.display()))),
+        Err(e) => Err(Error::Unavailable(format!("roles.{role}.{key}: cannot read {}: {e}", path.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor() -> Actor {
+        Actor {
+            caller: "jwt:i#a".into(),
+            kind: "jwt",
+            name: "i#a".into(),
+            role: "r".into(),
+            token: VaultToken::new("t"),
+            key: SlotKey::Role("r".into()),
+        }
+    }
+
+    #[test]
+    fn refresh_comes_at_two_thirds_with_jitter_and_before_the_end() {
+        let now = Instant::now();
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            let h = schedule(actor(), Duration::from_secs(30), true, Duration::from_secs(30), now);
+            let at = (h.refresh_at - now).as_secs_f64();
+            assert!((18.0..=20.1).contains(&at), "refresh at {at}");
+            assert_eq!(h.use_until - now, Duration::from_secs(27));
+            seen.push((at * 1000.0) as u64);
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        assert!(seen.len() > 50, "jitter spreads refreshes: {} distinct", seen.len());
+        // Short tokens still leave a usable window after the refresh point.
+        let h = schedule(actor(), Duration::from_secs(1), true, Duration::from_secs(1), now);
+        assert!(h.refresh_at < h.use_until);
+    }
+
+    #[test]
+    fn credentials_prefer_the_bearer_token() {
+        let mut md = MetadataMap::new();
+        assert!(matches!(Credentials::from_call(&md, None), Err(Error::Unauthenticated(m)) if m.contains("mTLS")));
+        md.insert("authorization", "Bearer a.b.c".parse().unwrap());
+        assert!(matches!(Credentials::from_call(&md, Some(b"x")), Ok(Credentials::Bearer(_))));
+        let empty = MetadataMap::new();
+        assert!(matches!(Credentials::from_call(&empty, Some(b"junk")), Err(Error::Unauthenticated(_))));
     }
 }

@@ -3,6 +3,7 @@
 
 use super::{validate, Gateway};
 use crate::audit::Target;
+use crate::rules::Resource;
 use crate::{
     error::{Error, Subject},
     leases::{Ownership, PARENT_SLACK},
@@ -53,6 +54,7 @@ impl DatabaseService for Database {
         let gw = &self.0;
         gw.handle("GetDbCreds", req, |r| Target::new(&r.role, 1), |actor, deadline, r| async move {
             validate::name("role", &r.role)?;
+            gw.allow(&actor, Resource::DbRole(&r.role))?;
             let mount = if r.mount.is_empty() {
                 gw.config.mounts.database.as_str()
             } else {

@@ -3,6 +3,7 @@
 
 use super::{validate, Gateway};
 use crate::audit::Target;
+use crate::rules::Resource;
 use crate::{
     batch::{self, Budget, LaneKey},
     error::{Error, Subject},
@@ -174,6 +175,7 @@ impl EncryptionService for Encryption {
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
                 validate::name("key", &r.key)?;
+                gw.allow(&actor, Resource::Key(&r.key))?;
                 let item = gw.encrypt_item(None, &r.plaintext, &r.context, &r.associated_data, r.key_version)?;
                 let (ciphertext, key_version) =
                     ciphertext_of(gw.transit_one(&actor, Op::Encrypt, &r.key, item, deadline).await?)?;
@@ -191,6 +193,7 @@ impl EncryptionService for Encryption {
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
                 validate::name("key", &r.key)?;
+                gw.allow(&actor, Resource::Key(&r.key))?;
                 let item = gw.decrypt_item(None, &r.ciphertext, &r.context, &r.associated_data)?;
                 let key_version = validate::ciphertext_version(&r.ciphertext).unwrap_or(0);
                 let plaintext = plaintext_of(gw.transit_one(&actor, Op::Decrypt, &r.key, item, deadline).await?)?;
@@ -208,6 +211,7 @@ impl EncryptionService for Encryption {
             |r| Target::new(&r.key, r.items.len()),
             |actor, deadline, r| async move {
                 validate::name("key", &r.key)?;
+                gw.allow(&actor, Resource::Key(&r.key))?;
                 gw.check_batch_len(r.items.len())?;
                 let items = r
                     .items
@@ -240,6 +244,7 @@ impl EncryptionService for Encryption {
             |r| Target::new(&r.key, r.items.len()),
             |actor, deadline, r| async move {
                 validate::name("key", &r.key)?;
+                gw.allow(&actor, Resource::Key(&r.key))?;
                 gw.check_batch_len(r.items.len())?;
                 let items = r
                     .items
@@ -270,6 +275,7 @@ impl EncryptionService for Encryption {
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
                 validate::name("key", &r.key)?;
+                gw.allow(&actor, Resource::Key(&r.key))?;
                 gw.decrypt_item(None, &r.ciphertext, &r.context, &[])?;
                 let mount = &gw.config.mounts.transit;
                 let out = gw
@@ -292,6 +298,7 @@ impl EncryptionService for Encryption {
             |actor, deadline, r| async move {
                 let key = &r.key;
                 validate::name("key", key)?;
+                gw.allow(&actor, Resource::Key(key))?;
                 let info = gw
                     .vault
                     .transit_rotate(&actor.token, &gw.config.mounts.transit, key, deadline)
@@ -313,6 +320,7 @@ impl EncryptionService for Encryption {
             |actor, deadline, r| async move {
                 let key = &r.key;
                 validate::name("key", key)?;
+                gw.allow(&actor, Resource::Key(key))?;
                 let info = gw
                     .vault
                     .transit_read_key(&actor.token, &gw.config.mounts.transit, key, deadline)
@@ -336,11 +344,12 @@ impl EncryptionService for Encryption {
     ) -> Result<Response<GenerateDataKeyResponse>, Status> {
         let gw = &self.0;
         gw.handle(
-            "GetKey",
+            "GenerateDataKey",
             req,
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
                 validate::name("key", &r.key)?;
+                gw.allow(&actor, Resource::Key(&r.key))?;
                 gw.check_payloads(&[("context", &r.context)])?;
                 let bits = match r.bits {
                     0 => 256,

@@ -2,6 +2,7 @@
 
 use super::{validate, Gateway};
 use crate::audit::Target;
+use crate::rules::Resource;
 use crate::{
     error::{Error, Subject},
     pb::vaultgate::v1::{secret_service_server::SecretService, *},
@@ -56,6 +57,7 @@ impl SecretService for Secrets {
             |r| Target::new(&r.path, 1),
             |actor, deadline, r| async move {
                 validate::secret_path("path", &r.path, false)?;
+                gw.allow(&actor, Resource::Secret(&r.path))?;
                 let mount = gw.kv_mount(&r.mount)?;
                 let secret =
                     gw.vault.kv_read(&actor.token, mount, &r.path, r.version, deadline).await.map_err(|e| {
@@ -84,6 +86,7 @@ impl SecretService for Secrets {
             |r| Target::new(&r.path, 1),
             |actor, deadline, r| async move {
                 validate::secret_path("path", &r.path, true)?;
+                gw.allow(&actor, Resource::Secret(&r.path))?;
                 let mount = gw.kv_mount(&r.mount)?;
                 let keys = gw
                     .vault

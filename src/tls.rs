@@ -1,0 +1,168 @@
+//! The TLS listener: accepts TCP connections, runs the rustls handshake (verifying client
+//! certificates against `tls.client_ca` when set) and hands finished TLS streams to tonic, which
+//! exposes the verified peer certificates to the handlers.
+//!
+//! Certificate, key and client CA files are re-read every `tls.reload_interval_ms`; when their
+//! content changed and still forms a valid configuration, new handshakes use it. Connections
+//! already established keep theirs (nothing is dropped). A bad new file is logged and ignored.
+
+use crate::config::TlsConfig;
+use sha2::{Digest, Sha256};
+use std::{
+    io,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{
+    rustls::{
+        self,
+        pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+        server::WebPkiClientVerifier,
+        RootCertStore, ServerConfig,
+    },
+    server::TlsStream,
+    TlsAcceptor,
+};
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Longest a client may take to finish the TLS handshake (slow or idle clients hold a task).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshakes that may run at once; past it, new connections wait in the kernel's backlog.
+const MAX_HANDSHAKES: usize = 1024;
+
+/// The files' content, so a reload happens only when something changed.
+fn fingerprint(files: &[Vec<u8>]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for f in files {
+        h.update((f.len() as u64).to_le_bytes());
+        h.update(f);
+    }
+    h.finalize().into()
+}
+
+fn read(config: &TlsConfig) -> Result<Vec<Vec<u8>>, String> {
+    let mut files = vec![
+        std::fs::read(&config.cert).map_err(|e| format!("tls.cert: cannot read {}: {e}", config.cert.display()))?,
+        std::fs::read(&config.key).map_err(|e| format!("tls.key: cannot read {}: {e}", config.key.display()))?,
+    ];
+    if let Some(ca) = &config.client_ca {
+        files.push(std::fs::read(ca).map_err(|e| format!("tls.client_ca: cannot read {}: {e}", ca.display()))?);
+    }
+    Ok(files)
+}
+
+/// Builds the rustls server configuration from the files' content (`[cert, key, client_ca?]`).
+fn build(config: &TlsConfig, files: &[Vec<u8>]) -> Result<Arc<ServerConfig>, String> {
+    let certs = CertificateDer::pem_slice_iter(&files[0])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("tls.cert: not a PEM certificate chain: {e}"))?;
+    if certs.is_empty() {
+        return Err("tls.cert: no certificate in the file".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(&files[1]).map_err(|e| format!("tls.key: not a PEM private key: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?;
+    let builder = match files.get(2) {
+        Some(ca_pem) => {
+            let mut roots = RootCertStore::empty();
+            for ca in CertificateDer::pem_slice_iter(ca_pem) {
+                let ca = ca.map_err(|e| format!("tls.client_ca: not a PEM certificate bundle: {e}"))?;
+                roots.add(ca).map_err(|e| format!("tls.client_ca: unusable CA certificate: {e}"))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if config.require_client_cert { verifier } else { verifier.allow_unauthenticated() };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| format!("tls.client_ca: {e}"))?)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut server = builder.with_single_cert(certs, key).map_err(|e| format!("tls.cert/tls.key: {e}"))?;
+    // gRPC runs on HTTP/2; clients such as grpc-go insist on negotiating it with ALPN.
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(server))
+}
+
+/// Checks the TLS files at start-up (a gateway must not start with a broken certificate).
+pub fn check(config: &TlsConfig) -> Result<(), String> {
+    build(config, &read(config)?).map(|_| ())
+}
+
+/// Accepts TLS connections on `listener` until the returned stream is dropped; reloads the files
+/// as they change. The stream's items are ready for `Server::serve_with_incoming`.
+pub fn incoming(
+    listener: TcpListener,
+    config: TlsConfig,
+) -> Result<ReceiverStream<io::Result<TlsStream<TcpStream>>>, String> {
+    let files = read(&config)?;
+    let current = Arc::new(RwLock::new((fingerprint(&files), build(&config, &files)?)));
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let reload = {
+        let current = current.clone();
+        let config = config.clone();
+        async move {
+            loop {
+                tokio::time::sleep(config.reload_interval).await;
+                let files = match read(&config) {
+                    Ok(files) => files,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS files unreadable; keeping the current certificate");
+                        continue;
+                    }
+                };
+                let print = fingerprint(&files);
+                if current.read().unwrap_or_else(|p| p.into_inner()).0 == print {
+                    continue;
+                }
+                match build(&config, &files) {
+                    Ok(server) => {
+                        *current.write().unwrap_or_else(|p| p.into_inner()) = (print, server);
+                        tracing::info!("TLS certificate files changed: new connections use them");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "new TLS files are not usable; keeping the current ones"),
+                }
+            }
+        }
+    };
+    tokio::spawn(async move {
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        let accept = async {
+            loop {
+                let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = TlsAcceptor::from(current.read().unwrap_or_else(|p| p.into_inner()).1.clone());
+                let sender = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            drop(permit);
+                            let _ = sender.send(Ok(stream)).await;
+                        }
+                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    }
+                });
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = accept => {}
+            () = reload => {}
+            () = tx.closed() => {}
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}
