@@ -2,6 +2,7 @@
 //! is installed) a throwaway PostgreSQL, sets them up for two demo callers, writes the files
 //! contract §4 lists, serves the gateway, and stops everything it started on SIGINT/SIGTERM.
 
+pub mod certs;
 pub mod issuer;
 pub mod process;
 pub mod provision;

@@ -237,12 +237,12 @@ impl Sessions {
         }
     }
 
-    /// Records that leases parented by `actor`'s token need it alive for `ttl` more: later
-    /// renewals never ask for less.
-    pub fn keep_alive(&self, actor: &Actor, ttl: Duration) {
+    /// Records that leases parented by `parent` (a token of `actor`'s holder) need it alive for
+    /// `ttl` more: later renewals of it never ask for less.
+    pub fn keep_alive(&self, actor: &Actor, parent: &VaultToken, ttl: Duration) {
         if let Some(slot) = self.slot_if_cached(&actor.key) {
             let mut guard = slot.current.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(held) = guard.as_mut().filter(|h| h.actor.token == actor.token) {
+            if let Some(held) = guard.as_mut().filter(|h| &h.actor.token == parent) {
                 let until = Instant::now() + ttl.min(crate::leases::MAX_TTL);
                 held.keep_until = Some(held.keep_until.map_or(until, |k| k.max(until)));
             }

@@ -43,4 +43,9 @@ impl Issuer {
         let claims = Claims { iss: ISSUER, sub: subject, aud: AUDIENCE, iat, nbf: iat.saturating_sub(60), exp };
         jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.key).map_err(|e| format!("signing: {e}"))
     }
+
+    /// A JWT with exactly these claims (e.g. a Kubernetes service-account token's), for tests and demos.
+    pub fn sign(&self, claims: &serde_json::Value) -> Result<String, String> {
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), claims, &self.key).map_err(|e| format!("signing: {e}"))
+    }
 }

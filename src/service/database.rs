@@ -25,8 +25,11 @@ fn duration(secs: u64) -> prost_types::Duration {
 impl Gateway {
     /// Renews the token that parents a lease so it outlives the lease; returns how long the lease
     /// can really live (Vault may cap the token below the lease).
-    async fn keep_parent(&self, parent: &VaultToken, lease_secs: u64, deadline: Option<Instant>) -> u64 {
-        match self.vault.renew_self(parent, lease_secs.saturating_add(PARENT_SLACK.as_secs()), deadline).await {
+    async fn keep_parent(&self, actor: &Actor, parent: &VaultToken, lease_secs: u64, deadline: Option<Instant>) -> u64 {
+        let want = lease_secs.saturating_add(PARENT_SLACK.as_secs());
+        // Recorded first: a renewal of the token racing with this one must not shorten it.
+        self.sessions.keep_alive(actor, parent, Duration::from_secs(want));
+        match self.vault.renew_self(parent, want, deadline).await {
             Ok(token_secs) => lease_secs.min(token_secs),
             Err(e) => {
                 tracing::warn!(error = ?e, "could not renew the token that parents a lease; the lease ends with it");
@@ -66,7 +69,7 @@ impl DatabaseService for Database {
                 .db_creds(&actor.token, mount, &r.role, deadline)
                 .await
                 .map_err(|e| Error::from_vault(e, Subject::DbRole(&r.role)))?;
-            let secs = gw.keep_parent(&actor.token, lease.lease_duration, deadline).await;
+            let secs = gw.keep_parent(&actor, &actor.token, lease.lease_duration, deadline).await;
             gw.leases.insert(&lease.lease_id, &actor.caller, actor.token.clone(), Duration::from_secs(secs));
             tracing::info!(caller = %actor.caller, role = %r.role, lease_id = %lease.lease_id, ttl = secs, "database credentials issued");
             Ok(GetDbCredsResponse {
@@ -99,7 +102,7 @@ impl DatabaseService for Database {
                     .lease_renew(&actor.token, &r.lease_id, increment, deadline)
                     .await
                     .map_err(|e| Error::from_vault(e, Subject::Lease(&r.lease_id)))?;
-                let secs = gw.keep_parent(&parent, secs, deadline).await;
+                let secs = gw.keep_parent(&actor, &parent, secs, deadline).await;
                 gw.leases.extend(&r.lease_id, Duration::from_secs(secs));
                 Ok(RenewLeaseResponse { lease_duration: Some(duration(secs)) })
             },

@@ -50,7 +50,14 @@ pub async fn lease_outlives_caller_token(env: &'static Env) {
     let got = c.get_db_creds(req(creds("qa"), short)).await.expect("creds").into_inner();
     env.remember(&got.password);
     assert_eq!(got.lease_duration.as_ref().map(|d| d.seconds), Some(60));
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // The caller keeps calling meanwhile, so its token is renewed on use: those renewals must not
+    // shorten the token below what the lease needs.
+    let mut enc = vaultgate::pb::vaultgate::v1::encryption_service_client::EncryptionServiceClient::new(env.channel());
+    for _ in 0..14 {
+        let call = EncryptRequest { key: "qa-aes".into(), plaintext: b"x".to_vec(), ..Default::default() };
+        enc.encrypt(req(call, short)).await.expect("the caller's other calls keep working");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     assert!(env.pg_login(&got.username, &got.password).await.is_ok(), "credentials died with the caller's 4 s token");
     let (status, lookup) = env.vault(Method::PUT, "sys/leases/lookup", Some(json!({"lease_id": got.lease_id}))).await;
     assert_eq!(status, 200, "{lookup}");

@@ -11,6 +11,7 @@ mod callers;
 mod database;
 mod encryption;
 mod health;
+mod identity;
 mod lifecycle;
 mod logs;
 mod secrets;
@@ -54,6 +55,12 @@ const TESTS: &[(&str, TestFn)] = tests![
     tools::grpcurl_lists_and_encrypts,
     tools::metrics_endpoint_serves_prometheus_text,
     tools::request_ids_are_returned,
+    identity::certificate_callers_map_to_their_roles,
+    identity::gateway_rules_refuse_before_vault,
+    identity::tokens_renew_and_relogin_under_trickle,
+    identity::revoked_tokens_are_replaced,
+    identity::certificate_files_reload_without_dropping_connections,
+    identity::kubernetes_callers_log_in,
 ];
 
 /// Upper bound of one test, so a hang fails instead of blocking CI.

@@ -73,6 +73,7 @@ impl Env {
         let client = stack.admin_client().expect("vault client");
         let admin = provision::Admin { vault: &client, root: VaultToken::new(stack.root_token.as_str()) };
         provision_qa(&admin, pg_port, &pg_password).await;
+        provision_kubernetes(&admin).await;
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the gateway");
         let addr = listener.local_addr().expect("gateway address");
@@ -267,6 +268,8 @@ async fn provision_qa(admin: &provision::Admin<'_>, pg_port: u16, pg_password: &
 
 /// A gateway of a test's own (exact counters, or a Vault of its own), stopped when dropped.
 pub struct TestGateway {
+    /// Its address.
+    pub addr: SocketAddr,
     /// Its shared state.
     pub gateway: Arc<Gateway>,
     /// A channel to it.
@@ -307,5 +310,80 @@ pub async fn serve_gateway(config_after_listen: &str) -> TestGateway {
         let _ = rx.await;
     }));
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy();
-    TestGateway { gateway, channel, stop: Mutex::new(Some(tx)), served: Some(served) }
+    TestGateway { addr, gateway, channel, stop: Mutex::new(Some(tx)), served: Some(served) }
+}
+
+/// Kubernetes auth at `kubernetes/`, checking service-account tokens with a TokenReview endpoint
+/// served here on loopback (no cluster needed), and a role `k8s-billing` for service account
+/// `api` in namespace `billing` with the `qa` policy.
+async fn provision_kubernetes(admin: &provision::Admin<'_>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the TokenReview endpoint");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(token_review(stream));
+        }
+    });
+    let any_ca = vaultgate::dev::certs::Ca::new("kubernetes test CA").expect("ca").cert_pem();
+    let steps = [
+        ("sys/auth/kubernetes", json!({"type": "kubernetes"})),
+        (
+            "auth/kubernetes/config",
+            json!({"kubernetes_host": format!("http://{addr}"), "token_reviewer_jwt": "reviewer",
+                   "disable_local_ca_jwt": true, "kubernetes_ca_cert": any_ca}),
+        ),
+        (
+            "auth/kubernetes/role/k8s-billing",
+            json!({"bound_service_account_names": ["api"], "bound_service_account_namespaces": ["billing"],
+                   "token_policies": ["qa"], "token_ttl": "1h"}),
+        ),
+    ];
+    for (path, body) in steps {
+        admin.post(path, body).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// A minimal TokenReview endpoint: authenticates any token, as the service account its claims name.
+async fn token_review(mut stream: tokio::net::TcpStream) {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let body = loop {
+        let Ok(n) = stream.read(&mut chunk).await else { return };
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                break buf[end + 4..end + 4 + len].to_vec();
+            }
+        }
+    };
+    let review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let claims: Value = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    let ns = claims["kubernetes.io/serviceaccount/namespace"].as_str().unwrap_or_default();
+    let sa = claims["kubernetes.io/serviceaccount/service-account.name"].as_str().unwrap_or_default();
+    let uid = claims["kubernetes.io/serviceaccount/service-account.uid"].as_str().unwrap_or_default();
+    let answer = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "status": {"authenticated": true, "user": {"username": format!("system:serviceaccount:{ns}:{sa}"), "uid": uid}}})
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
 }
