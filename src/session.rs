@@ -104,6 +104,9 @@ struct Held {
     hard_until: Option<Instant>,
     /// `lookup-self` showed it alive at this time (saves repeated checks after policy denials).
     alive_at: Option<Instant>,
+    /// The gateway created it by a login and revokes it at shutdown; a token read from a file is
+    /// the operator's (other replicas may share it) and is left alone.
+    owned: bool,
 }
 
 struct Slot {
@@ -282,8 +285,9 @@ impl Sessions {
         }
     }
 
-    /// At shutdown: revokes every held token except those in `keep` (they parent live database
-    /// leases), within a few seconds in all.
+    /// At shutdown: revokes every token the gateway logged in for, except those in `keep` (they
+    /// parent live database leases) and tokens read from files (the operator's), within a few
+    /// seconds in all.
     pub async fn revoke_all(&self, keep: &[VaultToken]) {
         let tokens: Vec<VaultToken> = {
             let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -291,7 +295,7 @@ impl Sessions {
             slots
                 .values()
                 .filter_map(|s| s.held())
-                .filter(|h| h.use_until > now)
+                .filter(|h| h.use_until > now && h.owned)
                 .map(|h| h.actor.token)
                 .filter(|t| !keep.contains(t))
                 .collect()
@@ -401,6 +405,9 @@ impl Sessions {
             ttl => Duration::from_secs(ttl),
         };
         let mut held = schedule(actor, period, login.renewable && login.ttl > 0, period, Instant::now());
+        held.owned =
+            !matches!(self.roles.get(&*who.role).and_then(|r| r.login.as_ref()), Some(RoleLogin::TokenFile(_)))
+                || jwt.is_some();
         // Never past the JWT's own expiry: after it, the caller must come back with a fresh one.
         held.hard_until =
             who.expires_unix.map(|exp| Instant::now() + Duration::from_secs(exp.saturating_sub(unix_now())));
@@ -425,6 +432,7 @@ impl Sessions {
         let mut renewed = schedule(held.actor.clone(), held.period, renewal.renewable && !capped, ttl, now);
         renewed.keep_until = held.keep_until;
         renewed.hard_until = held.hard_until;
+        renewed.owned = held.owned;
         let renewed = renewed.capped();
         if renewed.use_until <= now {
             return Err(VaultError::Decode("renewed token has no time left".into()));
@@ -541,6 +549,7 @@ fn schedule(actor: Actor, period: Duration, renewable: bool, ttl: Duration, now:
         keep_until: None,
         hard_until: None,
         alive_at: None,
+        owned: true,
     }
 }
 

@@ -466,3 +466,58 @@ pub async fn kubernetes_callers_log_in(env: &'static Env) {
     assert_eq!(again.expect_err("still refused").code(), Code::Unauthenticated);
     assert_eq!(gw2.gateway.sessions.logins(), logins, "negative cache: no second login attempt");
 }
+
+/// A role whose token an operator issues into a file: used as is, re-read when Vault says it is
+/// gone, and never revoked by the gateway (other replicas may share it); the gateway's own
+/// AppRole tokens are revoked at shutdown.
+pub async fn token_file_roles_and_revocation_at_shutdown(env: &'static Env) {
+    let pki = Pki::new(env, "pki-tokenfile");
+    let login = approle(env, "approle-sd", "cert-sd", &["qa"], "1h", "24h", &pki.dir).await;
+    let issue = || async {
+        let (status, body) =
+            env.vault(Method::POST, "auth/token/create", Some(json!({"policies": ["qa"], "ttl": "1h"}))).await;
+        assert_eq!(status, 200, "{body}");
+        let token = body["auth"]["client_token"].as_str().expect("token").to_string();
+        env.remember(&token);
+        token
+    };
+    let first = issue().await;
+    let file = pki.write("operator.token", &first);
+    let toml = format!(
+        "{}{}[shutdown]\ngrace_ms = 100\ndrain_timeout_ms = 2000\n\
+         [roles.file-role]\ntoken_file = {file:?}\n[roles.cert-sd]\n{login}\
+         [[cert_callers]]\nrole = \"file-role\"\ncn = \"filetoken\"\n[[cert_callers]]\nrole = \"cert-sd\"\ncn = \"owned\"\n",
+        vault_base(env),
+        pki.tls_toml()
+    );
+    let gw = serve_gateway(&toml).await;
+    let ca = pki.ca.cert_pem();
+    let by_file = pki.ca.client(&ClientNames { cn: Some("filetoken"), ..Default::default() }).expect("cert");
+    let by_approle = pki.ca.client(&ClientNames { cn: Some("owned"), ..Default::default() }).expect("cert");
+    let mut enc_file = EncryptionServiceClient::new(tls_channel(&gw, &ca, Some(&by_file)).await.expect("mTLS"));
+    let mut enc_own = EncryptionServiceClient::new(tls_channel(&gw, &ca, Some(&by_approle)).await.expect("mTLS"));
+    enc_file.encrypt(Request::new(encrypt("qa-aes"))).await.expect("token-file role");
+    enc_own.encrypt(Request::new(encrypt("qa-aes"))).await.expect("AppRole role");
+
+    // The operator's token is revoked and a new one written: the next call re-reads the file.
+    let (status, body) = env.vault(Method::POST, "auth/token/revoke", Some(json!({"token": first}))).await;
+    assert!(status == 204 || status == 200, "{status} {body}");
+    let second = issue().await;
+    pki.write("operator.token", &second);
+    enc_file.encrypt(Request::new(encrypt("qa-aes"))).await.expect("after the operator replaced the token");
+
+    let list = |prefix: &'static str| async move {
+        env.vault(Method::from_bytes(b"LIST").expect("method"), &format!("sys/leases/lookup/{prefix}"), None).await
+    };
+    let (_, before) = list("auth/approle-sd/login/").await;
+    assert_eq!(before["data"]["keys"].as_array().map(Vec::len), Some(1), "one AppRole token: {before}");
+    gw.shutdown();
+    assert!(gw.stopped().await, "the gateway stops");
+    let (status, after) = list("auth/approle-sd/login/").await;
+    assert!(
+        status == 404 || after["data"]["keys"].as_array().is_some_and(Vec::is_empty),
+        "revoked at shutdown: {after}"
+    );
+    let (status, body) = env.vault(Method::POST, "auth/token/lookup", Some(json!({"token": second}))).await;
+    assert_eq!(status, 200, "the operator's token is left alone: {body}");
+}

@@ -61,6 +61,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     identity::revoked_tokens_are_replaced,
     identity::certificate_files_reload_without_dropping_connections,
     identity::kubernetes_callers_log_in,
+    identity::token_file_roles_and_revocation_at_shutdown,
 ];
 
 /// Upper bound of one test, so a hang fails instead of blocking CI.
