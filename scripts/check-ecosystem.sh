@@ -12,7 +12,7 @@
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+cd "$ROOT" || exit 1
 export PATH="$ROOT/.tools/bin:$PATH"
 export VAULTGATE_BAO="$ROOT/.tools/bin/bao"
 BIN="${VAULTGATE_BIN:-$ROOT/target/debug/vaultgate}"
@@ -75,35 +75,44 @@ done
 # ---------------------------------------------------------------------------------------------
 # vaultgate dev on a free port; its stdout goes through a FIFO so `ready` is seen at once.
 # ---------------------------------------------------------------------------------------------
-PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-mkfifo "$TMP/dev.fifo"
-mkdir -p "$DEV_DIR"
-t="$(now)"
-"$BIN" dev --dir "$DEV_DIR" --listen "127.0.0.1:$PORT" >"$TMP/dev.fifo" 2>"$TMP/dev.err" &
-DEV_PID=$!
-exec 3<"$TMP/dev.fifo"
-ADDR="" deadline=$((SECONDS + READY_TIMEOUT)) why=""
-while [[ -z "$ADDR" ]]; do
-    left=$((deadline - SECONDS))
-    if ((left <= 0)); then why="no ready line within ${READY_TIMEOUT}s"; break; fi
-    if IFS= read -r -t "$left" line <&3; then
-        printf '%s\n' "$line" >>"$TMP/dev.out"
-        if [[ "$line" =~ ^ready\ ([0-9.]+:[0-9]+)$ ]]; then ADDR="${BASH_REMATCH[1]}"; fi
-    elif (($? > 128)); then
-        why="no ready line within ${READY_TIMEOUT}s"; break
+# start_dev NAME [ARGS...]: starts `vaultgate dev ARGS` in DEV_DIR; sets ADDR (empty on failure).
+start_dev() {
+    local name="$1" port t line left why=""
+    shift
+    port="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    rm -f "$TMP/dev.fifo"
+    mkfifo "$TMP/dev.fifo"
+    mkdir -p "$DEV_DIR"
+    t="$(now)"
+    "$BIN" dev --dir "$DEV_DIR" --listen "127.0.0.1:$port" "$@" >"$TMP/dev.fifo" 2>"$TMP/dev.err" &
+    DEV_PID=$!
+    exec 3<"$TMP/dev.fifo"
+    ADDR=""
+    local deadline=$((SECONDS + READY_TIMEOUT))
+    while [[ -z "$ADDR" ]]; do
+        left=$((deadline - SECONDS))
+        if ((left <= 0)); then why="no ready line within ${READY_TIMEOUT}s"; break; fi
+        if IFS= read -r -t "$left" line <&3; then
+            printf '%s\n' "$line" >>"$TMP/dev.out"
+            if [[ "$line" =~ ^ready\ ([0-9.]+:[0-9]+)$ ]]; then ADDR="${BASH_REMATCH[1]}"; fi
+        elif (($? > 128)); then
+            why="no ready line within ${READY_TIMEOUT}s"; break
+        else
+            why="exited before ready"; break
+        fi
+    done
+    # Keep draining stdout so the gateway never blocks on a full pipe.
+    cat <&3 >>"$TMP/dev.out" &
+    DRAIN_PID=$!
+    exec 3<&-
+    if [[ -n "$ADDR" ]]; then
+        pass "$name" "$(since "$t") $ADDR"
     else
-        why="exited before ready"; break
+        fail "$name" "$why" "$TMP/dev.err"
     fi
-done
-# Keep draining stdout so the gateway never blocks on a full pipe.
-cat <&3 >>"$TMP/dev.out" &
-DRAIN_PID=$!
-exec 3<&-
-if [[ -n "$ADDR" ]]; then
-    pass "dev ready" "$(since "$t") $ADDR"
-else
-    fail "dev ready" "$why" "$TMP/dev.err"
-fi
+}
+
+start_dev "dev ready"
 
 # ---------------------------------------------------------------------------------------------
 # Clients and grpcurl against it
@@ -139,27 +148,74 @@ run "buf breaking v0.1.0" buf breaking proto --against proto-released/v0.1.0
 # ---------------------------------------------------------------------------------------------
 # Stop dev mode: SIGTERM, it exits 0 and leaves neither OpenBao nor PostgreSQL running.
 # ---------------------------------------------------------------------------------------------
-t="$(now)"
-if kill -0 "$DEV_PID" 2>/dev/null; then
-    kill -TERM "$DEV_PID"
-    if timeout "$STOP_TIMEOUT" tail --pid="$DEV_PID" -f /dev/null; then
-        wait "$DEV_PID"
-        rc=$?
-        if [[ $rc -eq 0 ]]; then pass "dev stop (SIGTERM)" "$(since "$t")"; else fail "dev stop (SIGTERM)" "exit status $rc" "$TMP/dev.err"; fi
+# stop_dev SUFFIX: SIGTERM; dev mode must exit 0 and leave neither OpenBao nor PostgreSQL running.
+stop_dev() {
+    local suffix="$1" t rc pids
+    t="$(now)"
+    if kill -0 "$DEV_PID" 2>/dev/null; then
+        kill -TERM "$DEV_PID"
+        if timeout "$STOP_TIMEOUT" tail --pid="$DEV_PID" -f /dev/null; then
+            wait "$DEV_PID"
+            rc=$?
+            if [[ $rc -eq 0 ]]; then pass "dev stop (SIGTERM)$suffix" "$(since "$t")"; else fail "dev stop (SIGTERM)$suffix" "exit status $rc" "$TMP/dev.err"; fi
+        else
+            fail "dev stop (SIGTERM)$suffix" "still running ${STOP_TIMEOUT}s after SIGTERM" "$TMP/dev.err"
+        fi
     else
-        fail "dev stop (SIGTERM)" "still running ${STOP_TIMEOUT}s after SIGTERM" "$TMP/dev.err"
+        wait "$DEV_PID"
+        fail "dev stop (SIGTERM)$suffix" "had already exited (status $?)" "$TMP/dev.err"
     fi
+    DEV_PID=""
+    [[ -n "$DRAIN_PID" ]] && kill "$DRAIN_PID" 2>/dev/null
+    DRAIN_PID=""
+    pids="$(leftovers)"
+    if [[ -z "$pids" ]]; then
+        pass "no bao/postgres left$suffix" ""
+    else
+        fail "no bao/postgres left$suffix" "still running: $(ps -o pid=,args= -p "${pids//$'\n'/,}" | cut -c1-100 | tr '\n' ';')"
+    fi
+}
+stop_dev ""
+
+# ---------------------------------------------------------------------------------------------
+# mTLS: `vaultgate dev --mtls` and the README's "Try mTLS in dev mode" commands, run verbatim
+# (address replaced) from a scratch directory whose .dev is the dev directory.
+# ---------------------------------------------------------------------------------------------
+readme_mtls_commands() {
+    awk '/^### Try mTLS in dev mode/ { on = 1 } on && /^```sh$/ { inblock = 1; next } inblock && /^```$/ { exit }
+         inblock { print }' "$ROOT/README.md" | sed -e ':a' -e '/\\$/N; s/\\\n//; ta' | grep -v '^#' | grep -v '^$'
+}
+
+mtls_commands() {
+    local scratch="$TMP/mtls-scratch" n=0 out cmd
+    mkdir -p "$scratch"
+    ln -sfn "$DEV_DIR" "$scratch/.dev"
+    local -a want=('"keyVersion": 1' '"identityKind": "uri"' '"keyVersion": 1')
+    local -a also=('"ciphertext": "vault:v1:' '"identity": "spiffe://vaultgate.dev/ns/billing/sa/api"' '"ciphertext": "vault:v1:')
+    while IFS= read -r cmd; do
+        cmd="${cmd//localhost:50051/localhost:${ADDR##*:}}"
+        out="$(cd "$scratch" && bash -c "$cmd" 2>&1)" || { echo "command failed: $cmd"; echo "$out"; return 1; }
+        if [[ "$out" != *"${want[$n]}"* || "$out" != *"${also[$n]}"* ]]; then
+            echo "unexpected output of: $cmd"; echo "$out"; return 1
+        fi
+        n=$((n + 1))
+    done < <(readme_mtls_commands)
+    [[ $n -eq 3 ]] || { echo "expected 3 commands in the README's mTLS block, found $n"; return 1; }
+    # The certificate caller is limited to its own key by the gateway's rule for its role.
+    out="$(cd "$scratch" && grpcurl -cacert .dev/tls/ca.pem -cert .dev/callers/billing-cert.pem \
+        -key .dev/callers/billing-cert-key.pem -d '{"key":"reports","plaintext":"aGVsbG8="}' \
+        "localhost:${ADDR##*:}" vaultgate.v1.EncryptionService/Encrypt 2>&1)"
+    [[ "$out" == *"PermissionDenied"* && "$out" == *"roles.billing-cert.transit_keys"* ]] || { echo "$out"; return 1; }
+}
+
+DEV_DIR="$TMP/dev-mtls"
+start_dev "dev --mtls ready" --mtls
+if [[ -n "$ADDR" ]]; then
+    run "grpcurl mTLS (README)" mtls_commands
 else
-    wait "$DEV_PID"
-    fail "dev stop (SIGTERM)" "had already exited (status $?)" "$TMP/dev.err"
+    fail "grpcurl mTLS (README)" "skipped: dev mode not ready"
 fi
-DEV_PID=""
-pids="$(leftovers)"
-if [[ -z "$pids" ]]; then
-    pass "no bao/postgres left" ""
-else
-    fail "no bao/postgres left" "still running: $(ps -o pid=,args= -p "${pids//$'\n'/,}" | cut -c1-100 | tr '\n' ';')"
-fi
+stop_dev " --mtls"
 
 echo "ecosystem: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]

@@ -15,6 +15,9 @@ use std::{
     sync::Arc,
 };
 
+/// The SPIFFE ID of dev mode's demo certificate caller (`--mtls`).
+pub const DEMO_SPIFFE_ID: &str = "spiffe://vaultgate.dev/ns/billing/sa/api";
+
 /// How long the demo callers' JWTs are valid.
 pub const DEMO_JWT_TTL_SECS: i64 = 7 * 24 * 3600;
 
@@ -106,6 +109,40 @@ impl Stack {
         Ok(())
     }
 
+    /// Sets up the demo certificate caller and returns the config lines that turn the listener into
+    /// TLS with optional client certificates: a CA, a server certificate for `localhost` and
+    /// `127.0.0.1` (`DIR/tls/`), the client certificate `DIR/callers/billing-cert.pem` (+ `-key.pem`)
+    /// with SPIFFE ID [`DEMO_SPIFFE_ID`], and an AppRole role `billing-cert` with the `billing`
+    /// policy whose role_id/secret_id files the gateway reads (`DIR/approle/`).
+    pub async fn enable_mtls(&self, dir: &Path) -> Result<String, String> {
+        let w = |p: PathBuf, text: &str| std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()));
+        for sub in ["tls", "approle", "callers"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{}: {e}", dir.join(sub).display()))?;
+        }
+        let ca = certs::Ca::new("vaultgate dev CA")?;
+        let server = ca.server()?;
+        let client = ca.client(&certs::ClientNames { uri: Some(DEMO_SPIFFE_ID), ..Default::default() })?;
+        w(dir.join("tls/ca.pem"), &ca.cert_pem())?;
+        w(dir.join("tls/server.pem"), &server.cert_pem)?;
+        w(dir.join("tls/server-key.pem"), &server.key_pem)?;
+        w(dir.join("callers/billing-cert.pem"), &client.cert_pem)?;
+        w(dir.join("callers/billing-cert-key.pem"), &client.key_pem)?;
+        let client = self.admin_client()?;
+        let admin = provision::Admin { vault: &client, root: vault::VaultToken::new(self.root_token.as_str()) };
+        let (role_id, secret_id) = provision::approle(&admin, "billing-cert", "billing").await?;
+        w(dir.join("approle/billing-cert.role-id"), &role_id)?;
+        w(dir.join("approle/billing-cert.secret-id"), &secret_id)?;
+        let file = |p: &str| format!("{:?}", dir.join(p).to_string_lossy());
+        Ok(format!(
+            "[tls]\ncert = {}\nkey = {}\nclient_ca = {}\n\n[roles.billing-cert]\nrole_id_file = {}\nsecret_id_file = {}\ntransit_keys = [\"billing\"]\nkv_prefixes = [\"billing/\"]\ndb_roles = [\"billing\"]\n\n[[cert_callers]]\nrole = \"billing-cert\"\nuri = \"{DEMO_SPIFFE_ID}\"\n",
+            file("tls/server.pem"),
+            file("tls/server-key.pem"),
+            file("tls/ca.pem"),
+            file("approle/billing-cert.role-id"),
+            file("approle/billing-cert.secret-id"),
+        ))
+    }
+
     /// Stops PostgreSQL and OpenBao.
     pub async fn stop(self) {
         if let Some(pg) = self.postgres {
@@ -116,8 +153,9 @@ impl Stack {
 }
 
 /// Runs dev mode until SIGINT/SIGTERM. With `dir` unset, a temporary directory is used and removed
-/// at exit; a directory the user named is kept.
-pub async fn run(dir: Option<PathBuf>, listen: SocketAddr) -> Result<(), String> {
+/// at exit; a directory the user named is kept. `mtls`: the listener serves TLS with optional
+/// client certificates, and a demo certificate caller is set up (see [`Stack::enable_mtls`]).
+pub async fn run(dir: Option<PathBuf>, listen: SocketAddr, mtls: bool) -> Result<(), String> {
     let (dir, temporary) = match dir {
         Some(d) => (d, false),
         None => (std::env::temp_dir().join(format!("vaultgate-dev-{}", std::process::id())), true),
@@ -125,7 +163,17 @@ pub async fn run(dir: Option<PathBuf>, listen: SocketAddr) -> Result<(), String>
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let dir = std::fs::canonicalize(&dir).map_err(|e| e.to_string())?;
     let stack = Stack::start(&dir).await?;
-    let result = serve(&stack, &dir, listen).await;
+    let tls = match mtls {
+        true => match stack.enable_mtls(&dir).await {
+            Ok(toml) => Some(toml),
+            Err(e) => {
+                stack.stop().await;
+                return Err(e);
+            }
+        },
+        false => None,
+    };
+    let result = serve(&stack, &dir, listen, tls.as_deref()).await;
     stack.stop().await;
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
@@ -133,12 +181,17 @@ pub async fn run(dir: Option<PathBuf>, listen: SocketAddr) -> Result<(), String>
     result
 }
 
-async fn serve(stack: &Stack, dir: &Path, listen: SocketAddr) -> Result<(), String> {
+async fn serve(stack: &Stack, dir: &Path, listen: SocketAddr, tls: Option<&str>) -> Result<(), String> {
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     stack.write_files(dir, addr)?;
-    let config = Arc::new(Config::parse(&stack.config_toml(addr))?);
+    let mut toml = stack.config_toml(addr);
+    if let Some(tls) = tls {
+        toml.push_str(tls);
+        std::fs::write(dir.join("vaultgate.toml"), &toml).map_err(|e| format!("vaultgate.toml: {e}"))?;
+    }
+    let config = Arc::new(Config::parse(&toml)?);
     println!("vaultgate dev: files in {}", dir.display());
     println!("ready {addr}");
     crate::server::run(listener, config, shutdown_signal()).await

@@ -6,11 +6,14 @@ use vaultgate::{config::Config, dev, server};
 
 const USAGE: &str = "usage:
   vaultgate serve --config FILE
-  vaultgate dev [--dir DIR] [--listen 127.0.0.1:50051]";
+  vaultgate dev [--dir DIR] [--listen 127.0.0.1:50051] [--mtls]
+
+  --mtls  serve TLS on the dev listener, with optional client certificates: the demo JWT
+          callers still work, and DIR/callers/billing-cert.pem is a demo certificate caller";
 
 enum Command {
     Serve { config: PathBuf },
-    Dev { dir: Option<PathBuf>, listen: SocketAddr },
+    Dev { dir: Option<PathBuf>, listen: SocketAddr, mtls: bool },
 }
 
 fn parse(args: &[String]) -> Result<Command, String> {
@@ -18,14 +21,17 @@ fn parse(args: &[String]) -> Result<Command, String> {
     let sub = it.next().ok_or("missing command")?;
     let mut flags = std::collections::HashMap::new();
     while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        if flags.insert(flag.as_str(), value.clone()).is_some() {
+        let value = match flag.as_str() {
+            "--mtls" => "true".to_string(),
+            _ => it.next().ok_or_else(|| format!("{flag} needs a value"))?.clone(),
+        };
+        if flags.insert(flag.as_str(), value).is_some() {
             return Err(format!("{flag} given twice"));
         }
     }
     let allowed: &[&str] = match sub.as_str() {
         "serve" => &["--config"],
-        "dev" => &["--dir", "--listen"],
+        "dev" => &["--dir", "--listen", "--mtls"],
         other => return Err(format!("unknown command {other:?}")),
     };
     if let Some(bad) = flags.keys().find(|k| !allowed.contains(k)) {
@@ -40,6 +46,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
                 .unwrap_or_else(|| "127.0.0.1:50051".into())
                 .parse()
                 .map_err(|e| format!("--listen: {e}"))?,
+            mtls: flags.remove("--mtls").is_some(),
         }),
     }
 }
@@ -76,9 +83,9 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
-        Command::Dev { dir, listen } => {
+        Command::Dev { dir, listen, mtls } => {
             init_tracing("human", "info");
-            dev::run(dir, listen).await
+            dev::run(dir, listen, mtls).await
         }
     };
     match result {

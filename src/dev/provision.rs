@@ -45,6 +45,16 @@ impl Admin<'_> {
             .map_err(|e| format!("reading Vault ({path}): {e:?}"))?;
         Ok(env.data.unwrap_or(Value::Null))
     }
+
+    /// `POST /v1/<path>` with a JSON body, returning the answer's `data`.
+    pub async fn post_json(&self, path: &str, body: Value) -> Result<Value, String> {
+        let env = self
+            .vault
+            .call::<Value, Value>(Call::new(Method::POST, &[path]), Some(&self.root), Some(&body), None)
+            .await
+            .map_err(|e| format!("setting up Vault ({path}): {e:?}"))?;
+        Ok(env.data.unwrap_or(Value::Null))
+    }
 }
 
 /// The ACL policy of one demo caller: its own key, its own KV folder, its own database role.
@@ -115,6 +125,23 @@ pub async fn provision(admin: &Admin<'_>, issuer_public_pem: &str, pg: Option<&P
         admin.post(&format!("auth/jwt/role/{name}"), jwt_role(name, "1h", "24h")).await?;
     }
     Ok(())
+}
+
+/// Enables AppRole auth (at `approle/`) and a role `name` with `policy`; returns its role_id and a
+/// fresh secret_id, for the gateway's own login on behalf of certificate callers.
+pub async fn approle(admin: &Admin<'_>, name: &str, policy: &str) -> Result<(String, String), String> {
+    admin.post("sys/auth/approle", json!({"type": "approle"})).await?;
+    admin
+        .post(
+            &format!("auth/approle/role/{name}"),
+            json!({"token_policies": [policy], "token_ttl": "1h", "token_max_ttl": "24h", "secret_id_ttl": "0"}),
+        )
+        .await?;
+    let id = admin.get(&format!("auth/approle/role/{name}/role-id")).await?;
+    let role_id = id["role_id"].as_str().ok_or("approle: no role_id in the answer")?.to_string();
+    let secret = admin.post_json(&format!("auth/approle/role/{name}/secret-id"), json!({})).await?;
+    let secret_id = secret["secret_id"].as_str().ok_or("approle: no secret_id in the answer")?.to_string();
+    Ok((role_id, secret_id))
 }
 
 /// A JWT auth role that admits only JWTs of the demo issuer for `subject`, with its own policy.
