@@ -43,9 +43,24 @@ pub struct Config {
     pub cert_callers: Vec<CertRule>,
     /// Per-role settings: the gateway's own login for certificate callers and gateway-side rules.
     pub roles: std::collections::HashMap<String, RoleConfig>,
+    /// Replica-independent lease ownership; `None`: ownership records are per replica.
+    pub leases: Option<LeaseConfig>,
     /// How long a refused login is remembered, so a caller with bad credentials cannot make the
     /// gateway hammer Vault with logins.
     pub login_failure_cache: Duration,
+}
+
+/// Lease ownership that every replica can verify: GetDbCreds returns a `lease_token` signed with a
+/// Transit HMAC key by the gateway's own token of `role`; RenewLease/RevokeLease verify it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// Transit key (in `mounts.transit`) that signs ownership tags; the gateway's role needs
+    /// `update` on its `hmac/` and `verify/` paths.
+    pub owner_key: String,
+    /// A `[roles]` entry with a login: the gateway's own identity for signing and verifying tags
+    /// and for `auth/token/renew-accessor` (keeping a lease's parent token alive from any replica).
+    pub role: String,
 }
 
 /// The TLS listener: certificate and key files (re-read when they change), optional client CA.
@@ -333,6 +348,8 @@ struct RawConfig {
     roles: std::collections::HashMap<String, RawRole>,
     #[serde(default = "default_login_failure_ms")]
     login_failure_cache_ms: u64,
+    #[serde(default)]
+    leases: Option<LeaseConfig>,
 }
 
 fn default_login_failure_ms() -> u64 {
@@ -478,6 +495,16 @@ impl Config {
             }
             None => None,
         };
+        if let Some(l) = &raw.leases {
+            crate::service::validate::name("owner_key", &l.owner_key)
+                .map_err(|_| format!("leases.owner_key: {:?} is not a valid Transit key name", l.owner_key))?;
+            if roles.get(&l.role).is_none_or(|r| r.login.is_none()) {
+                return Err(format!(
+                    "leases.role: {:?} needs a [roles.{}] table with the gateway's login (role_id_file + secret_id_file, or token_file)",
+                    l.role, l.role
+                ));
+            }
+        }
         if !cert_callers.is_empty() && tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
             return Err("cert_callers: certificate callers need [tls] with client_ca".into());
         }
@@ -528,6 +555,7 @@ impl Config {
             cert_callers,
             roles,
             login_failure_cache: Duration::from_millis(raw.login_failure_cache_ms),
+            leases: raw.leases,
             token_cache_size: raw.token_cache_size.max(1),
             batch,
             limits,
@@ -689,6 +717,8 @@ mod tests {
             ),
             (&format!("{MINIMAL}[tls]\ncert = \"c\"\nkey = \"k\"\nrequire_client_cert = true\n"), "tls.require_client_cert"),
             (&format!("{MINIMAL}[roles.r]\ntransit_keys = [\"\"]\n"), "roles.r.transit_keys"),
+            (&format!("{MINIMAL}[leases]\nowner_key = \"k\"\nrole = \"gw\"\n"), "leases.role"),
+            (&format!("{MINIMAL}[roles.gw]\ntoken_file = \"t\"\n[leases]\nowner_key = \"\"\nrole = \"gw\"\n"), "leases.owner_key"),
             (&format!("{MINIMAL}[limits]\nmax_item_bytes = 4611686018427387904\n"), "limits.max_item_bytes"),
             (
                 &format!("{MINIMAL}[rate_limits]\nbilling = {{ per_second = 0.0, burst = 5.0 }}\n"),

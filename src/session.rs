@@ -45,6 +45,8 @@ pub struct Actor {
     pub role: Arc<str>,
     /// The Vault token of that role acting for this caller.
     pub token: VaultToken,
+    /// That token's accessor (not secret: it names the token, e.g. in lease-ownership tags).
+    pub accessor: Arc<str>,
     key: SlotKey,
 }
 
@@ -209,6 +211,20 @@ impl Sessions {
             Credentials::Cert(names) => (self.cert_caller(names)?, None),
         };
         self.acquire(&who, jwt, deadline).await
+    }
+
+    /// The gateway's own token of `role` (a `[roles]` entry with a login), for work done on no
+    /// caller's behalf, such as signing lease-ownership tags.
+    pub async fn service_actor(&self, role: &str, deadline: Option<Instant>) -> Result<Actor, Error> {
+        let who = Who {
+            key: SlotKey::Role(role.into()),
+            caller: format!("gateway:{role}").into(),
+            kind: "gateway",
+            name: role.into(),
+            role: role.into(),
+            expires_unix: None,
+        };
+        self.acquire(&who, None, deadline).await
     }
 
     /// True when `actor`'s token is gone (expired or revoked behind the gateway's back): then it is
@@ -398,6 +414,7 @@ impl Sessions {
             name: who.name.clone(),
             role: who.role.clone(),
             token: login.token.clone(),
+            accessor: login.accessor.as_str().into(),
             key: who.key.clone(),
         };
         let period = match login.ttl {
@@ -464,7 +481,13 @@ impl Sessions {
             RoleLogin::TokenFile(path) => {
                 let token = VaultToken::new(read_secret_file(path, role, "token_file").await?);
                 let info = self.vault.lookup_self(&token, deadline).await.map_err(refused)?;
-                Ok(Login { token, policies: info.policies, ttl: info.ttl, renewable: info.renewable })
+                Ok(Login {
+                    token,
+                    accessor: info.accessor,
+                    policies: info.policies,
+                    ttl: info.ttl,
+                    renewable: info.renewable,
+                })
             }
         }
     }
@@ -603,6 +626,7 @@ mod tests {
             name: "i#a".into(),
             role: "r".into(),
             token: VaultToken::new("t"),
+            accessor: "a".into(),
             key: SlotKey::Role("r".into()),
         }
     }

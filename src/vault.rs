@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod database;
+pub mod hmac;
 pub mod kv;
 pub mod sys;
 pub mod transit;

@@ -38,17 +38,121 @@ impl Gateway {
         }
     }
 
-    fn owned_parent(&self, actor: &Actor, lease_id: &str) -> Result<VaultToken, Error> {
+    /// Proves `actor` owns `lease_id`: by this replica's record, or else by the `lease_token` it
+    /// sent (a tag any replica verifies with Transit). Refuses other callers and forged tags.
+    async fn ownership(
+        &self,
+        actor: &Actor,
+        lease_id: &str,
+        lease_token: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Proof, Error> {
         match self.leases.check(lease_id, &actor.caller) {
-            Ownership::Owner(parent) => Ok(parent),
-            Ownership::Other => Err(Error::PermissionDenied(format!(
-                "lease {lease_id:?} was obtained by another caller; only its owner may use it"
-            ))),
-            Ownership::Unknown => Err(Error::NotFound(format!(
-                "lease {lease_id:?} does not exist: it expired, was revoked, or was not obtained through this gateway"
-            ))),
+            Ownership::Owner(parent) => return Ok(Proof::Local(parent)),
+            Ownership::Other => {
+                return Err(Error::PermissionDenied(format!(
+                    "lease {lease_id:?} was obtained by another caller; only its owner may use it"
+                )))
+            }
+            Ownership::Unknown => {}
+        }
+        let Some(config) = self.config.leases.as_ref().filter(|_| !lease_token.is_empty()) else {
+            return Err(Error::NotFound(format!(
+                "lease {lease_id:?} is unknown to this gateway replica: it expired, was revoked, or was obtained elsewhere \
+                 (send the lease_token GetDbCreds returned so any replica can verify ownership)"
+            )));
+        };
+        let forged = || {
+            Error::PermissionDenied(format!(
+                "lease_token does not prove that this caller owns lease {lease_id:?}; only its owner may use it"
+            ))
+        };
+        let tag = OwnerTag::parse(lease_token).ok_or_else(forged)?;
+        let gateway = self.sessions.service_actor(&config.role, deadline).await?;
+        let input = tag_input(lease_id, &actor.caller, &tag.accessor);
+        let valid = self
+            .vault
+            .transit_verify_hmac(
+                &gateway.token,
+                &self.config.mounts.transit,
+                &config.owner_key,
+                &input,
+                &tag.hmac,
+                deadline,
+            )
+            .await
+            .map_err(|e| Error::from_vault(e, Subject::Key(&config.owner_key)))?;
+        if valid {
+            Ok(Proof::Tag { accessor: tag.accessor, gateway: gateway.token })
+        } else {
+            Err(forged())
         }
     }
+
+    /// Signs the ownership tag of a new lease; empty when not configured. A failure is logged and
+    /// gives an empty tag (the credentials are never lost over it; this replica still knows).
+    async fn sign_lease(&self, actor: &Actor, lease_id: &str, deadline: Option<Instant>) -> String {
+        let Some(config) = &self.config.leases else { return String::new() };
+        let signed = async {
+            let gateway = self.sessions.service_actor(&config.role, deadline).await?;
+            let input = tag_input(lease_id, &actor.caller, &actor.accessor);
+            self.vault
+                .transit_hmac(&gateway.token, &self.config.mounts.transit, &config.owner_key, &input, deadline)
+                .await
+                .map_err(|e| Error::from_vault(e, Subject::Key(&config.owner_key)))
+        };
+        match signed.await {
+            Ok(hmac) => OwnerTag { accessor: actor.accessor.to_string(), hmac }.encode(),
+            Err(e) => {
+                tracing::warn!(error = ?e, lease_id, "could not sign the lease's ownership tag; only this replica can verify its owner");
+                String::new()
+            }
+        }
+    }
+}
+
+/// How a caller proved it owns a lease.
+enum Proof {
+    /// This replica issued the lease; here is the token that parents it.
+    Local(VaultToken),
+    /// A verified tag; the parent token is known by its accessor, renewed with the gateway's token.
+    Tag { accessor: String, gateway: VaultToken },
+}
+
+/// The content of a `lease_token`: the parent token's accessor and the Transit HMAC binding lease,
+/// owner and accessor together.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OwnerTag {
+    #[serde(rename = "a")]
+    accessor: String,
+    #[serde(rename = "h")]
+    hmac: String,
+}
+
+/// Longest `lease_token` accepted (real ones are ~150 bytes).
+const MAX_LEASE_TOKEN: usize = 2048;
+
+impl OwnerTag {
+    fn encode(&self) -> String {
+        use base64::Engine;
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        format!("vg1.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json))
+    }
+
+    fn parse(token: &str) -> Option<OwnerTag> {
+        use base64::Engine;
+        if token.len() > MAX_LEASE_TOKEN {
+            return None;
+        }
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.strip_prefix("vg1.")?).ok()?;
+        let tag: OwnerTag = serde_json::from_slice(&json).ok()?;
+        (!tag.accessor.is_empty() && tag.hmac.starts_with("vault:")).then_some(tag)
+    }
+}
+
+/// What the HMAC covers: the lease, its owner and the accessor of its parent token.
+fn tag_input(lease_id: &str, owner: &str, accessor: &str) -> Vec<u8> {
+    format!("vaultgate-lease-owner/v1\n{lease_id}\n{owner}\n{accessor}").into_bytes()
 }
 
 #[tonic::async_trait]
@@ -71,6 +175,7 @@ impl DatabaseService for Database {
                 .map_err(|e| Error::from_vault(e, Subject::DbRole(&r.role)))?;
             let secs = gw.keep_parent(&actor, &actor.token, lease.lease_duration, deadline).await;
             gw.leases.insert(&lease.lease_id, &actor.caller, actor.token.clone(), Duration::from_secs(secs));
+            let lease_token = gw.sign_lease(&actor, &lease.lease_id, deadline).await;
             tracing::info!(caller = %actor.caller, role = %r.role, lease_id = %lease.lease_id, ttl = secs, "database credentials issued");
             Ok(GetDbCredsResponse {
                 username: lease.credentials.username,
@@ -78,6 +183,7 @@ impl DatabaseService for Database {
                 lease_id: lease.lease_id,
                 lease_duration: Some(duration(secs)),
                 renewable: lease.renewable,
+                lease_token,
             })
         })
         .await
@@ -96,13 +202,25 @@ impl DatabaseService for Database {
                     Some(d) if d.seconds > 0 && d.nanos >= 0 => Some(d.seconds as u64),
                     Some(_) => return Err(Error::bad_field("increment", "must be at least one second")),
                 };
-                let parent = gw.owned_parent(&actor, &r.lease_id)?;
+                let proof = gw.ownership(&actor, &r.lease_id, &r.lease_token, deadline).await?;
                 let secs = gw
                     .vault
                     .lease_renew(&actor.token, &r.lease_id, increment, deadline)
                     .await
                     .map_err(|e| Error::from_vault(e, Subject::Lease(&r.lease_id)))?;
-                let secs = gw.keep_parent(&actor, &parent, secs, deadline).await;
+                let secs = match proof {
+                    Proof::Local(parent) => gw.keep_parent(&actor, &parent, secs, deadline).await,
+                    Proof::Tag { accessor, gateway } => {
+                        let want = secs.saturating_add(PARENT_SLACK.as_secs());
+                        match gw.vault.renew_accessor(&gateway, &accessor, want, deadline).await {
+                            Ok(token_secs) => secs.min(token_secs),
+                            Err(e) => {
+                                tracing::warn!(error = ?e, "could not renew the lease's parent token by accessor; the lease ends with it");
+                                secs
+                            }
+                        }
+                    }
+                };
                 gw.leases.extend(&r.lease_id, Duration::from_secs(secs));
                 Ok(RenewLeaseResponse { lease_duration: Some(duration(secs)) })
             },
@@ -118,7 +236,7 @@ impl DatabaseService for Database {
             |r| Target::new(&r.lease_id, 1),
             |actor, deadline, r| async move {
                 validate::lease_id("lease_id", &r.lease_id)?;
-                gw.owned_parent(&actor, &r.lease_id)?;
+                gw.ownership(&actor, &r.lease_id, &r.lease_token, deadline).await?;
                 gw.vault
                     .lease_revoke(&actor.token, &r.lease_id, deadline)
                     .await

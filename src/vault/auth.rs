@@ -12,6 +12,9 @@ use tokio::time::Instant;
 pub struct AuthInfo {
     /// The token.
     pub client_token: String,
+    /// The token's accessor (names it for renewal or revocation without being it).
+    #[serde(default)]
+    pub accessor: String,
     /// Policies attached to the token.
     #[serde(default)]
     pub policies: Vec<String>,
@@ -39,6 +42,8 @@ impl std::fmt::Debug for AuthInfo {
 pub struct Login {
     /// The token.
     pub token: VaultToken,
+    /// Its accessor.
+    pub accessor: String,
     /// Its policies.
     pub policies: Vec<String>,
     /// Seconds it lives.
@@ -71,6 +76,9 @@ pub struct Renewal {
 /// What `lookup-self` says about a token (never the token itself).
 #[derive(Debug, Clone, Deserialize)]
 pub struct TokenInfo {
+    /// The token's accessor.
+    #[serde(default)]
+    pub accessor: String,
     /// Policies attached to the token.
     #[serde(default)]
     pub policies: Vec<String>,
@@ -96,6 +104,7 @@ fn login_from(env: Envelope<serde_json::Value>) -> Result<Login, VaultError> {
     let auth = env.auth.ok_or_else(|| VaultError::Decode("login answer without auth".into()))?;
     Ok(Login {
         token: VaultToken::new(auth.client_token),
+        accessor: auth.accessor,
         policies: auth.policies,
         ttl: auth.lease_duration,
         renewable: auth.renewable,
@@ -151,6 +160,26 @@ impl Client {
             self.call(call, Some(token), Some(&Increment { increment }), deadline).await?;
         let auth = env.auth.ok_or_else(|| VaultError::Decode("renew-self answer without auth".into()))?;
         Ok(Renewal { ttl: auth.lease_duration, renewable: auth.renewable })
+    }
+
+    /// `POST auth/token/renew-accessor {accessor, increment}`: renews another token by its accessor
+    /// (the gateway's own token needs `update` on this path); returns the new TTL in seconds.
+    pub async fn renew_accessor(
+        &self,
+        token: &VaultToken,
+        accessor: &str,
+        increment: u64,
+        deadline: Option<Instant>,
+    ) -> Result<u64, VaultError> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            accessor: &'a str,
+            increment: u64,
+        }
+        let call = Call::new(Method::POST, &["auth/token/renew-accessor"]);
+        let env: Envelope<serde_json::Value> =
+            self.call(call, Some(token), Some(&Body { accessor, increment }), deadline).await?;
+        Ok(env.auth.map(|a| a.lease_duration).unwrap_or(0))
     }
 
     /// `GET auth/token/lookup-self`: the token's policies and remaining TTL; a 403 means the token

@@ -77,17 +77,25 @@ pub async fn callers_cannot_use_each_others_resources(env: &'static Env) {
         .into_inner();
     env.remember(&lease.password);
     let status = d
-        .renew_lease(req(RenewLeaseRequest { lease_id: lease.lease_id.clone(), increment: None }, &env.reports))
+        .renew_lease(req(
+            RenewLeaseRequest { lease_id: lease.lease_id.clone(), increment: None, lease_token: String::new() },
+            &env.reports,
+        ))
         .await
         .expect_err("renew");
     assert_eq!(status.code(), Code::PermissionDenied, "{}", status.message());
     let status = d
-        .revoke_lease(req(RevokeLeaseRequest { lease_id: lease.lease_id.clone() }, &env.reports))
+        .revoke_lease(req(
+            RevokeLeaseRequest { lease_id: lease.lease_id.clone(), lease_token: String::new() },
+            &env.reports,
+        ))
         .await
         .expect_err("revoke");
     assert_eq!(status.code(), Code::PermissionDenied, "{}", status.message());
     assert!(env.pg_login(&lease.username, &lease.password).await.is_ok(), "a refused revoke must not revoke");
-    d.revoke_lease(req(RevokeLeaseRequest { lease_id: lease.lease_id }, &env.billing)).await.expect("owner revokes");
+    d.revoke_lease(req(RevokeLeaseRequest { lease_id: lease.lease_id, lease_token: String::new() }, &env.billing))
+        .await
+        .expect("owner revokes");
 }
 
 pub async fn five_hundred_mixed_round_trips(env: &'static Env) {

@@ -24,6 +24,7 @@ pub async fn creds_log_in_renew_and_revoke(env: &'static Env) {
             RenewLeaseRequest {
                 lease_id: got.lease_id.clone(),
                 increment: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
+                lease_token: String::new(),
             },
             &env.billing,
         ))
@@ -34,10 +35,18 @@ pub async fn creds_log_in_renew_and_revoke(env: &'static Env) {
     let (_, lookup) = env.vault(Method::PUT, "sys/leases/lookup", Some(json!({"lease_id": got.lease_id}))).await;
     let ttl = lookup["data"]["ttl"].as_i64().expect("lease ttl");
     assert!((590..=600).contains(&ttl), "ttl after renew {ttl}");
-    c.revoke_lease(req(RevokeLeaseRequest { lease_id: got.lease_id.clone() }, &env.billing)).await.expect("revoke");
+    c.revoke_lease(req(
+        RevokeLeaseRequest { lease_id: got.lease_id.clone(), lease_token: String::new() },
+        &env.billing,
+    ))
+    .await
+    .expect("revoke");
     assert!(env.pg_login(&got.username, &got.password).await.is_err(), "the user must be gone after revoke");
     let status = c
-        .renew_lease(req(RenewLeaseRequest { lease_id: got.lease_id, increment: None }, &env.billing))
+        .renew_lease(req(
+            RenewLeaseRequest { lease_id: got.lease_id, increment: None, lease_token: String::new() },
+            &env.billing,
+        ))
         .await
         .expect_err("renew revoked");
     assert_eq!(status.code(), Code::NotFound);
@@ -67,6 +76,7 @@ pub async fn lease_outlives_caller_token(env: &'static Env) {
             RenewLeaseRequest {
                 lease_id: got.lease_id.clone(),
                 increment: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+                lease_token: String::new(),
             },
             short,
         ))
@@ -74,7 +84,9 @@ pub async fn lease_outlives_caller_token(env: &'static Env) {
         .expect("renew by owner after re-login")
         .into_inner();
     assert_eq!(renewed.lease_duration.map(|d| d.seconds), Some(30));
-    c.revoke_lease(req(RevokeLeaseRequest { lease_id: got.lease_id }, short)).await.expect("revoke");
+    c.revoke_lease(req(RevokeLeaseRequest { lease_id: got.lease_id, lease_token: String::new() }, short))
+        .await
+        .expect("revoke");
 }
 
 pub async fn error_table(env: &'static Env) {
@@ -102,14 +114,108 @@ pub async fn error_table(env: &'static Env) {
     ];
     for (name, lease, code) in lease_cases {
         let status = c
-            .renew_lease(req(RenewLeaseRequest { lease_id: lease.to_string(), increment: None }, &env.billing))
+            .renew_lease(req(
+                RenewLeaseRequest { lease_id: lease.to_string(), increment: None, lease_token: String::new() },
+                &env.billing,
+            ))
             .await
             .expect_err(name);
         assert_eq!(status.code(), *code, "{name}: {}", status.message());
         let status = c
-            .revoke_lease(req(RevokeLeaseRequest { lease_id: lease.to_string() }, &env.billing))
+            .revoke_lease(req(
+                RevokeLeaseRequest { lease_id: lease.to_string(), lease_token: String::new() },
+                &env.billing,
+            ))
             .await
             .expect_err(name);
         assert_eq!(status.code(), *code, "{name}: {}", status.message());
     }
+}
+
+/// Two gateways on one config (separate memory, as two replicas): a lease obtained through one is
+/// renewed and revoked through the other by its owner, with the `lease_token` it got, and refused
+/// to another caller through either. The tag is a Transit HMAC made with the gateway's own token.
+pub async fn lease_ownership_holds_across_replicas(env: &'static Env) {
+    use crate::support::serve_gateway;
+    let dir = env.dir.join("replicas");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let policy = r#"
+path "transit/hmac/vaultgate-leases" { capabilities = ["update"] }
+path "transit/verify/vaultgate-leases" { capabilities = ["update"] }
+path "auth/token/renew-accessor" { capabilities = ["update"] }
+"#;
+    for (path, body) in [
+        ("transit/keys/vaultgate-leases", json!({"type": "aes256-gcm96"})),
+        ("sys/policies/acl/vaultgate-gateway", json!({"policy": policy})),
+        ("sys/auth/approle-gw", json!({"type": "approle"})),
+        ("auth/approle-gw/role/gateway", json!({"token_policies": ["vaultgate-gateway"], "token_ttl": "1h"})),
+    ] {
+        let (status, answer) = env.vault(Method::POST, path, Some(body)).await;
+        assert!(status == 200 || status == 204, "{path}: {status} {answer}");
+    }
+    let (_, id) = env.vault(Method::GET, "auth/approle-gw/role/gateway/role-id", None).await;
+    let (_, secret) = env.vault(Method::POST, "auth/approle-gw/role/gateway/secret-id", Some(json!({}))).await;
+    let secret_id = secret["data"]["secret_id"].as_str().expect("secret_id");
+    env.remember(secret_id);
+    std::fs::write(dir.join("role-id"), id["data"]["role_id"].as_str().expect("role_id")).expect("write");
+    std::fs::write(dir.join("secret-id"), secret_id).expect("write");
+    let toml = format!(
+        "[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"qa\"\nequals = \"qa\"\n[[callers]]\nrole = \"qa2\"\nequals = \"qa2\"\n\
+         [roles.gateway]\napprole_mount = \"approle-gw\"\nrole_id_file = {:?}\nsecret_id_file = {:?}\n\
+         [leases]\nowner_key = \"vaultgate-leases\"\nrole = \"gateway\"\n",
+        env.vault_addr,
+        dir.join("role-id"),
+        dir.join("secret-id")
+    );
+    let (one, two) = (serve_gateway(&toml).await, serve_gateway(&toml).await);
+    let (mut c1, mut c2) = (Client::new(one.channel.clone()), Client::new(two.channel.clone()));
+    let qa2 = env.jwt("qa2", 3600);
+
+    let got = c1.get_db_creds(req(creds("qa"), &env.qa)).await.expect("creds via replica one").into_inner();
+    env.remember(&got.password);
+    assert!(got.lease_token.starts_with("vg1."), "a lease_token is returned: {:?}", got.lease_token);
+    let renew = |token: &str, secs: i64| RenewLeaseRequest {
+        lease_id: got.lease_id.clone(),
+        increment: Some(prost_types::Duration { seconds: secs, nanos: 0 }),
+        lease_token: token.to_string(),
+    };
+    let revoke = |token: &str| RevokeLeaseRequest { lease_id: got.lease_id.clone(), lease_token: token.to_string() };
+
+    // Replica two never saw the lease: without the tag it cannot know the owner.
+    let err = c2.renew_lease(req(renew("", 120), &env.qa)).await.expect_err("unknown to replica two");
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("lease_token"), "{}", err.message());
+    // Another caller holding the owner's lease id and tag is refused through either replica.
+    for c in [&mut c1, &mut c2] {
+        let err = c.renew_lease(req(renew(&got.lease_token, 120), &qa2)).await.expect_err("not the owner");
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        let err = c.revoke_lease(req(revoke(&got.lease_token), &qa2)).await.expect_err("not the owner");
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    }
+    // A tag altered to name another parent token does not verify; garbage is refused too.
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut tag: serde_json::Value =
+        serde_json::from_slice(&b64.decode(got.lease_token.trim_start_matches("vg1.")).expect("b64")).expect("json");
+    let accessor = tag["a"].as_str().expect("accessor").to_string();
+    tag["a"] = json!(format!("{accessor}x"));
+    let forged = format!("vg1.{}", b64.encode(tag.to_string()));
+    for bad in [forged.as_str(), "vg1.garbage", "not-a-tag"] {
+        let err = c2.renew_lease(req(renew(bad, 120), &env.qa)).await.expect_err("forged tag");
+        assert_eq!(err.code(), Code::PermissionDenied, "{bad}: {err:?}");
+    }
+
+    // The owner renews through replica two; its parent token is renewed by accessor to outlive it.
+    let renewed =
+        c2.renew_lease(req(renew(&got.lease_token, 900), &env.qa)).await.expect("owner renews via two").into_inner();
+    assert_eq!(renewed.lease_duration.map(|d| d.seconds), Some(900));
+    let (_, lookup) = env.vault(Method::PUT, "sys/leases/lookup", Some(json!({"lease_id": got.lease_id}))).await;
+    let ttl = lookup["data"]["ttl"].as_i64().expect("lease ttl");
+    assert!((890..=900).contains(&ttl), "lease ttl after renewal via replica two: {ttl}");
+    let (_, parent) = env.vault(Method::POST, "auth/token/lookup-accessor", Some(json!({"accessor": accessor}))).await;
+    let parent_ttl = parent["data"]["ttl"].as_i64().expect("parent ttl");
+    assert!(parent_ttl >= 900, "the parent token outlives the lease: {parent_ttl} s");
+
+    c2.revoke_lease(req(revoke(&got.lease_token), &env.qa)).await.expect("owner revokes via two");
+    assert!(env.pg_login(&got.username, &got.password).await.is_err(), "the user is gone after revoke via two");
 }

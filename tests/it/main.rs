@@ -44,6 +44,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     database::creds_log_in_renew_and_revoke,
     database::lease_outlives_caller_token,
     database::error_table,
+    database::lease_ownership_holds_across_replicas,
     callers::credentials_error_table,
     callers::callers_cannot_use_each_others_resources,
     callers::five_hundred_mixed_round_trips,
