@@ -66,6 +66,17 @@ impl Error {
         }
     }
 
+    /// A request message that does not decode as protobuf: the caller's encoding is wrong.
+    /// prost's error names the message and field (`EncryptRequest.key: invalid string value`)
+    /// and never holds the bytes themselves.
+    pub fn undecodable(err: &prost::DecodeError) -> Error {
+        let detail = err.to_string();
+        let detail = detail.strip_prefix("failed to decode Protobuf message: ").unwrap_or(&detail);
+        Error::InvalidArgument(format!(
+            "the request is not a valid protobuf message for this RPC ({detail}); string fields must be UTF-8"
+        ))
+    }
+
     /// Turns a Vault failure into the caller-facing error, naming what was being accessed.
     pub fn from_vault(err: VaultError, subject: Subject<'_>) -> Error {
         match err {

@@ -2,6 +2,7 @@
 //!
 //! Code map, in the order a request meets it:
 //! - [`server`]: the tonic server, health and reflection; `run(listener, config, shutdown)`.
+//! - [`codec`]: protobuf decoding of requests; a message that does not decode is the caller's error.
 //! - [`service`]: one module per gRPC service; validate → authenticate → Vault → response.
 //! - [`identity`]: the caller's bearer JWT and the rule mapping it to a Vault role.
 //! - [`session`]: Vault tokens acting for callers (login, cache, one login per caller at a time).
@@ -22,6 +23,7 @@
 
 pub mod audit;
 pub mod batch;
+pub mod codec;
 pub mod config;
 pub mod dev;
 pub mod error;

@@ -27,7 +27,7 @@ use std::{
     },
     time::Duration,
 };
-use tokio::time::Instant;
+use tokio::{sync::Semaphore, time::Instant};
 use tonic::{
     metadata::{MetadataMap, MetadataValue},
     Request, Response, Status,
@@ -50,6 +50,8 @@ pub struct Gateway {
     pub audit: Option<AuditLog>,
     /// Per-caller rate limits.
     pub rate_limits: RateLimits,
+    /// Permits for calls in flight (`limits.max_concurrent_calls`): the global load-shedding bound.
+    pub in_flight: Semaphore,
 }
 
 impl Gateway {
@@ -64,6 +66,7 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             audit,
             rate_limits: RateLimits::new(config.rate_limits.clone()),
+            in_flight: Semaphore::new(config.limits.max_concurrent_calls),
             sessions: Sessions::new(vault.clone(), config.callers.clone(), config.token_cache_size),
             vault,
             coalescer,
@@ -72,8 +75,9 @@ impl Gateway {
         }))
     }
 
-    /// Runs one call: reads the caller's deadline, authenticates, runs `work`, maps the error.
-    /// Records the call's code, latency and role in the metrics.
+    /// Runs one call: sheds it when `limits.max_concurrent_calls` are in flight, else reads the
+    /// caller's deadline, authenticates, runs `work`, maps the error. Every call, shed or not, is
+    /// audited and recorded in the metrics (code, latency, role).
     pub async fn handle<R, T, F, Fut>(
         &self,
         rpc: &'static str,
@@ -92,7 +96,17 @@ impl Gateway {
         let target = describe(&message);
         let span = tracing::info_span!("call", rpc, request_id = %request_id);
         let mut who: Option<(Arc<str>, Arc<str>)> = None;
+        // Load shedding: a non-blocking try, so an overloaded gateway answers at once instead of
+        // queueing without bound. The permit is held until the call's work is done.
+        let permit = self.in_flight.try_acquire().ok();
+        let shed = permit.is_none();
         let call = async {
+            if shed {
+                return Err(Error::ResourceExhausted(format!(
+                    "the gateway is overloaded ({} calls in flight, limits.max_concurrent_calls); retry with backoff",
+                    self.config.limits.max_concurrent_calls
+                )));
+            }
             let actor = self.sessions.authenticate(&metadata, deadline).await?;
             who = Some((actor.caller.clone(), actor.role.clone()));
             if let Err(wait) = self.rate_limits.take(&actor.caller, &actor.role) {
@@ -111,6 +125,7 @@ impl Gateway {
             }),
             None => call.await,
         };
+        drop(permit);
         let took = started.elapsed();
         let (caller, role) = who.as_ref().map_or(("", ""), |(c, r)| (&**c, &**r));
         let code = match &result {
