@@ -73,7 +73,7 @@ impl Error {
         let detail = err.to_string();
         let detail = detail.strip_prefix("failed to decode Protobuf message: ").unwrap_or(&detail);
         Error::InvalidArgument(format!(
-            "the request is not a valid protobuf message for this RPC ({detail}); string fields must be UTF-8"
+            "the request is not a valid protobuf message for this RPC ({detail}); fix the client's encoding"
         ))
     }
 

@@ -6,6 +6,7 @@
 //! A custom runner (not libtest) so the stack starts once and is always stopped, and so the log
 //! check sees the whole run. `cargo test --test it -- NAME` runs the tests whose name contains NAME.
 
+mod badinput;
 mod batching;
 mod callers;
 mod database;
@@ -13,6 +14,7 @@ mod encryption;
 mod health;
 mod lifecycle;
 mod logs;
+mod overload;
 mod secrets;
 mod support;
 mod tools;
@@ -51,6 +53,8 @@ const TESTS: &[(&str, TestFn)] = tests![
     lifecycle::audit_log_has_one_line_per_call_and_fails_closed,
     lifecycle::shutdown_goes_not_serving_first_and_finishes_calls_in_flight,
     lifecycle::a_noisy_caller_is_throttled_alone,
+    badinput::bad_input_table,
+    overload::ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right,
     tools::grpcurl_lists_and_encrypts,
     tools::metrics_endpoint_serves_prometheus_text,
     tools::request_ids_are_returned,
