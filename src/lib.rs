@@ -27,6 +27,9 @@ pub mod codec;
 pub mod config;
 pub mod dev;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod identity;
 pub mod leases;

@@ -1,7 +1,10 @@
 //! `vaultgate.v1.EncryptionService` over Transit: single calls go through the coalescer, explicit
 //! batches are split to fit Vault's limits and answered in order, one result per item.
 
-use super::{validate, Gateway};
+use super::{
+    validate::{self, Checked},
+    Gateway,
+};
 use crate::audit::Target;
 use crate::{
     batch::{self, Budget, LaneKey},
@@ -22,10 +25,6 @@ fn opt_b64(bytes: &[u8]) -> Option<String> {
 }
 
 impl Gateway {
-    fn check_payloads(&self, fields: &[(&str, &[u8])]) -> Result<(), Error> {
-        fields.iter().try_for_each(|(f, v)| validate::payload(f, v, self.config.limits.max_item_bytes))
-    }
-
     /// `item`: the index inside a batch request, which field names in errors are prefixed with.
     fn encrypt_item(
         &self,
@@ -35,8 +34,7 @@ impl Gateway {
         aad: &[u8],
         version: u32,
     ) -> Result<BatchItem, Error> {
-        self.check_payloads(&[("plaintext", plaintext), ("context", context), ("associated_data", aad)])
-            .map_err(|e| e.in_item(item))?;
+        validate::encrypt_item(&self.config.limits, plaintext, context, aad).map_err(|e| e.in_item(item))?;
         Ok(BatchItem {
             plaintext: Some(b64(plaintext)),
             context: opt_b64(context),
@@ -54,9 +52,7 @@ impl Gateway {
         context: &[u8],
         aad: &[u8],
     ) -> Result<BatchItem, Error> {
-        validate::ciphertext("ciphertext", ciphertext, self.config.limits.max_item_bytes)
-            .and_then(|()| self.check_payloads(&[("context", context), ("associated_data", aad)]))
-            .map_err(|e| e.in_item(item))?;
+        validate::decrypt_item(&self.config.limits, ciphertext, context, aad).map_err(|e| e.in_item(item))?;
         Ok(BatchItem {
             ciphertext: Some(ciphertext.to_string()),
             context: opt_b64(context),
@@ -136,17 +132,6 @@ impl Gateway {
             .map(|r| r.unwrap_or_else(|| Err(Error::Internal("batch item left unanswered".into()))))
             .collect()
     }
-
-    fn check_batch_len(&self, len: usize) -> Result<(), Error> {
-        let max = self.config.limits.max_batch_items;
-        if len == 0 {
-            return Err(Error::bad_field("items", "must hold at least one item"));
-        }
-        if len > max {
-            return Err(Error::bad_field("items", format!("{len} items is over the limit of {max} per call")));
-        }
-        Ok(())
-    }
 }
 
 fn ciphertext_of(result: BatchResult) -> Result<(String, u32), Error> {
@@ -173,7 +158,7 @@ impl EncryptionService for Encryption {
             req,
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
-                validate::name("key", &r.key)?;
+                r.check(&gw.config.limits)?;
                 let item = gw.encrypt_item(None, &r.plaintext, &r.context, &r.associated_data, r.key_version)?;
                 let (ciphertext, key_version) =
                     ciphertext_of(gw.transit_one(&actor, Op::Encrypt, &r.key, item, deadline).await?)?;
@@ -190,7 +175,7 @@ impl EncryptionService for Encryption {
             req,
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
-                validate::name("key", &r.key)?;
+                r.check(&gw.config.limits)?;
                 let item = gw.decrypt_item(None, &r.ciphertext, &r.context, &r.associated_data)?;
                 let key_version = validate::ciphertext_version(&r.ciphertext).unwrap_or(0);
                 let plaintext = plaintext_of(gw.transit_one(&actor, Op::Decrypt, &r.key, item, deadline).await?)?;
@@ -207,8 +192,7 @@ impl EncryptionService for Encryption {
             req,
             |r| Target::new(&r.key, r.items.len()),
             |actor, deadline, r| async move {
-                validate::name("key", &r.key)?;
-                gw.check_batch_len(r.items.len())?;
+                r.check(&gw.config.limits)?;
                 let items = r
                     .items
                     .iter()
@@ -239,8 +223,7 @@ impl EncryptionService for Encryption {
             req,
             |r| Target::new(&r.key, r.items.len()),
             |actor, deadline, r| async move {
-                validate::name("key", &r.key)?;
-                gw.check_batch_len(r.items.len())?;
+                r.check(&gw.config.limits)?;
                 let items = r
                     .items
                     .iter()
@@ -269,8 +252,7 @@ impl EncryptionService for Encryption {
             req,
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
-                validate::name("key", &r.key)?;
-                gw.decrypt_item(None, &r.ciphertext, &r.context, &[])?;
+                r.check(&gw.config.limits)?;
                 let mount = &gw.config.mounts.transit;
                 let out = gw
                     .vault
@@ -290,8 +272,8 @@ impl EncryptionService for Encryption {
             req,
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
+                r.check(&gw.config.limits)?;
                 let key = &r.key;
-                validate::name("key", key)?;
                 let info = gw
                     .vault
                     .transit_rotate(&actor.token, &gw.config.mounts.transit, key, deadline)
@@ -311,8 +293,8 @@ impl EncryptionService for Encryption {
             req,
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
+                r.check(&gw.config.limits)?;
                 let key = &r.key;
-                validate::name("key", key)?;
                 let info = gw
                     .vault
                     .transit_read_key(&actor.token, &gw.config.mounts.transit, key, deadline)
@@ -336,17 +318,12 @@ impl EncryptionService for Encryption {
     ) -> Result<Response<GenerateDataKeyResponse>, Status> {
         let gw = &self.0;
         gw.handle(
-            "GetKey",
+            "GenerateDataKey",
             req,
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
-                validate::name("key", &r.key)?;
-                gw.check_payloads(&[("context", &r.context)])?;
-                let bits = match r.bits {
-                    0 => 256,
-                    b @ (128 | 256 | 512) => b,
-                    b => return Err(Error::bad_field("bits", format!("{b} is not 128, 256 or 512 (0 means 256)"))),
-                };
+                r.check(&gw.config.limits)?;
+                let bits = validate::data_key_bits(r.bits)?;
                 let out = gw
                     .vault
                     .transit_datakey(
