@@ -209,6 +209,21 @@ impl From<Error> for Status {
     }
 }
 
+/// tonic refuses a request message over `limits.max_message_bytes` with `OUT_OF_RANGE` before
+/// any handler runs; the contract makes a payload over a configured limit `INVALID_ARGUMENT`. The
+/// server's outermost layer passes every answer through here; the gateway itself never answers
+/// `OUT_OF_RANGE` (and its answers have no size limit), so only that refusal is rewritten.
+pub fn transport_answer<B: Default>(answer: tonic::codegen::http::Response<B>) -> tonic::codegen::http::Response<B> {
+    match Status::from_header_map(answer.headers()) {
+        Some(status) if status.code() == Code::OutOfRange => Status::from(Error::InvalidArgument(format!(
+            "the request message is over limits.max_message_bytes; send less per call ({})",
+            status.message()
+        )))
+        .into_http(),
+        _ => answer,
+    }
+}
+
 impl From<&Error> for crate::pb::google::rpc::Status {
     /// The per-item status of a batch result, with the same details as a whole-call status.
     fn from(err: &Error) -> Self {

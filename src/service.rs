@@ -119,10 +119,15 @@ impl Gateway {
             work(actor, deadline, message).await
         }
         .instrument(span.clone());
+        let late = || Error::DeadlineExceeded("the call's deadline passed before Vault answered".into());
         let result = match deadline {
-            Some(d) => tokio::time::timeout_at(d, call).await.unwrap_or_else(|_| {
-                Err(Error::DeadlineExceeded("the call's deadline passed before Vault answered".into()))
-            }),
+            Some(d) => match tokio::time::timeout_at(d, call).await {
+                // Vault requests are cut at the caller's deadline: a Vault timeout (UNAVAILABLE)
+                // that ends at or after it means the deadline passed, whichever timer fired first.
+                Ok(Err(Error::Unavailable(_))) if Instant::now() >= d => Err(late()),
+                Ok(result) => result,
+                Err(_) => Err(late()),
+            },
             None => call.await,
         };
         drop(permit);

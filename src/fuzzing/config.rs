@@ -14,6 +14,8 @@ pub fn run(data: &[u8]) {
             }
             assert!(config.batch.max_items > 0 && config.batch.max_in_flight > 0 && config.batch.max_queue > 0);
             assert!(config.limits.max_item_bytes > 0 && config.limits.max_batch_items > 0);
+            // A tokio semaphore of this many permits can be built (it panics past usize::MAX >> 3).
+            assert!((1..=usize::MAX >> 3).contains(&config.limits.max_concurrent_calls));
             // One item (base64 plus JSON overhead) fits a Vault request, computed without overflow.
             let item = config.limits.max_item_bytes.checked_mul(4).map(|b| b / 3 + 1024);
             assert!(

@@ -162,8 +162,14 @@ pub async fn bad_input_table(env: &'static Env) {
             INVALID,
             "ciphertext: is larger than the limit of 1024 bytes",
         ),
-        // Over limits.max_message_bytes tonic refuses the frame before decoding it (OUT_OF_RANGE).
-        row("message over max_message_bytes", ENCRYPT_BATCH, batch(40, &[1; 1000]), &[Code::OutOfRange], "found 40"),
+        // Over limits.max_message_bytes tonic refuses the frame before decoding it.
+        row(
+            "message over max_message_bytes",
+            ENCRYPT_BATCH,
+            batch(40, &[1; 1000]),
+            INVALID,
+            "the request message is over limits.max_message_bytes; send less per call (Error, decoded message length too large: found 40",
+        ),
         row(
             "batch over max_batch_items",
             ENCRYPT_BATCH,
