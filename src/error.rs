@@ -70,6 +70,17 @@ impl Error {
         }
     }
 
+    /// A request message that does not decode as protobuf: the caller's encoding is wrong.
+    /// prost's error names the message and field (`EncryptRequest.key: invalid string value`)
+    /// and never holds the bytes themselves.
+    pub fn undecodable(err: &prost::DecodeError) -> Error {
+        let detail = err.to_string();
+        let detail = detail.strip_prefix("failed to decode Protobuf message: ").unwrap_or(&detail);
+        Error::InvalidArgument(format!(
+            "the request is not a valid protobuf message for this RPC ({detail}); fix the client's encoding"
+        ))
+    }
+
     /// Turns a Vault failure into the caller-facing error, naming what was being accessed.
     pub fn from_vault(err: VaultError, subject: Subject<'_>) -> Error {
         match err {
@@ -200,6 +211,21 @@ impl From<Error> for Status {
             }
         };
         Status::new(code, msg)
+    }
+}
+
+/// tonic refuses a request message over `limits.max_message_bytes` with `OUT_OF_RANGE` before
+/// any handler runs; the contract makes a payload over a configured limit `INVALID_ARGUMENT`. The
+/// server's outermost layer passes every answer through here; the gateway itself never answers
+/// `OUT_OF_RANGE` (and its answers have no size limit), so only that refusal is rewritten.
+pub fn transport_answer<B: Default>(answer: tonic::codegen::http::Response<B>) -> tonic::codegen::http::Response<B> {
+    match Status::from_header_map(answer.headers()) {
+        Some(status) if status.code() == Code::OutOfRange => Status::from(Error::InvalidArgument(format!(
+            "the request message is over limits.max_message_bytes; send less per call ({})",
+            status.message()
+        )))
+        .into_http(),
+        _ => answer,
     }
 }
 

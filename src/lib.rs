@@ -3,6 +3,7 @@
 //! Code map, in the order a request meets it:
 //! - [`server`]: the tonic server, health and reflection; `run(listener, config, shutdown)`.
 //! - [`tls`]: the TLS listener (mTLS client certificates; certificate files reloaded as they change).
+//! - [`codec`]: protobuf decoding of requests; a message that does not decode is the caller's error.
 //! - [`service`]: one module per gRPC service; validate → authenticate → Vault → response.
 //! - [`identity`]: the caller's bearer JWT or client certificate and the rule mapping it to a role.
 //! - [`rules`]: gateway-side rules per role (keys, KV prefixes, database roles), before Vault.
@@ -26,9 +27,13 @@
 
 pub mod audit;
 pub mod batch;
+pub mod codec;
 pub mod config;
 pub mod dev;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod identity;
 pub mod leases;

@@ -81,8 +81,15 @@ pub async fn serve(
         }
     };
     let router = Server::builder()
+        // Outermost: tonic's own OUT_OF_RANGE for an oversized request becomes the contract's
+        // INVALID_ARGUMENT (error.rs decides; nothing else is rewritten).
+        .layer(tower::util::MapResponseLayer::new(crate::error::transport_answer))
         // HTTP/2 keepalive detects dead client connections behind load balancers.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        // tonic leaves streams per connection unlimited, and every stream's request is decoded
+        // before `Gateway::handle` can shed it: one connection gets no more streams than the
+        // whole gateway works on (`limits.max_concurrent_calls`), so its decoded requests are bounded.
+        .max_concurrent_streams(u32::try_from(gateway.config.limits.max_concurrent_calls).unwrap_or(u32::MAX))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -28,7 +28,7 @@ use std::{
     },
     time::Duration,
 };
-use tokio::time::Instant;
+use tokio::{sync::Semaphore, time::Instant};
 use tonic::{
     metadata::{MetadataMap, MetadataValue},
     Request, Response, Status,
@@ -51,6 +51,8 @@ pub struct Gateway {
     pub audit: Option<AuditLog>,
     /// Per-caller rate limits.
     pub rate_limits: RateLimits,
+    /// Permits for calls in flight (`limits.max_concurrent_calls`): the global load-shedding bound.
+    pub in_flight: Semaphore,
 }
 
 impl Gateway {
@@ -65,6 +67,7 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             audit,
             rate_limits: RateLimits::new(config.rate_limits.clone()),
+            in_flight: Semaphore::new(config.limits.max_concurrent_calls),
             sessions: Arc::new(Sessions::new(vault.clone(), &config)),
             vault,
             coalescer,
@@ -73,9 +76,10 @@ impl Gateway {
         }))
     }
 
-    /// Runs one call: reads the caller's deadline, authenticates, runs `work`, maps the error.
-    /// When Vault answers 403 and the token turns out to be gone (revoked or expired behind the
-    /// gateway's back), logs in again and runs `work` once more. Records code, latency and role.
+    /// Runs one call: sheds it when `limits.max_concurrent_calls` are in flight, else reads the
+    /// caller's deadline, authenticates, runs `work`, maps the error. When Vault answers 403 and
+    /// the token turns out to be gone (revoked or expired behind the gateway's back), logs in again
+    /// and runs `work` once more. Every call, shed or not, is audited and recorded in the metrics.
     pub async fn handle<R, T, F, Fut>(
         &self,
         rpc: &'static str,
@@ -96,7 +100,17 @@ impl Gateway {
         let target = describe(&message);
         let span = tracing::info_span!("call", rpc, request_id = %request_id);
         let mut who: Option<(Arc<str>, Arc<str>)> = None;
+        // Load shedding: a non-blocking try, so an overloaded gateway answers at once instead of
+        // queueing without bound. The permit is held until the call's work is done.
+        let permit = self.in_flight.try_acquire().ok();
+        let shed = permit.is_none();
         let call = async {
+            if shed {
+                return Err(Error::ResourceExhausted(format!(
+                    "the gateway is overloaded ({} calls in flight, limits.max_concurrent_calls); retry with backoff",
+                    self.config.limits.max_concurrent_calls
+                )));
+            }
             let leaf = peer.as_ref().and_then(|certs| certs.first()).map(|c| c.as_ref());
             let creds = Credentials::from_call(&metadata, leaf)?;
             let actor = self.sessions.authenticate(&creds, deadline).await?;
@@ -117,12 +131,18 @@ impl Gateway {
             }
         }
         .instrument(span.clone());
+        let late = || Error::DeadlineExceeded("the call's deadline passed before Vault answered".into());
         let result = match deadline {
-            Some(d) => tokio::time::timeout_at(d, call).await.unwrap_or_else(|_| {
-                Err(Error::DeadlineExceeded("the call's deadline passed before Vault answered".into()))
-            }),
+            Some(d) => match tokio::time::timeout_at(d, call).await {
+                // Vault requests are cut at the caller's deadline: a Vault timeout (UNAVAILABLE)
+                // that ends at or after it means the deadline passed, whichever timer fired first.
+                Ok(Err(Error::Unavailable(_))) if Instant::now() >= d => Err(late()),
+                Ok(result) => result,
+                Err(_) => Err(late()),
+            },
             None => call.await,
         };
+        drop(permit);
         let took = started.elapsed();
         let (caller, role) = who.as_ref().map_or(("", ""), |(c, r)| (&**c, &**r));
         let code = match &result {

@@ -1,7 +1,10 @@
 //! `vaultgate.v1.DatabaseService` over the database engine: dynamic credentials, and renewal or
 //! revocation of a lease by the caller that obtained it (see `leases.rs` for the lifetime rule).
 
-use super::{validate, Gateway};
+use super::{
+    validate::{self, Checked},
+    Gateway,
+};
 use crate::audit::Target;
 use crate::rules::Resource;
 use crate::{
@@ -160,14 +163,9 @@ impl DatabaseService for Database {
     async fn get_db_creds(&self, req: Request<GetDbCredsRequest>) -> Result<Response<GetDbCredsResponse>, Status> {
         let gw = &self.0;
         gw.handle("GetDbCreds", req, |r| Target::new(&r.role, 1), |actor, deadline, r| async move {
-            validate::name("role", &r.role)?;
+            r.check(&gw.config.limits)?;
             gw.allow(&actor, Resource::DbRole(&r.role))?;
-            let mount = if r.mount.is_empty() {
-                gw.config.mounts.database.as_str()
-            } else {
-                validate::mount(&r.mount).map_err(|why| Error::bad_field("mount", why))?;
-                r.mount.as_str()
-            };
+            let mount = if r.mount.is_empty() { gw.config.mounts.database.as_str() } else { r.mount.as_str() };
             let lease = gw
                 .vault
                 .db_creds(&actor.token, mount, &r.role, deadline)
@@ -196,12 +194,8 @@ impl DatabaseService for Database {
             req,
             |r| Target::new(&r.lease_id, 1),
             |actor, deadline, r| async move {
-                validate::lease_id("lease_id", &r.lease_id)?;
-                let increment = match &r.increment {
-                    None => None,
-                    Some(d) if d.seconds > 0 && d.nanos >= 0 => Some(d.seconds as u64),
-                    Some(_) => return Err(Error::bad_field("increment", "must be at least one second")),
-                };
+                r.check(&gw.config.limits)?;
+                let increment = validate::lease_increment(r.increment.as_ref())?;
                 let proof = gw.ownership(&actor, &r.lease_id, &r.lease_token, deadline).await?;
                 let secs = gw
                     .vault
@@ -235,7 +229,7 @@ impl DatabaseService for Database {
             req,
             |r| Target::new(&r.lease_id, 1),
             |actor, deadline, r| async move {
-                validate::lease_id("lease_id", &r.lease_id)?;
+                r.check(&gw.config.limits)?;
                 gw.ownership(&actor, &r.lease_id, &r.lease_token, deadline).await?;
                 gw.vault
                     .lease_revoke(&actor.token, &r.lease_id, deadline)

@@ -1,7 +1,10 @@
 //! `vaultgate.v1.EncryptionService` over Transit: single calls go through the coalescer, explicit
 //! batches are split to fit Vault's limits and answered in order, one result per item.
 
-use super::{validate, Gateway};
+use super::{
+    validate::{self, Checked},
+    Gateway,
+};
 use crate::audit::Target;
 use crate::rules::Resource;
 use crate::{
@@ -23,10 +26,6 @@ fn opt_b64(bytes: &[u8]) -> Option<String> {
 }
 
 impl Gateway {
-    fn check_payloads(&self, fields: &[(&str, &[u8])]) -> Result<(), Error> {
-        fields.iter().try_for_each(|(f, v)| validate::payload(f, v, self.config.limits.max_item_bytes))
-    }
-
     /// `item`: the index inside a batch request, which field names in errors are prefixed with.
     fn encrypt_item(
         &self,
@@ -36,8 +35,7 @@ impl Gateway {
         aad: &[u8],
         version: u32,
     ) -> Result<BatchItem, Error> {
-        self.check_payloads(&[("plaintext", plaintext), ("context", context), ("associated_data", aad)])
-            .map_err(|e| e.in_item(item))?;
+        validate::encrypt_item(&self.config.limits, plaintext, context, aad).map_err(|e| e.in_item(item))?;
         Ok(BatchItem {
             plaintext: Some(b64(plaintext)),
             context: opt_b64(context),
@@ -55,9 +53,7 @@ impl Gateway {
         context: &[u8],
         aad: &[u8],
     ) -> Result<BatchItem, Error> {
-        validate::ciphertext("ciphertext", ciphertext, self.config.limits.max_item_bytes)
-            .and_then(|()| self.check_payloads(&[("context", context), ("associated_data", aad)]))
-            .map_err(|e| e.in_item(item))?;
+        validate::decrypt_item(&self.config.limits, ciphertext, context, aad).map_err(|e| e.in_item(item))?;
         Ok(BatchItem {
             ciphertext: Some(ciphertext.to_string()),
             context: opt_b64(context),
@@ -137,17 +133,6 @@ impl Gateway {
             .map(|r| r.unwrap_or_else(|| Err(Error::Internal("batch item left unanswered".into()))))
             .collect()
     }
-
-    fn check_batch_len(&self, len: usize) -> Result<(), Error> {
-        let max = self.config.limits.max_batch_items;
-        if len == 0 {
-            return Err(Error::bad_field("items", "must hold at least one item"));
-        }
-        if len > max {
-            return Err(Error::bad_field("items", format!("{len} items is over the limit of {max} per call")));
-        }
-        Ok(())
-    }
 }
 
 fn ciphertext_of(result: BatchResult) -> Result<(String, u32), Error> {
@@ -174,7 +159,7 @@ impl EncryptionService for Encryption {
             req,
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
-                validate::name("key", &r.key)?;
+                r.check(&gw.config.limits)?;
                 gw.allow(&actor, Resource::Key(&r.key))?;
                 let item = gw.encrypt_item(None, &r.plaintext, &r.context, &r.associated_data, r.key_version)?;
                 let (ciphertext, key_version) =
@@ -192,7 +177,7 @@ impl EncryptionService for Encryption {
             req,
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
-                validate::name("key", &r.key)?;
+                r.check(&gw.config.limits)?;
                 gw.allow(&actor, Resource::Key(&r.key))?;
                 let item = gw.decrypt_item(None, &r.ciphertext, &r.context, &r.associated_data)?;
                 let key_version = validate::ciphertext_version(&r.ciphertext).unwrap_or(0);
@@ -210,9 +195,8 @@ impl EncryptionService for Encryption {
             req,
             |r| Target::new(&r.key, r.items.len()),
             |actor, deadline, r| async move {
-                validate::name("key", &r.key)?;
+                r.check(&gw.config.limits)?;
                 gw.allow(&actor, Resource::Key(&r.key))?;
-                gw.check_batch_len(r.items.len())?;
                 let items = r
                     .items
                     .iter()
@@ -243,9 +227,8 @@ impl EncryptionService for Encryption {
             req,
             |r| Target::new(&r.key, r.items.len()),
             |actor, deadline, r| async move {
-                validate::name("key", &r.key)?;
+                r.check(&gw.config.limits)?;
                 gw.allow(&actor, Resource::Key(&r.key))?;
-                gw.check_batch_len(r.items.len())?;
                 let items = r
                     .items
                     .iter()
@@ -274,9 +257,8 @@ impl EncryptionService for Encryption {
             req,
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
-                validate::name("key", &r.key)?;
+                r.check(&gw.config.limits)?;
                 gw.allow(&actor, Resource::Key(&r.key))?;
-                gw.decrypt_item(None, &r.ciphertext, &r.context, &[])?;
                 let mount = &gw.config.mounts.transit;
                 let out = gw
                     .vault
@@ -296,8 +278,8 @@ impl EncryptionService for Encryption {
             req,
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
+                r.check(&gw.config.limits)?;
                 let key = &r.key;
-                validate::name("key", key)?;
                 gw.allow(&actor, Resource::Key(key))?;
                 let info = gw
                     .vault
@@ -318,8 +300,8 @@ impl EncryptionService for Encryption {
             req,
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
+                r.check(&gw.config.limits)?;
                 let key = &r.key;
-                validate::name("key", key)?;
                 gw.allow(&actor, Resource::Key(key))?;
                 let info = gw
                     .vault
@@ -348,14 +330,9 @@ impl EncryptionService for Encryption {
             req,
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
-                validate::name("key", &r.key)?;
+                r.check(&gw.config.limits)?;
                 gw.allow(&actor, Resource::Key(&r.key))?;
-                gw.check_payloads(&[("context", &r.context)])?;
-                let bits = match r.bits {
-                    0 => 256,
-                    b @ (128 | 256 | 512) => b,
-                    b => return Err(Error::bad_field("bits", format!("{b} is not 128, 256 or 512 (0 means 256)"))),
-                };
+                let bits = validate::data_key_bits(r.bits)?;
                 let out = gw
                     .vault
                     .transit_datakey(

@@ -1,6 +1,6 @@
 //! `vaultgate.v1.SecretService` over KV version 2: read a secret version, list a folder.
 
-use super::{validate, Gateway};
+use super::{validate::Checked, Gateway};
 use crate::audit::Target;
 use crate::rules::Resource;
 use crate::{
@@ -15,12 +15,12 @@ use tonic::{Request, Response, Status};
 pub struct Secrets(pub Arc<Gateway>);
 
 impl Gateway {
-    fn kv_mount<'a>(&'a self, requested: &'a str) -> Result<&'a str, Error> {
+    /// The KV mount a checked request names, or the configured default.
+    fn kv_mount<'a>(&'a self, requested: &'a str) -> &'a str {
         if requested.is_empty() {
-            return Ok(&self.config.mounts.kv);
+            return &self.config.mounts.kv;
         }
-        validate::mount(requested).map_err(|why| Error::bad_field("mount", why))?;
-        Ok(requested)
+        requested
     }
 }
 
@@ -56,9 +56,9 @@ impl SecretService for Secrets {
             req,
             |r| Target::new(&r.path, 1),
             |actor, deadline, r| async move {
-                validate::secret_path("path", &r.path, false)?;
+                r.check(&gw.config.limits)?;
                 gw.allow(&actor, Resource::Secret(&r.path))?;
-                let mount = gw.kv_mount(&r.mount)?;
+                let mount = gw.kv_mount(&r.mount);
                 let secret =
                     gw.vault.kv_read(&actor.token, mount, &r.path, r.version, deadline).await.map_err(|e| {
                         match Error::from_vault(e, Subject::Secret(&r.path)) {
@@ -85,9 +85,9 @@ impl SecretService for Secrets {
             req,
             |r| Target::new(&r.path, 1),
             |actor, deadline, r| async move {
-                validate::secret_path("path", &r.path, true)?;
+                r.check(&gw.config.limits)?;
                 gw.allow(&actor, Resource::Secret(&r.path))?;
-                let mount = gw.kv_mount(&r.mount)?;
+                let mount = gw.kv_mount(&r.mount);
                 let keys = gw
                     .vault
                     .kv_list(&actor.token, mount, &r.path, deadline)

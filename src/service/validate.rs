@@ -1,7 +1,7 @@
 //! Checks of names, paths and payloads that callers send, before anything reaches Vault. Each
 //! failure is `INVALID_ARGUMENT` naming the field and what a valid value looks like.
 
-use crate::error::Error;
+use crate::{config::Limits, error::Error, pb::vaultgate::v1::*};
 
 /// Longest key, role or mount name accepted.
 const MAX_NAME: usize = 256;
@@ -104,6 +104,157 @@ pub fn lease_id(field: &str, value: &str) -> Result<(), Error> {
         return Err(invalid(field, "is not a Vault lease id"));
     }
     Ok(())
+}
+
+/// A Transit mount, key or role mount named in a request: empty means the configured default.
+pub fn requested_mount(value: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    mount(value).map_err(|why| invalid("mount", &why))
+}
+
+/// The item count of an EncryptBatch/DecryptBatch call: 1 to `limits.max_batch_items`.
+pub fn batch_len(limits: &Limits, len: usize) -> Result<(), Error> {
+    let max = limits.max_batch_items;
+    if len == 0 {
+        return Err(invalid("items", "must hold at least one item"));
+    }
+    if len > max {
+        return Err(invalid("items", &format!("{len} items is over the limit of {max} per call")));
+    }
+    Ok(())
+}
+
+/// One plaintext to encrypt (an Encrypt call or a batch item): payloads within the item limit.
+pub fn encrypt_item(limits: &Limits, plaintext: &[u8], context: &[u8], aad: &[u8]) -> Result<(), Error> {
+    let max = limits.max_item_bytes;
+    payload("plaintext", plaintext, max)?;
+    payload("context", context, max)?;
+    payload("associated_data", aad, max)
+}
+
+/// One ciphertext to decrypt (a Decrypt or Rewrap call or a batch item).
+pub fn decrypt_item(limits: &Limits, ciphertext_value: &str, context: &[u8], aad: &[u8]) -> Result<(), Error> {
+    let max = limits.max_item_bytes;
+    ciphertext("ciphertext", ciphertext_value, max)?;
+    payload("context", context, max)?;
+    payload("associated_data", aad, max)
+}
+
+/// The data key size of GenerateDataKey in bits: 128, 256 or 512; 0 means 256.
+pub fn data_key_bits(bits: u32) -> Result<u32, Error> {
+    match bits {
+        0 => Ok(256),
+        b @ (128 | 256 | 512) => Ok(b),
+        b => Err(invalid("bits", &format!("{b} is not 128, 256 or 512 (0 means 256)"))),
+    }
+}
+
+/// The lease increment of RenewLease in seconds; `None` lets Vault choose.
+pub fn lease_increment(increment: Option<&prost_types::Duration>) -> Result<Option<u64>, Error> {
+    match increment {
+        None => Ok(None),
+        Some(d) if d.seconds > 0 && d.nanos >= 0 => Ok(u64::try_from(d.seconds).ok()),
+        Some(_) => Err(invalid("increment", "must be at least one second")),
+    }
+}
+
+/// The checks of one RPC's request that need no Vault, as its handler runs them before anything
+/// else; the fuzz target and the fuzz smoke test call the same ones. Batch items are checked one
+/// by one by the handler ([`encrypt_item`], [`decrypt_item`]): a bad item fails alone.
+pub trait Checked {
+    /// `INVALID_ARGUMENT` naming the first wrong field, or `Ok`.
+    fn check(&self, limits: &Limits) -> Result<(), Error>;
+}
+
+impl Checked for EncryptRequest {
+    fn check(&self, limits: &Limits) -> Result<(), Error> {
+        name("key", &self.key)?;
+        encrypt_item(limits, &self.plaintext, &self.context, &self.associated_data)
+    }
+}
+
+impl Checked for DecryptRequest {
+    fn check(&self, limits: &Limits) -> Result<(), Error> {
+        name("key", &self.key)?;
+        decrypt_item(limits, &self.ciphertext, &self.context, &self.associated_data)
+    }
+}
+
+impl Checked for EncryptBatchRequest {
+    fn check(&self, limits: &Limits) -> Result<(), Error> {
+        name("key", &self.key)?;
+        batch_len(limits, self.items.len())
+    }
+}
+
+impl Checked for DecryptBatchRequest {
+    fn check(&self, limits: &Limits) -> Result<(), Error> {
+        name("key", &self.key)?;
+        batch_len(limits, self.items.len())
+    }
+}
+
+impl Checked for RewrapRequest {
+    fn check(&self, limits: &Limits) -> Result<(), Error> {
+        name("key", &self.key)?;
+        decrypt_item(limits, &self.ciphertext, &self.context, &[])
+    }
+}
+
+impl Checked for RotateRequest {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        name("key", &self.key)
+    }
+}
+
+impl Checked for GetKeyRequest {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        name("key", &self.key)
+    }
+}
+
+impl Checked for GenerateDataKeyRequest {
+    fn check(&self, limits: &Limits) -> Result<(), Error> {
+        name("key", &self.key)?;
+        payload("context", &self.context, limits.max_item_bytes)?;
+        data_key_bits(self.bits).map(|_| ())
+    }
+}
+
+impl Checked for GetSecretRequest {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        secret_path("path", &self.path, false)?;
+        requested_mount(&self.mount)
+    }
+}
+
+impl Checked for ListSecretsRequest {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        secret_path("path", &self.path, true)?;
+        requested_mount(&self.mount)
+    }
+}
+
+impl Checked for GetDbCredsRequest {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        name("role", &self.role)?;
+        requested_mount(&self.mount)
+    }
+}
+
+impl Checked for RenewLeaseRequest {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        lease_id("lease_id", &self.lease_id)?;
+        lease_increment(self.increment.as_ref()).map(|_| ())
+    }
+}
+
+impl Checked for RevokeLeaseRequest {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        lease_id("lease_id", &self.lease_id)
+    }
 }
 
 #[cfg(test)]

@@ -109,24 +109,39 @@ pub async fn shutdown_goes_not_serving_first_and_finishes_calls_in_flight(env: &
     assert!(own.stopped().await, "the server stops after draining");
 }
 
+/// Latencies of `n` sequential Encrypt calls of the quiet `reports` caller; each must succeed.
+async fn quiet_latencies(env: &'static Env, channel: &tonic::transport::Channel, n: usize) -> Vec<Duration> {
+    let mut c = Client::new(channel.clone());
+    let mut took = Vec::with_capacity(n);
+    for i in 0..n {
+        let r = EncryptRequest { key: "reports".into(), plaintext: format!("{i}").into_bytes(), ..Default::default() };
+        let t0 = std::time::Instant::now();
+        c.encrypt(req(r, &env.reports)).await.expect("the quiet caller is not throttled");
+        took.push(t0.elapsed());
+    }
+    took.sort();
+    took
+}
+
+/// The `p`-th percentile of sorted latencies.
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
 pub async fn a_noisy_caller_is_throttled_alone(env: &'static Env) {
     let own = serve_gateway(&format!(
         "[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"billing\"\nequals = \"billing\"\n[[callers]]\nrole = \"reports\"\nequals = \"reports\"\n[rate_limits]\nbilling = {{ per_second = 5.0, burst = 10.0 }}\n",
         env.vault_addr
     ))
     .await;
+    // The quiet caller alone (its first call logs in: not measured).
+    quiet_latencies(env, &own.channel, 1).await;
+    let alone = quiet_latencies(env, &own.channel, 100).await;
+
     let noisy: Vec<_> = (0..100)
         .map(|i| {
             let mut c = Client::new(own.channel.clone());
             tokio::spawn(async move { c.encrypt(req(enc(format!("{i}").as_bytes()), &env.billing)).await.map(|_| ()) })
-        })
-        .collect();
-    let quiet: Vec<_> = (0..50)
-        .map(|i| {
-            let mut c = Client::new(own.channel.clone());
-            let r =
-                EncryptRequest { key: "reports".into(), plaintext: format!("{i}").into_bytes(), ..Default::default() };
-            tokio::spawn(async move { c.encrypt(req(r, &env.reports)).await.map(|_| ()) })
         })
         .collect();
     let (mut ok, mut throttled) = (0, 0);
@@ -140,9 +155,47 @@ pub async fn a_noisy_caller_is_throttled_alone(env: &'static Env) {
             }
         }
     }
-    for call in quiet {
-        call.await.expect("task").expect("the quiet caller is not throttled");
-    }
     assert!((10..=20).contains(&ok), "{ok} of 100 calls passed a burst of 10 at 5/s");
     assert_eq!(ok + throttled, 100);
+
+    // The noisy caller floods (4 callers' worth of back-to-back calls) while the quiet one is
+    // measured again: its latency must not suffer from the other's throttled calls.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood: Vec<_> = (0..4)
+        .map(|_| {
+            let (mut c, stop) = (Client::new(own.channel.clone()), stop.clone());
+            tokio::spawn(async move {
+                let mut calls = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Err(s) = c.encrypt(req(enc(b"flood"), &env.billing)).await {
+                        assert_eq!(s.code(), Code::ResourceExhausted, "{}", s.message());
+                    }
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+    let noisy = quiet_latencies(env, &own.channel, 100).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut flood_calls = 0;
+    for f in flood {
+        flood_calls += f.await.expect("flood task");
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (p50a, p99a, p50n, p99n) =
+        (percentile(&alone, 50), percentile(&alone, 99), percentile(&noisy, 50), percentile(&noisy, 99));
+    println!(
+        "fairness: quiet caller alone p50 {:.2} ms p99 {:.2} ms; during {flood_calls} noisy calls p50 {:.2} ms p99 {:.2} ms",
+        ms(p50a),
+        ms(p99a),
+        ms(p50n),
+        ms(p99n)
+    );
+    assert!(flood_calls >= 100, "the flood sent only {flood_calls} calls: it did not overlap the measurement");
+    let bound = (p99a * 5).max(p99a + Duration::from_millis(200));
+    assert!(
+        p99n < bound,
+        "the quiet caller's p99 went from {p99a:?} to {p99n:?} under the noisy one (bound {bound:?})"
+    );
 }

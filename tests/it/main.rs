@@ -1,11 +1,13 @@
 //! The integration test binary: starts one real OpenBao dev server and one PostgreSQL, provisions
 //! them (as `vaultgate dev` does, plus test callers), starts the gateway in-process on
-//! `127.0.0.1:0`, runs every test concurrently against it, stops the stack, and finally checks
-//! that the gateway's log of the whole run holds no secret.
+//! `127.0.0.1:0`, runs every test concurrently against it (then the few in `ALONE` one at a
+//! time), stops the stack, and finally checks that the gateway's log of the whole run holds no
+//! secret.
 //!
 //! A custom runner (not libtest) so the stack starts once and is always stopped, and so the log
 //! check sees the whole run. `cargo test --test it -- NAME` runs the tests whose name contains NAME.
 
+mod badinput;
 mod batching;
 mod callers;
 mod database;
@@ -14,6 +16,7 @@ mod health;
 mod identity;
 mod lifecycle;
 mod logs;
+mod overload;
 mod secrets;
 mod support;
 mod tools;
@@ -52,7 +55,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     health::follows_vault_down_and_up,
     lifecycle::audit_log_has_one_line_per_call_and_fails_closed,
     lifecycle::shutdown_goes_not_serving_first_and_finishes_calls_in_flight,
-    lifecycle::a_noisy_caller_is_throttled_alone,
+    badinput::bad_input_table,
     tools::grpcurl_lists_and_encrypts,
     tools::metrics_endpoint_serves_prometheus_text,
     tools::request_ids_are_returned,
@@ -65,15 +68,21 @@ const TESTS: &[(&str, TestFn)] = tests![
     identity::token_file_roles_and_revocation_at_shutdown,
 ];
 
+/// Tests that measure time or load the machine on purpose: run one at a time after the others,
+/// so that they neither disturb the others nor are disturbed by them.
+const ALONE: &[(&str, TestFn)] = tests![
+    lifecycle::a_noisy_caller_is_throttled_alone,
+    overload::ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right,
+];
+
 /// Upper bound of one test, so a hang fails instead of blocking CI.
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let selected: Vec<_> = TESTS
-        .iter()
-        .filter(|(name, _)| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str())))
-        .collect();
+    let wanted = |(name, _): &&(&str, TestFn)| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    let selected: Vec<_> = TESTS.iter().filter(wanted).collect();
+    let alone: Vec<_> = ALONE.iter().filter(wanted).collect();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -86,22 +95,32 @@ fn main() {
         let env: &'static Env = Box::leak(Box::new(Env::start().await));
         println!(
             "\nrunning {} tests against OpenBao {} and the gateway at {}",
-            selected.len(),
+            selected.len() + alone.len(),
             env.vault_addr,
             env.addr
         );
-        let mut handles = Vec::new();
-        for (name, test) in selected.iter().copied() {
-            let task = tokio::spawn(async move {
+        let run = |test: TestFn| {
+            tokio::spawn(async move {
                 let started = std::time::Instant::now();
                 let finished = tokio::time::timeout(TEST_TIMEOUT, test(env)).await.is_ok();
                 (finished, started.elapsed())
-            });
-            handles.push((*name, task));
+            })
+        };
+        let mut handles = Vec::new();
+        for (name, test) in selected.iter().copied() {
+            handles.push((*name, run(*test)));
         }
         let mut failed = Vec::new();
+        let mut finished = Vec::new();
         for (name, task) in handles {
-            let (outcome, took) = match task.await {
+            finished.push((name, task.await));
+        }
+        for (name, test) in alone.iter().copied() {
+            let result = run(*test).await;
+            finished.push((*name, result));
+        }
+        for (name, result) in finished {
+            let (outcome, took) = match result {
                 Ok((true, took)) => ("ok", took),
                 Ok((false, took)) => ("FAILED (timed out)", took),
                 Err(_) => ("FAILED (panicked, see above)", Duration::ZERO),
@@ -112,7 +131,7 @@ fn main() {
             }
         }
         env.stop().await;
-        let passed = selected.len() - failed.len();
+        let passed = selected.len() + alone.len() - failed.len();
         let leaks = logs::check(&log, env);
         println!("test logs::whole_run_holds_no_secret ... {}", if leaks.is_empty() { "ok" } else { "FAILED" });
         for leak in &leaks {
