@@ -6,6 +6,9 @@
 //! `max_in_flight` requests out is sent at once; otherwise it queues, and each returning request
 //! sends the next batch with everything queued, up to the size budget.
 //!
+//! The Vault request id of a batch reaches every caller in it with its result, so each caller's
+//! audit line names the Vault request that carried its item.
+//!
 //! Authority invariant: the token is part of the lane key, so a batch only ever carries items of
 //! callers who were each authenticated to that very token; no caller's item is sent with a token
 //! it could not use itself.
@@ -16,7 +19,7 @@ use crate::{
     metrics,
     vault::{
         transit::{BatchItem, BatchResult, Op},
-        Client, VaultError, VaultToken,
+        Client, RequestIds, VaultError, VaultToken,
     },
 };
 use std::{
@@ -121,10 +124,13 @@ pub fn plan(items: &[BatchItem], budget: Budget) -> Vec<Range<usize>> {
     ranges
 }
 
+/// What a waiter receives: its result and the Vault request ids of the request that carried it.
+type Answer = (Result<BatchResult, Error>, Arc<[String]>);
+
 struct Waiter {
     item: BatchItem,
     deadline: Option<Instant>,
-    tx: oneshot::Sender<Result<BatchResult, Error>>,
+    tx: oneshot::Sender<Answer>,
 }
 
 #[derive(Default)]
@@ -212,7 +218,11 @@ impl Coalescer {
             tokio::spawn(self.clone().drive(lane, lane_key));
         }
         match rx.await {
-            Ok(result) => result,
+            Ok((result, ids)) => {
+                // The batch was sent by another task: hand its Vault request id to this caller.
+                crate::vault::note_request_ids(&ids);
+                result
+            }
             Err(_) => Err(Error::Internal("coalescer dropped a call without an answer".into())),
         }
     }
@@ -267,7 +277,10 @@ impl Coalescer {
             }
             if w.deadline.is_some_and(|d| d <= now) {
                 self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
-                let _ = w.tx.send(Err(Error::DeadlineExceeded("deadline passed while queued for Vault".into())));
+                let _ = w.tx.send((
+                    Err(Error::DeadlineExceeded("deadline passed while queued for Vault".into())),
+                    Arc::from([]),
+                ));
                 continue;
             }
             strings += s;
@@ -288,16 +301,19 @@ impl Coalescer {
         m.batch_requests.inc();
         m.batch_items.inc_by(items.len() as u64);
         m.batch_size.observe(items.len() as f64);
-        match self.vault.send(key, &items, deadline).await {
+        let collector = RequestIds::default();
+        let answer = collector.scope(self.vault.send(key, &items, deadline)).await;
+        let ids: Arc<[String]> = collector.take().into();
+        match answer {
             Ok(results) => {
                 for (tx, result) in txs.into_iter().zip(results) {
-                    let _ = tx.send(Ok(result));
+                    let _ = tx.send((Ok(result), ids.clone()));
                 }
             }
             Err(e) => {
                 let err = Error::from_vault(e, Subject::Key(&key.key));
                 for tx in txs {
-                    let _ = tx.send(Err(err.clone()));
+                    let _ = tx.send((Err(err.clone()), ids.clone()));
                 }
             }
         }

@@ -61,6 +61,16 @@ pub struct Metrics {
     pub logins: Family<NameLabel, Counter>,
     /// 1 while Vault is reachable and unsealed.
     pub vault_up: Gauge,
+    /// Vault requests sent again, by reason (`transport`, `timeout`, `sealed`, `standby`, `5xx`, `429`).
+    pub vault_retries: Family<NameLabel, Counter>,
+    /// Retries refused because the retry budget was spent (an outage is not amplified).
+    pub vault_retry_budget_exhausted: Counter,
+    /// Requests refused at once because every node's circuit breaker was open.
+    pub vault_fail_fast: Counter,
+    /// 307 redirects followed (a standby pointing at the active node).
+    pub vault_redirects: Counter,
+    /// Circuit breaker per configured node: 0 closed, 1 half-open, 2 open.
+    pub vault_breaker: Family<NameLabel, Gauge>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -90,6 +100,11 @@ impl Metrics {
             queue_depth: Gauge::default(),
             logins: Family::default(),
             vault_up: Gauge::default(),
+            vault_retries: Family::default(),
+            vault_retry_budget_exhausted: Counter::default(),
+            vault_fail_fast: Counter::default(),
+            vault_redirects: Counter::default(),
+            vault_breaker: Family::default(),
             registry: Registry::default(),
         };
         registry.register("grpc_calls", "gRPC calls by RPC and status code", m.calls.clone());
@@ -111,6 +126,23 @@ impl Metrics {
         registry.register("batch_queue_depth", "calls waiting in coalescer queues", m.queue_depth.clone());
         registry.register("vault_logins", "Vault logins by result", m.logins.clone());
         registry.register("vault_up", "1 while Vault is reachable and unsealed", m.vault_up.clone());
+        registry.register("vault_retries", "Vault requests sent again, by reason", m.vault_retries.clone());
+        registry.register(
+            "vault_retry_budget_exhausted",
+            "retries not made because the retry budget was spent",
+            m.vault_retry_budget_exhausted.clone(),
+        );
+        registry.register(
+            "vault_fail_fast",
+            "requests refused at once because every Vault node's circuit breaker was open",
+            m.vault_fail_fast.clone(),
+        );
+        registry.register("vault_redirects", "307 redirects from a standby followed", m.vault_redirects.clone());
+        registry.register(
+            "vault_breaker_state",
+            "circuit breaker per Vault node (label name = address): 0 closed, 1 half-open, 2 open",
+            m.vault_breaker.clone(),
+        );
         registry.register("build_info", "the running version (label name)", build);
         Metrics { registry, ..m }
     }
@@ -138,6 +170,18 @@ impl Metrics {
         let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
         self.vault_seconds.get_or_create(&NameLabel { name: endpoint.clone() }).observe(took.as_secs_f64());
         self.vault_requests.get_or_create(&VaultLabels { endpoint, status }).inc();
+    }
+}
+
+impl Metrics {
+    /// Records one retry of a Vault request.
+    pub fn vault_retry(&self, reason: &'static str) {
+        self.vault_retries.get_or_create(&NameLabel { name: reason.into() }).inc();
+    }
+
+    /// Records the breaker state of the node at `address` (a configured address: bounded).
+    pub fn breaker(&self, address: &str, state: i64) {
+        self.vault_breaker.get_or_create(&NameLabel { name: address.into() }).set(state);
     }
 }
 
@@ -171,6 +215,8 @@ mod tests {
         m.vault("transit/encrypt".into(), Some(200), Duration::from_millis(1));
         m.batch_size.observe(12.0);
         m.logins.get_or_create(&NameLabel { name: "ok".into() }).inc();
+        m.vault_retry("timeout");
+        m.breaker("http://n1:8200", 2);
         let text = m.render();
         for name in [
             "vaultgate_grpc_calls_total{rpc=\"Encrypt\",code=\"Ok\"}",
@@ -184,6 +230,11 @@ mod tests {
             "vaultgate_vault_logins_total",
             "vaultgate_vault_up",
             "vaultgate_build_info",
+            "vaultgate_vault_retries_total{name=\"timeout\"}",
+            "vaultgate_vault_retry_budget_exhausted_total",
+            "vaultgate_vault_fail_fast_total",
+            "vaultgate_vault_redirects_total",
+            "vaultgate_vault_breaker_state{name=\"http://n1:8200\"}",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

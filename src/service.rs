@@ -16,7 +16,7 @@ use crate::{
     metrics,
     ratelimit::RateLimits,
     session::{Actor, Sessions},
-    vault::Client,
+    vault::{Client, RequestIds},
 };
 use sha2::Digest;
 use std::{
@@ -105,11 +105,19 @@ impl Gateway {
             work(actor, deadline, message).await
         }
         .instrument(span.clone());
-        let result = match deadline {
-            Some(d) => tokio::time::timeout_at(d, call).await.unwrap_or_else(|_| {
-                Err(Error::DeadlineExceeded("the call's deadline passed before Vault answered".into()))
-            }),
-            None => call.await,
+        let bounded = async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, call).await.unwrap_or_else(|_| {
+                    Err(Error::DeadlineExceeded("the call's deadline passed before Vault answered".into()))
+                }),
+                None => call.await,
+            }
+        };
+        // Vault's request ids are collected only for the audit line: no cost without one.
+        let vault_ids = RequestIds::default();
+        let result = match &self.audit {
+            Some(_) => vault_ids.scope(bounded).await,
+            None => bounded.await,
         };
         let took = started.elapsed();
         let (caller, role) = who.as_ref().map_or(("", ""), |(c, r)| (&**c, &**r));
@@ -128,6 +136,7 @@ impl Gateway {
                     target: &target,
                     code: format!("{code:?}"),
                     latency_ms: took.as_secs_f64() * 1e3,
+                    vault_request_ids: &vault_ids.take(),
                 };
                 match log.write(&entry) {
                     Err(e) if log.fail_closed => {

@@ -77,7 +77,8 @@ impl Client {
         jwt: &str,
         deadline: Option<Instant>,
     ) -> Result<Login, VaultError> {
-        let call = Call::new(Method::POST, &["auth", mount, "login"]);
+        // Idempotent enough: a repeated login only leaves an unused token that expires on its own.
+        let call = Call::new(Method::POST, &["auth", mount, "login"]).idempotent();
         login_from(self.call(call, None, Some(&JwtLogin { role, jwt }), deadline).await?)
     }
 
