@@ -180,14 +180,14 @@ impl AllFailing {
         let secs = self.since.as_secs_f64();
         let (n, s) = (self.nodes, if self.nodes == 1 { "" } else { "s" });
         if self.sealed == self.nodes {
-            format!("Vault is sealed (all {n} node{s} sealed for {secs:.0} s); an operator must unseal it; retry later")
+            format!("Vault is sealed (all {n} node{s} sealed for {secs:.1} s); an operator must unseal it; retry later")
         } else if self.sealed > 0 {
             format!(
-                "Vault is unreachable (all {n} node{s} failing since {secs:.0} s, {} of them sealed); retry later",
+                "Vault is unreachable (all {n} node{s} failing since {secs:.1} s, {} of them sealed); retry later",
                 self.sealed
             )
         } else {
-            format!("Vault is unreachable (all {n} node{s} failing since {secs:.0} s); retry later")
+            format!("Vault is unreachable (all {n} node{s} failing since {secs:.1} s); retry later")
         }
     }
 }
