@@ -1,6 +1,8 @@
-//! The Vault/OpenBao HTTP client: one place that adds headers, applies a timeout to every call,
-//! strips the `{"data": …}` envelope and turns `{"errors": […]}` and status codes into
-//! [`VaultError`]. Engine-specific calls live in `vault/`.
+//! The Vault/OpenBao HTTP client: the one place that talks HTTP. It adds headers, applies a
+//! timeout to every attempt, picks the node (`vault/nodes.rs`), follows 307s, retries what may be
+//! retried (`vault/retry.rs`), records Vault's request ids for the audit line, strips the
+//! `{"data": …}` envelope and turns `{"errors": […]}` and status codes into [`VaultError`].
+//! Engine-specific calls live in `vault/`.
 //!
 //! Invariant: this module knows nothing of gRPC. Request and response bodies are never logged.
 
@@ -419,9 +421,7 @@ impl Client {
             };
             crate::metrics::get().vault(endpoint, Some(status.as_u16()), started.elapsed());
             tracing::debug!(status = status.as_u16(), "vault answered");
-            if let Some(id) = request_id_of(&bytes) {
-                note_request_ids(std::slice::from_ref(&id));
-            }
+            note_request_id_of(&bytes);
             return (node, Ok(Answer { status, bytes, retry_after }));
         }
         (node, Err(VaultError::Api { status: 307, errors: vec!["too many redirects".into()] }))
@@ -490,6 +490,19 @@ pub fn note_request_ids(ids: &[String]) {
         let mut list = c.0.lock().unwrap_or_else(|p| p.into_inner());
         for id in ids.iter().take(MAX_REQUEST_IDS.saturating_sub(list.len())) {
             list.push(id.clone());
+        }
+    });
+}
+
+/// Adds the request id of a Vault answer to the current call's collector; nothing to do (not
+/// even reading the id) outside a collector's scope.
+fn note_request_id_of(body: &[u8]) {
+    let _ = REQUEST_IDS.try_with(|c| {
+        if let Some(id) = request_id_of(body) {
+            let mut list = c.0.lock().unwrap_or_else(|p| p.into_inner());
+            if list.len() < MAX_REQUEST_IDS {
+                list.push(id);
+            }
         }
     });
 }
@@ -607,6 +620,42 @@ mod tests {
         let got = ids.take();
         assert_eq!(got.len(), MAX_REQUEST_IDS);
         assert_eq!(&got[..3], ["a", "b", "0"]);
+    }
+
+    fn client(max_attempts: u32, budget_ratio: f64, floor: f64) -> Client {
+        let mut config = ClientConfig::single(Url::parse("http://127.0.0.1:8200").unwrap());
+        config.retry = RetryConfig { max_attempts, budget_ratio, budget_floor_per_second: floor, ..retry::DEFAULT };
+        Client::new(&config).unwrap()
+    }
+
+    #[test]
+    fn retries_only_what_may_be_sent_again() {
+        let now = Instant::now();
+        let write = Call::new(Method::POST, &["transit/keys/k/rotate"]);
+        let read = Call::new(Method::GET, &["transit/keys/k"]).idempotent();
+        let c = client(3, 0.2, 10.0);
+        // (call, Vault may have acted, attempts so far, deadline) -> retried?
+        let cases: &[(&Call, bool, u32, Option<Duration>, bool)] = &[
+            (&write, true, 1, None, false),
+            (&write, false, 1, None, true),
+            (&read, true, 1, None, true),
+            (&read, true, 2, None, true),
+            (&read, true, 3, None, false),
+            (&read, true, 1, Some(Duration::from_millis(1)), false),
+            (&read, true, 1, Some(Duration::from_secs(5)), true),
+        ];
+        for (call, acted, attempts, deadline, want) in cases {
+            let got = c.retry_wait(call, *acted, None, *attempts, deadline.map(|d| now + d), now);
+            assert_eq!(got.is_some(), *want, "acted {acted} attempts {attempts} deadline {deadline:?}");
+            assert!(got.is_none_or(|w| w <= retry::DEFAULT.backoff_base * 2));
+        }
+        // Vault's Retry-After is honoured when it is longer than the backoff.
+        let wait = c.retry_wait(&read, false, Some(Duration::from_secs(2)), 1, None, now);
+        assert_eq!(wait, Some(Duration::from_secs(2)));
+        // A spent budget stops retries: no deposits and no floor allow only the starting balance.
+        let stingy = client(100, 0.0, 0.0);
+        let allowed = (0..10).filter(|_| stingy.retry_wait(&read, true, None, 1, None, now).is_some()).count();
+        assert_eq!(allowed, 1);
     }
 
     #[test]

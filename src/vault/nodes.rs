@@ -210,7 +210,11 @@ impl Nodes {
                 breaker: Mutex::new(Breaker::Closed { failures: 0 }),
             })
             .collect();
-        Nodes { nodes, config }
+        let nodes = Nodes { nodes, config };
+        for (i, node) in nodes.nodes.iter().enumerate() {
+            nodes.publish(i, &lock(&node.breaker));
+        }
+        nodes
     }
 
     /// All nodes, in configured order.
