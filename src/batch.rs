@@ -361,7 +361,13 @@ mod tests {
         ) -> BatchFuture<'a> {
             Box::pin(async move {
                 let plaintexts: Vec<String> = items.iter().map(|i| i.plaintext.clone().unwrap_or_default()).collect();
-                self.requests.lock().unwrap().push(plaintexts.clone());
+                let n = {
+                    let mut requests = self.requests.lock().unwrap();
+                    requests.push(plaintexts.clone());
+                    requests.len()
+                };
+                // As `Client::send` does with the `request_id` of each Vault answer.
+                crate::vault::note_request_ids(&[format!("vault-request-{n}")]);
                 self.gate.acquire().await.map_err(|_| VaultError::Timeout)?.forget();
                 if plaintexts.iter().any(|p| p == "boom") {
                     return Err(VaultError::Api { status: 500, errors: vec!["internal error".into()] });
@@ -432,6 +438,31 @@ mod tests {
         assert_eq!(requests[1].len(), 50);
         assert_eq!(c.stats().requests.load(Ordering::Relaxed), 2);
         assert_eq!(c.stats().items.load(Ordering::Relaxed), 51);
+    }
+
+    #[tokio::test]
+    async fn every_caller_in_a_batch_gets_the_vault_request_id_of_the_batch() {
+        let vault = Scripted::new(false);
+        let c = Coalescer::new(vault.clone(), &config(1, 100));
+        let call = |p: &'static str| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let ids = RequestIds::default();
+                ids.scope(c.submit(lane("t"), text(p), None)).await.unwrap();
+                ids.take()
+            })
+        };
+        let first = call("first");
+        seen(&vault, 1).await;
+        let queued = [call("a"), call("b")];
+        while c.lane(&lane("t")).state.lock().unwrap().queue.len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        vault.gate.add_permits(2);
+        assert_eq!(first.await.unwrap(), ["vault-request-1"]);
+        for task in queued {
+            assert_eq!(task.await.unwrap(), ["vault-request-2"], "the batch was sent by another task");
+        }
     }
 
     #[tokio::test]
