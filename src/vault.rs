@@ -290,14 +290,7 @@ impl Client {
             };
             let (answered, answer) = self.attempt(node, &call, token, body.as_ref(), deadline).await;
             attempts += 1;
-            let errors = match &answer {
-                Ok(a) if a.status.as_u16() >= 500 => api_errors(&a.bytes),
-                _ => Vec::new(),
-            };
-            let verdict = retry::verdict(
-                answer.as_ref().map(|a| (a.status.as_u16(), errors.as_slice())),
-                answer.as_ref().ok().and_then(|a| a.retry_after),
-            );
+            let verdict = verdict_of(&answer);
             let fault = match verdict {
                 Verdict::Done => None,
                 Verdict::Retry { fault, .. } => fault,
@@ -377,18 +370,8 @@ impl Client {
             if timeout.is_zero() {
                 return (node, Err(VaultError::Timeout));
             }
-            let mut req = self.http.request(call.method.clone(), url.clone()).timeout(timeout);
-            if let Some(token) = token {
-                req = req.header("X-Vault-Token", token.expose());
-            }
-            if let Some(ns) = &self.namespace {
-                req = req.header("X-Vault-Namespace", ns);
-            }
-            if let Some(body) = body {
-                req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone());
-            }
             let started = Instant::now();
-            let resp = match req.send().await {
+            let resp = match self.request(call, &url, token, body, timeout).send().await {
                 Ok(resp) => resp,
                 Err(e) => {
                     crate::metrics::get().vault(endpoint, None, started.elapsed());
@@ -399,13 +382,7 @@ impl Client {
             };
             let status = resp.status();
             if matches!(status.as_u16(), 307 | 308) && hop < MAX_REDIRECTS {
-                let target = resp
-                    .headers()
-                    .get(reqwest::header::LOCATION)
-                    .and_then(|l| l.to_str().ok())
-                    .and_then(|l| url.join(l).ok())
-                    .filter(|u| matches!(u.scheme(), "http" | "https"));
-                if let Some(target) = target {
+                if let Some(target) = redirect_target(&resp, &url) {
                     crate::metrics::get().vault_redirects.inc();
                     tracing::debug!(to = %target.origin().ascii_serialization(), "following vault redirect");
                     node = self.nodes.by_origin(&target).unwrap_or(first);
@@ -425,6 +402,28 @@ impl Client {
             return (node, Ok(Answer { status, bytes, retry_after }));
         }
         (node, Err(VaultError::Api { status: 307, errors: vec!["too many redirects".into()] }))
+    }
+
+    /// The HTTP request of one hop: method, URL, timeout, token, namespace, JSON body.
+    fn request(
+        &self,
+        call: &Call<'_>,
+        url: &Url,
+        token: Option<&VaultToken>,
+        body: Option<&bytes::Bytes>,
+        timeout: Duration,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self.http.request(call.method.clone(), url.clone()).timeout(timeout);
+        if let Some(token) = token {
+            req = req.header("X-Vault-Token", token.expose());
+        }
+        if let Some(ns) = &self.namespace {
+            req = req.header("X-Vault-Namespace", ns);
+        }
+        if let Some(body) = body {
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone());
+        }
+        req
     }
 
     /// Sends a request and decodes a success envelope; any other status becomes [`VaultError::Api`].
@@ -517,6 +516,24 @@ fn request_id_of(body: &[u8]) -> Option<String> {
     let id = &head[start..start + len];
     (!id.is_empty() && id.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-'))
         .then(|| String::from_utf8_lossy(id).into_owned())
+}
+
+/// What an attempt's outcome means; only 5xx bodies are read (for "sealed", "no active node").
+fn verdict_of(answer: &Result<Answer, VaultError>) -> Verdict {
+    let errors = match answer {
+        Ok(a) if a.status.as_u16() >= 500 => api_errors(&a.bytes),
+        _ => Vec::new(),
+    };
+    retry::verdict(
+        answer.as_ref().map(|a| (a.status.as_u16(), errors.as_slice())),
+        answer.as_ref().ok().and_then(|a| a.retry_after),
+    )
+}
+
+/// Where a 307/308 points, resolved against the request's URL; only http(s).
+fn redirect_target(resp: &reqwest::Response, url: &Url) -> Option<Url> {
+    let location = resp.headers().get(reqwest::header::LOCATION)?.to_str().ok()?;
+    url.join(location).ok().filter(|u| matches!(u.scheme(), "http" | "https"))
 }
 
 fn api_errors(bytes: &[u8]) -> Vec<String> {
