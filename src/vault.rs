@@ -116,7 +116,7 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// One node with the documented defaults (dev mode's admin client, tests).
+    /// One node, the documented retry and breaker defaults and a 30 s timeout: dev mode's setup client.
     pub fn single(address: Url) -> ClientConfig {
         ClientConfig {
             addresses: vec![address],
