@@ -114,9 +114,9 @@ impl Gateway {
             }
         };
         // Vault's request ids are collected only for the audit line: no cost without one.
-        let vault_ids = RequestIds::default();
-        let result = match &self.audit {
-            Some(_) => vault_ids.scope(bounded).await,
+        let vault_ids = self.audit.as_ref().map(|_| RequestIds::default());
+        let result = match &vault_ids {
+            Some(ids) => ids.scope(bounded).await,
             None => bounded.await,
         };
         let took = started.elapsed();
@@ -136,7 +136,7 @@ impl Gateway {
                     target: &target,
                     code: format!("{code:?}"),
                     latency_ms: took.as_secs_f64() * 1e3,
-                    vault_request_ids: &vault_ids.take(),
+                    vault_request_ids: &vault_ids.as_ref().map(RequestIds::take).unwrap_or_default(),
                 };
                 match log.write(&entry) {
                     Err(e) if log.fail_closed => {
