@@ -1,7 +1,8 @@
 //! Vault high availability and outages, each against real OpenBao servers of the test's own
 //! (Raft storage on loopback, initialised and unsealed over the HTTP API) and a gateway of its own
 //! that serves a non-root caller through JWT login: leader failover under load, Vault stopped and
-//! started again, Vault sealed and unsealed. Each prints the figures it measured.
+//! started again, Vault sealed and unsealed, and a standby that answers 307 (PostgreSQL storage
+//! without clustering). Each prints the figures it measured.
 
 use crate::{
     health::wait_for,
@@ -26,10 +27,12 @@ use vaultgate::{
     pb::vaultgate::v1::{encryption_service_client::EncryptionServiceClient, *},
 };
 
-/// The caller's policy: its Transit key only.
+/// The caller's policy: its Transit key only (rotating it is a write, not retried).
 const POLICY: &str = r#"
 path "transit/encrypt/ha" { capabilities = ["update"] }
 path "transit/decrypt/ha" { capabilities = ["update"] }
+path "transit/keys/ha" { capabilities = ["read"] }
+path "transit/keys/ha/rotate" { capabilities = ["update"] }
 "#;
 
 /// A free port below Linux's ephemeral range (32768 and up), so that no outgoing connection of
@@ -47,7 +50,16 @@ fn quiet_port() -> u16 {
     process::free_port().expect("port")
 }
 
-/// One OpenBao server with Raft storage in its own directory (survives a restart).
+/// Where a node keeps its data.
+enum Storage<'a> {
+    /// Raft in the node's own directory (survives a restart).
+    Raft,
+    /// A PostgreSQL database shared by the nodes, HA through its lock, no clustering: a standby
+    /// answers every request with a 307 to the active node's `api_addr`.
+    Postgres(&'a str),
+}
+
+/// One OpenBao server.
 struct Node {
     config: PathBuf,
     log: PathBuf,
@@ -56,17 +68,24 @@ struct Node {
 }
 
 impl Node {
-    fn new(dir: &Path, name: &str) -> Node {
+    fn new(dir: &Path, name: &str, storage: &Storage) -> Node {
         let data = dir.join(name);
         std::fs::create_dir_all(&data).expect("node dir");
         let (port, cluster) = (quiet_port(), quiet_port());
         let addr = format!("http://127.0.0.1:{port}");
-        // performance_multiplier = 1: the tightest Raft timings (leader loss seen in ~1 s).
-        let hcl = format!(
-            "storage \"raft\" {{\n  path = {data:?}\n  node_id = {name:?}\n  performance_multiplier = 1\n}}\n\
-             listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\n\
-             api_addr = \"{addr}\"\ncluster_addr = \"https://127.0.0.1:{cluster}\"\ndisable_mlock = true\n"
-        );
+        let hcl = match storage {
+            // performance_multiplier = 1: the tightest Raft timings (leader loss seen in ~1 s).
+            Storage::Raft => format!(
+                "storage \"raft\" {{\n  path = {data:?}\n  node_id = {name:?}\n  performance_multiplier = 1\n}}\n\
+                 listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\n\
+                 api_addr = \"{addr}\"\ncluster_addr = \"https://127.0.0.1:{cluster}\"\ndisable_mlock = true\n"
+            ),
+            Storage::Postgres(url) => format!(
+                "storage \"postgresql\" {{\n  connection_url = {url:?}\n  ha_enabled = \"true\"\n}}\n\
+                 listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  tls_disable = true\n}}\n\
+                 api_addr = \"{addr}\"\ndisable_clustering = true\ndisable_mlock = true\n"
+            ),
+        };
         let config = dir.join(format!("{name}.hcl"));
         std::fs::write(&config, hcl).expect("node config");
         Node { config, log: dir.join(format!("{name}.log")), addr, child: None }
@@ -108,9 +127,14 @@ impl Cluster {
     /// Starts `n` nodes, initialises the first, joins and unseals the others, waits until every
     /// node votes, and provisions Transit key `ha`, JWT auth and the caller role `ha`.
     async fn start(env: &Env, dir: &Path, n: usize) -> Cluster {
+        Cluster::start_on(env, dir, n, Storage::Raft).await
+    }
+
+    async fn start_on(env: &Env, dir: &Path, n: usize, storage: Storage<'_>) -> Cluster {
+        let raft = matches!(storage, Storage::Raft);
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).expect("cluster dir");
-        let mut nodes: Vec<Node> = (0..n).map(|i| Node::new(dir, &format!("n{}", i + 1))).collect();
+        let mut nodes: Vec<Node> = (0..n).map(|i| Node::new(dir, &format!("n{}", i + 1), &storage)).collect();
         for node in &mut nodes {
             node.start();
         }
@@ -126,20 +150,24 @@ impl Cluster {
         env.remember(&cluster.root);
         cluster.unseal(0).await;
         cluster.wait_health(0, |code| code == 200).await;
-        if n > 1 {
+        if n > 1 && raft {
             // Joined nodes vote after this stabilisation time (default 10 s).
             let body = json!({"server_stabilization_time": "1s", "cleanup_dead_servers": false});
             cluster.expect_ok(0, "POST", "sys/storage/raft/autopilot/configuration", body).await;
         }
         let leader = cluster.nodes[0].addr.clone();
         for i in 1..n {
-            cluster.expect_ok(i, "PUT", "sys/storage/raft/join", json!({"leader_api_addr": leader})).await;
+            if raft {
+                cluster.expect_ok(i, "PUT", "sys/storage/raft/join", json!({"leader_api_addr": leader})).await;
+            }
             cluster.unseal(i).await;
         }
         for i in 1..n {
             cluster.wait_health(i, |code| code == 429).await;
         }
-        cluster.wait_voters(n).await;
+        if raft {
+            cluster.wait_voters(n).await;
+        }
         cluster.provision(env).await;
         cluster
     }
@@ -520,4 +548,37 @@ pub async fn sealed_vault_is_unavailable_naming_the_seal(env: &'static Env) {
     let first: Value = serde_json::from_str(text.lines().next().expect("an audit line")).expect("JSON");
     let ids = first["vault_request_ids"].as_array().cloned().unwrap_or_default();
     assert!(!ids.is_empty() && ids.iter().all(|id| id.as_str().is_some_and(|s| s.len() == 36)), "{first}");
+}
+
+pub async fn standby_redirects_are_followed(env: &'static Env) {
+    let dir = env.dir.join("ha-redirect");
+    let database = "bao_redirect";
+    let psql = tokio::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &env.pg_port.to_string(), "-U", "postgres", "-d", "postgres", "-qc"])
+        .arg(format!("CREATE DATABASE {database}"))
+        .env("PGPASSWORD", &env.pg_password)
+        .output()
+        .await
+        .expect("psql");
+    assert!(psql.status.success(), "create database: {}", String::from_utf8_lossy(&psql.stderr));
+    let url = format!("postgres://postgres:{}@127.0.0.1:{}/{database}?sslmode=disable", env.pg_password, env.pg_port);
+    let cluster = Cluster::start_on(env, &dir, 2, Storage::Postgres(&url)).await;
+    // The gateway knows only the standby: every request it sends is answered 307 and followed.
+    let own = gateway(&format!("address = {:?}", cluster.nodes[1].addr), "").await;
+    let mut health = HealthClient::new(own.channel.clone());
+    wait_for(&mut health, "", ServingStatus::Serving, Duration::from_secs(10)).await;
+    let redirects = || vaultgate::metrics::get().vault_redirects.get();
+    let before = redirects();
+    let jwt = env.jwt("ha", 3600);
+    let mut c = EncryptionServiceClient::new(own.channel.clone());
+    let ciphertext = c.encrypt(encrypt(&jwt, b"redirected")).await.expect("login and encrypt via a 307").into_inner();
+    let plaintext = c.decrypt(decrypt(&jwt, &ciphertext.ciphertext)).await.expect("decrypt via a 307").into_inner();
+    assert_eq!(plaintext.plaintext, b"redirected");
+    let mut rotate = req(RotateRequest { key: "ha".into() }, &jwt);
+    rotate.set_timeout(Duration::from_secs(5));
+    let rotated = c.rotate(rotate).await.expect("rotate (a write) via a 307").into_inner();
+    assert_eq!(rotated.latest_version, 2);
+    let followed = redirects() - before;
+    println!("  redirect: login, Encrypt, Decrypt and Rotate through a standby that answers 307: {followed} redirects followed");
+    assert!(followed >= 4, "each of the 4 Vault requests was redirected: {followed}");
 }

@@ -52,6 +52,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     ha::leader_failover_under_load_loses_no_answer,
     ha::vault_stopped_then_started_fails_fast_and_recovers,
     ha::sealed_vault_is_unavailable_naming_the_seal,
+    ha::standby_redirects_are_followed,
     lifecycle::audit_log_has_one_line_per_call_and_fails_closed,
     lifecycle::shutdown_goes_not_serving_first_and_finishes_calls_in_flight,
     lifecycle::a_noisy_caller_is_throttled_alone,
