@@ -1,5 +1,5 @@
 //! The audit log: one JSON line per call (time, request id, caller, role, RPC, target, item
-//! count, result code, latency) to a file or stdout. It never holds a plaintext, ciphertext,
+//! count, result code, latency, the ids of the Vault requests that served it) to a file or stdout. It never holds a plaintext, ciphertext,
 //! secret, password, token or JWT: only names the caller chose (key, path, role, lease id).
 //!
 //! Fail closed, as Vault's audit devices do: when a line cannot be written the call's answer is
@@ -50,6 +50,9 @@ pub struct Entry<'a> {
     pub code: String,
     /// Latency in milliseconds.
     pub latency_ms: f64,
+    /// Vault's `request_id` of every Vault request made for the call (a coalesced call names the
+    /// shared batch request), to find the call in Vault's own audit log.
+    pub vault_request_ids: &'a [String],
 }
 
 /// Where audit lines go.
@@ -118,6 +121,7 @@ mod tests {
                 target: &target,
                 code: "Ok".into(),
                 latency_ms: 1.5,
+                vault_request_ids: &["64f4fb62-4fc5-b9a3-e7d9-c16f211bcf92".to_string()],
             };
             log.write(&entry).unwrap();
         }
@@ -127,6 +131,7 @@ mod tests {
         assert_eq!(lines[1]["rpc"], "Decrypt");
         assert_eq!(lines[0]["target"], "billing");
         assert_eq!(lines[0]["items"], 3);
+        assert_eq!(lines[0]["vault_request_ids"][0], "64f4fb62-4fc5-b9a3-e7d9-c16f211bcf92");
         // A sink that cannot be written reports it (here: /dev/full).
         if Path::new("/dev/full").exists() {
             let full = AuditLog::open("/dev/full", true).unwrap();
@@ -139,6 +144,7 @@ mod tests {
                 target: &target,
                 code: "Ok".into(),
                 latency_ms: 0.0,
+                vault_request_ids: &[],
             };
             assert!(full.write(&entry).is_err());
         }

@@ -6,6 +6,9 @@
 //! `max_in_flight` requests out is sent at once; otherwise it queues, and each returning request
 //! sends the next batch with everything queued, up to the size budget.
 //!
+//! The Vault request id of a batch reaches every caller in it with its result, so each caller's
+//! audit line names the Vault request that carried its item.
+//!
 //! Authority invariant: the token is part of the lane key, so a batch only ever carries items of
 //! callers who were each authenticated to that very token; no caller's item is sent with a token
 //! it could not use itself.
@@ -16,7 +19,7 @@ use crate::{
     metrics,
     vault::{
         transit::{BatchItem, BatchResult, Op},
-        Client, VaultError, VaultToken,
+        Client, RequestIds, VaultError, VaultToken,
     },
 };
 use std::{
@@ -121,10 +124,13 @@ pub fn plan(items: &[BatchItem], budget: Budget) -> Vec<Range<usize>> {
     ranges
 }
 
+/// What a waiter receives: its result and the Vault request ids of the request that carried it.
+type Answer = (Result<BatchResult, Error>, Arc<[String]>);
+
 struct Waiter {
     item: BatchItem,
     deadline: Option<Instant>,
-    tx: oneshot::Sender<Result<BatchResult, Error>>,
+    tx: oneshot::Sender<Answer>,
 }
 
 #[derive(Default)]
@@ -212,7 +218,11 @@ impl Coalescer {
             tokio::spawn(self.clone().drive(lane, lane_key));
         }
         match rx.await {
-            Ok(result) => result,
+            Ok((result, ids)) => {
+                // The batch was sent by another task: hand its Vault request id to this caller.
+                crate::vault::note_request_ids(&ids);
+                result
+            }
             Err(_) => Err(Error::Internal("coalescer dropped a call without an answer".into())),
         }
     }
@@ -267,7 +277,10 @@ impl Coalescer {
             }
             if w.deadline.is_some_and(|d| d <= now) {
                 self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
-                let _ = w.tx.send(Err(Error::DeadlineExceeded("deadline passed while queued for Vault".into())));
+                let _ = w.tx.send((
+                    Err(Error::DeadlineExceeded("deadline passed while queued for Vault".into())),
+                    Arc::from([]),
+                ));
                 continue;
             }
             strings += s;
@@ -288,16 +301,19 @@ impl Coalescer {
         m.batch_requests.inc();
         m.batch_items.inc_by(items.len() as u64);
         m.batch_size.observe(items.len() as f64);
-        match self.vault.send(key, &items, deadline).await {
+        let collector = RequestIds::default();
+        let answer = collector.scope(self.vault.send(key, &items, deadline)).await;
+        let ids: Arc<[String]> = collector.take().into();
+        match answer {
             Ok(results) => {
                 for (tx, result) in txs.into_iter().zip(results) {
-                    let _ = tx.send(Ok(result));
+                    let _ = tx.send((Ok(result), ids.clone()));
                 }
             }
             Err(e) => {
                 let err = Error::from_vault(e, Subject::Key(&key.key));
                 for tx in txs {
-                    let _ = tx.send(Err(err.clone()));
+                    let _ = tx.send((Err(err.clone()), ids.clone()));
                 }
             }
         }
@@ -345,7 +361,13 @@ mod tests {
         ) -> BatchFuture<'a> {
             Box::pin(async move {
                 let plaintexts: Vec<String> = items.iter().map(|i| i.plaintext.clone().unwrap_or_default()).collect();
-                self.requests.lock().unwrap().push(plaintexts.clone());
+                let n = {
+                    let mut requests = self.requests.lock().unwrap();
+                    requests.push(plaintexts.clone());
+                    requests.len()
+                };
+                // As `Client::send` does with the `request_id` of each Vault answer.
+                crate::vault::note_request_ids(&[format!("vault-request-{n}")]);
                 self.gate.acquire().await.map_err(|_| VaultError::Timeout)?.forget();
                 if plaintexts.iter().any(|p| p == "boom") {
                     return Err(VaultError::Api { status: 500, errors: vec!["internal error".into()] });
@@ -416,6 +438,31 @@ mod tests {
         assert_eq!(requests[1].len(), 50);
         assert_eq!(c.stats().requests.load(Ordering::Relaxed), 2);
         assert_eq!(c.stats().items.load(Ordering::Relaxed), 51);
+    }
+
+    #[tokio::test]
+    async fn every_caller_in_a_batch_gets_the_vault_request_id_of_the_batch() {
+        let vault = Scripted::new(false);
+        let c = Coalescer::new(vault.clone(), &config(1, 100));
+        let call = |p: &'static str| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let ids = RequestIds::default();
+                ids.scope(c.submit(lane("t"), text(p), None)).await.unwrap();
+                ids.take()
+            })
+        };
+        let first = call("first");
+        seen(&vault, 1).await;
+        let queued = [call("a"), call("b")];
+        while c.lane(&lane("t")).state.lock().unwrap().queue.len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        vault.gate.add_permits(2);
+        assert_eq!(first.await.unwrap(), ["vault-request-1"]);
+        for task in queued {
+            assert_eq!(task.await.unwrap(), ["vault-request-2"], "the batch was sent by another task");
+        }
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! The typed configuration, parsed from TOML and validated once at start-up. Every error names
 //! the key and says why it is wrong. Invariant: only this module reads files and the environment.
 
+use crate::vault;
 use serde::Deserialize;
 use std::{
     net::SocketAddr,
@@ -421,13 +422,105 @@ fn default_cache() -> usize {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawVault {
-    address: String,
+    address: Option<String>,
+    addresses: Option<Vec<String>>,
     ca_cert: Option<String>,
     namespace: Option<String>,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
     #[serde(default = "default_health_ms")]
     health_interval_ms: u64,
+    #[serde(default = "default_max_attempts")]
+    retry_max_attempts: u32,
+    #[serde(default = "default_backoff_base_ms")]
+    retry_backoff_base_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    retry_backoff_max_ms: u64,
+    #[serde(default = "default_budget_ratio")]
+    retry_budget_ratio: f64,
+    #[serde(default = "default_budget_floor")]
+    retry_budget_floor_per_second: f64,
+    #[serde(default = "default_breaker_failures")]
+    breaker_failures: u32,
+    #[serde(default = "default_breaker_cool_down_ms")]
+    breaker_cool_down_ms: u64,
+}
+
+// The resilience defaults live beside the code that uses them (`vault/retry.rs`, `vault/nodes.rs`).
+fn default_max_attempts() -> u32 {
+    vault::retry::DEFAULT.max_attempts
+}
+fn default_backoff_base_ms() -> u64 {
+    vault::retry::DEFAULT.backoff_base.as_millis() as u64
+}
+fn default_backoff_max_ms() -> u64 {
+    vault::retry::DEFAULT.backoff_max.as_millis() as u64
+}
+fn default_budget_ratio() -> f64 {
+    vault::retry::DEFAULT.budget_ratio
+}
+fn default_budget_floor() -> f64 {
+    vault::retry::DEFAULT.budget_floor_per_second
+}
+fn default_breaker_failures() -> u32 {
+    vault::nodes::DEFAULT_BREAKER.failures
+}
+fn default_breaker_cool_down_ms() -> u64 {
+    vault::nodes::DEFAULT_BREAKER.cool_down.as_millis() as u64
+}
+
+/// The Vault node URLs: exactly one of `vault.address` and `vault.addresses`, each http(s).
+fn vault_addresses(raw: &RawVault) -> Result<Vec<reqwest::Url>, String> {
+    let (key, list) = match (&raw.address, &raw.addresses) {
+        (Some(a), None) => ("vault.address", vec![a.clone()]),
+        (None, Some(list)) if !list.is_empty() && list.len() <= 64 => ("vault.addresses", list.clone()),
+        (None, Some(_)) => return Err("vault.addresses: list 1 to 64 node URLs".into()),
+        (Some(_), Some(_)) => return Err("vault.address: set either vault.address or vault.addresses, not both".into()),
+        (None, None) => {
+            return Err("vault.address: set vault.address (one URL) or vault.addresses (the nodes of a cluster)".into())
+        }
+    };
+    let mut urls: Vec<reqwest::Url> = Vec::with_capacity(list.len());
+    for a in &list {
+        let url = reqwest::Url::parse(a).map_err(|e| format!("{key}: {a:?} is not a URL ({e})"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("{key}: scheme must be http or https, not {:?}", url.scheme()));
+        }
+        if urls.iter().any(|u| u.origin() == url.origin()) {
+            return Err(format!("{key}: {a:?} is listed twice"));
+        }
+        urls.push(url);
+    }
+    Ok(urls)
+}
+
+fn resilience(raw: &RawVault) -> Result<(vault::retry::RetryConfig, vault::nodes::BreakerConfig), String> {
+    positive("vault.retry_max_attempts", raw.retry_max_attempts as usize)?;
+    positive("vault.retry_backoff_base_ms", raw.retry_backoff_base_ms as usize)?;
+    if raw.retry_backoff_max_ms < raw.retry_backoff_base_ms {
+        return Err("vault.retry_backoff_max_ms: must be at least vault.retry_backoff_base_ms".into());
+    }
+    if !(0.0..=1.0).contains(&raw.retry_budget_ratio) {
+        return Err("vault.retry_budget_ratio: must be between 0 and 1 (0.2 = one retry per five requests)".into());
+    }
+    if !(0.0..=10_000.0).contains(&raw.retry_budget_floor_per_second) {
+        return Err("vault.retry_budget_floor_per_second: must be between 0 and 10000".into());
+    }
+    positive("vault.breaker_failures", raw.breaker_failures as usize)?;
+    positive("vault.breaker_cool_down_ms", raw.breaker_cool_down_ms as usize)?;
+    Ok((
+        vault::retry::RetryConfig {
+            max_attempts: raw.retry_max_attempts,
+            backoff_base: Duration::from_millis(raw.retry_backoff_base_ms),
+            backoff_max: Duration::from_millis(raw.retry_backoff_max_ms),
+            budget_ratio: raw.retry_budget_ratio,
+            budget_floor_per_second: raw.retry_budget_floor_per_second,
+        },
+        vault::nodes::BreakerConfig {
+            failures: raw.breaker_failures,
+            cool_down: Duration::from_millis(raw.breaker_cool_down_ms),
+        },
+    ))
 }
 
 fn default_timeout_ms() -> u64 {
@@ -460,11 +553,8 @@ impl Config {
             Some(m) => Some(m.parse().map_err(|e| format!("metrics_listen: {m:?} is not host:port ({e})"))?),
             None => None,
         };
-        let address = reqwest::Url::parse(&raw.vault.address)
-            .map_err(|e| format!("vault.address: {:?} is not a URL ({e})", raw.vault.address))?;
-        if !matches!(address.scheme(), "http" | "https") {
-            return Err(format!("vault.address: scheme must be http or https, not {:?}", address.scheme()));
-        }
+        let addresses = vault_addresses(&raw.vault)?;
+        let (retry, breaker) = resilience(&raw.vault)?;
         let ca_pem = match &raw.vault.ca_cert {
             Some(p) => Some(std::fs::read(p).map_err(|e| format!("vault.ca_cert: cannot read {p}: {e}"))?),
             None => None,
@@ -560,10 +650,12 @@ impl Config {
             listen,
             metrics_listen,
             vault: crate::vault::ClientConfig {
-                address,
+                addresses,
                 timeout: Duration::from_millis(raw.vault.timeout_ms),
                 namespace: raw.vault.namespace.filter(|n| !n.is_empty()),
                 ca_pem,
+                retry,
+                breaker,
             },
             health_interval: Duration::from_millis(raw.vault.health_interval_ms),
             mounts,
@@ -691,6 +783,16 @@ mod tests {
         assert_eq!(c.batch.max_json_strings, 1000);
         assert!(c.batch.enabled);
         assert_eq!(c.vault.timeout, Duration::from_secs(10));
+        assert_eq!(c.vault.addresses.len(), 1);
+        assert_eq!(c.vault.retry, vault::retry::DEFAULT);
+        assert_eq!(c.vault.breaker, vault::nodes::DEFAULT_BREAKER);
+        let three = "listen = \"127.0.0.1:0\"\n[vault]\naddresses = [\"http://n1:8200\", \"http://n2:8200\", \"https://n3:8200\"]\nretry_max_attempts = 1\n";
+        let c = Config::parse(three).unwrap();
+        assert_eq!(
+            c.vault.addresses.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
+            ["http://n1:8200/", "http://n2:8200/", "https://n3:8200/"]
+        );
+        assert_eq!(c.vault.retry.max_attempts, 1);
         assert_eq!(c.log.format, "human");
         assert_eq!(c.limits.max_concurrent_calls, 4096);
     }
@@ -714,6 +816,15 @@ mod tests {
             ("listen = \"127.0.0.1:1\"\n[vault]\naddress = \"ftp://x\"\n", "vault.address"),
             ("listen = \"127.0.0.1:1\"\n[vault]\naddress = \"http://x\"\ntimeout_ms = 0\n", "vault.timeout_ms"),
             ("listen = \"127.0.0.1:1\"\n", "vault"),
+            ("listen = \"127.0.0.1:1\"\n[vault]\ntimeout_ms = 5\n", "vault.address"),
+            (&format!("{MINIMAL}addresses = [\"http://y\"]\n"), "not both"),
+            ("listen = \"127.0.0.1:1\"\n[vault]\naddresses = []\n", "vault.addresses"),
+            ("listen = \"127.0.0.1:1\"\n[vault]\naddresses = [\"http://a\", \"ftp://b\"]\n", "vault.addresses"),
+            ("listen = \"127.0.0.1:1\"\n[vault]\naddresses = [\"http://a\", \"http://a/\"]\n", "twice"),
+            (&format!("{MINIMAL}retry_budget_ratio = 2.0\n"), "vault.retry_budget_ratio"),
+            (&format!("{MINIMAL}retry_max_attempts = 0\n"), "vault.retry_max_attempts"),
+            (&format!("{MINIMAL}retry_backoff_max_ms = 1\n"), "vault.retry_backoff_max_ms"),
+            (&format!("{MINIMAL}breaker_failures = 0\n"), "vault.breaker_failures"),
             (&format!("{MINIMAL}typo = 1\n"), "typo"),
             (&format!("{MINIMAL}[batch]\nmax_in_flight = 0\n"), "batch.max_in_flight"),
             (&format!("{MINIMAL}[batch]\nmax_json_strings = 2\n"), "batch.max_json_strings"),

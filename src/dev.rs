@@ -71,12 +71,7 @@ impl Stack {
 
     /// A Vault client for the stack's OpenBao.
     pub fn admin_client(&self) -> Result<vault::Client, String> {
-        vault::Client::new(&vault::ClientConfig {
-            address: self.bao.addr.parse().map_err(|e| format!("{e}"))?,
-            timeout: std::time::Duration::from_secs(30),
-            namespace: None,
-            ca_pem: None,
-        })
+        vault::Client::new(&vault::ClientConfig::single(self.bao.addr.parse().map_err(|e| format!("{e}"))?))
     }
 
     /// The gateway config for this stack: demo callers mapped by JWT subject to their roles.

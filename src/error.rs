@@ -84,10 +84,11 @@ impl Error {
     /// Turns a Vault failure into the caller-facing error, naming what was being accessed.
     pub fn from_vault(err: VaultError, subject: Subject<'_>) -> Error {
         match err {
-            VaultError::Transport(detail) => {
+            VaultError::Transport(detail) | VaultError::Connect(detail) => {
                 tracing::warn!(%detail, "vault unreachable");
                 Error::Unavailable("Vault is unreachable; retry with backoff".into())
             }
+            VaultError::AllNodesFailing(message) => Error::Unavailable(message),
             VaultError::Timeout => Error::Unavailable("Vault did not answer in time; retry with backoff".into()),
             VaultError::Decode(detail) => {
                 tracing::error!(%detail, "unexpected answer from vault");
@@ -275,6 +276,13 @@ mod tests {
             (api(413, "http: request body too large"), Subject::Key("k"), Code::InvalidArgument),
             (VaultError::Timeout, Subject::Key("k"), Code::Unavailable),
             (VaultError::Transport("connection refused".into()), Subject::Key("k"), Code::Unavailable),
+            (VaultError::Connect("connection refused".into()), Subject::Key("k"), Code::Unavailable),
+            (
+                VaultError::AllNodesFailing("Vault is sealed (all 1 node sealed)".into()),
+                Subject::Key("k"),
+                Code::Unavailable,
+            ),
+            (api(500, "local node not active but active cluster node not found"), Subject::Key("k"), Code::Unavailable),
             (VaultError::Decode("bad json".into()), Subject::Key("k"), Code::Internal),
         ];
         for (err, subject, code) in cases {

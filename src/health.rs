@@ -1,8 +1,10 @@
-//! The health watcher: polls Vault's unauthenticated `sys/health` (never a Transit operation)
-//! and sets `grpc.health.v1` for the whole server (`""`) and each vaultgate service. SERVING while
-//! Vault is reachable and unsealed; NOT_SERVING otherwise.
+//! The health watcher: polls the unauthenticated `sys/health` of every configured Vault node
+//! (never a Transit operation), tells the client which node is active and which are usable (a
+//! ready node closes its circuit breaker, a sealed one opens it), and sets `grpc.health.v1` for
+//! the whole server (`""`) and each vaultgate service: SERVING while some node is reachable,
+//! unsealed and not given up on; NOT_SERVING otherwise.
 
-use crate::vault::{sys::NodeHealth, Client};
+use crate::vault::{nodes::Role, sys::NodeHealth, Client};
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic_health::{server::HealthReporter, ServingStatus};
@@ -26,23 +28,46 @@ pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Polls `sys/health` every `interval` until the task is dropped, reporting each change once.
+/// Polls every node's `sys/health` every `interval` until the task is dropped, reporting each
+/// change of the overall status once.
 pub async fn watch(vault: Client, reporter: HealthReporter, interval: Duration) {
     let mut last: Option<bool> = None;
+    let mut roles: Vec<Option<Role>> = vec![None; vault.nodes().all().len()];
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         // A probe must end well before the next one is due, so a hung Vault is seen within ~2 intervals.
         let deadline = Instant::now() + interval.max(Duration::from_millis(200));
-        let probe = vault.health(Some(deadline)).await;
-        let serving = matches!(probe, Ok(NodeHealth::Ready));
+        let mut probes = tokio::task::JoinSet::new();
+        for index in 0..roles.len() {
+            let vault = vault.clone();
+            probes.spawn(async move { (index, vault.probe(index, Some(deadline)).await) });
+        }
+        while let Some(Ok((index, probe))) = probes.join_next().await {
+            let role = match &probe {
+                Ok(NodeHealth::Ready) => Role::Active,
+                Ok(NodeHealth::Standby) => Role::Standby,
+                Ok(NodeHealth::Sealed | NodeHealth::Uninitialized) => Role::Sealed,
+                Err(_) => Role::Down,
+            };
+            vault.nodes().observe(index, role, Instant::now());
+            if roles[index] != Some(role) {
+                let node = vault.nodes().get(index).map_or("?", |n| n.label.as_str());
+                match &probe {
+                    Ok(state) => tracing::info!(vault = node, ?state, "vault node state"),
+                    Err(e) => tracing::warn!(vault = node, error = ?e, "vault node unreachable"),
+                }
+                roles[index] = Some(role);
+            }
+        }
+        let serving = vault.nodes().any_usable(Instant::now());
         crate::metrics::get().vault_up.set(i64::from(serving));
         if last != Some(serving) {
-            match &probe {
-                Ok(NodeHealth::Ready) => tracing::info!(vault = %vault.address(), "vault ready: SERVING"),
-                Ok(state) => tracing::warn!(vault = %vault.address(), ?state, "vault not ready: NOT_SERVING"),
-                Err(e) => tracing::warn!(vault = %vault.address(), error = ?e, "vault unreachable: NOT_SERVING"),
+            if serving {
+                tracing::info!("vault ready: SERVING");
+            } else {
+                tracing::warn!("no vault node is usable: NOT_SERVING");
             }
             let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
             set_all(&reporter, status).await;

@@ -11,18 +11,18 @@
 //!   renewal, re-login, cache.
 //! - [`batch`]: coalescing of concurrent Transit calls into `batch_input` requests.
 //! - [`leases`]: who owns each database lease, and keeping its parent token alive.
-//! - [`vault`]: the Vault HTTP client; knows nothing of gRPC.
+//! - [`vault`]: the Vault HTTP client (node choice, breakers, retries); knows nothing of gRPC.
 //! - [`error`]: the one mapping from failures to gRPC status codes.
 //! - [`ratelimit`]: per-caller token buckets, sized per role.
 //! - [`audit`]: one JSON line per call, fail closed.
-//! - [`health`]: the `sys/health` watcher behind `grpc.health.v1`.
+//! - [`health`]: the per-node `sys/health` watcher behind node choice and `grpc.health.v1`.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 //! - [`config`]: the TOML config, validated at start-up.
 //! - [`dev`]: `vaultgate dev`, a local OpenBao + PostgreSQL with two demo callers.
 //!
 //! Invariants: no root or broader token serves callers (a role's token is shared only by callers
-//! mapped to that role); nothing logs a secret; a batch
-//! result goes back only to the caller that sent the item.
+//! mapped to that role); nothing logs a secret; a batch result goes back only to the caller that
+//! sent the item; a Vault request that may have acted is sent again only when its call is idempotent.
 #![forbid(unsafe_code)]
 
 pub mod audit;

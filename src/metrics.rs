@@ -63,6 +63,16 @@ pub struct Metrics {
     pub vault_up: Gauge,
     /// Token lifecycle events: `login`, `login_failed`, `renewed`, `dead` (gone behind our back).
     pub token_events: Family<NameLabel, Counter>,
+    /// Vault requests sent again, by reason (`transport`, `timeout`, `sealed`, `standby`, `5xx`, `429`).
+    pub vault_retries: Family<NameLabel, Counter>,
+    /// Retries refused because the retry budget was spent (an outage is not amplified).
+    pub vault_retry_budget_exhausted: Counter,
+    /// Requests refused at once because every node's circuit breaker was open.
+    pub vault_fail_fast: Counter,
+    /// 307 redirects followed (a standby pointing at the active node).
+    pub vault_redirects: Counter,
+    /// Circuit breaker per configured node: 0 closed, 1 half-open, 2 open.
+    pub vault_breaker: Family<NameLabel, Gauge>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -93,6 +103,11 @@ impl Metrics {
             logins: Family::default(),
             vault_up: Gauge::default(),
             token_events: Family::default(),
+            vault_retries: Family::default(),
+            vault_retry_budget_exhausted: Counter::default(),
+            vault_fail_fast: Counter::default(),
+            vault_redirects: Counter::default(),
+            vault_breaker: Family::default(),
             registry: Registry::default(),
         };
         registry.register("grpc_calls", "gRPC calls by RPC and status code", m.calls.clone());
@@ -115,6 +130,23 @@ impl Metrics {
         registry.register("vault_logins", "Vault logins by result", m.logins.clone());
         registry.register("vault_token_events", "Vault token lifecycle events by kind", m.token_events.clone());
         registry.register("vault_up", "1 while Vault is reachable and unsealed", m.vault_up.clone());
+        registry.register("vault_retries", "Vault requests sent again, by reason", m.vault_retries.clone());
+        registry.register(
+            "vault_retry_budget_exhausted",
+            "retries not made because the retry budget was spent",
+            m.vault_retry_budget_exhausted.clone(),
+        );
+        registry.register(
+            "vault_fail_fast",
+            "requests refused at once because every Vault node's circuit breaker was open",
+            m.vault_fail_fast.clone(),
+        );
+        registry.register("vault_redirects", "307 redirects from a standby followed", m.vault_redirects.clone());
+        registry.register(
+            "vault_breaker_state",
+            "circuit breaker per Vault node (label name = address): 0 closed, 1 half-open, 2 open",
+            m.vault_breaker.clone(),
+        );
         registry.register("build_info", "the running version (label name)", build);
         Metrics { registry, ..m }
     }
@@ -142,6 +174,18 @@ impl Metrics {
         let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
         self.vault_seconds.get_or_create(&NameLabel { name: endpoint.clone() }).observe(took.as_secs_f64());
         self.vault_requests.get_or_create(&VaultLabels { endpoint, status }).inc();
+    }
+}
+
+impl Metrics {
+    /// Records one retry of a Vault request.
+    pub fn vault_retry(&self, reason: &'static str) {
+        self.vault_retries.get_or_create(&NameLabel { name: reason.into() }).inc();
+    }
+
+    /// Records the breaker state of the node at `address` (a configured address: bounded).
+    pub fn breaker(&self, address: &str, state: i64) {
+        self.vault_breaker.get_or_create(&NameLabel { name: address.into() }).set(state);
     }
 }
 
@@ -175,6 +219,8 @@ mod tests {
         m.vault("transit/encrypt".into(), Some(200), Duration::from_millis(1));
         m.batch_size.observe(12.0);
         m.logins.get_or_create(&NameLabel { name: "ok".into() }).inc();
+        m.vault_retry("timeout");
+        m.breaker("http://n1:8200", 2);
         let text = m.render();
         for name in [
             "vaultgate_grpc_calls_total{rpc=\"Encrypt\",code=\"Ok\"}",
@@ -188,6 +234,11 @@ mod tests {
             "vaultgate_vault_logins_total",
             "vaultgate_vault_up",
             "vaultgate_build_info",
+            "vaultgate_vault_retries_total{name=\"timeout\"}",
+            "vaultgate_vault_retry_budget_exhausted_total",
+            "vaultgate_vault_fail_fast_total",
+            "vaultgate_vault_redirects_total",
+            "vaultgate_vault_breaker_state{name=\"http://n1:8200\"}",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -17,7 +17,7 @@ use crate::{
     metrics,
     ratelimit::RateLimits,
     session::{Actor, Credentials, Sessions},
-    vault::Client,
+    vault::{Client, RequestIds},
 };
 use sha2::Digest;
 use std::{
@@ -132,15 +132,23 @@ impl Gateway {
         }
         .instrument(span.clone());
         let late = || Error::DeadlineExceeded("the call's deadline passed before Vault answered".into());
-        let result = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, call).await {
-                // Vault requests are cut at the caller's deadline: a Vault timeout (UNAVAILABLE)
-                // that ends at or after it means the deadline passed, whichever timer fired first.
-                Ok(Err(Error::Unavailable(_))) if Instant::now() >= d => Err(late()),
-                Ok(result) => result,
-                Err(_) => Err(late()),
-            },
-            None => call.await,
+        let bounded = async {
+            match deadline {
+                Some(d) => match tokio::time::timeout_at(d, call).await {
+                    // Vault requests are cut at the caller's deadline: a Vault timeout (UNAVAILABLE)
+                    // that ends at or after it means the deadline passed, whichever timer fired first.
+                    Ok(Err(Error::Unavailable(_))) if Instant::now() >= d => Err(late()),
+                    Ok(result) => result,
+                    Err(_) => Err(late()),
+                },
+                None => call.await,
+            }
+        };
+        // Vault's request ids are collected only for the audit line: no cost without one.
+        let vault_ids = self.audit.as_ref().map(|_| RequestIds::default());
+        let result = match &vault_ids {
+            Some(ids) => ids.scope(bounded).await,
+            None => bounded.await,
         };
         drop(permit);
         let took = started.elapsed();
@@ -160,6 +168,7 @@ impl Gateway {
                     target: &target,
                     code: format!("{code:?}"),
                     latency_ms: took.as_secs_f64() * 1e3,
+                    vault_request_ids: &vault_ids.as_ref().map(RequestIds::take).unwrap_or_default(),
                 };
                 match log.write(&entry) {
                     Err(e) if log.fail_closed => {

@@ -1,6 +1,8 @@
-//! The Vault/OpenBao HTTP client: one place that adds headers, applies a timeout to every call,
-//! strips the `{"data": …}` envelope and turns `{"errors": […]}` and status codes into
-//! [`VaultError`]. Engine-specific calls live in `vault/`.
+//! The Vault/OpenBao HTTP client: the one place that talks HTTP. It adds headers, applies a
+//! timeout to every attempt, picks the node (`vault/nodes.rs`), follows 307s, retries what may be
+//! retried (`vault/retry.rs`), records Vault's request ids for the audit line, strips the
+//! `{"data": …}` envelope and turns `{"errors": […]}` and status codes into [`VaultError`].
+//! Engine-specific calls live in `vault/`.
 //!
 //! Invariant: this module knows nothing of gRPC. Request and response bodies are never logged.
 
@@ -8,12 +10,21 @@ pub mod auth;
 pub mod database;
 pub mod hmac;
 pub mod kv;
+pub mod nodes;
+pub mod retry;
 pub mod sys;
 pub mod transit;
 
+use nodes::{BreakerConfig, Nodes};
 use reqwest::{Method, StatusCode, Url};
+use retry::{RetryBudget, RetryConfig, Verdict};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::time::Instant;
 
 /// A Vault token. Its `Debug` and `Display` are redacted so it can never reach a log by accident.
@@ -41,10 +52,15 @@ impl fmt::Debug for VaultToken {
 /// Why a Vault call failed, in Vault's own terms; `error.rs` maps it to a gRPC status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VaultError {
-    /// No HTTP answer: connection refused, reset, TLS failure.
+    /// No connection could be made (refused, DNS, TLS handshake): nothing was sent.
+    Connect(String),
+    /// No HTTP answer on an established connection (reset, closed): Vault may have acted.
     Transport(String),
     /// No answer within the call's timeout or the caller's deadline.
     Timeout,
+    /// Every node's circuit breaker is open: the request was not sent. The text says since when
+    /// and whether the nodes are sealed.
+    AllNodesFailing(String),
     /// Vault answered with a non-success status and these error strings.
     Api {
         /// HTTP status code.
@@ -86,23 +102,44 @@ struct ErrorBody {
 /// Settings of the client, taken from the `[vault]` config table.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Base URL, e.g. `http://127.0.0.1:8200`.
-    pub address: Url,
-    /// Upper bound of every call.
+    /// Base URLs of the Vault nodes (one for a single server or a load balancer).
+    pub addresses: Vec<Url>,
+    /// Upper bound of every request attempt.
     pub timeout: Duration,
     /// Optional `X-Vault-Namespace`.
     pub namespace: Option<String>,
     /// Optional PEM bundle to trust for Vault's TLS certificate.
     pub ca_pem: Option<Vec<u8>>,
+    /// When failed requests are sent again.
+    pub retry: RetryConfig,
+    /// When a node is given up on for a while.
+    pub breaker: BreakerConfig,
 }
 
-/// A cheap-to-clone handle on one Vault server (connection pool shared by clones).
+impl ClientConfig {
+    /// One node, the documented retry and breaker defaults and a 30 s timeout: dev mode's setup client.
+    pub fn single(address: Url) -> ClientConfig {
+        ClientConfig {
+            addresses: vec![address],
+            timeout: Duration::from_secs(30),
+            namespace: None,
+            ca_pem: None,
+            retry: retry::DEFAULT,
+            breaker: nodes::DEFAULT_BREAKER,
+        }
+    }
+}
+
+/// A cheap-to-clone handle on the Vault nodes (connection pool, node states and retry budget
+/// shared by clones).
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: Url,
+    nodes: Arc<Nodes>,
     timeout: Duration,
     namespace: Option<String>,
+    retry: RetryConfig,
+    budget: Arc<RetryBudget>,
 }
 
 /// An HTTP method plus path segments below `/v1/`; segments are percent-encoded when sent.
@@ -110,13 +147,16 @@ pub struct Call<'a> {
     method: Method,
     segments: Vec<&'a str>,
     query: Vec<(&'a str, String)>,
+    idempotent: bool,
+    node: Option<usize>,
 }
 
 impl<'a> Call<'a> {
     /// A call with this method on `/v1/` + segments (each segment may itself contain `/`).
+    /// It is not retried once Vault may have acted on it; see [`Call::idempotent`].
     pub fn new(method: Method, segments: &[&'a str]) -> Call<'a> {
         let segments = segments.iter().flat_map(|s| s.split('/')).filter(|s| !s.is_empty()).collect();
-        Call { method, segments, query: Vec::new() }
+        Call { method, segments, query: Vec::new(), idempotent: false, node: None }
     }
 
     /// Adds a query parameter.
@@ -124,15 +164,40 @@ impl<'a> Call<'a> {
         self.query.push((name, value.to_string()));
         self
     }
+
+    /// Marks the call safe to send twice (a read, an encryption, a login): it is retried after
+    /// timeouts, resets and 5xx, within the retry budget and the caller's deadline.
+    pub fn idempotent(mut self) -> Call<'a> {
+        self.idempotent = true;
+        self
+    }
+
+    /// Sends the call to configured node `index` only: no breaker, no retry (health probes).
+    fn at_node(mut self, index: usize) -> Call<'a> {
+        self.node = Some(index);
+        self
+    }
+}
+
+/// Most 307 redirects followed by one attempt (a standby points at the active node: one hop).
+const MAX_REDIRECTS: usize = 2;
+
+/// One HTTP answer and the node that gave it.
+struct Answer {
+    status: StatusCode,
+    bytes: bytes::Bytes,
+    retry_after: Option<Duration>,
 }
 
 impl Client {
-    /// Builds the HTTP client; fails only on an unusable CA bundle.
+    /// Builds the HTTP client; fails only on an unusable CA bundle or no address.
     pub fn new(config: &ClientConfig) -> Result<Client, String> {
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(60))
+            // 307s from standbys are followed by `send`, bounded and counted, with the body re-sent.
+            .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true);
         if let Some(pem) = &config.ca_pem {
             for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("vault.ca_cert: {e}"))? {
@@ -140,20 +205,46 @@ impl Client {
             }
         }
         let http = builder.build().map_err(|e| format!("cannot build the Vault HTTP client: {e}"))?;
-        let mut base = config.address.clone();
-        if !base.path().ends_with('/') {
-            base.set_path(&format!("{}/", base.path()));
+        if config.addresses.is_empty() || config.addresses.len() > 64 {
+            return Err("vault.addresses: between 1 and 64 addresses".into());
         }
-        Ok(Client { http, base, timeout: config.timeout, namespace: config.namespace.clone() })
+        let bases = config
+            .addresses
+            .iter()
+            .map(|a| {
+                let mut base = a.clone();
+                if !base.path().ends_with('/') {
+                    base.set_path(&format!("{}/", base.path()));
+                }
+                base
+            })
+            .collect();
+        Ok(Client {
+            http,
+            nodes: Arc::new(Nodes::new(bases, config.breaker)),
+            timeout: config.timeout,
+            namespace: config.namespace.clone(),
+            retry: config.retry,
+            budget: Arc::new(RetryBudget::new(
+                config.retry.budget_ratio,
+                config.retry.budget_floor_per_second,
+                Instant::now(),
+            )),
+        })
     }
 
-    /// The server's base URL (for logs and health).
+    /// The first configured node's base URL (for logs).
     pub fn address(&self) -> &Url {
-        &self.base
+        &self.nodes.all()[0].base
     }
 
-    fn url(&self, call: &Call<'_>) -> Result<Url, VaultError> {
-        let mut url = self.base.join("v1/").map_err(|e| VaultError::Decode(e.to_string()))?;
+    /// The configured nodes and what is known of them.
+    pub fn nodes(&self) -> &Nodes {
+        &self.nodes
+    }
+
+    fn url(base: &Url, call: &Call<'_>) -> Result<Url, VaultError> {
+        let mut url = base.join("v1/").map_err(|e| VaultError::Decode(e.to_string()))?;
         {
             let mut segs =
                 url.path_segments_mut().map_err(|_| VaultError::Decode("vault address cannot be a base".into()))?;
@@ -167,6 +258,8 @@ impl Client {
     }
 
     /// Sends one request and returns the raw status and body; the only place that talks HTTP.
+    /// Chooses the node, follows 307s, retries what may be retried (see `vault/retry.rs`) within
+    /// `deadline`, and feeds each node's circuit breaker.
     #[tracing::instrument(level = "debug", skip_all, fields(method = %call.method, path = %call.segments.join("/")))]
     pub async fn send<B: Serialize + ?Sized>(
         &self,
@@ -175,14 +268,153 @@ impl Client {
         body: Option<&B>,
         deadline: Option<Instant>,
     ) -> Result<(StatusCode, bytes::Bytes), VaultError> {
-        let timeout = match deadline {
-            Some(d) => d.saturating_duration_since(Instant::now()).min(self.timeout),
-            None => self.timeout,
+        // Serialised once: a retry or a redirect sends the very same bytes.
+        let body = match body {
+            Some(b) => Some(bytes::Bytes::from(
+                serde_json::to_vec(b).map_err(|e| VaultError::Decode(format!("request body: {e}")))?,
+            )),
+            None => None,
         };
-        if timeout.is_zero() {
-            return Err(VaultError::Timeout);
+        if let Some(node) = call.node {
+            return self.attempt(node, &call, token, body.as_ref(), deadline).await.1.map(|a| (a.status, a.bytes));
         }
-        let mut req = self.http.request(call.method.clone(), self.url(&call)?).timeout(timeout);
+        self.budget.deposit();
+        let mut tried = 0u64;
+        let mut attempts = 0u32;
+        loop {
+            let node = match self.nodes.choose(tried, Instant::now()) {
+                Ok(node) => node,
+                Err(all) => {
+                    crate::metrics::get().vault_fail_fast.inc();
+                    return Err(VaultError::AllNodesFailing(all.message()));
+                }
+            };
+            let (answered, answer) = self.attempt(node, &call, token, body.as_ref(), deadline).await;
+            attempts += 1;
+            let verdict = verdict_of(&answer);
+            let fault = match verdict {
+                Verdict::Done => None,
+                Verdict::Retry { fault, .. } => fault,
+            };
+            let now = Instant::now();
+            self.nodes.report(answered, fault, now);
+            if answered != node {
+                // The first node answered (a redirect): it is alive whatever the target did.
+                self.nodes.report(node, None, now);
+            }
+            let Verdict::Retry { acted, after, reason, .. } = verdict else {
+                return answer.map(|a| (a.status, a.bytes));
+            };
+            tried |= (1u64 << (node % 64)) | (1u64 << (answered % 64));
+            let wait = match self.retry_wait(&call, acted, after, attempts, deadline, now) {
+                Some(wait) => wait,
+                None => return answer.map(|a| (a.status, a.bytes)),
+            };
+            crate::metrics::get().vault_retry(reason);
+            tracing::debug!(reason, attempt = attempts, wait_ms = wait.as_millis() as u64, "retrying vault request");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// How long to wait before sending a failed request again, or `None` when it must not be:
+    /// not idempotent and Vault may have acted, out of attempts, past the deadline, or over budget.
+    fn retry_wait(
+        &self,
+        call: &Call<'_>,
+        acted: bool,
+        after: Option<Duration>,
+        attempts: u32,
+        deadline: Option<Instant>,
+        now: Instant,
+    ) -> Option<Duration> {
+        if (acted && !call.idempotent) || attempts >= self.retry.max_attempts {
+            return None;
+        }
+        let backoff = retry::backoff(attempts - 1, self.retry.backoff_base, self.retry.backoff_max, retry::jitter());
+        let wait = after.map_or(backoff, |a| a.max(backoff));
+        // A retry that cannot get an answer before the deadline only adds load.
+        if deadline.is_some_and(|d| now + wait + Duration::from_millis(1) >= d) {
+            return None;
+        }
+        if !self.budget.withdraw(now) {
+            crate::metrics::get().vault_retry_budget_exhausted.inc();
+            tracing::debug!("retry budget exhausted: not retrying");
+            return None;
+        }
+        Some(wait)
+    }
+
+    /// One attempt on node `first`, following up to [`MAX_REDIRECTS`] 307s; returns the node
+    /// that gave the last answer (a redirect target that is not a configured node counts as `first`).
+    async fn attempt(
+        &self,
+        first: usize,
+        call: &Call<'_>,
+        token: Option<&VaultToken>,
+        body: Option<&bytes::Bytes>,
+        deadline: Option<Instant>,
+    ) -> (usize, Result<Answer, VaultError>) {
+        let Some(base) = self.nodes.get(first).map(|n| &n.base) else {
+            return (first, Err(VaultError::Decode(format!("no vault node {first}"))));
+        };
+        let mut node = first;
+        let mut url = match Client::url(base, call) {
+            Ok(url) => url,
+            Err(e) => return (node, Err(e)),
+        };
+        let endpoint = call.segments.iter().take(2).copied().collect::<Vec<_>>().join("/");
+        for hop in 0..=MAX_REDIRECTS {
+            let timeout = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(self.timeout),
+                None => self.timeout,
+            };
+            if timeout.is_zero() {
+                return (node, Err(VaultError::Timeout));
+            }
+            let started = Instant::now();
+            let resp = match self.request(call, &url, token, body, timeout).send().await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    crate::metrics::get().vault(endpoint, None, started.elapsed());
+                    let err = classify(e);
+                    tracing::debug!(error = ?err, "vault request failed");
+                    return (node, Err(err));
+                }
+            };
+            let status = resp.status();
+            if matches!(status.as_u16(), 307 | 308) && hop < MAX_REDIRECTS {
+                if let Some(target) = redirect_target(&resp, &url) {
+                    crate::metrics::get().vault_redirects.inc();
+                    tracing::debug!(to = %target.origin().ascii_serialization(), "following vault redirect");
+                    node = self.nodes.by_origin(&target).unwrap_or(first);
+                    url = target;
+                    continue;
+                }
+            }
+            let retry_after =
+                retry::retry_after(resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()));
+            let bytes = match resp.bytes().await {
+                Ok(bytes) => bytes,
+                Err(e) => return (node, Err(classify(e))),
+            };
+            crate::metrics::get().vault(endpoint, Some(status.as_u16()), started.elapsed());
+            tracing::debug!(status = status.as_u16(), "vault answered");
+            note_request_id_of(&bytes);
+            return (node, Ok(Answer { status, bytes, retry_after }));
+        }
+        (node, Err(VaultError::Api { status: 307, errors: vec!["too many redirects".into()] }))
+    }
+
+    /// The HTTP request of one hop: method, URL, timeout, token, namespace, JSON body.
+    fn request(
+        &self,
+        call: &Call<'_>,
+        url: &Url,
+        token: Option<&VaultToken>,
+        body: Option<&bytes::Bytes>,
+        timeout: Duration,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self.http.request(call.method.clone(), url.clone()).timeout(timeout);
         if let Some(token) = token {
             req = req.header("X-Vault-Token", token.expose());
         }
@@ -190,20 +422,9 @@ impl Client {
             req = req.header("X-Vault-Namespace", ns);
         }
         if let Some(body) = body {
-            req = req.json(body);
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone());
         }
-        let started = Instant::now();
-        let endpoint = call.segments.iter().take(2).copied().collect::<Vec<_>>().join("/");
-        let answer = async {
-            let resp = req.send().await.map_err(classify)?;
-            let status = resp.status();
-            Ok((status, resp.bytes().await.map_err(classify)?))
-        }
-        .await;
-        let status = answer.as_ref().ok().map(|(s, _): &(StatusCode, bytes::Bytes)| s.as_u16());
-        crate::metrics::get().vault(endpoint, status, started.elapsed());
-        tracing::debug!(status, "vault answered");
-        answer
+        req
     }
 
     /// Sends a request and decodes a success envelope; any other status becomes [`VaultError::Api`].
@@ -235,10 +456,96 @@ impl Client {
     }
 }
 
+/// Most Vault request ids kept for one gateway call (an explicit batch makes a few requests).
+const MAX_REQUEST_IDS: usize = 64;
+
+/// The Vault request ids of one gateway call, for its audit line; filled by [`Client::send`]
+/// while the call's future runs inside [`RequestIds::scope`].
+#[derive(Clone, Default)]
+pub struct RequestIds(Arc<Mutex<Vec<String>>>);
+
+tokio::task_local! {
+    static REQUEST_IDS: RequestIds;
+}
+
+impl RequestIds {
+    /// Runs `work` with this collector in place: every Vault answer it gets adds its request id.
+    pub async fn scope<F: Future>(&self, work: F) -> F::Output {
+        REQUEST_IDS.scope(self.clone(), work).await
+    }
+
+    /// The ids collected so far, in order.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Adds Vault request ids to the current call's collector, if any (the coalescer uses it to
+/// hand the id of a shared batch request to every caller in the batch).
+pub fn note_request_ids(ids: &[String]) {
+    if ids.is_empty() {
+        return;
+    }
+    let _ = REQUEST_IDS.try_with(|c| {
+        let mut list = c.0.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids.iter().take(MAX_REQUEST_IDS.saturating_sub(list.len())) {
+            list.push(id.clone());
+        }
+    });
+}
+
+/// Adds the request id of a Vault answer to the current call's collector; nothing to do (not
+/// even reading the id) outside a collector's scope.
+fn note_request_id_of(body: &[u8]) {
+    let _ = REQUEST_IDS.try_with(|c| {
+        if let Some(id) = request_id_of(body) {
+            let mut list = c.0.lock().unwrap_or_else(|p| p.into_inner());
+            if list.len() < MAX_REQUEST_IDS {
+                list.push(id);
+            }
+        }
+    });
+}
+
+/// Vault's `request_id`, read from the start of the body without parsing it (Vault writes it
+/// first); `None` for bodies without one (errors, 204).
+fn request_id_of(body: &[u8]) -> Option<String> {
+    const KEY: &[u8] = b"\"request_id\":\"";
+    let head = &body[..body.len().min(96)];
+    let start = head.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let len = head[start..].iter().position(|&b| b == b'"')?;
+    let id = &head[start..start + len];
+    (!id.is_empty() && id.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-'))
+        .then(|| String::from_utf8_lossy(id).into_owned())
+}
+
+/// What an attempt's outcome means; only 5xx bodies are read (for "sealed", "no active node").
+fn verdict_of(answer: &Result<Answer, VaultError>) -> Verdict {
+    let errors = match answer {
+        Ok(a) if a.status.as_u16() >= 500 => api_errors(&a.bytes),
+        _ => Vec::new(),
+    };
+    retry::verdict(
+        answer.as_ref().map(|a| (a.status.as_u16(), errors.as_slice())),
+        answer.as_ref().ok().and_then(|a| a.retry_after),
+    )
+}
+
+/// Where a 307/308 points, resolved against the request's URL; only http(s).
+fn redirect_target(resp: &reqwest::Response, url: &Url) -> Option<Url> {
+    let location = resp.headers().get(reqwest::header::LOCATION)?.to_str().ok()?;
+    url.join(location).ok().filter(|u| matches!(u.scheme(), "http" | "https"))
+}
+
+fn api_errors(bytes: &[u8]) -> Vec<String> {
+    serde_json::from_slice::<ErrorBody>(bytes).map(|b| b.errors).unwrap_or_default()
+}
+
 fn classify(err: reqwest::Error) -> VaultError {
     if err.is_timeout() {
         VaultError::Timeout
     } else {
+        let connect = err.is_connect();
         // reqwest's Display of a connect error names only the URL and the OS error; no body.
         let mut detail = err.to_string();
         let mut source = std::error::Error::source(&err);
@@ -247,7 +554,11 @@ fn classify(err: reqwest::Error) -> VaultError {
             detail.push_str(&s.to_string());
             source = s.source();
         }
-        VaultError::Transport(detail)
+        if connect {
+            VaultError::Connect(detail)
+        } else {
+            VaultError::Transport(detail)
+        }
     }
 }
 
@@ -261,8 +572,7 @@ pub fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<E
 
 /// Builds [`VaultError::Api`] from a failure body (which may be empty or not JSON).
 pub fn api_error(status: StatusCode, bytes: &[u8]) -> VaultError {
-    let errors = serde_json::from_slice::<ErrorBody>(bytes).map(|b| b.errors).unwrap_or_default();
-    VaultError::Api { status: status.as_u16(), errors }
+    VaultError::Api { status: status.as_u16(), errors: api_errors(bytes) }
 }
 
 #[cfg(test)]
@@ -293,15 +603,77 @@ mod tests {
 
     #[test]
     fn paths_are_percent_encoded_per_segment() {
-        let client = Client::new(&ClientConfig {
-            address: Url::parse("http://127.0.0.1:8200").unwrap(),
-            timeout: Duration::from_secs(1),
-            namespace: None,
-            ca_pem: None,
-        })
-        .unwrap();
-        let url = client.url(&Call::new(Method::GET, &["secret/data", "a b/c?d"]).query("version", 2)).unwrap();
+        let client = Client::new(&ClientConfig::single(Url::parse("http://127.0.0.1:8200").unwrap())).unwrap();
+        let call = Call::new(Method::GET, &["secret/data", "a b/c?d"]).query("version", 2);
+        let url = Client::url(client.address(), &call).unwrap();
         assert_eq!(url.as_str(), "http://127.0.0.1:8200/v1/secret/data/a%20b/c%3Fd?version=2");
+    }
+
+    #[test]
+    fn request_ids_are_read_from_the_head_of_the_body() {
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (
+                br#"{"request_id":"64f4fb62-4fc5-b9a3-e7d9-c16f211bcf92","lease_id":""}"#,
+                Some("64f4fb62-4fc5-b9a3-e7d9-c16f211bcf92"),
+            ),
+            (br#"{"errors":["permission denied"]}"#, None),
+            (b"", None),
+            (br#"{"request_id":"","data":{}}"#, None),
+            (br#"{"request_id":"a\"b"}"#, None),
+        ];
+        for (body, want) in cases {
+            assert_eq!(request_id_of(body).as_deref(), *want, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[tokio::test]
+    async fn request_ids_are_collected_only_inside_a_scope() {
+        note_request_ids(&["outside".into()]);
+        let ids = RequestIds::default();
+        ids.scope(async {
+            note_request_ids(&["a".into(), "b".into()]);
+            note_request_ids(&(0..100).map(|i| i.to_string()).collect::<Vec<_>>());
+        })
+        .await;
+        let got = ids.take();
+        assert_eq!(got.len(), MAX_REQUEST_IDS);
+        assert_eq!(&got[..3], ["a", "b", "0"]);
+    }
+
+    fn client(max_attempts: u32, budget_ratio: f64, floor: f64) -> Client {
+        let mut config = ClientConfig::single(Url::parse("http://127.0.0.1:8200").unwrap());
+        config.retry = RetryConfig { max_attempts, budget_ratio, budget_floor_per_second: floor, ..retry::DEFAULT };
+        Client::new(&config).unwrap()
+    }
+
+    #[test]
+    fn retries_only_what_may_be_sent_again() {
+        let now = Instant::now();
+        let write = Call::new(Method::POST, &["transit/keys/k/rotate"]);
+        let read = Call::new(Method::GET, &["transit/keys/k"]).idempotent();
+        let c = client(3, 0.2, 10.0);
+        // (call, Vault may have acted, attempts so far, deadline) -> retried?
+        let cases: &[(&Call, bool, u32, Option<Duration>, bool)] = &[
+            (&write, true, 1, None, false),
+            (&write, false, 1, None, true),
+            (&read, true, 1, None, true),
+            (&read, true, 2, None, true),
+            (&read, true, 3, None, false),
+            (&read, true, 1, Some(Duration::from_millis(1)), false),
+            (&read, true, 1, Some(Duration::from_secs(5)), true),
+        ];
+        for (call, acted, attempts, deadline, want) in cases {
+            let got = c.retry_wait(call, *acted, None, *attempts, deadline.map(|d| now + d), now);
+            assert_eq!(got.is_some(), *want, "acted {acted} attempts {attempts} deadline {deadline:?}");
+            assert!(got.is_none_or(|w| w <= retry::DEFAULT.backoff_base * 2));
+        }
+        // Vault's Retry-After is honoured when it is longer than the backoff.
+        let wait = c.retry_wait(&read, false, Some(Duration::from_secs(2)), 1, None, now);
+        assert_eq!(wait, Some(Duration::from_secs(2)));
+        // A spent budget stops retries: no deposits and no floor allow only the starting balance.
+        let stingy = client(100, 0.0, 0.0);
+        let allowed = (0..10).filter(|_| stingy.retry_wait(&read, true, None, 1, None, now).is_some()).count();
+        assert_eq!(allowed, 1);
     }
 
     #[test]

@@ -120,7 +120,8 @@ impl Client {
         jwt: &str,
         deadline: Option<Instant>,
     ) -> Result<Login, VaultError> {
-        let call = Call::new(Method::POST, &["auth", mount, "login"]);
+        // Idempotent enough: a repeated login only leaves an unused token that expires on its own.
+        let call = Call::new(Method::POST, &["auth", mount, "login"]).idempotent();
         login_from(self.call(call, None, Some(&JwtLogin { role, jwt }), deadline).await?)
     }
 
@@ -133,7 +134,7 @@ impl Client {
         secret_id: &str,
         deadline: Option<Instant>,
     ) -> Result<Login, VaultError> {
-        let call = Call::new(Method::POST, &["auth", mount, "login"]);
+        let call = Call::new(Method::POST, &["auth", mount, "login"]).idempotent();
         login_from(self.call(call, None, Some(&AppRoleLogin { role_id, secret_id }), deadline).await?)
     }
 
@@ -186,7 +187,12 @@ impl Client {
     /// is gone (expired or revoked).
     pub async fn lookup_self(&self, token: &VaultToken, deadline: Option<Instant>) -> Result<TokenInfo, VaultError> {
         let env: Envelope<TokenInfo> = self
-            .call::<(), _>(Call::new(Method::GET, &["auth/token/lookup-self"]), Some(token), None, deadline)
+            .call::<(), _>(
+                Call::new(Method::GET, &["auth/token/lookup-self"]).idempotent(),
+                Some(token),
+                None,
+                deadline,
+            )
             .await?;
         env.data.ok_or_else(|| VaultError::Decode("lookup-self answer without data".into()))
     }
@@ -199,7 +205,7 @@ impl Client {
         paths: &[String],
         deadline: Option<Instant>,
     ) -> Result<std::collections::HashMap<String, Vec<String>>, VaultError> {
-        let call = Call::new(Method::POST, &["sys/capabilities-self"]);
+        let call = Call::new(Method::POST, &["sys/capabilities-self"]).idempotent();
         let env: Envelope<serde_json::Map<String, serde_json::Value>> =
             self.call(call, Some(token), Some(&Paths { paths }), deadline).await?;
         let data = env.data.unwrap_or_default();

@@ -37,8 +37,9 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<String, VaultError> {
         let body = HmacBody { input: b64(input), hmac: None };
-        let env: Envelope<HmacData> =
-            self.call(Call::new(Method::POST, &[mount, "hmac", key]), Some(token), Some(&body), deadline).await?;
+        let env: Envelope<HmacData> = self
+            .call(Call::new(Method::POST, &[mount, "hmac", key]).idempotent(), Some(token), Some(&body), deadline)
+            .await?;
         match env.data.map(|d| d.hmac) {
             Some(h) if h.starts_with("vault:") => Ok(h),
             _ => Err(VaultError::Decode("hmac answer without an hmac".into())),
@@ -57,8 +58,9 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<bool, VaultError> {
         let body = HmacBody { input: b64(input), hmac: Some(hmac) };
-        let env: Envelope<VerifyData> =
-            self.call(Call::new(Method::POST, &[mount, "verify", key]), Some(token), Some(&body), deadline).await?;
+        let env: Envelope<VerifyData> = self
+            .call(Call::new(Method::POST, &[mount, "verify", key]).idempotent(), Some(token), Some(&body), deadline)
+            .await?;
         Ok(env.data.is_some_and(|d| d.valid))
     }
 }

@@ -161,7 +161,8 @@ impl Client {
         items: &[BatchItem],
         deadline: Option<Instant>,
     ) -> Result<Vec<BatchResult>, VaultError> {
-        let call = Call::new(Method::POST, &[mount, op.path(), key]);
+        // Idempotent: sending an encryption or decryption twice changes nothing in Vault.
+        let call = Call::new(Method::POST, &[mount, op.path(), key]).idempotent();
         let (status, bytes) = self.send(call, Some(token), Some(&BatchBody { batch_input: items }), deadline).await?;
         let code = status.as_u16();
         // 200 all ok (or item errors without a flag), 400 some/all items failed, 207 partial override.
@@ -189,7 +190,7 @@ impl Client {
         item: &BatchItem,
         deadline: Option<Instant>,
     ) -> Result<BatchResult, VaultError> {
-        let call = Call::new(Method::POST, &[mount, op.path(), key]);
+        let call = Call::new(Method::POST, &[mount, op.path(), key]).idempotent();
         let env: Envelope<BatchResult> = self.call(call, Some(token), Some(item), deadline).await?;
         env.data.ok_or_else(|| VaultError::Decode("transit answer without data".into()))
     }
@@ -205,8 +206,9 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<Ciphertext, VaultError> {
         let body = RewrapBody { ciphertext, context };
-        let env: Envelope<Ciphertext> =
-            self.call(Call::new(Method::POST, &[mount, "rewrap", key]), Some(token), Some(&body), deadline).await?;
+        let env: Envelope<Ciphertext> = self
+            .call(Call::new(Method::POST, &[mount, "rewrap", key]).idempotent(), Some(token), Some(&body), deadline)
+            .await?;
         env.data.ok_or_else(|| VaultError::Decode("rewrap answer without data".into()))
     }
 
@@ -234,8 +236,9 @@ impl Client {
         key: &str,
         deadline: Option<Instant>,
     ) -> Result<KeyInfo, VaultError> {
-        let (status, bytes) =
-            self.send::<()>(Call::new(Method::GET, &[mount, "keys", key]), Some(token), None, deadline).await?;
+        let (status, bytes) = self
+            .send::<()>(Call::new(Method::GET, &[mount, "keys", key]).idempotent(), Some(token), None, deadline)
+            .await?;
         let env: Envelope<KeyInfo> = decode(status, &bytes)?;
         env.data.ok_or_else(|| VaultError::Decode("key answer without data".into()))
     }
@@ -248,6 +251,7 @@ impl Client {
         key: &str,
         deadline: Option<Instant>,
     ) -> Result<KeyInfo, VaultError> {
+        // Not idempotent: a second send would add a second version.
         let call = Call::new(Method::POST, &[mount, "keys", key, "rotate"]);
         let (status, bytes) = self.send::<()>(call, Some(token), None, deadline).await?;
         if status == reqwest::StatusCode::NO_CONTENT {

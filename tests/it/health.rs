@@ -6,7 +6,8 @@ use tokio::time::Instant;
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
 use vaultgate::dev::process;
 
-async fn wait_for(
+/// Polls `service`'s health until it is `want`; panics after `within`. Returns the time it took.
+pub async fn wait_for(
     client: &mut HealthClient<tonic::transport::Channel>,
     service: &str,
     want: ServingStatus,

@@ -12,6 +12,7 @@ mod batching;
 mod callers;
 mod database;
 mod encryption;
+mod ha;
 mod health;
 mod identity;
 mod lifecycle;
@@ -53,6 +54,10 @@ const TESTS: &[(&str, TestFn)] = tests![
     callers::five_hundred_mixed_round_trips,
     callers::one_login_for_fifty_first_calls,
     health::follows_vault_down_and_up,
+    ha::leader_failover_under_load_loses_no_answer,
+    ha::vault_stopped_then_started_fails_fast_and_recovers,
+    ha::sealed_vault_is_unavailable_naming_the_seal,
+    ha::standby_redirects_are_followed,
     lifecycle::audit_log_has_one_line_per_call_and_fails_closed,
     lifecycle::shutdown_goes_not_serving_first_and_finishes_calls_in_flight,
     badinput::bad_input_table,

@@ -30,6 +30,8 @@ pub struct Env {
     pub root_token: String,
     /// PostgreSQL's port.
     pub pg_port: u16,
+    /// The password of PostgreSQL's `postgres` superuser (tests that give OpenBao a database).
+    pub pg_password: String,
     /// The demo issuer (mints JWTs Vault trusts).
     pub issuer: Issuer,
     /// JWTs of the demo callers and the test caller.
@@ -113,6 +115,7 @@ impl Env {
             qa: mint("qa"),
             root_token,
             pg_port,
+            pg_password: pg_password.clone(),
             issuer,
             dir,
             http: reqwest::Client::new(),
