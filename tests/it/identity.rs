@@ -185,8 +185,10 @@ pub async fn certificate_callers_map_to_their_roles(env: &'static Env) {
             // A TLS 1.3 client learns of the refusal only at its first call (a broken connection).
             let err =
                 EncryptionServiceClient::new(ch).encrypt(Request::new(encrypt("qa-aes"))).await.expect_err("refused");
-            assert!(matches!(err.code(), Code::Unavailable | Code::Unknown), "{err:?}");
-            assert!(err.message().contains("transport"), "refused at the connection, not by a handler: {err:?}");
+            // How the client reports a connection the server closed varies (transport error,
+            // broken pipe, cancelled): never a handler's answer.
+            assert!(matches!(err.code(), Code::Unavailable | Code::Unknown | Code::Cancelled), "{err:?}");
+            assert!(std::error::Error::source(&err).is_some(), "refused at the connection, not by a handler: {err:?}");
         }
     }
 
