@@ -136,7 +136,6 @@ pub async fn error_table(env: &'static Env) {
 /// renewed and revoked through the other by its owner, with the `lease_token` it got, and refused
 /// to another caller through either. The tag is a Transit HMAC made with the gateway's own token.
 pub async fn lease_ownership_holds_across_replicas(env: &'static Env) {
-    use crate::support::serve_gateway;
     let dir = env.dir.join("replicas");
     std::fs::create_dir_all(&dir).expect("dir");
     let policy = r#"
@@ -167,8 +166,10 @@ path "auth/token/renew-accessor" { capabilities = ["update"] }
         dir.join("role-id"),
         dir.join("secret-id")
     );
-    let (one, two) = (serve_gateway(&toml).await, serve_gateway(&toml).await);
-    let (mut c1, mut c2) = (Client::new(one.channel.clone()), Client::new(two.channel.clone()));
+    // Two `vaultgate serve` processes: the same config but for the listen address.
+    let (_one, ch1) = spawn_gateway(&dir, "one", &toml).await;
+    let (_two, ch2) = spawn_gateway(&dir, "two", &toml).await;
+    let (mut c1, mut c2) = (Client::new(ch1), Client::new(ch2));
     let qa2 = env.jwt("qa2", 3600);
 
     let got = c1.get_db_creds(req(creds("qa"), &env.qa)).await.expect("creds via replica one").into_inner();
@@ -218,4 +219,44 @@ path "auth/token/renew-accessor" { capabilities = ["update"] }
 
     c2.revoke_lease(req(revoke(&got.lease_token), &env.qa)).await.expect("owner revokes via two");
     assert!(env.pg_login(&got.username, &got.password).await.is_err(), "the user is gone after revoke via two");
+    // The replicas' own debug logs hold no secret either.
+    for name in ["one", "two"] {
+        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).expect("replica log");
+        assert!(log.contains("database credentials issued") || name == "two", "{name}'s log is the debug log");
+        for secret in env.secrets().iter().chain([&got.lease_token, &got.password]) {
+            assert!(!log.contains(secret.as_str()), "replica {name}'s log holds a secret");
+        }
+    }
+}
+
+/// Runs `vaultgate serve` as a child process (killed when dropped) with `toml` after its listen
+/// address; returns it and a channel once it accepts connections.
+async fn spawn_gateway(
+    dir: &std::path::Path,
+    name: &str,
+    toml: &str,
+) -> (tokio::process::Child, tonic::transport::Channel) {
+    let port = vaultgate::dev::process::free_port().expect("a free port");
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, format!("listen = \"127.0.0.1:{port}\"\n{toml}")).expect("write the config");
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vaultgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "vaultgate=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start vaultgate serve");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                .expect("endpoint")
+                .connect_lazy();
+            return (child, channel);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("vaultgate serve ({name}) did not listen within 10 s");
 }
