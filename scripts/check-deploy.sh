@@ -306,7 +306,8 @@ elif [[ -z "${RAFT_ROOT:-}" ]]; then
 else
     GW_PORT="$(free_port)" GW_METRICS="$(free_port)"
     sed -e "s#^listen = .*#listen = \"127.0.0.1:$GW_PORT\"#" -e "s#^metrics_listen = .*#metrics_listen = \"127.0.0.1:$GW_METRICS\"#" \
-        -e "s#^address = .*#address = \"$RADDR\"#" -e "s#^ca_cert = .*#ca_cert = \"$CA\"#" \
+        -e "s#^address = .*#address = \"$RADDR\"#" -e "s#^addresses = .*#addresses = [\"$RADDR\"]#" \
+        -e "s#^ca_cert = .*#ca_cert = \"$CA\"#" \
         "$WORK/vaultgate.toml" >"$WORK/gateway.toml"
     "$BIN" serve --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
     GW_PID=$!

@@ -128,6 +128,14 @@ pub enum RoleLogin {
     },
     /// A token issued another way, read from a file (re-read when it is no longer usable).
     TokenFile(PathBuf),
+    /// A JWT login (JWT auth method, Vault role = the role's name) with a JWT read from a file at
+    /// each login: in Kubernetes, the gateway pod's own projected service-account token.
+    JwtFile {
+        /// JWT auth mount.
+        mount: String,
+        /// File holding the JWT (rotated by the kubelet; re-read at each login).
+        path: PathBuf,
+    },
 }
 
 /// Settings of one role.
@@ -406,6 +414,9 @@ struct RawRole {
     role_id_file: Option<PathBuf>,
     secret_id_file: Option<PathBuf>,
     token_file: Option<PathBuf>,
+    jwt_file: Option<PathBuf>,
+    #[serde(default = "default_method")]
+    jwt_mount: String,
     transit_keys: Option<Vec<String>>,
     kv_prefixes: Option<Vec<String>>,
     db_roles: Option<Vec<String>>,
@@ -603,7 +614,7 @@ impl Config {
                 .map_err(|_| format!("leases.owner_key: {:?} is not a valid Transit key name", l.owner_key))?;
             if roles.get(&l.role).is_none_or(|r| r.login.is_none()) {
                 return Err(format!(
-                    "leases.role: {:?} needs a [roles.{}] table with the gateway's login (role_id_file + secret_id_file, or token_file)",
+                    "leases.role: {:?} needs a [roles.{}] table with the gateway's login (role_id_file + secret_id_file, token_file or jwt_file)",
                     l.role, l.role
                 ));
             }
@@ -715,17 +726,21 @@ fn role_config(name: &str, raw: RawRole) -> Result<RoleConfig, String> {
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b)) {
         return Err(format!("roles.{name:?}: a role name is letters, digits and - _ . @"));
     }
-    let login = match (raw.role_id_file, raw.secret_id_file, raw.token_file) {
-        (None, None, None) => None,
-        (Some(role_id_file), Some(secret_id_file), None) => {
+    let login = match (raw.role_id_file, raw.secret_id_file, raw.token_file, raw.jwt_file) {
+        (None, None, None, None) => None,
+        (Some(role_id_file), Some(secret_id_file), None, None) => {
             valid_mount(&key("approle_mount"), &raw.approle_mount)?;
             Some(RoleLogin::AppRole { mount: raw.approle_mount, role_id_file, secret_id_file })
         }
-        (None, None, Some(path)) => Some(RoleLogin::TokenFile(path)),
-        (Some(_), None, None) | (None, Some(_), None) => {
+        (None, None, Some(path), None) => Some(RoleLogin::TokenFile(path)),
+        (None, None, None, Some(path)) => {
+            valid_mount(&key("jwt_mount"), &raw.jwt_mount)?;
+            Some(RoleLogin::JwtFile { mount: raw.jwt_mount, path })
+        }
+        (Some(_), None, None, None) | (None, Some(_), None, None) => {
             return Err(format!("{}: AppRole needs both role_id_file and secret_id_file", key("role_id_file")))
         }
-        _ => return Err(format!("{}: set AppRole files or token_file, not both", key("token_file"))),
+        _ => return Err(format!("{}: set one login: AppRole files, token_file or jwt_file", key("token_file"))),
     };
     for (field, list) in
         [("transit_keys", &raw.transit_keys), ("kv_prefixes", &raw.kv_prefixes), ("db_roles", &raw.db_roles)]
@@ -761,7 +776,7 @@ fn cert_rule(
     match roles.get(&raw.role) {
         Some(RoleConfig { login: Some(_), .. }) => Ok(CertRule { role: raw.role, field, value, prefix }),
         _ => Err(format!(
-            "{}: role {:?} needs a [roles.{}] table with the gateway's login for it (role_id_file + secret_id_file, or token_file)",
+            "{}: role {:?} needs a [roles.{}] table with the gateway's login for it (role_id_file + secret_id_file, token_file or jwt_file)",
             key("role"),
             raw.role,
             raw.role
@@ -807,6 +822,20 @@ mod tests {
         assert_eq!(c.log.format, "json");
         assert!(c.metrics_listen.is_some() && c.audit.is_some());
         assert_eq!(c.shutdown.drain_timeout_ms, 20_000);
+        assert_eq!(c.vault.addresses.len(), 3, "the three Raft nodes");
+        assert!(c.leases.is_none());
+        // The commented-out lease-ownership block parses as documented once uncommented.
+        let enabled: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.starts_with('[') || rest.contains(" = \"") => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::parse(&enabled).unwrap();
+        assert_eq!(c.leases.as_ref().map(|l| l.owner_key.as_str()), Some("vaultgate-leases"));
+        assert!(matches!(c.roles["vaultgate-gateway"].login, Some(RoleLogin::JwtFile { .. })));
     }
 
     #[test]
@@ -840,6 +869,8 @@ mod tests {
             ),
             (&format!("{MINIMAL}[roles.r]\nrole_id_file = \"a\"\n"), "roles.r.role_id_file"),
             (&format!("{MINIMAL}[roles.r]\nrole_id_file = \"a\"\nsecret_id_file = \"b\"\ntoken_file = \"c\"\n"), "roles.r.token_file"),
+            (&format!("{MINIMAL}[roles.r]\njwt_file = \"a\"\ntoken_file = \"c\"\n"), "roles.r.token_file"),
+            (&format!("{MINIMAL}[roles.r]\njwt_file = \"a\"\njwt_mount = \"a/../b\"\n"), "roles.r.jwt_mount"),
             (
                 &format!("{MINIMAL}[roles.r]\ntoken_file = \"t\"\n[[cert_callers]]\nrole = \"r\"\nuri = \"x\"\n"),
                 "cert_callers",

@@ -478,6 +478,10 @@ impl Sessions {
                 let secret_id = read_secret_file(secret_id_file, role, "secret_id_file").await?;
                 self.vault.login_approle(mount, &role_id, &secret_id, deadline).await.map_err(refused)
             }
+            RoleLogin::JwtFile { mount, path } => {
+                let jwt = read_secret_file(path, role, "jwt_file").await?;
+                self.vault.login_jwt(mount, role, &jwt, deadline).await.map_err(refused)
+            }
             RoleLogin::TokenFile(path) => {
                 let token = VaultToken::new(read_secret_file(path, role, "token_file").await?);
                 let info = self.vault.lookup_self(&token, deadline).await.map_err(refused)?;

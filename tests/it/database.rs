@@ -146,25 +146,25 @@ path "auth/token/renew-accessor" { capabilities = ["update"] }
     for (path, body) in [
         ("transit/keys/vaultgate-leases", json!({"type": "aes256-gcm96"})),
         ("sys/policies/acl/vaultgate-gateway", json!({"policy": policy})),
-        ("sys/auth/approle-gw", json!({"type": "approle"})),
-        ("auth/approle-gw/role/gateway", json!({"token_policies": ["vaultgate-gateway"], "token_ttl": "1h"})),
+        (
+            // The gateway's own identity: its JWT (in Kubernetes, the pod's projected token) read
+            // from a file at each login.
+            "auth/jwt/role/vaultgate-gateway",
+            json!({"role_type": "jwt", "user_claim": "sub", "bound_subject": "vaultgate-gateway",
+                   "bound_audiences": [vaultgate::dev::issuer::AUDIENCE], "token_policies": ["vaultgate-gateway"],
+                   "token_ttl": "1h"}),
+        ),
     ] {
         let (status, answer) = env.vault(Method::POST, path, Some(body)).await;
         assert!(status == 200 || status == 204, "{path}: {status} {answer}");
     }
-    let (_, id) = env.vault(Method::GET, "auth/approle-gw/role/gateway/role-id", None).await;
-    let (_, secret) = env.vault(Method::POST, "auth/approle-gw/role/gateway/secret-id", Some(json!({}))).await;
-    let secret_id = secret["data"]["secret_id"].as_str().expect("secret_id");
-    env.remember(secret_id);
-    std::fs::write(dir.join("role-id"), id["data"]["role_id"].as_str().expect("role_id")).expect("write");
-    std::fs::write(dir.join("secret-id"), secret_id).expect("write");
+    std::fs::write(dir.join("gateway.jwt"), env.jwt("vaultgate-gateway", 3600)).expect("write");
     let toml = format!(
         "[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"qa\"\nequals = \"qa\"\n[[callers]]\nrole = \"qa2\"\nequals = \"qa2\"\n\
-         [roles.gateway]\napprole_mount = \"approle-gw\"\nrole_id_file = {:?}\nsecret_id_file = {:?}\n\
-         [leases]\nowner_key = \"vaultgate-leases\"\nrole = \"gateway\"\n",
+         [roles.vaultgate-gateway]\njwt_file = {:?}\n\
+         [leases]\nowner_key = \"vaultgate-leases\"\nrole = \"vaultgate-gateway\"\n",
         env.vault_addr,
-        dir.join("role-id"),
-        dir.join("secret-id")
+        dir.join("gateway.jwt")
     );
     // Two `vaultgate serve` processes: the same config but for the listen address.
     let (_one, ch1) = spawn_gateway(&dir, "one", &toml).await;
