@@ -359,6 +359,11 @@ impl Sessions {
 
     /// Returns a usable token of `who`: the held one, a renewal of it, or a fresh login.
     async fn acquire(&self, who: &Who, jwt: Option<&str>, deadline: Option<Instant>) -> Result<Actor, Error> {
+        // Fast path, no lock held across an await: a role token shared by many certificate callers
+        // is handed out without serialising them.
+        if let Some(fresh) = self.slot_if_cached(&who.key).and_then(|s| s.fresh(Instant::now())) {
+            return Ok(Actor { caller: who.caller.clone(), kind: who.kind, name: who.name.clone(), ..fresh });
+        }
         if let Some(err) = self.recent_failure(&who.key) {
             return Err(err);
         }

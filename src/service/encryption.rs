@@ -13,6 +13,7 @@ use crate::{
     pb::vaultgate::v1::{encryption_service_server::EncryptionService, *},
     session::Actor,
     vault::transit::{b64, unb64, BatchItem, BatchResult, Op},
+    vault::VaultError,
 };
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -95,7 +96,7 @@ impl Gateway {
         key: &str,
         items: Vec<Result<BatchItem, Error>>,
         deadline: Option<Instant>,
-    ) -> Vec<Result<BatchResult, Error>> {
+    ) -> Result<Vec<Result<BatchResult, Error>>, Error> {
         let mount = &self.config.mounts.transit;
         let mut out: Vec<Option<Result<BatchResult, Error>>> = Vec::with_capacity(items.len());
         let mut valid = Vec::new();
@@ -110,9 +111,14 @@ impl Gateway {
                 Err(e) => out.push(Some(Err(e))),
             }
         }
-        for range in batch::plan(&valid, Budget::from(&self.config.batch)) {
+        for (n, range) in batch::plan(&valid, Budget::from(&self.config.batch)).into_iter().enumerate() {
             let answer = self.vault.transit_batch(&actor.token, mount, op, key, &valid[range.clone()], deadline).await;
             match answer {
+                // Vault refused the first request whole (403): nothing was done yet, so the call
+                // fails whole and Gateway::handle can check whether the token is gone and retry.
+                Err(e) if n == 0 && matches!(e, VaultError::Api { status: 403, .. }) => {
+                    return Err(Error::from_vault(e, Subject::Key(key)));
+                }
                 Ok(results) => {
                     for (pos, result) in positions[range].iter().zip(results) {
                         out[*pos] = Some(match &result.error {
@@ -129,9 +135,10 @@ impl Gateway {
                 }
             }
         }
-        out.into_iter()
+        Ok(out
+            .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(Error::Internal("batch item left unanswered".into()))))
-            .collect()
+            .collect())
     }
 }
 
@@ -205,7 +212,7 @@ impl EncryptionService for Encryption {
                     .collect();
                 let results = gw
                     .transit_many(&actor, Op::Encrypt, &r.key, items, deadline)
-                    .await
+                    .await?
                     .into_iter()
                     .map(|res| match res.and_then(ciphertext_of) {
                         Ok((ciphertext, key_version)) => EncryptBatchResult { ciphertext, key_version, error: None },
@@ -237,7 +244,7 @@ impl EncryptionService for Encryption {
                     .collect();
                 let results = gw
                     .transit_many(&actor, Op::Decrypt, &r.key, items, deadline)
-                    .await
+                    .await?
                     .into_iter()
                     .map(|res| match res.and_then(plaintext_of) {
                         Ok(plaintext) => DecryptBatchResult { plaintext, error: None },

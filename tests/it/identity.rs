@@ -369,7 +369,14 @@ pub async fn revoked_tokens_are_replaced(env: &'static Env) {
         assert!(status == 204 || status == 200, "revoke {prefix}: {status} {body}");
     }
     enc_cert.encrypt(Request::new(encrypt("qa-aes"))).await.expect("after the role token was revoked");
-    enc_jwt.encrypt(req(encrypt("qa-aes"), &env.qa)).await.expect("after the caller token was revoked");
+    // An explicit batch too: refused whole by Vault, so it is retried whole with the fresh token.
+    let items = (0..3).map(|i| EncryptBatchItem { plaintext: vec![i], ..Default::default() }).collect();
+    let batch = enc_jwt
+        .encrypt_batch(req(EncryptBatchRequest { key: "qa-aes".into(), items }, &env.qa))
+        .await
+        .expect("after the caller token was revoked")
+        .into_inner();
+    assert!(batch.results.iter().all(|r| r.error.is_none() && r.ciphertext.starts_with("vault:v")), "{batch:?}");
     let stats = &gw.gateway.sessions.stats;
     assert_eq!(stats.dead.load(Ordering::Relaxed), 2, "both revocations detected by lookup-self");
     assert_eq!(gw.gateway.sessions.logins(), logins + 2, "one fresh login each");
