@@ -659,6 +659,34 @@ mod tests {
         assert!(h.refresh_at < h.use_until);
     }
 
+    #[tokio::test]
+    async fn a_full_cache_evicts_the_least_recently_used_idle_callers() {
+        let text = "listen = \"127.0.0.1:0\"\ntoken_cache_size = 32\n[vault]\naddress = \"http://127.0.0.1:1\"\n";
+        let config = crate::config::Config::parse(text).unwrap();
+        let sessions = Sessions::new(Client::new(&config.vault).unwrap(), &config);
+        let now = Instant::now();
+        let key = |i: u8| SlotKey::Jwt([i; 32]);
+        let role = SlotKey::Role("r".into());
+        for (i, k) in (0..32).map(|i| (i, key(i))).chain([(99, role.clone())]) {
+            let slot = sessions.slot(k);
+            let mut held = schedule(actor(), Duration::from_secs(60), true, Duration::from_secs(60), now);
+            if i == 0 {
+                held.keep_until = Some(now + Duration::from_secs(600)); // parents a live lease
+            }
+            slot.set(Some(held));
+            slot.last_used.store(1000 + u64::from(i), Ordering::Relaxed);
+        }
+        let busy = sessions.slot_if_cached(&key(1)).unwrap(); // a call is using it
+        sessions.slot(key(200));
+        let slots = sessions.slots.lock().unwrap();
+        let kept = |i: u8| slots.contains_key(&key(i));
+        // 32 / 16 = 2 evicted: the least recently used idle ones (2 and 3), not the lease parent
+        // (0), not the one in use (1), never a role token.
+        assert!(kept(0) && kept(1) && !kept(2) && !kept(3) && kept(4) && kept(31) && kept(200));
+        assert!(slots.contains_key(&role));
+        drop(busy);
+    }
+
     #[test]
     fn credentials_prefer_the_bearer_token() {
         let mut md = MetadataMap::new();
