@@ -533,8 +533,16 @@ fn verdict_of(answer: &Result<Answer, VaultError>) -> Verdict {
 
 /// Where a 307/308 points, resolved against the request's URL; only http(s).
 fn redirect_target(resp: &reqwest::Response, url: &Url) -> Option<Url> {
-    let location = resp.headers().get(reqwest::header::LOCATION)?.to_str().ok()?;
-    url.join(location).ok().filter(|u| matches!(u.scheme(), "http" | "https"))
+    redirect_location(resp.headers().get(reqwest::header::LOCATION)?.to_str().ok()?, url)
+}
+
+/// Where a redirect may lead: http(s) only, and never from https down to http (the request
+/// carries the Vault token, which must not travel in clear text).
+fn redirect_location(location: &str, url: &Url) -> Option<Url> {
+    url.join(location)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .filter(|u| !(url.scheme() == "https" && u.scheme() == "http"))
 }
 
 fn api_errors(bytes: &[u8]) -> Vec<String> {
@@ -674,6 +682,22 @@ mod tests {
         let stingy = client(100, 0.0, 0.0);
         let allowed = (0..10).filter(|_| stingy.retry_wait(&read, true, None, 1, None, now).is_some()).count();
         assert_eq!(allowed, 1);
+    }
+
+    #[test]
+    fn redirects_never_downgrade_to_plain_http() {
+        let from = Url::parse("https://n1:8200/v1/transit/encrypt/k").unwrap();
+        let cases: &[(&str, Option<&str>)] = &[
+            ("https://n2:8200/v1/transit/encrypt/k", Some("https://n2:8200/v1/transit/encrypt/k")),
+            ("/v1/x", Some("https://n1:8200/v1/x")),
+            ("http://n2:8200/v1/transit/encrypt/k", None),
+            ("file:///etc/passwd", None),
+        ];
+        for (location, want) in cases {
+            assert_eq!(redirect_location(location, &from).map(|u| u.to_string()).as_deref(), *want, "{location}");
+        }
+        let plain = Url::parse("http://n1:8200/v1/x").unwrap();
+        assert!(redirect_location("http://n2:8200/v1/x", &plain).is_some());
     }
 
     #[test]
