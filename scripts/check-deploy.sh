@@ -153,7 +153,8 @@ fi
 setup() { env BAO_ADDR="$DEV" BAO_TOKEN="$ROOT_TOKEN" JWT_PUBKEY_FILE="$WORK/issuer.pub" JWT_BOUND_ISSUER="$ISSUER" \
     "$@" bash "$ROOT/deploy/openbao/setup.sh"; }
 state_paths=(sys/mounts sys/auth auth/jwt/config "auth/jwt/role/$C1" "sys/policies/acl/$C1" "transit/keys/$C1"
-    auth/jwt/role/openbao-snapshot sys/policies/acl/openbao-snapshot)
+    auth/jwt/role/openbao-snapshot sys/policies/acl/openbao-snapshot
+    auth/jwt/role/vaultgate-gateway sys/policies/acl/vaultgate-gateway transit/keys/vaultgate-leases)
 [[ -z "$PG_ON" ]] || state_paths+=(database/config/postgres "database/roles/$C1")
 check "setup.sh for $C1 (run 1$PG_ON)" setup CALLER="$C1" CALLER_SUBJECT="$C1_SUB" "${pg_env[@]}"
 "$PY" "$ROOT/deploy/test/bao_state.py" "$DEV" "$ROOT_TOKEN" "${state_paths[@]}" >"$WORK/state1.json"
@@ -269,6 +270,16 @@ if wait_http "$RADDR/v1/sys/health" 501 "$CA"; then
     check "setup.sh over TLS (BAO_CACERT) against the Raft node" env BAO_ADDR="$RADDR" BAO_TOKEN="$RAFT_ROOT" \
         BAO_CACERT="$CA" CALLER="$C1" CALLER_SUBJECT="$C1_SUB" JWT_PUBKEY_FILE="$WORK/issuer.pub" \
         JWT_BOUND_ISSUER="$ISSUER" bash "$ROOT/deploy/openbao/setup.sh"
+    # The gateway's own identity ([leases] in vaultgate.toml): its projected token logs in as
+    # vaultgate-gateway, which may sign/verify with vaultgate-leases and renew by accessor, nothing else.
+    mint "$ISSUER" system:serviceaccount:vaultgate:vaultgate vaultgate | tr -d '\n' >"$WORK/gateway.jwt"
+    r="$(api "$RADDR" "" POST auth/jwt/login "{\"role\":\"vaultgate-gateway\",\"jwt\":\"$(cat "$WORK/gateway.jwt")\"}" "$CA")"
+    GW_TOKEN="$(jget 'd["auth"]["client_token"]' <<<"$r" 2>/dev/null)"
+    r="$(api "$RADDR" "$GW_TOKEN" POST sys/capabilities-self \
+        "{\"paths\":[\"transit/hmac/vaultgate-leases\",\"transit/verify/vaultgate-leases\",\"auth/token/renew-accessor\",\"transit/encrypt/$C1\",\"transit/keys/vaultgate-leases\"]}" "$CA")"
+    [[ "$(jget '[d["data"][p] for p in ("transit/hmac/vaultgate-leases", "transit/verify/vaultgate-leases", "auth/token/renew-accessor", "transit/encrypt/'"$C1"'", "transit/keys/vaultgate-leases")]' <<<"$r" 2>/dev/null)" == "[['update'], ['update'], ['update'], ['deny'], ['deny']]" ]] &&
+        ok "the gateway's own service-account token logs in as vaultgate-gateway: HMAC, verify, renew-accessor; nothing of callers'" ||
+        bad "gateway identity: ${r:0:300}"
     # Restart: the Transit seal unseals it with no key holder involved.
     kill "$RAFT_PID"
     for _ in $(seq 100); do kill -0 "$RAFT_PID" 2>/dev/null || break; sleep 0.1; done
@@ -307,7 +318,7 @@ else
     GW_PORT="$(free_port)" GW_METRICS="$(free_port)"
     sed -e "s#^listen = .*#listen = \"127.0.0.1:$GW_PORT\"#" -e "s#^metrics_listen = .*#metrics_listen = \"127.0.0.1:$GW_METRICS\"#" \
         -e "s#^address = .*#address = \"$RADDR\"#" -e "s#^addresses = .*#addresses = [\"$RADDR\"]#" \
-        -e "s#^ca_cert = .*#ca_cert = \"$CA\"#" \
+        -e "s#^ca_cert = .*#ca_cert = \"$CA\"#" -e "s#^jwt_file = .*#jwt_file = \"$WORK/gateway.jwt\"#" \
         "$WORK/vaultgate.toml" >"$WORK/gateway.toml"
     "$BIN" serve --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
     GW_PID=$!

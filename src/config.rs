@@ -823,17 +823,6 @@ mod tests {
         assert!(c.metrics_listen.is_some() && c.audit.is_some());
         assert_eq!(c.shutdown.drain_timeout_ms, 20_000);
         assert_eq!(c.vault.addresses.len(), 3, "the three Raft nodes");
-        assert!(c.leases.is_none());
-        // The commented-out lease-ownership block parses as documented once uncommented.
-        let enabled: String = text
-            .lines()
-            .map(|l| match l.strip_prefix("# ") {
-                Some(rest) if rest.starts_with('[') || rest.contains(" = \"") => rest,
-                _ => l,
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        let c = Config::parse(&enabled).unwrap();
         assert_eq!(c.leases.as_ref().map(|l| l.owner_key.as_str()), Some("vaultgate-leases"));
         assert!(matches!(c.roles["vaultgate-gateway"].login, Some(RoleLogin::JwtFile { .. })));
     }

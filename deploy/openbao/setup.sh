@@ -31,6 +31,10 @@
 #     DB_CREATION_SQL   (CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';)
 #   SNAPSHOT_SUBJECT    subject of the snapshot job (system:serviceaccount:openbao:openbao-snapshot);
 #                       empty: no snapshot role. SNAPSHOT_AUDIENCE (openbao)
+#   GATEWAY_SUBJECT     subject of the gateway's own service account (system:serviceaccount:vaultgate:vaultgate);
+#                       empty: none. Its JWT role `vaultgate-gateway` signs and verifies lease-ownership
+#                       tags with Transit key `vaultgate-leases` and renews lease parents by accessor
+#                       (vaultgate.toml [leases]). GATEWAY_AUDIENCE (vaultgate)
 #
 # Prints one line per step and, at the end, the [[callers]] rule for vaultgate.toml.
 set -euo pipefail
@@ -60,6 +64,8 @@ default_sql='CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '"'{{password}}'"' VALID
 DB_CREATION_SQL="${DB_CREATION_SQL:-$default_sql}"
 SNAPSHOT_SUBJECT="${SNAPSHOT_SUBJECT-system:serviceaccount:openbao:openbao-snapshot}"
 SNAPSHOT_AUDIENCE="${SNAPSHOT_AUDIENCE:-openbao}"
+GATEWAY_SUBJECT="${GATEWAY_SUBJECT-system:serviceaccount:vaultgate:vaultgate}"
+GATEWAY_AUDIENCE="${GATEWAY_AUDIENCE:-vaultgate}"
 
 # --- input checks, before anything is written -------------------------------------------------
 name_ok() { [[ "$2" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] || die "$1: ${2@Q} must match [A-Za-z0-9][A-Za-z0-9_.-]*"; }
@@ -255,6 +261,24 @@ path "sys/storage/raft/snapshot" { capabilities = ["read"] }
 ')}"
     say "ok   policy openbao-snapshot"
     jwt_role openbao-snapshot "$SNAPSHOT_SUBJECT" "$SNAPSHOT_AUDIENCE" openbao-snapshot 10m 30m
+fi
+
+if [[ -n "$GATEWAY_SUBJECT" ]]; then
+    # The gateway's own identity, for lease ownership any replica can verify: nothing else.
+    request GET "$TRANSIT_MOUNT/keys/vaultgate-leases"
+    if [[ "$STATUS" == 200 ]]; then
+        say "ok   key $TRANSIT_MOUNT/keys/vaultgate-leases (exists)"
+    else
+        must POST "$TRANSIT_MOUNT/keys/vaultgate-leases" '{"type":"aes256-gcm96"}'
+        say "ok   key $TRANSIT_MOUNT/keys/vaultgate-leases (created)"
+    fi
+    must PUT "sys/policies/acl/vaultgate-gateway" "{\"policy\":$(json "# vaultgate itself (deploy/openbao/setup.sh): lease-ownership tags and lease parents.
+path \"$TRANSIT_MOUNT/hmac/vaultgate-leases\" { capabilities = [\"update\"] }
+path \"$TRANSIT_MOUNT/verify/vaultgate-leases\" { capabilities = [\"update\"] }
+path \"auth/token/renew-accessor\" { capabilities = [\"update\"] }
+")}"
+    say "ok   policy vaultgate-gateway"
+    jwt_role vaultgate-gateway "$GATEWAY_SUBJECT" "$GATEWAY_AUDIENCE" vaultgate-gateway 1h 24h
 fi
 
 say "done. The rule for vaultgate.toml:"

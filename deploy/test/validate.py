@@ -170,14 +170,15 @@ def config_rs_keys(path: pathlib.Path) -> dict[str, set[str]]:
     text = path.read_text()
     fields = {}
     for struct in ("RawConfig", "RawVault", "Mounts", "CallerRule", "BatchConfig", "Limits", "LogConfig",
-                   "AuditConfig", "ShutdownConfig"):
+                   "AuditConfig", "ShutdownConfig", "RawRole", "LeaseConfig"):
         m = re.search(rf"struct {struct} \{{(.*?)\n\}}", text, re.S)
         if not m:
             raise SystemExit(f"validate.py: struct {struct} not found in {path}")
         fields[struct] = set(re.findall(r"^\s*(?:pub\s+)?([a-z_][a-z0-9_]*)\s*:", m.group(1), re.M))
     return {"": fields["RawConfig"], "vault": fields["RawVault"], "mounts": fields["Mounts"],
             "callers": fields["CallerRule"], "batch": fields["BatchConfig"], "limits": fields["Limits"],
-            "log": fields["LogConfig"], "audit": fields["AuditConfig"], "shutdown": fields["ShutdownConfig"]}
+            "log": fields["LogConfig"], "audit": fields["AuditConfig"], "shutdown": fields["ShutdownConfig"],
+            "leases": fields["LeaseConfig"], "roles.*": fields["RawRole"]}
 
 
 def check_vaultgate(docs: list[dict], label: str, config_rs: pathlib.Path) -> None:
@@ -228,6 +229,8 @@ def check_vaultgate(docs: list[dict], label: str, config_rs: pathlib.Path) -> No
         base = mounts[v["name"]]
         for s in v.get("projected", {}).get("sources", []) + ([{"configMap": v["configMap"]}] if "configMap" in v else []):
             src = s.get("configMap") or s.get("secret")
+            if src is None:  # a projected serviceAccountToken: checked below with roles.*.jwt_file
+                continue
             for item in src.get("items", []):
                 files[f"{base}/{item['path']}"] = ("ConfigMap" if "configMap" in s else "Secret", src["name"], item["key"])
     cm_name = files.get("/etc/vaultgate/vaultgate.toml", (None, None, None))[1]
@@ -245,6 +248,9 @@ def check_vaultgate(docs: list[dict], label: str, config_rs: pathlib.Path) -> No
     known = config_rs_keys(config_rs)
     unknown = [k for k in conf if k not in known[""]]
     for table, value in conf.items():
+        if f"{table}.*" in known:  # a table of named tables, e.g. [roles.<name>]
+            unknown += [f"{table}.{n}.{k}" for n, entry in value.items() for k in entry if k not in known[f"{table}.*"]]
+            continue
         for entry in value if isinstance(value, list) else [value]:
             if isinstance(entry, dict):
                 unknown += [f"{table}.{k}" for k in entry if k not in known.get(table, set())]
@@ -255,6 +261,19 @@ def check_vaultgate(docs: list[dict], label: str, config_rs: pathlib.Path) -> No
            f"{label}: vaultgate.toml listens on the container ports", f"listen {listen}, metrics {metrics}")
     ca = conf["vault"].get("ca_cert")
     report(ca in files, f"{label}: vault.ca_cert {ca} is a mounted file ({files.get(ca, ('?',))[0]})", f"mounted: {sorted(files)}")
+    # The gateway's own JWT (roles.<name>.jwt_file) must be a projected service-account token.
+    tokens = {f"{mounts[v['name']]}/{src['serviceAccountToken']['path']}": src["serviceAccountToken"].get("audience")
+              for v in spec.get("volumes", []) if v["name"] in mounts
+              for src in v.get("projected", {}).get("sources", []) if "serviceAccountToken" in src}
+    for name, role in conf.get("roles", {}).items():
+        if "jwt_file" in role:
+            report(tokens.get(role["jwt_file"]) == "vaultgate",
+                   f"{label}: roles.{name}.jwt_file {role['jwt_file']} is the pod's projected token (audience vaultgate)",
+                   f"projected tokens: {tokens}")
+    leases = conf.get("leases")
+    if leases:
+        report(leases.get("role") in conf.get("roles", {}), f"{label}: leases.role {leases.get('role')} has a [roles] login",
+               "missing [roles] table")
     callers = conf.get("callers", [])
     report(bool(callers) and all(("equals" in r) != ("prefix" in r) and r.get("role") for r in callers)
            and conf.get("log", {}).get("format") == "json",
