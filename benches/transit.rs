@@ -344,7 +344,9 @@ fn gateway_config(listen: u16, metrics: u16, bao_addr: &str, batching: bool, set
         "# Written by benches/transit.rs.\nlisten = \"127.0.0.1:{listen}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\n\n\
          [vault]\naddress = \"{bao_addr}\"\n\n\
          [[callers]]\nrole = \"{ROLE}\"\nclaim = \"sub\"\nequals = \"{ROLE}\"\nissuer = \"{ISSUER}\"\n\n\
-         [batch]\nenabled = {batching}\n{extra}\n\n[log]\nlevel = \"{log}\"\n"
+         [batch]\nenabled = {batching}\n{extra}\n\n[log]\nlevel = \"{log}\"\n\n\
+         # The mem case holds 10,000 calls in flight on purpose: no load shedding below that.\n\
+         [limits]\nmax_concurrent_calls = 20000\n"
     )
 }
 

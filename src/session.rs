@@ -52,18 +52,18 @@ pub struct Actor {
 
 /// What a call presented to prove who it is.
 #[derive(Debug)]
-pub enum Credentials {
-    /// A bearer JWT (from the `authorization` metadata).
-    Bearer(String),
+pub enum Credentials<'a> {
+    /// A bearer JWT (from the `authorization` metadata), borrowed from the call's metadata.
+    Bearer(&'a str),
     /// The names of the connection's verified client certificate.
     Cert(CertNames),
 }
 
-impl Credentials {
+impl<'a> Credentials<'a> {
     /// Reads the call's credentials: a bearer JWT wins over a client certificate.
-    pub fn from_call(metadata: &MetadataMap, peer_cert: Option<&[u8]>) -> Result<Credentials, Error> {
+    pub fn from_call(metadata: &'a MetadataMap, peer_cert: Option<&[u8]>) -> Result<Credentials<'a>, Error> {
         if metadata.contains_key("authorization") || peer_cert.is_none() {
-            return identity::bearer(metadata).map(|jwt| Credentials::Bearer(jwt.to_string())).map_err(|e| match e {
+            return identity::bearer(metadata).map(Credentials::Bearer).map_err(|e| match e {
                 Error::Unauthenticated(m) if peer_cert.is_none() && !metadata.contains_key("authorization") => {
                     Error::Unauthenticated(format!(
                         "{m}, or connect over mTLS with a client certificate the gateway trusts"
@@ -199,18 +199,20 @@ impl Sessions {
     }
 
     /// Authenticates the caller of a request and returns the token that acts for it.
-    pub async fn authenticate(&self, creds: &Credentials, deadline: Option<Instant>) -> Result<Actor, Error> {
+    pub async fn authenticate(&self, creds: &Credentials<'_>, deadline: Option<Instant>) -> Result<Actor, Error> {
         let (who, jwt) = match creds {
             Credentials::Bearer(jwt) => {
                 let key = SlotKey::Jwt(Sha256::digest(jwt.as_bytes()).into());
                 if let Some(actor) = self.cached(&key) {
                     return Ok(actor);
                 }
-                (self.jwt_caller(key, jwt)?, Some(jwt.as_str()))
+                (self.jwt_caller(key, jwt)?, Some(*jwt))
             }
             Credentials::Cert(names) => (self.cert_caller(names)?, None),
         };
-        self.acquire(&who, jwt, deadline).await
+        // Boxed: the slow path (login, renewal) is a large future, and every call's future would
+        // otherwise reserve room for it while the cached path never uses it.
+        Box::pin(self.acquire(&who, jwt, deadline)).await
     }
 
     /// The gateway's own token of `role` (a `[roles]` entry with a login), for work done on no

@@ -75,9 +75,8 @@ impl Gateway {
         let mount = &self.config.mounts.transit;
         let result = match &self.coalescer {
             Some(c) => c.submit(LaneKey::new(actor.token.clone(), mount, key, op, &item), item, deadline).await?,
-            None => self
-                .vault
-                .transit_single(&actor.token, mount, op, key, &item, deadline)
+            // Boxed: only with batching off; the coalesced path should not carry its size.
+            None => Box::pin(self.vault.transit_single(&actor.token, mount, op, key, &item, deadline))
                 .await
                 .map_err(|e| Error::from_vault(e, Subject::Key(key)))?,
         };
