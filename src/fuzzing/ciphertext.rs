@@ -39,6 +39,7 @@ pub fn run(data: &[u8]) {
                 && digits.bytes().all(|b| b.is_ascii_digit())
                 && !digits.starts_with('0');
             if canonical && !body.is_empty() && body.bytes().all(is_b64) {
+                // At most 9 ASCII digits: always a valid u32 (≤ 999,999,999).
                 assert_eq!(version, Some(digits.parse().unwrap()), "well-formed ciphertext refused: {s:?}");
             }
         }

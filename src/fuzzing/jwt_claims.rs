@@ -38,6 +38,7 @@ equals = "1000"
 role = "services"
 prefix = "svc-"
 "#;
+        // A constant text; a parse failure would show on the first fuzz run, never on input.
         Config::parse(text).expect("the fixed rule set parses").callers
     })
 }

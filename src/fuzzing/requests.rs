@@ -22,6 +22,7 @@ fn configs() -> &'static [Config; 2] {
             "{base}[batch]\nmax_items = 3\nmax_json_strings = 16\nmax_bytes = 4096\n\
              [limits]\nmax_item_bytes = 64\nmax_batch_items = 8\nmax_message_bytes = 1024\n"
         );
+        // Constant texts, parsed once; the config unit tests prove they are valid.
         [Config::parse(base).expect("default config"), Config::parse(&tiny).expect("tiny config")]
     })
 }
@@ -136,6 +137,8 @@ fn validate_message(c: &Config, kind: u8, bytes: &[u8]) {
         11 => {
             if let Some(r) = checked::<RenewLeaseRequest>(c, bytes) {
                 // The handler sends the increment to Vault as whole seconds.
+                // The invariant under test: a request that passed `check` has a valid increment; a
+                // panic here is the fuzzer reporting a validation bug, which is the point.
                 let increment = validate::lease_increment(r.increment.as_ref()).expect("checked");
                 assert!(increment.is_none_or(|s| s > 0));
             }

@@ -134,6 +134,7 @@ pub fn run(body: &[u8]) {
     }
 
     for code in STATUSES {
+        // STATUSES is a constant list of codes in 100..=999, which from_u16 always accepts.
         let status = StatusCode::from_u16(code).unwrap();
         let err = api_error(status, body);
         assert!(matches!(&err, VaultError::Api { status: s, .. } if *s == code));
