@@ -25,8 +25,9 @@ fn matches_pattern(patterns: &[String], value: &str) -> bool {
 
 /// A KV path (or folder) is allowed when it lies under one of the prefixes.
 fn under_prefix(prefixes: &[String], path: &str) -> bool {
-    let folder = format!("{}/", path.trim_end_matches('/'));
-    prefixes.iter().any(|p| path.starts_with(p.as_str()) || folder.starts_with(p.as_str()))
+    // The folder itself counts: `billing` (or `billing/`) is under the prefix `billing/`.
+    let folder = path.trim_end_matches('/');
+    prefixes.iter().any(|p| path.starts_with(p.as_str()) || p.strip_suffix('/').is_some_and(|p| p == folder))
 }
 
 /// Whether the role's rules allow the resource (a role without rules, or without a rule for

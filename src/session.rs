@@ -161,6 +161,13 @@ struct Who {
     expires_unix: Option<u64>,
 }
 
+impl Who {
+    /// `token_holder`'s token, acting for this caller (a role token serves many callers).
+    fn acting_as(&self, token_holder: Actor) -> Actor {
+        Actor { caller: self.caller.clone(), kind: self.kind, name: self.name.clone(), ..token_holder }
+    }
+}
+
 /// The holders of tokens and the logins that fill them.
 pub struct Sessions {
     vault: Client,
@@ -364,7 +371,7 @@ impl Sessions {
         // Fast path, no lock held across an await: a role token shared by many certificate callers
         // is handed out without serialising them.
         if let Some(fresh) = self.slot_if_cached(&who.key).and_then(|s| s.fresh(Instant::now())) {
-            return Ok(Actor { caller: who.caller.clone(), kind: who.kind, name: who.name.clone(), ..fresh });
+            return Ok(who.acting_as(fresh));
         }
         if let Some(err) = self.recent_failure(&who.key) {
             return Err(err);
@@ -372,12 +379,7 @@ impl Sessions {
         let slot = self.slot(who.key.clone());
         let _guard = slot.refresh.lock().await;
         let now = Instant::now();
-        let actor_for = |held: &Held| Actor {
-            caller: who.caller.clone(),
-            kind: who.kind,
-            name: who.name.clone(),
-            ..held.actor.clone()
-        };
+        let actor_for = |held: &Held| who.acting_as(held.actor.clone());
         let current = slot.held();
         if let Some(held) = current.as_ref().filter(|h| now < h.refresh_at && now < h.use_until) {
             return Ok(actor_for(held));
