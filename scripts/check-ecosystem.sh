@@ -211,9 +211,9 @@ mtls_commands() {
 DEV_DIR="$TMP/dev-mtls"
 start_dev "dev --mtls ready" --mtls
 if [[ -n "$ADDR" ]]; then
-    run "grpcurl mTLS (docs/identity.md)" mtls_commands
+    run "grpcurl mTLS (identity.md)" mtls_commands
 else
-    fail "grpcurl mTLS (docs/identity.md)" "skipped: dev mode not ready"
+    fail "grpcurl mTLS (identity.md)" "skipped: dev mode not ready"
 fi
 stop_dev " --mtls"
 
