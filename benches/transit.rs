@@ -518,7 +518,11 @@ impl Target {
                     .max_decoding_message_size(16 << 20);
                 let items =
                     (0..BATCH_ITEMS).map(|i| EncryptBatchItem { plaintext: plaintext(i), ..Default::default() });
-                let mut req = tonic::Request::new(EncryptBatchRequest { key: KEY.into(), items: items.collect() });
+                let mut req = tonic::Request::new(EncryptBatchRequest {
+                    key: KEY.into(),
+                    items: items.collect(),
+                    ..Default::default()
+                });
                 req.metadata_mut().insert("authorization", auth.clone());
                 let resp =
                     client.encrypt_batch(req).await.map_err(|s| format!("gateway: {:?}: {}", s.code(), s.message()))?;

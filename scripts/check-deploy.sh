@@ -86,7 +86,7 @@ check "shellcheck setup.sh, snapshot.sh, check-deploy.sh" "$VENV/shellcheck" -x 
 mkdir -p "$WORK/render"
 renders=()
 for spec in vaultgate-base:deploy/kubernetes/base vaultgate-production:deploy/kubernetes/overlays/production \
-    openbao:deploy/openbao; do
+    openbao:deploy/openbao vaultgate-evaluation:deploy/kubernetes/overlays/evaluation; do
     name="${spec%%:*}" dir="${spec#*:}"
     if check "kustomize renders $dir" "$VENV/kubectl" kustomize "$ROOT/$dir" -o "$WORK/render/$name.yaml"; then
         renders+=("$WORK/render/$name.yaml")
@@ -221,8 +221,15 @@ if [[ -n "$PG_ON" ]]; then
     lease="$(jget 'd["lease_id"]' <<<"$r" 2>/dev/null)"
     [[ "${r%% *}" == 200 && -n "$(jget 'd["data"]["username"]' <<<"$r")" ]] &&
         ok "$C1's token gets PostgreSQL credentials (lease ${lease%%/*}/…)" || bad "database creds: ${r:0:300}"
+    # Least privilege: revocation is scoped to the caller's own role's leases, by path.
     r="$(api "$DEV" "$T1" PUT sys/leases/revoke "{\"lease_id\":\"$lease\"}")"
-    [[ "${r%% *}" == 204 ]] && ok "$C1's token revokes its lease (sys/leases/revoke)" || bad "revoke: ${r:0:200}"
+    [[ "${r%% *}" == 403 ]] && ok "$C1's token cannot use unscoped sys/leases/revoke, even for its own lease (403)" ||
+        bad "unscoped revoke: ${r:0:200}"
+    r="$(api "$DEV" "$T1" PUT "sys/leases/revoke/database/creds/qa/AnyLeaseId")"
+    [[ "${r%% *}" == 403 ]] && ok "$C1's token cannot revoke a lease of another role (sys/leases/revoke/database/creds/qa/…: 403)" ||
+        bad "revoke another role's lease: ${r:0:200}"
+    r="$(api "$DEV" "$T1" PUT "sys/leases/revoke/$lease")"
+    [[ "${r%% *}" == 204 ]] && ok "$C1's token revokes its own lease (sys/leases/revoke/database/creds/$C1/…)" || bad "revoke: ${r:0:200}"
     r="$(api "$DEV" "$T2" GET "database/creds/$C1")"
     [[ "${r%% *}" == 403 ]] && ok "$C2's token cannot get $C1's database credentials (403)" || bad "$C2 db creds: ${r:0:200}"
 fi
@@ -315,27 +322,48 @@ if [[ ! -x "$BIN" || -n "$newest_src" ]]; then
 elif [[ -z "${RAFT_ROOT:-}" ]]; then
     skip "gateway with the rendered vaultgate.toml: the Raft node did not start"
 else
-    GW_PORT="$(free_port)" GW_METRICS="$(free_port)"
+    GW_PORT="$(free_port)" GW_METRICS="$(free_port)" GW_HEALTH="$(free_port)"
+    # The gateway's TLS certificate, as cert-manager would write it, from the test CA.
+    openssl req -newkey rsa:2048 -nodes -subj /CN=vaultgate -keyout "$WORK/gw.key" -out "$WORK/gw.csr" 2>/dev/null
+    openssl x509 -req -in "$WORK/gw.csr" -CA "$RAFT/tls/ca.crt" -CAkey "$RAFT/ca.key" -CAcreateserial -days 1 \
+        -extfile <(printf 'subjectAltName=DNS:vaultgate.vaultgate.svc,IP:127.0.0.1\n') -out "$WORK/gw.crt" 2>/dev/null
     sed -e "s#^listen = .*#listen = \"127.0.0.1:$GW_PORT\"#" -e "s#^metrics_listen = .*#metrics_listen = \"127.0.0.1:$GW_METRICS\"#" \
+        -e "s#^health_listen = .*#health_listen = \"127.0.0.1:$GW_HEALTH\"#" \
+        -e "s#^cert = .*#cert = \"$WORK/gw.crt\"#" -e "s#^key = .*#key = \"$WORK/gw.key\"#" \
         -e "s#^address = .*#address = \"$RADDR\"#" -e "s#^addresses = .*#addresses = [\"$RADDR\"]#" \
         -e "s#^ca_cert = .*#ca_cert = \"$CA\"#" -e "s#^jwt_file = .*#jwt_file = \"$WORK/gateway.jwt\"#" \
         "$WORK/vaultgate.toml" >"$WORK/gateway.toml"
     "$BIN" serve --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
     GW_PID=$!
     PIDS+=("$GW_PID")
-    health() { "$GRPCURL" -plaintext -max-time 2 -d '{"service":""}' "127.0.0.1:$GW_PORT" grpc.health.v1.Health/Check 2>&1; }
+    # The kubelet's probe: plaintext gRPC on the health port (the gRPC port is TLS).
+    # (No reflection there: the standard grpc.health.v1 client of grpcio-health-checking, as a probe.)
+    probe() { "$PY" -c 'import sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g
+ch = grpc.insecure_channel(sys.argv[1])
+if sys.argv[2] == "health":
+    print(h.HealthCheckResponse.ServingStatus.Name(g.HealthStub(ch).Check(h.HealthCheckRequest(service=""), timeout=2).status))
+else:
+    try: ch.unary_unary("/vaultgate.v1.EncryptionService/Encrypt")(b"", timeout=5); print("answered")
+    except grpc.RpcError as e: print(e.code().name)' "127.0.0.1:$GW_HEALTH" "$1" 2>&1; }
+    health() { probe health | sed 's/^SERVING$/"SERVING"/'; }
     for _ in $(seq 100); do health | grep -q '"SERVING"' && break; sleep 0.1; done
     health | grep -q '"SERVING"' &&
-        ok "vaultgate serves the rendered vaultgate.toml (TLS to the Raft node); health \"\" SERVING (readiness probe)" ||
+        ok "vaultgate serves the rendered vaultgate.toml (TLS to the Raft node); health \"\" SERVING on the plaintext health port (readiness probe)" ||
         bad "gateway health: $(health | tr '\n' ' ') $(tail -n 3 "$WORK/gateway.log" | tr '\n' ' ')"
+    out="$(probe encrypt)"
+    [[ "$out" == UNIMPLEMENTED ]] && ok "the health port serves grpc.health.v1 only (Encrypt there: UNIMPLEMENTED)" ||
+        bad "health port serves more than health: $(tr '\n' ' ' <<<"$out")"
+    out="$("$GRPCURL" -plaintext -max-time 5 -d '{"service":""}' "127.0.0.1:$GW_PORT" grpc.health.v1.Health/Check 2>&1)"
+    grep -q '"SERVING"' <<<"$out" && bad "the gRPC port answers plaintext: $(tr '\n' ' ' <<<"$out")" ||
+        ok "the gRPC port refuses plaintext (TLS on, as shipped)"
     if grep -q '^metrics_listen' "$WORK/vaultgate.toml"; then
         code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GW_METRICS/metrics")"
         [[ "$code" == 200 ]] && ok "GET /metrics on the metrics port: 200 (ServiceMonitor target)" || bad "metrics: HTTP $code"
     fi
-    call() { "$GRPCURL" -plaintext -max-time 10 -H "authorization: Bearer $(mint "$ISSUER" "$C1_SUB" vaultgate)" \
+    call() { "$GRPCURL" -cacert "$RAFT/tls/ca.crt" -max-time 10 -H "authorization: Bearer $(mint "$ISSUER" "$C1_SUB" vaultgate)" \
         -d "{\"key\":\"$1\",\"plaintext\":\"aGVsbG8=\"}" "127.0.0.1:$GW_PORT" vaultgate.v1.EncryptionService/Encrypt 2>&1; }
     out="$(call "$C1")"
-    grep -q '"ciphertext": "vault:v1:' <<<"$out" && ok "Encrypt through the gateway as $C1 ($C1_SUB), key $C1" ||
+    grep -q '"ciphertext": "vault:v1:' <<<"$out" && ok "Encrypt over TLS through the gateway as $C1 ($C1_SUB), key $C1" ||
         bad "gateway Encrypt: $(tr '\n' ' ' <<<"$out")"
     out="$(call "$C2")"
     grep -q 'PermissionDenied' <<<"$out" && ok "Encrypt through the gateway as $C1 with key $C2: PERMISSION_DENIED" ||

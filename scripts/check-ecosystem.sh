@@ -190,7 +190,7 @@ mtls_commands() {
     local scratch="$TMP/mtls-scratch" n=0 out cmd
     mkdir -p "$scratch"
     ln -sfn "$DEV_DIR" "$scratch/.dev"
-    local -a want=('"keyVersion": 1' '"identityKind": "uri"' '"keyVersion": 1')
+    local -a want=('"keyVersion": 1' '"identityKind": "IDENTITY_KIND_URI"' '"keyVersion": 1')
     local -a also=('"ciphertext": "vault:v1:' '"identity": "spiffe://vaultgate.dev/ns/billing/sa/api"' '"ciphertext": "vault:v1:')
     while IFS= read -r cmd; do
         cmd="${cmd//localhost:50051/localhost:${ADDR##*:}}"

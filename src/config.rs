@@ -16,6 +16,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address of the plain-HTTP Prometheus endpoint; `None` turns it off.
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of a plaintext listener serving only `grpc.health.v1` (for probes that cannot speak
+    /// TLS, such as the kubelet's); `None` turns it off.
+    pub health_listen: Option<SocketAddr>,
+    /// Lifetime of client connections.
+    pub connections: ConnectionsConfig,
     /// How to reach Vault.
     pub vault: crate::vault::ClientConfig,
     /// How often the health watcher polls `sys/health`.
@@ -182,6 +187,26 @@ fn default_drain_ms() -> u64 {
     20_000
 }
 
+/// How long a client connection may live: after `max_age_ms` the server sends GOAWAY and lets its
+/// calls finish for `max_age_grace_ms`, so callers reconnect (and spread over new replicas).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Milliseconds a connection may live; 0: no limit.
+    #[serde(default = "default_max_age_ms")]
+    pub max_age_ms: u64,
+    /// Milliseconds its calls in flight get after that, before it is closed.
+    #[serde(default = "default_max_age_grace_ms")]
+    pub max_age_grace_ms: u64,
+}
+
+fn default_max_age_ms() -> u64 {
+    300_000
+}
+fn default_max_age_grace_ms() -> u64 {
+    30_000
+}
+
 /// Default mount paths of the three engines.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -343,6 +368,9 @@ fn default_log_level() -> String {
 struct RawConfig {
     listen: String,
     metrics_listen: Option<String>,
+    health_listen: Option<String>,
+    #[serde(default)]
+    connections: Option<ConnectionsConfig>,
     vault: RawVault,
     #[serde(default)]
     mounts: Option<Mounts>,
@@ -564,6 +592,10 @@ impl Config {
             Some(m) => Some(m.parse().map_err(|e| format!("metrics_listen: {m:?} is not host:port ({e})"))?),
             None => None,
         };
+        let health_listen = match &raw.health_listen {
+            Some(h) => Some(h.parse().map_err(|e| format!("health_listen: {h:?} is not host:port ({e})"))?),
+            None => None,
+        };
         let addresses = vault_addresses(&raw.vault)?;
         let (retry, breaker) = resilience(&raw.vault)?;
         let ca_pem = match &raw.vault.ca_cert {
@@ -660,6 +692,8 @@ impl Config {
         Ok(Config {
             listen,
             metrics_listen,
+            health_listen,
+            connections: raw.connections.unwrap_or_else(empty),
             vault: crate::vault::ClientConfig {
                 addresses,
                 timeout: Duration::from_millis(raw.vault.timeout_ms),
@@ -810,6 +844,8 @@ mod tests {
         assert_eq!(c.vault.retry.max_attempts, 1);
         assert_eq!(c.log.format, "human");
         assert_eq!(c.limits.max_concurrent_calls, 4096);
+        assert_eq!((c.connections.max_age_ms, c.connections.max_age_grace_ms), (300_000, 30_000));
+        assert!(c.health_listen.is_none());
     }
 
     #[test]
@@ -825,12 +861,18 @@ mod tests {
         assert_eq!(c.vault.addresses.len(), 3, "the three Raft nodes");
         assert_eq!(c.leases.as_ref().map(|l| l.owner_key.as_str()), Some("vaultgate-leases"));
         assert!(matches!(c.roles["vaultgate-gateway"].login, Some(RoleLogin::JwtFile { .. })));
+        // TLS on the gRPC port, probes on the plaintext health port, connections aged out.
+        assert!(c.tls.as_ref().is_some_and(|t| t.cert.ends_with("tls/tls.crt")));
+        assert_eq!(c.health_listen.map(|a| a.port()), Some(50052));
+        assert_eq!((c.connections.max_age_ms, c.connections.max_age_grace_ms), (300_000, 30_000));
     }
 
     #[test]
     fn invalid_configs_name_the_key() {
         let cases: &[(&str, &str)] = &[
             ("listen = \"nope\"\n[vault]\naddress = \"http://x\"\n", "listen"),
+            ("listen = \"127.0.0.1:1\"\nhealth_listen = \"x\"\n[vault]\naddress = \"http://x\"\n", "health_listen"),
+            (&format!("{MINIMAL}[connections]\nmax_age = 1\n"), "max_age"),
             ("listen = \"127.0.0.1:1\"\n[vault]\naddress = \"ftp://x\"\n", "vault.address"),
             ("listen = \"127.0.0.1:1\"\n[vault]\naddress = \"http://x\"\ntimeout_ms = 0\n", "vault.timeout_ms"),
             ("listen = \"127.0.0.1:1\"\n", "vault"),

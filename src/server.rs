@@ -60,6 +60,16 @@ pub async fn serve(
         }
         None => None,
     };
+    // Plaintext grpc.health.v1 alone, for probes that cannot speak TLS (the kubelet's).
+    let health_task = match gateway.config.health_listen {
+        Some(addr) => {
+            let listener =
+                TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} (health_listen): {e}"))?;
+            let health_only = Server::builder().add_service(health_service.clone());
+            Some(tokio::spawn(health_only.serve_with_incoming(TcpIncoming::from(listener))))
+        }
+        None => None,
+    };
     let max = gateway.config.limits.max_message_bytes;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, vault = %gateway.vault.address(), batching = gateway.coalescer.is_some(), tls = gateway.config.tls.is_some(), "vaultgate serving");
@@ -80,7 +90,15 @@ pub async fn serve(
             draining.notify_one();
         }
     };
-    let router = Server::builder()
+    let mut builder = Server::builder();
+    let age = &gateway.config.connections;
+    if age.max_age_ms > 0 {
+        // GOAWAY after max_age (callers reconnect and spread over new replicas), then its calls get the grace.
+        builder = builder
+            .max_connection_age(Duration::from_millis(age.max_age_ms))
+            .max_connection_age_grace(Duration::from_millis(age.max_age_grace_ms));
+    }
+    let router = builder
         // Outermost: tonic's own OUT_OF_RANGE for an oversized request becomes the contract's
         // INVALID_ARGUMENT (error.rs decides; nothing else is rewritten).
         .layer(tower::util::MapResponseLayer::new(crate::error::transport_answer))
@@ -111,7 +129,7 @@ pub async fn serve(
     watcher.abort();
     refresher.abort();
     gateway.sessions.revoke_all(&gateway.leases.parents()).await;
-    if let Some(task) = metrics_task {
+    for task in [metrics_task.map(|t| t.abort_handle()), health_task.map(|t| t.abort_handle())].into_iter().flatten() {
         task.abort();
     }
     result

@@ -239,7 +239,7 @@ path \"$KV_MOUNT/metadata/$CALLER/*\" { capabilities = [\"read\", \"list\"] }
 "
 if $database; then
     policy+="path \"$DB_MOUNT/creds/$CALLER\" { capabilities = [\"read\"] }
-path \"sys/leases/revoke\" { capabilities = [\"update\"] }
+path \"sys/leases/revoke/$DB_MOUNT/creds/$CALLER/*\" { capabilities = [\"update\"] }
 "
 fi
 must PUT "sys/policies/acl/$CALLER" "{\"policy\":$(json "$policy")}"

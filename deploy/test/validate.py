@@ -3,11 +3,16 @@
 
 1. Every document against the Kubernetes OpenAPI schemas of each --k8s version, strict (unknown
    fields are errors), with kubernetes-validate's offline schemas. ServiceMonitor is a CRD that
-   package has no schema for: it is checked against deploy/test/servicemonitor.schema.json.
+   package has no schema for: it is checked against deploy/test/servicemonitor.schema.json; the
+   cert-manager kinds (Certificate, Issuer, ClusterIssuer) against deploy/test/certmanager.schema.json.
 2. What schemas cannot see: selectors that select nothing, references to ConfigMaps that are not
    rendered, the restricted pod-security settings of every pod, probes and the shutdown budget,
    NetworkPolicy ports, that vaultgate.toml uses only keys src/config.rs knows and paths that are
    mounted, and that openbao.hcl's paths are mounted and its retry_join names the StatefulSet's pods.
+3. What issue 16 asks of the shipped deploy: TLS on the gRPC port (the files of a cert-manager
+   Certificate's Secret, naming every Service), probes on the plaintext health port, no session
+   affinity, connections aged out, a headless Service for client-side balancing, and a
+   NetworkPolicy that lets only the gateway (and OpenBao's own pods) reach OpenBao.
 
 usage: validate.py --config-rs src/config.rs --k8s 1.30.0 --k8s 1.37.0 RENDER.yaml...
 Prints one `pass …` / `fail …` line per check; exits 1 if any failed.
@@ -24,6 +29,8 @@ import kubernetes_validate
 import yaml
 
 HERE = pathlib.Path(__file__).resolve().parent
+CRD_SCHEMAS = {"ServiceMonitor": "servicemonitor.schema.json", "Certificate": "certmanager.schema.json",
+               "Issuer": "certmanager.schema.json", "ClusterIssuer": "certmanager.schema.json"}
 DRAIN_SECONDS = 20  # the gateway's drain budget the Deployment's grace period must cover
 failed = 0
 
@@ -44,8 +51,8 @@ def name_of(doc: dict) -> str:
 def schema_error(doc: dict, versions: list[str]) -> str:
     """Why `doc` fails its schema, or "" when it passes."""
     try:
-        if doc["kind"] == "ServiceMonitor":
-            schema = json.loads((HERE / "servicemonitor.schema.json").read_text())
+        if doc["kind"] in CRD_SCHEMAS:
+            schema = json.loads((HERE / CRD_SCHEMAS[doc["kind"]]).read_text())
             jsonschema.Draft202012Validator(schema).validate(doc)
         else:
             for v in versions:
@@ -60,10 +67,10 @@ def schema_error(doc: dict, versions: list[str]) -> str:
 def check_schemas(docs: list[dict], versions: list[str], label: str) -> None:
     """One line per render: every document, strict, against every version (CRDs: our schema)."""
     errors = [f"{name_of(d)}: {why}" for d in docs if (why := schema_error(d, versions))]
-    crds = [name_of(d) for d in docs if d["kind"] == "ServiceMonitor"]
+    crds = [name_of(d) for d in docs if d["kind"] in CRD_SCHEMAS]
     what = f"{label}: {len(docs) - len(crds)} documents match the Kubernetes {', '.join(versions)} schemas (strict)"
     if crds:
-        what += f"; {', '.join(crds)} matches deploy/test/servicemonitor.schema.json"
+        what += f"; {', '.join(crds)} match deploy/test/{{servicemonitor,certmanager}}.schema.json"
     report(not errors, what, "; ".join(errors))
 
 
@@ -170,7 +177,7 @@ def config_rs_keys(path: pathlib.Path) -> dict[str, set[str]]:
     text = path.read_text()
     fields = {}
     for struct in ("RawConfig", "RawVault", "Mounts", "CallerRule", "BatchConfig", "Limits", "LogConfig",
-                   "AuditConfig", "ShutdownConfig", "RawRole", "LeaseConfig"):
+                   "AuditConfig", "ShutdownConfig", "RawRole", "LeaseConfig", "RawTls", "ConnectionsConfig"):
         m = re.search(rf"struct {struct} \{{(.*?)\n\}}", text, re.S)
         if not m:
             raise SystemExit(f"validate.py: struct {struct} not found in {path}")
@@ -178,7 +185,8 @@ def config_rs_keys(path: pathlib.Path) -> dict[str, set[str]]:
     return {"": fields["RawConfig"], "vault": fields["RawVault"], "mounts": fields["Mounts"],
             "callers": fields["CallerRule"], "batch": fields["BatchConfig"], "limits": fields["Limits"],
             "log": fields["LogConfig"], "audit": fields["AuditConfig"], "shutdown": fields["ShutdownConfig"],
-            "leases": fields["LeaseConfig"], "roles.*": fields["RawRole"]}
+            "leases": fields["LeaseConfig"], "roles.*": fields["RawRole"], "tls": fields["RawTls"],
+            "connections": fields["ConnectionsConfig"]}
 
 
 def check_vaultgate(docs: list[dict], label: str, config_rs: pathlib.Path) -> None:
@@ -189,11 +197,14 @@ def check_vaultgate(docs: list[dict], label: str, config_rs: pathlib.Path) -> No
     c = spec["containers"][0]
     who = f"{label}: Deployment/vaultgate"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    report(ports == {"grpc": 50051, "metrics": 9090}, f"{who} declares grpc 50051 and metrics 9090", str(ports))
+    report(ports == {"grpc": 50051, "metrics": 9090, "health": 50052},
+           f"{who} declares grpc 50051, metrics 9090 and health 50052", str(ports))
 
+    # The gRPC port speaks TLS, which the kubelet's gRPC probes cannot: they ask the plaintext
+    # health port (health_listen), which serves grpc.health.v1 alone.
     ready = c.get("readinessProbe", {}).get("grpc", {})
-    report(ready.get("port") == 50051 and ready.get("service", "") == "",
-           f"{who} readiness is native gRPC health on 50051, service \"\"", str(c.get("readinessProbe")))
+    report(ready.get("port") == 50052 and ready.get("service", "") == "",
+           f"{who} readiness is native gRPC health on the health port 50052, service \"\"", str(c.get("readinessProbe")))
     live = c.get("livenessProbe", {})
     follows_vault = "grpc" in live and live["grpc"].get("service", "") == ""
     report(bool(live) and not follows_vault,
@@ -210,7 +221,7 @@ def check_vaultgate(docs: list[dict], label: str, config_rs: pathlib.Path) -> No
                f"{label}: replicas {deploy['spec']['replicas']} = HPA min {h['minReplicas']} <= max {h['maxReplicas']}",
                "inconsistent")
 
-    for np in (d for d in docs if d["kind"] == "NetworkPolicy"):
+    for np in (d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "vaultgate"):
         ingress = sorted(str(p["port"]) for r in np["spec"].get("ingress", []) for p in r.get("ports", []))
         egress = sorted({str(p["port"]) for r in np["spec"].get("egress", []) for p in r.get("ports", [])})
         every_rule_has_peers = all(r.get("from") for r in np["spec"].get("ingress", [])) and all(
@@ -278,6 +289,39 @@ def check_vaultgate(docs: list[dict], label: str, config_rs: pathlib.Path) -> No
     report(bool(callers) and all(("equals" in r) != ("prefix" in r) and r.get("role") for r in callers)
            and conf.get("log", {}).get("format") == "json",
            f"{label}: vaultgate.toml has {len(callers)} caller rule(s) and JSON logs", "bad rules or log format")
+    check_transport(docs, label, conf, files, ports)
+
+
+def check_transport(docs: list[dict], label: str, conf: dict, files: dict, ports: dict) -> None:
+    """TLS on, probes on the health port, no affinity, connections aged out, client-side balancing."""
+    tls = conf.get("tls", {})
+    cert, key = files.get(tls.get("cert")), files.get(tls.get("key"))
+    secrets = {f[1] for f in (cert, key) if f}
+    report(bool(cert and key) and cert[0] == key[0] == "Secret" and len(secrets) == 1,
+           f"{label}: [tls] is on; tls.cert and tls.key are files of one mounted Secret ({', '.join(secrets) or 'none'})",
+           f"tls {tls}, mounted {sorted(files)}")
+    health = int(conf.get("health_listen", ":0").rsplit(":", 1)[1])
+    report(health == ports.get("health"), f"{label}: health_listen is the probes' port {ports.get('health')}",
+           f"health_listen {conf.get('health_listen')}")
+    age = conf.get("connections", {})
+    report(age.get("max_age_ms", 300000) > 0 and age.get("max_age_grace_ms", 30000) > 0,
+           f"{label}: connections are aged out (max_age_ms {age.get('max_age_ms', 300000)}, grace {age.get('max_age_grace_ms', 30000)})",
+           str(age))
+    services = [d for d in docs if d["kind"] == "Service" and d["spec"].get("selector", {}).get("app.kubernetes.io/name") == "vaultgate"]
+    sticky = [name_of(s) for s in services if s["spec"].get("sessionAffinity", "None") != "None"]
+    report(bool(services) and not sticky, f"{label}: no session affinity on the gateway's Services", f"sticky: {sticky}")
+    headless = [s for s in services if s["spec"].get("clusterIP") == "None"]
+    report(len(headless) == 1 and any(p["port"] == 50051 for p in headless[0]["spec"]["ports"]),
+           f"{label}: a headless Service for client-side balancing (round_robin)", f"headless: {[name_of(s) for s in headless]}")
+    certs = [d for d in docs if d["kind"] == "Certificate" and d["spec"]["secretName"] in secrets]
+    if label.endswith("-base"):
+        report(not certs, f"{label}: the base leaves the certificate to the overlays (Secret {', '.join(secrets)})", "")
+        return
+    want = {f"{s['metadata']['name']}.{s['metadata'].get('namespace', 'default')}.svc" for s in services}
+    names = set(certs[0]["spec"].get("dnsNames", [])) if certs else set()
+    report(len(certs) == 1 and want <= names,
+           f"{label}: a cert-manager Certificate writes Secret {', '.join(secrets)} and names every Service ({', '.join(sorted(want))})",
+           f"certificates {[name_of(c) for c in certs]}, dnsNames {sorted(names)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,16 +347,39 @@ def check_openbao(docs: list[dict], label: str) -> None:
            f"unmounted {unmounted}")
     leaders = re.findall(r'leader_api_addr\s*=\s*"([^"]+)"', hcl)
     svc, ns, n = sts["spec"]["serviceName"], sts["metadata"].get("namespace", "default"), sts["spec"]["replicas"]
-    want = [f"https://openbao-{i}.{svc}.{ns}.svc:8200" for i in range(n)]
-    report(leaders == want, f"{label}: retry_join names the {n} StatefulSet pods", f"{leaders} != {want}")
-    for stanza in ('storage "raft"', 'seal "transit"', 'audit "file"', 'listener "tcp"'):
-        report(stanza in hcl, f"{label}: {hcl_name} has {stanza}", "missing")
     env = {e["name"] for e in c.get("env", [])}
-    report({"BAO_API_ADDR", "BAO_CLUSTER_ADDR", "BAO_RAFT_NODE_ID", "BAO_TOKEN"} <= env,
-           f"{label}: StatefulSet/openbao sets per-pod addresses, node id and the seal token", f"env {sorted(env)}")
+    if "evaluation" in label:
+        # One node, unsealed by hand: nothing to join, no seal stanza, no seal token.
+        report(n == 1 and not leaders and not re.search(r'^seal\s', hcl, re.M) and "BAO_TOKEN" not in env,
+               f"{label}: OpenBao is one node with Shamir unsealing (no retry_join, no seal stanza, no seal token)",
+               f"replicas {n}, retry_join {leaders}, BAO_TOKEN set: {'BAO_TOKEN' in env}")
+        stanzas = ('storage "raft"', 'audit "file"', 'listener "tcp"')
+    else:
+        want = [f"https://openbao-{i}.{svc}.{ns}.svc:8200" for i in range(n)]
+        report(leaders == want, f"{label}: retry_join names the {n} StatefulSet pods", f"{leaders} != {want}")
+        report({"BAO_TOKEN"} <= env, f"{label}: StatefulSet/openbao has the seal token", f"env {sorted(env)}")
+        stanzas = ('storage "raft"', 'seal "transit"', 'audit "file"', 'listener "tcp"')
+    for stanza in stanzas:
+        report(stanza in hcl, f"{label}: {hcl_name} has {stanza}", "missing")
+    report({"BAO_API_ADDR", "BAO_CLUSTER_ADDR", "BAO_RAFT_NODE_ID"} <= env,
+           f"{label}: StatefulSet/openbao sets per-pod addresses and node id", f"env {sorted(env)}")
     headless = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == svc)
     report(headless["spec"].get("publishNotReadyAddresses") is True,
            f"{label}: Service/{svc} publishes unready pods (joining happens before ready)", "publishNotReadyAddresses unset")
+    np = next((d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "openbao"), None)
+    peers = []
+    for rule in (np or {}).get("spec", {}).get("ingress", []):
+        for peer in rule.get("from", []):
+            ns = peer.get("namespaceSelector", {}).get("matchLabels", {})
+            pod = peer.get("podSelector", {}).get("matchLabels", {})
+            peers.append((ns.get("kubernetes.io/metadata.name") or next(iter(ns.items()), ("", ""))[0] or "openbao",
+                          pod.get("app.kubernetes.io/name", "*"), sorted(p["port"] for p in rule.get("ports", []))))
+    want = [("vaultgate", "vaultgate", [8200]), ("openbao", "openbao", [8200, 8201]),
+            ("openbao", "openbao-snapshot", [8200]), ("openbao.io/operator", "*", [8200])]
+    report(np is not None and np["spec"]["policyTypes"] == ["Ingress"] and
+           np["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "openbao"} and peers == want,
+           f"{label}: NetworkPolicy/openbao admits only the gateway (8200), OpenBao's pods (8200, 8201), the snapshot job and operators' namespaces",
+           f"peers {peers}")
     cron = next((d for d in docs if d["kind"] == "CronJob"), None)
     if cron:
         cspec = pod_template(cron)["spec"]

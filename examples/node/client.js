@@ -118,13 +118,20 @@ async function run(addr, devDir) {
     check(fields.stripe_key?.stringValue === 'sk_test_demo' && s.version >= 1,
       `GetSecret billing/api-keys has stripe_key == sk_test_demo: got keys ${JSON.stringify(Object.keys(fields))}, version ${s.version}`);
 
-    // GetDbCreds, then revoke the lease (the database user is dropped).
+    // GetDbCreds, renew and revoke the lease (the database user is dropped), each time sending back
+    // the lease_token (empty unless the gateway has [leases]): with it any replica can verify that
+    // this caller owns the lease.
     const c = await call(dbs, 'GetDbCreds', { role: 'billing' }, billing);
     const seconds = Number(c.lease_duration?.seconds ?? 0);
     check(c.username && c.password && c.lease_id.startsWith('database/creds/billing/') && seconds > 0,
       `GetDbCreds billing returns credentials and a lease: got username ${JSON.stringify(c.username)}, lease_id ${JSON.stringify(c.lease_id)}, lease_duration ${seconds}s`);
-    await call(dbs, 'RevokeLease', { lease_id: c.lease_id }, billing);
-    check(true, 'RevokeLease of that lease');
+    const lease = { lease_id: c.lease_id, lease_token: c.lease_token };
+    const r = await call(dbs, 'RenewLease', lease, billing);
+    check(Number(r.lease_duration?.seconds ?? 0) > 0,
+      `RenewLease with its lease_token: got lease_duration ${JSON.stringify(r.lease_duration)}`);
+    await call(dbs, 'RevokeLease', lease, billing);
+    await expectCode(call(dbs, 'RenewLease', lease, billing),
+      grpc.status.NOT_FOUND, 'RevokeLease ended the lease: renewing it again');
 
     // Refusals.
     await expectCode(call(crypto, 'Encrypt', { key: 'billing', plaintext: Buffer.from('x') }, reports),

@@ -44,7 +44,9 @@ def check(cond, what):
 def generate_stubs(out_dir):
     """Runs protoc (from grpcio-tools) on proto/; the well-known types come with grpcio-tools."""
     well_known = pathlib.Path(protoc.__file__).parent / "_proto"
-    files = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
+    # Only vaultgate's files: google.rpc.Status comes from the googleapis-common-protos package
+    # (proto/google/rpc/status.proto is Google's file unmodified, so the two never clash).
+    files = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "vaultgate").rglob("*.proto"))
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
@@ -55,12 +57,7 @@ def generate_stubs(out_dir):
     ]
     if protoc.main(args) != 0:
         raise CheckFailed(f"protoc failed on {files}")
-    # The generated google/rpc/status_pb2 must win over any installed googleapis package,
-    # and google/ must be a namespace package that merges with protobuf's own google/.
     sys.path.insert(0, str(out_dir))
-    import google
-
-    google.__path__.append(str(pathlib.Path(out_dir) / "google"))
 
 
 def bearer(jwt):
@@ -135,15 +132,23 @@ def run(addr, dev_dir):
         check(data.get("stripe_key") == "sk_test_demo" and s.version >= 1,
               f"GetSecret billing/api-keys has stripe_key == sk_test_demo: got keys {sorted(data)}, version {s.version}")
 
-        # GetDbCreds, then revoke the lease (the database user is dropped).
+        # GetDbCreds, renew and revoke the lease (the database user is dropped), each time sending
+        # back the lease_token (empty unless the gateway has [leases]): with it any replica can
+        # verify that this caller owns the lease.
         dbs = db_grpc.DatabaseServiceStub(channel)
         c = dbs.GetDbCreds(db.GetDbCredsRequest(role="billing"), metadata=billing, timeout=TIMEOUT)
         check(c.username and c.password and c.lease_id.startswith("database/creds/billing/")
               and c.lease_duration.seconds > 0,
               f"GetDbCreds billing returns credentials and a lease: got username {c.username!r}, "
               f"lease_id {c.lease_id!r}, lease_duration {c.lease_duration.seconds}s")
-        dbs.RevokeLease(db.RevokeLeaseRequest(lease_id=c.lease_id), metadata=billing, timeout=TIMEOUT)
-        check(True, "RevokeLease of that lease")
+        r = dbs.RenewLease(db.RenewLeaseRequest(lease_id=c.lease_id, lease_token=c.lease_token),
+                           metadata=billing, timeout=TIMEOUT)
+        check(r.lease_duration.seconds > 0, f"RenewLease with its lease_token: got lease_duration {r.lease_duration.seconds}s")
+        dbs.RevokeLease(db.RevokeLeaseRequest(lease_id=c.lease_id, lease_token=c.lease_token),
+                        metadata=billing, timeout=TIMEOUT)
+        expect_code(lambda: dbs.RenewLease(db.RenewLeaseRequest(lease_id=c.lease_id, lease_token=c.lease_token),
+                                           metadata=billing, timeout=TIMEOUT),
+                    grpc.StatusCode.NOT_FOUND, "RevokeLease ended the lease: renewing it again")
 
         # Refusals.
         expect_code(lambda: crypto.Encrypt(enc.EncryptRequest(key="billing", plaintext=b"x"), metadata=reports,

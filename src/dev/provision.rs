@@ -74,7 +74,7 @@ path "secret/metadata/{name}/*" {{ capabilities = ["read", "list"] }}
     );
     if database {
         p.push_str(&format!(
-            "path \"database/creds/{name}\" {{ capabilities = [\"read\"] }}\npath \"sys/leases/revoke\" {{ capabilities = [\"update\"] }}\n"
+            "path \"database/creds/{name}\" {{ capabilities = [\"read\"] }}\npath \"sys/leases/revoke/database/creds/{name}/*\" {{ capabilities = [\"update\"] }}\n"
         ));
     }
     p

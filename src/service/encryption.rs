@@ -15,7 +15,7 @@ use crate::{
     vault::transit::{b64, unb64, BatchItem, BatchResult, Op},
     vault::VaultError,
 };
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
@@ -27,6 +27,20 @@ fn opt_b64(bytes: &[u8]) -> Option<String> {
 }
 
 impl Gateway {
+    /// The Transit mount of a checked request (empty: `mounts.transit`), once the role's gateway
+    /// rule allows the key there. The rule (`roles.<role>.transit_keys`) sees `key` in the default
+    /// mount and `<mount>/<key>` in any other, so allowing a key name never opens other mounts.
+    fn transit_mount<'a>(&'a self, actor: &Actor, mount: &'a str, key: &str) -> Result<&'a str, Error> {
+        let default = self.config.mounts.transit.as_str();
+        let (mount, ruled) = match mount {
+            "" => (default, Cow::Borrowed(key)),
+            m if m == default => (default, Cow::Borrowed(key)),
+            m => (m, Cow::Owned(format!("{m}/{key}"))),
+        };
+        self.allow(actor, Resource::Key(&ruled))?;
+        Ok(mount)
+    }
+
     /// `item`: the index inside a batch request, which field names in errors are prefixed with.
     fn encrypt_item(
         &self,
@@ -67,12 +81,12 @@ impl Gateway {
     async fn transit_one(
         &self,
         actor: &Actor,
+        mount: &str,
         op: Op,
         key: &str,
         item: BatchItem,
         deadline: Option<Instant>,
     ) -> Result<BatchResult, Error> {
-        let mount = &self.config.mounts.transit;
         let result = match &self.coalescer {
             Some(c) => c.submit(LaneKey::new(actor.token.clone(), mount, key, op, &item), item, deadline).await?,
             // Boxed: only with batching off; the coalesced path should not carry its size.
@@ -91,12 +105,12 @@ impl Gateway {
     async fn transit_many(
         &self,
         actor: &Actor,
+        mount: &str,
         op: Op,
         key: &str,
         items: Vec<Result<BatchItem, Error>>,
         deadline: Option<Instant>,
     ) -> Result<Vec<Result<BatchResult, Error>>, Error> {
-        let mount = &self.config.mounts.transit;
         let mut out: Vec<Option<Result<BatchResult, Error>>> = Vec::with_capacity(items.len());
         let mut valid = Vec::new();
         let mut positions = Vec::new();
@@ -166,10 +180,10 @@ impl EncryptionService for Encryption {
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
                 r.check(&gw.config.limits)?;
-                gw.allow(&actor, Resource::Key(&r.key))?;
+                let mount = gw.transit_mount(&actor, &r.mount, &r.key)?;
                 let item = gw.encrypt_item(None, &r.plaintext, &r.context, &r.associated_data, r.key_version)?;
                 let (ciphertext, key_version) =
-                    ciphertext_of(gw.transit_one(&actor, Op::Encrypt, &r.key, item, deadline).await?)?;
+                    ciphertext_of(gw.transit_one(&actor, mount, Op::Encrypt, &r.key, item, deadline).await?)?;
                 Ok(EncryptResponse { ciphertext, key_version })
             },
         )
@@ -184,10 +198,11 @@ impl EncryptionService for Encryption {
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
                 r.check(&gw.config.limits)?;
-                gw.allow(&actor, Resource::Key(&r.key))?;
+                let mount = gw.transit_mount(&actor, &r.mount, &r.key)?;
                 let item = gw.decrypt_item(None, &r.ciphertext, &r.context, &r.associated_data)?;
                 let key_version = validate::ciphertext_version(&r.ciphertext).unwrap_or(0);
-                let plaintext = plaintext_of(gw.transit_one(&actor, Op::Decrypt, &r.key, item, deadline).await?)?;
+                let plaintext =
+                    plaintext_of(gw.transit_one(&actor, mount, Op::Decrypt, &r.key, item, deadline).await?)?;
                 Ok(DecryptResponse { plaintext, key_version })
             },
         )
@@ -202,15 +217,17 @@ impl EncryptionService for Encryption {
             |r| Target::new(&r.key, r.items.len()),
             |actor, deadline, r| async move {
                 r.check(&gw.config.limits)?;
-                gw.allow(&actor, Resource::Key(&r.key))?;
+                let mount = gw.transit_mount(&actor, &r.mount, &r.key)?;
                 let items = r
                     .items
                     .iter()
                     .enumerate()
-                    .map(|(i, it)| gw.encrypt_item(Some(i), &it.plaintext, &it.context, &it.associated_data, 0))
+                    .map(|(i, it)| {
+                        gw.encrypt_item(Some(i), &it.plaintext, &it.context, &it.associated_data, it.key_version)
+                    })
                     .collect();
                 let results = gw
-                    .transit_many(&actor, Op::Encrypt, &r.key, items, deadline)
+                    .transit_many(&actor, mount, Op::Encrypt, &r.key, items, deadline)
                     .await?
                     .into_iter()
                     .map(|res| match res.and_then(ciphertext_of) {
@@ -234,7 +251,7 @@ impl EncryptionService for Encryption {
             |r| Target::new(&r.key, r.items.len()),
             |actor, deadline, r| async move {
                 r.check(&gw.config.limits)?;
-                gw.allow(&actor, Resource::Key(&r.key))?;
+                let mount = gw.transit_mount(&actor, &r.mount, &r.key)?;
                 let items = r
                     .items
                     .iter()
@@ -242,12 +259,18 @@ impl EncryptionService for Encryption {
                     .map(|(i, it)| gw.decrypt_item(Some(i), &it.ciphertext, &it.context, &it.associated_data))
                     .collect();
                 let results = gw
-                    .transit_many(&actor, Op::Decrypt, &r.key, items, deadline)
+                    .transit_many(&actor, mount, Op::Decrypt, &r.key, items, deadline)
                     .await?
                     .into_iter()
-                    .map(|res| match res.and_then(plaintext_of) {
-                        Ok(plaintext) => DecryptBatchResult { plaintext, error: None },
-                        Err(e) => DecryptBatchResult { plaintext: Vec::new(), error: item_status(&e) },
+                    .zip(&r.items)
+                    .map(|(res, item)| match res.and_then(plaintext_of) {
+                        // The version that encrypted it, as Decrypt answers (the item passed the check).
+                        Ok(plaintext) => DecryptBatchResult {
+                            plaintext,
+                            key_version: validate::ciphertext_version(&item.ciphertext).unwrap_or(0),
+                            error: None,
+                        },
+                        Err(e) => DecryptBatchResult { plaintext: Vec::new(), key_version: 0, error: item_status(&e) },
                     })
                     .collect();
                 Ok(DecryptBatchResponse { results })
@@ -264,8 +287,7 @@ impl EncryptionService for Encryption {
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
                 r.check(&gw.config.limits)?;
-                gw.allow(&actor, Resource::Key(&r.key))?;
-                let mount = &gw.config.mounts.transit;
+                let mount = gw.transit_mount(&actor, &r.mount, &r.key)?;
                 let out = gw
                     .vault
                     .transit_rewrap(&actor.token, mount, &r.key, &r.ciphertext, opt_b64(&r.context), deadline)
@@ -286,10 +308,10 @@ impl EncryptionService for Encryption {
             |actor, deadline, r| async move {
                 r.check(&gw.config.limits)?;
                 let key = &r.key;
-                gw.allow(&actor, Resource::Key(key))?;
+                let mount = gw.transit_mount(&actor, &r.mount, key)?;
                 let info = gw
                     .vault
-                    .transit_rotate(&actor.token, &gw.config.mounts.transit, key, deadline)
+                    .transit_rotate(&actor.token, mount, key, deadline)
                     .await
                     .map_err(|e| Error::from_vault(e, Subject::Key(key)))?;
                 tracing::info!(caller = %actor.caller, key = %key, version = info.latest_version, "key rotated");
@@ -308,10 +330,10 @@ impl EncryptionService for Encryption {
             |actor, deadline, r| async move {
                 r.check(&gw.config.limits)?;
                 let key = &r.key;
-                gw.allow(&actor, Resource::Key(key))?;
+                let mount = gw.transit_mount(&actor, &r.mount, key)?;
                 let info = gw
                     .vault
-                    .transit_read_key(&actor.token, &gw.config.mounts.transit, key, deadline)
+                    .transit_read_key(&actor.token, mount, key, deadline)
                     .await
                     .map_err(|e| Error::from_vault(e, Subject::Key(key)))?;
                 Ok(GetKeyResponse {
@@ -337,18 +359,11 @@ impl EncryptionService for Encryption {
             |r| Target::new(&r.key, 1),
             |actor, deadline, r| async move {
                 r.check(&gw.config.limits)?;
-                gw.allow(&actor, Resource::Key(&r.key))?;
+                let mount = gw.transit_mount(&actor, &r.mount, &r.key)?;
                 let bits = validate::data_key_bits(r.bits)?;
                 let out = gw
                     .vault
-                    .transit_datakey(
-                        &actor.token,
-                        &gw.config.mounts.transit,
-                        &r.key,
-                        opt_b64(&r.context),
-                        bits,
-                        deadline,
-                    )
+                    .transit_datakey(&actor.token, mount, &r.key, opt_b64(&r.context), bits, deadline)
                     .await
                     .map_err(|e| Error::from_vault(e, Subject::Key(&r.key)))?;
                 let plaintext = out

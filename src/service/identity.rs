@@ -31,7 +31,7 @@ impl IdentityService for Identity {
                     return Err(Error::InvalidArgument(format!("ask about at most {MAX_NAMES} names in one call")));
                 }
                 let m = &gw.config.mounts;
-                let mut asked: Vec<(&str, &str, Resource<'_>, Vec<String>)> = Vec::new();
+                let mut asked: Vec<(ResourceKind, &str, Resource<'_>, Vec<String>)> = Vec::new();
                 for (i, key) in r.keys.iter().enumerate() {
                     validate::name(&format!("keys[{i}]"), key)?;
                     let paths = ["encrypt", "decrypt", "rewrap", "datakey/plaintext", "datakey/wrapped", "keys"]
@@ -39,16 +39,17 @@ impl IdentityService for Identity {
                         .map(|op| format!("{}/{op}/{key}", m.transit))
                         .chain([format!("{}/keys/{key}/rotate", m.transit)])
                         .collect();
-                    asked.push(("key", key, Resource::Key(key), paths));
+                    asked.push((ResourceKind::Key, key, Resource::Key(key), paths));
                 }
                 for (i, path) in r.secret_paths.iter().enumerate() {
                     validate::secret_path(&format!("secret_paths[{i}]"), path, true)?;
                     let paths = vec![format!("{}/data/{path}", m.kv), format!("{}/metadata/{path}", m.kv)];
-                    asked.push(("secret", path, Resource::Secret(path), paths));
+                    asked.push((ResourceKind::Secret, path, Resource::Secret(path), paths));
                 }
                 for (i, role) in r.db_roles.iter().enumerate() {
                     validate::name(&format!("db_roles[{i}]"), role)?;
-                    asked.push(("db_role", role, Resource::DbRole(role), vec![format!("{}/creds/{role}", m.database)]));
+                    let paths = vec![format!("{}/creds/{role}", m.database)];
+                    asked.push((ResourceKind::DbRole, role, Resource::DbRole(role), paths));
                 }
                 let token = gw
                     .vault
@@ -69,10 +70,10 @@ impl IdentityService for Identity {
                     .iter()
                     .flat_map(|(kind, name, resource, paths)| {
                         let allowed = rules::allowed(role_rules, *resource);
-                        paths.iter().map(move |path| (kind, name, allowed, path))
+                        paths.iter().map(move |path| (*kind, name, allowed, path))
                     })
                     .map(|(kind, name, allowed, path)| PathCapabilities {
-                        kind: kind.to_string(),
+                        kind: kind.into(),
                         name: name.to_string(),
                         path: path.clone(),
                         capabilities: caps.get(path).cloned().unwrap_or_default(),
@@ -80,7 +81,7 @@ impl IdentityService for Identity {
                     })
                     .collect();
                 Ok(WhoAmIResponse {
-                    identity_kind: actor.kind.to_string(),
+                    identity_kind: identity_kind(actor.kind).into(),
                     identity: actor.name.to_string(),
                     role: actor.role.to_string(),
                     policies: token.policies,
@@ -94,5 +95,17 @@ impl IdentityService for Identity {
             },
         )
         .await
+    }
+}
+
+/// The proto enum of how the caller was identified (`Actor::kind`, as `session.rs` names it).
+fn identity_kind(kind: &str) -> IdentityKind {
+    match kind {
+        "jwt" => IdentityKind::Jwt,
+        "kubernetes" => IdentityKind::Kubernetes,
+        "uri" => IdentityKind::Uri,
+        "dns" => IdentityKind::Dns,
+        "cn" => IdentityKind::Cn,
+        _ => IdentityKind::Unspecified,
     }
 }

@@ -100,7 +100,10 @@ pub fn lease_id(field: &str, value: &str) -> Result<(), Error> {
     if value.is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
-    if value.len() > MAX_PATH || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if value.len() > MAX_PATH
+        || value.chars().any(|c| c.is_control() || c.is_whitespace())
+        || value.split('/').any(|s| s == "." || s == "..")
+    {
         return Err(invalid(field, "is not a Vault lease id"));
     }
     Ok(())
@@ -171,6 +174,7 @@ pub trait Checked {
 impl Checked for EncryptRequest {
     fn check(&self, limits: &Limits) -> Result<(), Error> {
         name("key", &self.key)?;
+        requested_mount(&self.mount)?;
         encrypt_item(limits, &self.plaintext, &self.context, &self.associated_data)
     }
 }
@@ -178,6 +182,7 @@ impl Checked for EncryptRequest {
 impl Checked for DecryptRequest {
     fn check(&self, limits: &Limits) -> Result<(), Error> {
         name("key", &self.key)?;
+        requested_mount(&self.mount)?;
         decrypt_item(limits, &self.ciphertext, &self.context, &self.associated_data)
     }
 }
@@ -185,6 +190,7 @@ impl Checked for DecryptRequest {
 impl Checked for EncryptBatchRequest {
     fn check(&self, limits: &Limits) -> Result<(), Error> {
         name("key", &self.key)?;
+        requested_mount(&self.mount)?;
         batch_len(limits, self.items.len())
     }
 }
@@ -192,6 +198,7 @@ impl Checked for EncryptBatchRequest {
 impl Checked for DecryptBatchRequest {
     fn check(&self, limits: &Limits) -> Result<(), Error> {
         name("key", &self.key)?;
+        requested_mount(&self.mount)?;
         batch_len(limits, self.items.len())
     }
 }
@@ -199,25 +206,29 @@ impl Checked for DecryptBatchRequest {
 impl Checked for RewrapRequest {
     fn check(&self, limits: &Limits) -> Result<(), Error> {
         name("key", &self.key)?;
+        requested_mount(&self.mount)?;
         decrypt_item(limits, &self.ciphertext, &self.context, &[])
     }
 }
 
 impl Checked for RotateRequest {
     fn check(&self, _: &Limits) -> Result<(), Error> {
-        name("key", &self.key)
+        name("key", &self.key)?;
+        requested_mount(&self.mount)
     }
 }
 
 impl Checked for GetKeyRequest {
     fn check(&self, _: &Limits) -> Result<(), Error> {
-        name("key", &self.key)
+        name("key", &self.key)?;
+        requested_mount(&self.mount)
     }
 }
 
 impl Checked for GenerateDataKeyRequest {
     fn check(&self, limits: &Limits) -> Result<(), Error> {
         name("key", &self.key)?;
+        requested_mount(&self.mount)?;
         payload("context", &self.context, limits.max_item_bytes)?;
         data_key_bits(self.bits).map(|_| ())
     }
@@ -287,6 +298,15 @@ mod tests {
         ];
         for (path, folder, ok) in cases {
             assert_eq!(secret_path("path", path, *folder).is_ok(), *ok, "{path:?} folder={folder}");
+        }
+    }
+
+    #[test]
+    fn lease_ids() {
+        assert!(lease_id("lease_id", "database/creds/billing/AbC123").is_ok());
+        // Sent as the path of sys/leases/revoke/<id>: no way out of that prefix.
+        for bad in ["", "database/../sys/policies/acl/x", "../x", "a/./b", "a b", "a\nb"] {
+            assert!(lease_id("lease_id", bad).is_err(), "{bad:?}");
         }
     }
 

@@ -73,15 +73,17 @@ impl Client {
         Ok(env.lease_duration)
     }
 
-    /// `PUT sys/leases/revoke` (synchronous: the database user is dropped when this returns).
+    /// `PUT sys/leases/revoke/<lease_id>` (synchronous: the database user is dropped when this
+    /// returns). The id is in the path, not the body, so that a policy can scope revocation to the
+    /// caller's own role: `sys/leases/revoke/<mount>/creds/<role>/*`.
     pub async fn lease_revoke(
         &self,
         token: &VaultToken,
         lease_id: &str,
         deadline: Option<Instant>,
     ) -> Result<(), VaultError> {
-        let body = LeaseBody { lease_id, increment: None };
-        self.call_empty(Call::new(Method::PUT, &["sys/leases/revoke"]), Some(token), Some(&body), deadline).await
+        let call = Call::new(Method::PUT, &["sys/leases/revoke", lease_id]);
+        self.call_empty::<()>(call, Some(token), None, deadline).await
     }
 
     /// `PUT sys/leases/lookup`: whether a lease exists, and its remaining TTL in seconds.

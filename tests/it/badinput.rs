@@ -126,7 +126,7 @@ pub async fn bad_input_table(env: &'static Env) {
 
     let batch = |n: usize, plaintext: &[u8]| {
         let items = vec![EncryptBatchItem { plaintext: plaintext.to_vec(), ..Default::default() }; n];
-        EncryptBatchRequest { key: "qa-aes".into(), items }.encode_to_vec()
+        EncryptBatchRequest { key: "qa-aes".into(), items, ..Default::default() }.encode_to_vec()
     };
     let mut big_item = EncryptBatchRequest::decode(batch(5, b"x").as_slice()).expect("decode");
     big_item.items[3].plaintext = vec![7; 1025];
@@ -268,10 +268,15 @@ pub async fn bad_input_table(env: &'static Env) {
     let items = [ct.as_str(), "vault:v0:AAAA", "vault:v1"]
         .map(|c| DecryptBatchItem { ciphertext: c.into(), ..Default::default() })
         .to_vec();
-    let answer =
-        call(&ch, env, DECRYPT_BATCH, DecryptBatchRequest { key: "qa-aes".into(), items }.encode_to_vec(), None)
-            .await
-            .expect("the batch is served");
+    let answer = call(
+        &ch,
+        env,
+        DECRYPT_BATCH,
+        DecryptBatchRequest { key: "qa-aes".into(), items, ..Default::default() }.encode_to_vec(),
+        None,
+    )
+    .await
+    .expect("the batch is served");
     let results = DecryptBatchResponse::decode(answer.as_slice()).expect("DecryptBatchResponse").results;
     assert_eq!(results[0].plaintext, b"bad-input probe");
     for (i, r) in results.iter().enumerate().skip(1) {

@@ -60,8 +60,8 @@ pub async fn callers_cannot_use_each_others_resources(env: &'static Env) {
             e.decrypt(req(DecryptRequest { key: key.into(), ciphertext: ct.clone(), ..Default::default() }, jwt))
                 .await
                 .err(),
-            e.get_key(req(GetKeyRequest { key: key.into() }, jwt)).await.err(),
-            e.rotate(req(RotateRequest { key: key.into() }, jwt)).await.err(),
+            e.get_key(req(GetKeyRequest { key: key.into(), ..Default::default() }, jwt)).await.err(),
+            e.rotate(req(RotateRequest { key: key.into(), ..Default::default() }, jwt)).await.err(),
             s.get_secret(req(GetSecretRequest { path: secret.into(), ..Default::default() }, jwt)).await.err(),
         ];
         for (i, status) in denied.into_iter().enumerate() {

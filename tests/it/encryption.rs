@@ -39,6 +39,7 @@ pub async fn round_trip_matches_vault(env: &'static Env) {
             context: context.to_vec(),
             associated_data: aad.to_vec(),
             key_version: 0,
+            ..Default::default()
         };
         let out = c.encrypt(req(request, jwt)).await.expect("encrypt").into_inner();
         assert!(out.ciphertext.starts_with("vault:v1:"), "{}", out.ciphertext);
@@ -69,6 +70,7 @@ pub async fn round_trip_matches_vault(env: &'static Env) {
             ciphertext: vault_ct,
             context: context.to_vec(),
             associated_data: aad.to_vec(),
+            ..Default::default()
         };
         let out = c.decrypt(req(request, jwt)).await.expect("decrypt").into_inner();
         assert_eq!(out.plaintext, *plaintext);
@@ -82,7 +84,7 @@ pub async fn batch_rpcs_answer_in_order(env: &'static Env) {
     let plaintexts: Vec<Vec<u8>> = (0..1200).map(|i| format!("item-{i}").into_bytes()).collect();
     let items = plaintexts.iter().map(|p| EncryptBatchItem { plaintext: p.clone(), ..Default::default() }).collect();
     let out = c
-        .encrypt_batch(req(EncryptBatchRequest { key: "billing".into(), items }, &env.billing))
+        .encrypt_batch(req(EncryptBatchRequest { key: "billing".into(), items, ..Default::default() }, &env.billing))
         .await
         .expect("encrypt batch")
         .into_inner();
@@ -94,7 +96,7 @@ pub async fn batch_rpcs_answer_in_order(env: &'static Env) {
         .map(|r| DecryptBatchItem { ciphertext: r.ciphertext.clone(), ..Default::default() })
         .collect();
     let back = c
-        .decrypt_batch(req(DecryptBatchRequest { key: "billing".into(), items }, &env.billing))
+        .decrypt_batch(req(DecryptBatchRequest { key: "billing".into(), items, ..Default::default() }, &env.billing))
         .await
         .expect("decrypt batch")
         .into_inner();
@@ -136,7 +138,7 @@ pub async fn batch_item_failures_stay_alone(env: &'static Env) {
     ];
     let items = cases.iter().map(|(i, _)| i.clone()).collect();
     let out = c
-        .decrypt_batch(req(DecryptBatchRequest { key: "qa-aes".into(), items }, &env.qa))
+        .decrypt_batch(req(DecryptBatchRequest { key: "qa-aes".into(), items, ..Default::default() }, &env.qa))
         .await
         .expect("a batch with bad items still succeeds")
         .into_inner();
@@ -162,7 +164,7 @@ pub async fn batch_item_failures_stay_alone(env: &'static Env) {
         EncryptBatchItem { plaintext: b"ok too".to_vec(), ..Default::default() },
     ];
     let out = c
-        .encrypt_batch(req(EncryptBatchRequest { key: "qa-aes".into(), items }, &env.qa))
+        .encrypt_batch(req(EncryptBatchRequest { key: "qa-aes".into(), items, ..Default::default() }, &env.qa))
         .await
         .expect("batch")
         .into_inner();
@@ -173,19 +175,32 @@ pub async fn batch_item_failures_stay_alone(env: &'static Env) {
 
 pub async fn key_lifecycle_rpcs(env: &'static Env) {
     let mut c = Client::new(env.channel());
-    let key = c.get_key(req(GetKeyRequest { key: "qa-rotate".into() }, &env.qa)).await.expect("get key").into_inner();
+    let key = c
+        .get_key(req(GetKeyRequest { key: "qa-rotate".into(), ..Default::default() }, &env.qa))
+        .await
+        .expect("get key")
+        .into_inner();
     assert_eq!(
         (key.r#type.as_str(), key.latest_version, key.min_decryption_version, key.derived),
         ("aes256-gcm96", 1, 1, false)
     );
     let old = c.encrypt(req(enc("qa-rotate", b"rotate me"), &env.qa)).await.expect("encrypt").into_inner();
-    let rotated = c.rotate(req(RotateRequest { key: "qa-rotate".into() }, &env.qa)).await.expect("rotate").into_inner();
+    let rotated = c
+        .rotate(req(RotateRequest { key: "qa-rotate".into(), ..Default::default() }, &env.qa))
+        .await
+        .expect("rotate")
+        .into_inner();
     assert_eq!(rotated.latest_version, 2);
     let (_, vault_key) = env.vault(Method::GET, "transit/keys/qa-rotate", None).await;
     assert_eq!(vault_key["data"]["latest_version"], 2);
     let rewrapped = c
         .rewrap(req(
-            RewrapRequest { key: "qa-rotate".into(), ciphertext: old.ciphertext.clone(), context: vec![] },
+            RewrapRequest {
+                key: "qa-rotate".into(),
+                ciphertext: old.ciphertext.clone(),
+                context: vec![],
+                ..Default::default()
+            },
             &env.qa,
         ))
         .await
@@ -195,8 +210,11 @@ pub async fn key_lifecycle_rpcs(env: &'static Env) {
     assert_eq!(rewrapped.key_version, 2);
     let back = c.decrypt(req(dec("qa-rotate", &rewrapped.ciphertext), &env.qa)).await.expect("decrypt").into_inner();
     assert_eq!((back.plaintext.as_slice(), back.key_version), (&b"rotate me"[..], 2));
-    let derived =
-        c.get_key(req(GetKeyRequest { key: "qa-derived".into() }, &env.qa)).await.expect("get key").into_inner();
+    let derived = c
+        .get_key(req(GetKeyRequest { key: "qa-derived".into(), ..Default::default() }, &env.qa))
+        .await
+        .expect("get key")
+        .into_inner();
     assert!(derived.derived);
     // A pinned older version encrypts with that version.
     let pinned = c
@@ -213,7 +231,7 @@ pub async fn generate_data_key_unwraps_in_vault(env: &'static Env) {
     for (bits, len) in [(0u32, 32usize), (128, 16), (512, 64)] {
         let dk = c
             .generate_data_key(req(
-                GenerateDataKeyRequest { key: "billing".into(), context: vec![], bits },
+                GenerateDataKeyRequest { key: "billing".into(), context: vec![], bits, ..Default::default() },
                 &env.billing,
             ))
             .await
@@ -298,13 +316,17 @@ pub async fn error_table(env: &'static Env) {
         ),
         (
             "missing key, get",
-            c.get_key(req(GetKeyRequest { key: "qa-missing".into() }, &env.qa)).await.map(|r| r.map(|_| ())),
+            c.get_key(req(GetKeyRequest { key: "qa-missing".into(), ..Default::default() }, &env.qa))
+                .await
+                .map(|r| r.map(|_| ())),
             Code::NotFound,
             "qa-missing",
         ),
         (
             "missing key, rotate",
-            c.rotate(req(RotateRequest { key: "qa-missing".into() }, &env.qa)).await.map(|r| r.map(|_| ())),
+            c.rotate(req(RotateRequest { key: "qa-missing".into(), ..Default::default() }, &env.qa))
+                .await
+                .map(|r| r.map(|_| ())),
             Code::NotFound,
             "qa-missing",
         ),
@@ -317,7 +339,7 @@ pub async fn error_table(env: &'static Env) {
         (
             "bad datakey bits",
             c.generate_data_key(req(
-                GenerateDataKeyRequest { key: "qa-aes".into(), context: vec![], bits: 100 },
+                GenerateDataKeyRequest { key: "qa-aes".into(), context: vec![], bits: 100, ..Default::default() },
                 &env.qa,
             ))
             .await
@@ -327,16 +349,23 @@ pub async fn error_table(env: &'static Env) {
         ),
         (
             "empty batch",
-            c.encrypt_batch(req(EncryptBatchRequest { key: "qa-aes".into(), items: vec![] }, &env.qa))
-                .await
-                .map(|r| r.map(|_| ())),
+            c.encrypt_batch(req(
+                EncryptBatchRequest { key: "qa-aes".into(), items: vec![], ..Default::default() },
+                &env.qa,
+            ))
+            .await
+            .map(|r| r.map(|_| ())),
             Code::InvalidArgument,
             "items",
         ),
         (
             "oversized batch",
             c.encrypt_batch(req(
-                EncryptBatchRequest { key: "qa-aes".into(), items: vec![EncryptBatchItem::default(); 2001] },
+                EncryptBatchRequest {
+                    key: "qa-aes".into(),
+                    items: vec![EncryptBatchItem::default(); 2001],
+                    ..Default::default()
+                },
                 &env.qa,
             ))
             .await

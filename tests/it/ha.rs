@@ -574,7 +574,7 @@ pub async fn standby_redirects_are_followed(env: &'static Env) {
     let ciphertext = c.encrypt(encrypt(&jwt, b"redirected")).await.expect("login and encrypt via a 307").into_inner();
     let plaintext = c.decrypt(decrypt(&jwt, &ciphertext.ciphertext)).await.expect("decrypt via a 307").into_inner();
     assert_eq!(plaintext.plaintext, b"redirected");
-    let mut rotate = req(RotateRequest { key: "ha".into() }, &jwt);
+    let mut rotate = req(RotateRequest { key: "ha".into(), ..Default::default() }, &jwt);
     rotate.set_timeout(Duration::from_secs(5));
     let rotated = c.rotate(rotate).await.expect("rotate (a write) via a 307").into_inner();
     assert_eq!(rotated.latest_version, 2);

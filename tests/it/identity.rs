@@ -207,24 +207,30 @@ pub async fn certificate_callers_map_to_their_roles(env: &'static Env) {
     let ask = || WhoAmIRequest { keys: vec!["qa-aes".into()], secret_paths: vec!["qa/multi".into()], db_roles: vec![] };
     let me = who(ch.clone(), Request::new(ask())).await;
     assert_eq!(
-        (me.identity_kind.as_str(), me.identity.as_str(), me.role.as_str()),
-        ("uri", SPIFFE_BILLING, "cert-billing")
+        (me.identity_kind(), me.identity.as_str(), me.role.as_str()),
+        (IdentityKind::Uri, SPIFFE_BILLING, "cert-billing")
     );
     assert!(me.policies.contains(&"qa".to_string()) && me.token_shared, "{me:?}");
     assert!(me.token_ttl.is_some_and(|d| d.seconds > 3000), "{me:?}");
     let cap = |me: &WhoAmIResponse, path: &str| {
         me.capabilities.iter().find(|c| c.path == path).map(|c| c.capabilities.clone()).unwrap_or_default()
     };
+    let kinds = me.capabilities.iter().map(|c| (c.kind(), c.name.as_str())).collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        [(ResourceKind::Key, "qa-aes"), (ResourceKind::Secret, "qa/multi")],
+        "{me:?}"
+    );
     assert_eq!(cap(&me, "transit/encrypt/qa-aes"), ["update"], "{me:?}");
     assert_eq!(cap(&me, "secret/data/qa/multi"), ["read"], "{me:?}");
     let me = who(ch_dns, Request::new(ask())).await;
     assert_eq!(
-        (me.identity_kind.as_str(), me.identity.as_str(), me.role.as_str()),
-        ("dns", DNS_REPORTS, "cert-reports")
+        (me.identity_kind(), me.identity.as_str(), me.role.as_str()),
+        (IdentityKind::Dns, DNS_REPORTS, "cert-reports")
     );
     assert_eq!(cap(&me, "transit/encrypt/qa-aes"), ["deny"], "{me:?}");
     let me = who(ch_plain, req(ask(), &env.qa)).await;
-    assert_eq!((me.identity_kind.as_str(), me.role.as_str()), ("jwt", "qa"));
+    assert_eq!((me.identity_kind(), me.role.as_str()), (IdentityKind::Jwt, "qa"));
     assert!(me.identity.ends_with("#qa") && !me.token_shared, "{me:?}");
     assert!(!format!("{me:?}").contains("s."), "no token in the answer: {me:?}");
 }
@@ -372,7 +378,7 @@ pub async fn revoked_tokens_are_replaced(env: &'static Env) {
     // An explicit batch too: refused whole by Vault, so it is retried whole with the fresh token.
     let items = (0..3).map(|i| EncryptBatchItem { plaintext: vec![i], ..Default::default() }).collect();
     let batch = enc_jwt
-        .encrypt_batch(req(EncryptBatchRequest { key: "qa-aes".into(), items }, &env.qa))
+        .encrypt_batch(req(EncryptBatchRequest { key: "qa-aes".into(), items, ..Default::default() }, &env.qa))
         .await
         .expect("after the caller token was revoked")
         .into_inner();
@@ -452,7 +458,7 @@ pub async fn kubernetes_callers_log_in(env: &'static Env) {
         .await
         .expect("WhoAmI")
         .into_inner();
-    assert_eq!((me.identity_kind.as_str(), me.role.as_str()), ("kubernetes", "k8s-billing"), "{me:?}");
+    assert_eq!((me.identity_kind(), me.role.as_str()), (IdentityKind::Kubernetes, "k8s-billing"), "{me:?}");
     assert_eq!(me.identity, "kubernetes/serviceaccount#system:serviceaccount:billing:api");
     assert!(me.policies.contains(&"qa".to_string()), "{me:?}");
     // Vault's role binds the namespace: a token of another namespace matching the same rule prefix

@@ -19,7 +19,11 @@ pub async fn audit_log_has_one_line_per_call_and_fails_closed(env: &'static Env)
     let own = serve_gateway(&config(env, &format!("[audit]\npath = {:?}\n", path.to_string_lossy()))).await;
     let mut c = Client::new(own.channel.clone());
     c.encrypt(req(enc(b"audited plaintext"), &env.billing)).await.expect("encrypt");
-    let batch = EncryptBatchRequest { key: "billing".into(), items: vec![EncryptBatchItem::default(); 3] };
+    let batch = EncryptBatchRequest {
+        key: "billing".into(),
+        items: vec![EncryptBatchItem::default(); 3],
+        ..Default::default()
+    };
     c.encrypt_batch(req(batch, &env.billing)).await.expect("batch");
     c.encrypt(req(EncryptRequest { key: "reports".into(), ..enc(b"x") }, &env.billing)).await.expect_err("denied");
     c.encrypt(tonic::Request::new(enc(b"x"))).await.expect_err("no credentials");

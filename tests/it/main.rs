@@ -10,6 +10,7 @@
 mod badinput;
 mod batching;
 mod callers;
+mod contract;
 mod database;
 mod encryption;
 mod ha;
@@ -71,6 +72,9 @@ const TESTS: &[(&str, TestFn)] = tests![
     identity::certificate_files_reload_without_dropping_connections,
     identity::kubernetes_callers_log_in,
     identity::token_file_roles_and_revocation_at_shutdown,
+    contract::transit_requests_name_their_mount,
+    contract::batch_items_carry_key_versions,
+    contract::old_connections_are_closed_without_failing_calls,
 ];
 
 /// Tests that measure time or load the machine on purpose: run one at a time after the others,

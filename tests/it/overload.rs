@@ -133,7 +133,7 @@ pub async fn ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right(
     // Ciphertexts for the Decrypt calls, made by the in-process gateway (fast, no proxy).
     let items = (0..DECRYPTS).map(|i| EncryptBatchItem { plaintext: plaintext(i), ..Default::default() }).collect();
     let made = Client::new(env.channel())
-        .encrypt_batch(req(EncryptBatchRequest { key: "billing".into(), items }, &env.billing))
+        .encrypt_batch(req(EncryptBatchRequest { key: "billing".into(), items, ..Default::default() }, &env.billing))
         .await
         .expect("encrypt the Decrypt calls' ciphertexts")
         .into_inner()
@@ -216,7 +216,7 @@ pub async fn ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right(
     let mut check = Client::new(env.channel());
     for chunk in encrypted.chunks(1000) {
         let items = chunk.iter().map(|(_, ct)| DecryptBatchItem { ciphertext: ct.clone(), ..Default::default() });
-        let r = DecryptBatchRequest { key: "billing".into(), items: items.collect() };
+        let r = DecryptBatchRequest { key: "billing".into(), items: items.collect(), ..Default::default() };
         let results = check.decrypt_batch(req(r, &env.billing)).await.expect("decrypt batch").into_inner().results;
         for ((i, _), result) in chunk.iter().zip(results) {
             assert!(result.error.is_none(), "Encrypt {i}'s ciphertext does not decrypt: {:?}", result.error);

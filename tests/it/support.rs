@@ -60,7 +60,12 @@ path "transit/keys/qa-*" { capabilities = ["read", "update"] }
 path "secret/data/qa/*" { capabilities = ["read"] }
 path "secret/metadata/qa/*" { capabilities = ["read", "list"] }
 path "database/creds/qa*" { capabilities = ["read"] }
-path "sys/leases/revoke" { capabilities = ["update"] }
+path "sys/leases/revoke/database/creds/qa*" { capabilities = ["update"] }
+path "transit-qa/encrypt/qa-*" { capabilities = ["update"] }
+path "transit-qa/decrypt/qa-*" { capabilities = ["update"] }
+path "transit-qa/rewrap/qa-*" { capabilities = ["update"] }
+path "transit-qa/datakey/plaintext/qa-*" { capabilities = ["update"] }
+path "transit-qa/keys/qa-*" { capabilities = ["read", "update"] }
 "#;
 
 impl Env {
