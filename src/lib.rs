@@ -6,6 +6,7 @@
 //! - [`codec`]: protobuf decoding of requests; a message that does not decode is the caller's error.
 //! - [`service`]: one module per gRPC service; validate → authenticate → Vault → response.
 //! - [`identity`]: the caller's bearer JWT or client certificate and the rule mapping it to a role.
+//! - [`jwt`]: local verification of callers' JWTs (issuer keys: PEM, JWKS file or URL) before any login.
 //! - [`rules`]: gateway-side rules per role (keys, KV prefixes, database roles), before Vault.
 //! - [`session`]: Vault tokens acting for callers: logins (JWT, Kubernetes, AppRole, token file),
 //!   renewal, re-login, cache.
@@ -36,6 +37,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod health;
 pub mod identity;
+pub mod jwt;
 pub mod leases;
 pub mod metrics;
 pub mod ratelimit;

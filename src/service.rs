@@ -68,7 +68,7 @@ impl Gateway {
             audit,
             rate_limits: RateLimits::new(config.rate_limits.clone()),
             in_flight: Semaphore::new(config.limits.max_concurrent_calls),
-            sessions: Arc::new(Sessions::new(vault.clone(), &config)),
+            sessions: Arc::new(Sessions::new(vault.clone(), &config)?),
             vault,
             coalescer,
             leases: Leases::default(),
@@ -93,6 +93,7 @@ impl Gateway {
     {
         let started = Instant::now();
         let peer = request.peer_certs();
+        let peer_ip = request.remote_addr().map(|a| a.ip());
         let (metadata, _, message) = request.into_parts();
         let message = Arc::new(message);
         let deadline = grpc_deadline(&metadata);
@@ -117,7 +118,7 @@ impl Gateway {
                 }
                 let leaf = peer.as_ref().and_then(|certs| certs.first()).map(|c| c.as_ref());
                 let creds = Credentials::from_call(&metadata, leaf)?;
-                let actor = self.sessions.authenticate(&creds, deadline).await?;
+                let actor = self.sessions.authenticate(&creds, peer_ip, deadline).await?;
                 who = Some((actor.caller.clone(), actor.role.clone()));
                 if let Err(wait) = self.rate_limits.take(&actor.caller, &actor.role) {
                     return Err(Error::ResourceExhausted(format!(
@@ -133,7 +134,7 @@ impl Gateway {
                             if !self.sessions.token_dead(&actor, deadline).await {
                                 return Err(denied);
                             }
-                            let actor = self.sessions.authenticate(&creds, deadline).await?;
+                            let actor = self.sessions.authenticate(&creds, peer_ip, deadline).await?;
                             work(actor, deadline, message).await
                         })
                         .await

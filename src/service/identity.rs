@@ -44,11 +44,11 @@ impl IdentityService for Identity {
                 for (i, path) in r.secret_paths.iter().enumerate() {
                     validate::secret_path(&format!("secret_paths[{i}]"), path, true)?;
                     let paths = vec![format!("{}/data/{path}", m.kv), format!("{}/metadata/{path}", m.kv)];
-                    asked.push(("secret", path, Resource::Secret(path), paths));
+                    asked.push(("secret", path, Resource::Secret { mount: &m.kv, path }, paths));
                 }
                 for (i, role) in r.db_roles.iter().enumerate() {
                     validate::name(&format!("db_roles[{i}]"), role)?;
-                    asked.push(("db_role", role, Resource::DbRole(role), vec![format!("{}/creds/{role}", m.database)]));
+                    asked.push(("db_role", role, Resource::DbRole { mount: &m.database, role }, vec![format!("{}/creds/{role}", m.database)]));
                 }
                 let token = gw
                     .vault

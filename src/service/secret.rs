@@ -57,8 +57,8 @@ impl SecretService for Secrets {
             |r| Target::new(&r.path, 1),
             |actor, deadline, r| async move {
                 r.check(&gw.config.limits)?;
-                gw.allow(&actor, Resource::Secret(&r.path))?;
                 let mount = gw.kv_mount(&r.mount);
+                gw.allow(&actor, Resource::Secret { mount, path: &r.path })?;
                 let secret =
                     gw.vault.kv_read(&actor.token, mount, &r.path, r.version, deadline).await.map_err(|e| {
                         match Error::from_vault(e, Subject::Secret(&r.path)) {
@@ -86,8 +86,8 @@ impl SecretService for Secrets {
             |r| Target::new(&r.path, 1),
             |actor, deadline, r| async move {
                 r.check(&gw.config.limits)?;
-                gw.allow(&actor, Resource::Secret(&r.path))?;
                 let mount = gw.kv_mount(&r.mount);
+                gw.allow(&actor, Resource::Secret { mount, path: &r.path })?;
                 let keys = gw
                     .vault
                     .kv_list(&actor.token, mount, &r.path, deadline)
