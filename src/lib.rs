@@ -41,6 +41,7 @@ pub mod jwt;
 pub mod leases;
 pub mod metrics;
 pub mod ratelimit;
+pub(crate) mod redact;
 pub mod rules;
 pub mod server;
 pub mod service;

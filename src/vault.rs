@@ -75,8 +75,9 @@ pub enum VaultError {
     Decode(String),
 }
 
-/// The envelope every Vault answer shares; `T` is the engine-specific `data`.
-#[derive(Debug, Deserialize)]
+/// The envelope every Vault answer shares; `T` is the engine-specific `data` (`Debug` never
+/// prints it: it may be a secret's values, credentials or a plaintext).
+#[derive(Deserialize)]
 pub struct Envelope<T> {
     /// Lease id of dynamic secrets ("" otherwise).
     #[serde(default)]
@@ -94,6 +95,19 @@ pub struct Envelope<T> {
     /// Vault's warnings (e.g. a TTL capped at max_ttl).
     #[serde(default)]
     pub warnings: Option<Vec<String>>,
+}
+
+impl<T> fmt::Debug for Envelope<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Envelope")
+            .field("lease_id", &self.lease_id)
+            .field("lease_duration", &self.lease_duration)
+            .field("renewable", &self.renewable)
+            .field("data", &self.data.as_ref().map(|_| "<redacted>"))
+            .field("auth", &self.auth)
+            .field("warnings", &self.warnings)
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
