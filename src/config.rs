@@ -133,18 +133,25 @@ fn issuer_config(name: &str, raw: RawIssuer) -> Result<crate::jwt::IssuerConfig,
             KeySource::Static(keys_from_pem(&pems).map_err(|e| format!("{}: {e}", key("jwt_validation_pubkeys")))?)
         }
         (None, Some(path), None) => {
-            let text = std::fs::read(&path).map_err(|e| format!("{}: cannot read {}: {e}", key("jwks_file"), path.display()))?;
-            KeySource::Static(keys_from_jwks(&text).map_err(|e| format!("{}: {}: {e}", key("jwks_file"), path.display()))?)
+            let text = std::fs::read(&path)
+                .map_err(|e| format!("{}: cannot read {}: {e}", key("jwks_file"), path.display()))?;
+            KeySource::Static(
+                keys_from_jwks(&text).map_err(|e| format!("{}: {}: {e}", key("jwks_file"), path.display()))?,
+            )
         }
         (None, None, Some(url)) => {
-            let parsed = reqwest::Url::parse(&url).map_err(|e| format!("{}: {url:?} is not a URL ({e})", key("jwks_url")))?;
+            let parsed =
+                reqwest::Url::parse(&url).map_err(|e| format!("{}: {url:?} is not a URL ({e})", key("jwks_url")))?;
             if !matches!(parsed.scheme(), "http" | "https") {
                 return Err(format!("{}: scheme must be http or https", key("jwks_url")));
             }
             positive(&key("jwks_refresh_ms"), raw.jwks_refresh_ms as usize)?;
             positive(&key("jwks_timeout_ms"), raw.jwks_timeout_ms as usize)?;
             let ca_pem = match &raw.jwks_ca_cert {
-                Some(p) => Some(std::fs::read(p).map_err(|e| format!("{}: cannot read {}: {e}", key("jwks_ca_cert"), p.display()))?),
+                Some(p) => Some(
+                    std::fs::read(p)
+                        .map_err(|e| format!("{}: cannot read {}: {e}", key("jwks_ca_cert"), p.display()))?,
+                ),
                 None => None,
             };
             KeySource::Url {
@@ -871,9 +878,7 @@ fn validate_rule(
         rule.auth_mount = rule.method.clone();
     }
     if let Some(name) = &rule.verify_with {
-        let issuer = issuers
-            .get(name)
-            .ok_or_else(|| format!("{}: no [issuers.{name}] table", key("verify_with")))?;
+        let issuer = issuers.get(name).ok_or_else(|| format!("{}: no [issuers.{name}] table", key("verify_with")))?;
         match &rule.issuer {
             Some(iss) if *iss != issuer.issuer => {
                 return Err(format!(

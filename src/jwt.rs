@@ -511,7 +511,7 @@ mod tests {
     fn verification_table() {
         let good = signer();
         let other = signer();
-        let keys = keys_from_pem(&[good.public_pem.clone()]).unwrap();
+        let keys = keys_from_pem(std::slice::from_ref(&good.public_pem)).unwrap();
         let n = now();
         let claims = |patch: Value| {
             let mut c = json!({"iss": ISS, "sub": "billing", "aud": "vaultgate", "exp": n + 600, "nbf": n - 10});
@@ -533,7 +533,9 @@ mod tests {
             &EncodingKey::from_secret(good.public_pem.as_bytes()),
         )
         .unwrap();
-        let cases: Vec<(&str, String, &[&str], Result<(), Refusal>)> = vec![
+        // (case, JWT, configured audiences, verdict)
+        type Case<'a> = (&'a str, String, &'a [&'a str], Result<(), Refusal>);
+        let cases: Vec<Case> = vec![
             ("valid", valid.clone(), &["vaultgate"], Ok(())),
             ("aud not configured", valid.clone(), &[], Ok(())),
             ("float exp", sign(&good, &claims(json!({"exp": n as f64 + 600.5}))), &["vaultgate"], Ok(())),
@@ -565,10 +567,25 @@ mod tests {
                 &[],
                 Err(Refusal::Malformed),
             ),
-            ("RS256 header on an EC key", unsigned(&json!({"alg": "RS256"}), &claims(json!({})), "c2ln"), &[], Err(Refusal::Algorithm)),
+            (
+                "RS256 header on an EC key",
+                unsigned(&json!({"alg": "RS256"}), &claims(json!({})), "c2ln"),
+                &[],
+                Err(Refusal::Algorithm),
+            ),
             ("not a JWT", "a.b".into(), &[], Err(Refusal::Malformed)),
-            ("signature not base64", unsigned(&json!({"alg": "ES256"}), &claims(json!({})), "!!"), &[], Err(Refusal::Malformed)),
-            ("signature of zeros", unsigned(&json!({"alg": "ES256"}), &claims(json!({})), &"A".repeat(86)), &[], Err(Refusal::Signature)),
+            (
+                "signature not base64",
+                unsigned(&json!({"alg": "ES256"}), &claims(json!({})), "!!"),
+                &[],
+                Err(Refusal::Malformed),
+            ),
+            (
+                "signature of zeros",
+                unsigned(&json!({"alg": "ES256"}), &claims(json!({})), &"A".repeat(86)),
+                &[],
+                Err(Refusal::Signature),
+            ),
         ];
         for (name, jwt, audiences, want) in cases {
             let got = verify(&jwt, &issuer(audiences), &keys).map(|_| ());
@@ -630,7 +647,8 @@ mod tests {
         let s = Duration::from_secs;
         let refresh = s(300);
         // (fetched at, last attempt, unknown kid, now) -> fetch?
-        let cases: &[(Option<u64>, Option<u64>, bool, u64, bool)] = &[
+        type Case = (Option<u64>, Option<u64>, bool, u64, bool);
+        let cases: &[Case] = &[
             (None, None, false, 0, true),
             (None, Some(0), false, 5, false),
             (None, Some(0), false, 10, true),

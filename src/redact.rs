@@ -116,33 +116,114 @@ mod tests {
         let b = || S.as_bytes().to_vec();
         let s = || S.to_string();
         let mut data = prost_types::Struct::default();
-        data.fields.insert("api_key".into(), prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(s())) });
+        data.fields
+            .insert("api_key".into(), prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(s())) });
         let json: serde_json::Value = serde_json::json!({"api_key": S});
         let env: vault::Envelope<serde_json::Value> = serde_json::from_value(serde_json::json!({
             "data": {"password": S}, "auth": {"client_token": S, "accessor": "acc"}, "lease_id": "l"
         }))
         .unwrap();
         let cases: Vec<(&str, String)> = vec![
-            ("pb::EncryptRequest", format!("{:?}", pb::EncryptRequest { key: "k".into(), plaintext: b(), context: b(), associated_data: b(), key_version: 0 })),
+            (
+                "pb::EncryptRequest",
+                format!(
+                    "{:?}",
+                    pb::EncryptRequest {
+                        key: "k".into(),
+                        plaintext: b(),
+                        context: b(),
+                        associated_data: b(),
+                        key_version: 0
+                    }
+                ),
+            ),
             ("pb::DecryptResponse", format!("{:?}", pb::DecryptResponse { plaintext: b(), key_version: 1 })),
-            ("pb::EncryptBatchItem", format!("{:?}", pb::EncryptBatchItem { plaintext: b(), context: b(), associated_data: b() })),
+            (
+                "pb::EncryptBatchItem",
+                format!("{:?}", pb::EncryptBatchItem { plaintext: b(), context: b(), associated_data: b() }),
+            ),
             (
                 "pb::DecryptBatchResponse",
-                format!("{:?}", pb::DecryptBatchResponse { results: vec![pb::DecryptBatchResult { plaintext: b(), error: None }] }),
+                format!(
+                    "{:?}",
+                    pb::DecryptBatchResponse { results: vec![pb::DecryptBatchResult { plaintext: b(), error: None }] }
+                ),
             ),
-            ("pb::EncryptBatchRequest", format!("{:?}", pb::EncryptBatchRequest { key: "k".into(), items: vec![pb::EncryptBatchItem { plaintext: b(), ..Default::default() }] })),
-            ("pb::GenerateDataKeyResponse", format!("{:?}", pb::GenerateDataKeyResponse { plaintext: b(), ciphertext: "vault:v1:x".into(), key_version: 1 })),
-            ("pb::GetSecretResponse", format!("{:?}", pb::GetSecretResponse { data: Some(data), version: 1, created_time: None })),
-            ("pb::GetDbCredsResponse", format!("{:?}", pb::GetDbCredsResponse { username: "u".into(), password: s(), ..Default::default() })),
+            (
+                "pb::EncryptBatchRequest",
+                format!(
+                    "{:?}",
+                    pb::EncryptBatchRequest {
+                        key: "k".into(),
+                        items: vec![pb::EncryptBatchItem { plaintext: b(), ..Default::default() }]
+                    }
+                ),
+            ),
+            (
+                "pb::GenerateDataKeyResponse",
+                format!(
+                    "{:?}",
+                    pb::GenerateDataKeyResponse { plaintext: b(), ciphertext: "vault:v1:x".into(), key_version: 1 }
+                ),
+            ),
+            (
+                "pb::GetSecretResponse",
+                format!("{:?}", pb::GetSecretResponse { data: Some(data), version: 1, created_time: None }),
+            ),
+            (
+                "pb::GetDbCredsResponse",
+                format!("{:?}", pb::GetDbCredsResponse { username: "u".into(), password: s(), ..Default::default() }),
+            ),
             ("VaultToken", format!("{:?}", VaultToken::new(S))),
             ("auth::AuthInfo", format!("{:?}", env.auth.clone().unwrap())),
-            ("auth::Login", format!("{:?}", auth::Login { token: VaultToken::new(S), accessor: "a".into(), policies: vec![], ttl: 1, renewable: true })),
+            (
+                "auth::Login",
+                format!(
+                    "{:?}",
+                    auth::Login {
+                        token: VaultToken::new(S),
+                        accessor: "a".into(),
+                        policies: vec![],
+                        ttl: 1,
+                        renewable: true
+                    }
+                ),
+            ),
             ("vault::Envelope", format!("{env:?}")),
             ("database::Credentials", format!("{:?}", database::Credentials { username: "u".into(), password: s() })),
-            ("kv::Secret", format!("{:?}", kv::Secret { data: json.as_object().cloned(), metadata: kv::SecretMetadata { created_time: "t".into(), version: 1 } })),
-            ("transit::BatchItem", format!("{:?}", transit::BatchItem { plaintext: Some(s()), context: Some(s()), associated_data: Some(s()), ..Default::default() })),
-            ("transit::BatchResult", format!("{:?}", transit::BatchResult { plaintext: Some(s()), ..Default::default() })),
-            ("transit::Ciphertext", format!("{:?}", transit::Ciphertext { ciphertext: "vault:v1:x".into(), key_version: 1, plaintext: Some(s()) })),
+            (
+                "kv::Secret",
+                format!(
+                    "{:?}",
+                    kv::Secret {
+                        data: json.as_object().cloned(),
+                        metadata: kv::SecretMetadata { created_time: "t".into(), version: 1 }
+                    }
+                ),
+            ),
+            (
+                "transit::BatchItem",
+                format!(
+                    "{:?}",
+                    transit::BatchItem {
+                        plaintext: Some(s()),
+                        context: Some(s()),
+                        associated_data: Some(s()),
+                        ..Default::default()
+                    }
+                ),
+            ),
+            (
+                "transit::BatchResult",
+                format!("{:?}", transit::BatchResult { plaintext: Some(s()), ..Default::default() }),
+            ),
+            (
+                "transit::Ciphertext",
+                format!(
+                    "{:?}",
+                    transit::Ciphertext { ciphertext: "vault:v1:x".into(), key_version: 1, plaintext: Some(s()) }
+                ),
+            ),
             ("session::Credentials", format!("{:?}", crate::session::Credentials::Bearer(S))),
             ("dev::provision::PgTarget", format!("{:?}", crate::dev::provision::PgTarget { port: 1, password: s() })),
             ("dev::certs::Pair", format!("{:?}", crate::dev::certs::Pair { cert_pem: "cert".into(), key_pem: s() })),

@@ -59,14 +59,12 @@ pub fn allowed(role: Option<&RoleConfig>, resource: Resource<'_>) -> bool {
     let Some(role) = role else { return true };
     match resource {
         Resource::Key(k) => role.transit_keys.as_deref().is_none_or(|p| matches_pattern(p, k)),
-        Resource::Secret { mount, path } => role
-            .kv_prefixes
-            .as_deref()
-            .is_none_or(|p| in_mounts(&role.kv_mounts, mount) && under_prefix(p, path)),
-        Resource::DbRole { mount, role: r } => role
-            .db_roles
-            .as_deref()
-            .is_none_or(|p| in_mounts(&role.db_mounts, mount) && matches_pattern(p, r)),
+        Resource::Secret { mount, path } => {
+            role.kv_prefixes.as_deref().is_none_or(|p| in_mounts(&role.kv_mounts, mount) && under_prefix(p, path))
+        }
+        Resource::DbRole { mount, role: r } => {
+            role.db_roles.as_deref().is_none_or(|p| in_mounts(&role.db_mounts, mount) && matches_pattern(p, r))
+        }
     }
 }
 

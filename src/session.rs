@@ -591,7 +591,8 @@ impl Sessions {
         let role = &*who.role;
         let refused = |e| Error::from_vault(e, Subject::Login(role));
         if let Some(jwt) = jwt {
-            let mount = who.auth_mount.as_deref().ok_or_else(|| Error::Internal("a JWT caller without its rule".into()))?;
+            let mount =
+                who.auth_mount.as_deref().ok_or_else(|| Error::Internal("a JWT caller without its rule".into()))?;
             return self.vault.login_jwt(mount, role, jwt, deadline).await.map_err(refused);
         }
         let login =
@@ -809,7 +810,7 @@ mod tests {
             slot.last_used.store(1000 + u64::from(i), Ordering::Relaxed);
         }
         let busy = sessions.slot_if_cached(&key(1)).unwrap(); // a call is using it
-        // A newcomer whose login is in flight evicts nobody.
+                                                              // A newcomer whose login is in flight evicts nobody.
         let newcomer = sessions.slot(key(200));
         assert_eq!(sessions.slots.lock().unwrap().len(), 34);
         // Its login succeeded: now the cache makes room.

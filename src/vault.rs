@@ -410,7 +410,10 @@ impl Client {
                     let Some(next) = self.nodes.by_origin(&target) else {
                         // The request carries a token: it goes to no host the operator did not list.
                         tracing::warn!(to = %target.origin().ascii_serialization(), "vault redirect to a host that is not a configured node: not followed");
-                        return (node, Err(VaultError::Api { status: status.as_u16(), errors: vec![FOREIGN_REDIRECT.into()] }));
+                        return (
+                            node,
+                            Err(VaultError::Api { status: status.as_u16(), errors: vec![FOREIGN_REDIRECT.into()] }),
+                        );
                     };
                     crate::metrics::get().vault_redirects.inc();
                     tracing::debug!(to = %target.origin().ascii_serialization(), "following vault redirect");

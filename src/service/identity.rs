@@ -48,7 +48,12 @@ impl IdentityService for Identity {
                 }
                 for (i, role) in r.db_roles.iter().enumerate() {
                     validate::name(&format!("db_roles[{i}]"), role)?;
-                    asked.push(("db_role", role, Resource::DbRole { mount: &m.database, role }, vec![format!("{}/creds/{role}", m.database)]));
+                    asked.push((
+                        "db_role",
+                        role,
+                        Resource::DbRole { mount: &m.database, role },
+                        vec![format!("{}/creds/{role}", m.database)],
+                    ));
                 }
                 let token = gw
                     .vault

@@ -157,7 +157,8 @@ pub async fn forged_jwts_cost_vault_nothing(env: &'static Env) {
         dev_issuer(env)
     );
     let gw = serve_gateway(&toml).await;
-    let real_channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr)).expect("uri").connect_lazy();
+    let real_channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr)).expect("uri").connect_lazy();
     EncryptionServiceClient::new(real_channel.clone()).encrypt(req(encrypt(), &env.qa)).await.expect("the real caller");
     let before = vault_logins(env, mount);
     assert_eq!(before, 1, "the real caller's one login is in OpenBao's audit log");
@@ -195,7 +196,8 @@ pub async fn forged_jwts_without_local_verification_are_capped(env: &'static Env
         issuer::ISSUER
     );
     let gw = serve_gateway(&toml).await;
-    let real_channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr)).expect("uri").connect_lazy();
+    let real_channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr)).expect("uri").connect_lazy();
     EncryptionServiceClient::new(real_channel.clone()).encrypt(req(encrypt(), &env.qa)).await.expect("the real caller");
     let before = vault_logins(env, mount);
     let started = Instant::now();
