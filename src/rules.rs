@@ -13,20 +13,32 @@ use crate::{config::RoleConfig, error::Error, service::Gateway, session::Actor};
 pub enum Resource<'a> {
     /// A Transit key by name.
     Key(&'a str),
-    /// A KV v2 secret path or folder, in a mount (the default one already filled in).
+    /// A KV v2 secret path or folder, in a mount (empty: the configured default).
     Secret {
-        /// The KV mount.
+        /// The KV mount as the request names it.
         mount: &'a str,
         /// The path or folder inside it.
         path: &'a str,
     },
-    /// A database role, in a mount (the default one already filled in).
+    /// A database role, in a mount (empty: the configured default).
     DbRole {
-        /// The database mount.
+        /// The database mount as the request names it.
         mount: &'a str,
         /// The role.
         role: &'a str,
     },
+}
+
+impl<'a> Resource<'a> {
+    /// The resource with an empty mount replaced by the configured default of its engine.
+    pub fn in_mounts(self, mounts: &'a crate::config::Mounts) -> Resource<'a> {
+        let or = |mount: &'a str, default: &'a str| if mount.is_empty() { default } else { mount };
+        match self {
+            Resource::Secret { mount, path } => Resource::Secret { mount: or(mount, &mounts.kv), path },
+            Resource::DbRole { mount, role } => Resource::DbRole { mount: or(mount, &mounts.database), role },
+            key => key,
+        }
+    }
 }
 
 /// `name` or `prefix*` patterns.
@@ -72,6 +84,7 @@ impl Gateway {
     /// Refuses (PERMISSION_DENIED, naming the rule) what the caller's role may not touch.
     pub fn allow(&self, actor: &Actor, resource: Resource<'_>) -> Result<(), Error> {
         let role = &*actor.role;
+        let resource = resource.in_mounts(&self.config.mounts);
         if allowed(self.config.roles.get(role), resource) {
             return Ok(());
         }

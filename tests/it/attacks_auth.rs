@@ -369,7 +369,7 @@ pub async fn vault_redirect_to_a_foreign_host_is_not_followed(env: &'static Env)
     // (Or refused before sending, if the health watcher has given up on the node meanwhile.)
     assert!(matches!(err.code(), Code::Internal | Code::Unavailable), "{err:?}");
     // Directly: a token lookup (X-Vault-Token) meets the same redirect.
-    let client = Client::new(&ClientConfig::single(hostile.parse().expect("url"))).expect("client");
+    let client = Client::new(&ClientConfig::single(hostile.parse().expect("url")), Default::default()).expect("client");
     let token = VaultToken::new("s.attack-token-never-sent-abroad");
     let deadline = Some(tokio::time::Instant::now() + Duration::from_secs(5));
     assert_eq!(
@@ -389,7 +389,7 @@ pub async fn vault_redirect_to_a_foreign_host_is_not_followed(env: &'static Env)
     let (to_vault, _) = redirecting_node(env.vault_addr.clone()).await;
     let mut config = ClientConfig::single(to_vault.parse().expect("url"));
     config.addresses.push(env.vault_addr.parse().expect("url"));
-    let client = Client::new(&config).expect("client");
+    let client = Client::new(&config, Default::default()).expect("client");
     let root = VaultToken::new(env.root_token.as_str());
     client.lookup_self(&root, deadline).await.expect("a redirect to a configured node is followed");
 }
