@@ -13,9 +13,12 @@ tools:
 dev: tools
 	cargo run --bin vaultgate -- dev --dir .dev
 
+# cargo deny (deny.toml): licenses, banned crates and sources. Not `advisories`: that needs the
+# RustSec database from the network, which this machine cannot reach (docs/contributing.md).
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	cargo deny --log-level error check bans licenses sources
 	cargo check --quiet --manifest-path fuzz/Cargo.toml
 
 # Every test: lint, unit tests, the integration binary against real OpenBao and PostgreSQL.
@@ -25,6 +28,7 @@ test: tools lint
 	@# `cargo build --bin` would rebuild tokio's dependents without the dev-dependency features.
 	@test target/debug/vaultgate -nt src/main.rs
 	bash scripts/check-ecosystem.sh
+	bash scripts/check-codegen.sh
 	bash scripts/check-deploy.sh
 
 bench: tools

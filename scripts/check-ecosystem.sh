@@ -131,10 +131,11 @@ node_client() {
 
 if [[ -n "$ADDR" ]]; then
     run "python client" "$PY" examples/python/client.py --addr "$ADDR" --dir "$DEV_DIR"
+    run "python token file rotation" "$PY" examples/python/token_file.py --addr "$ADDR" --dir "$DEV_DIR"
     run "node client" node_client
     run "grpcurl (README quick start)" bash examples/grpcurl.sh --addr "$ADDR" --dir "$DEV_DIR"
 else
-    for name in "python client" "node client" "grpcurl (README quick start)"; do
+    for name in "python client" "python token file rotation" "node client" "grpcurl (README quick start)"; do
         fail "$name" "skipped: dev mode not ready"
     done
 fi

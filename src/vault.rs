@@ -4,7 +4,10 @@
 //! `{"data": …}` envelope and turns `{"errors": […]}` and status codes into [`VaultError`].
 //! Engine-specific calls live in `vault/`.
 //!
-//! Invariant: this module knows nothing of gRPC. Request and response bodies are never logged.
+//! Invariants: this module knows nothing of gRPC. Request and response bodies are never logged.
+//! A token goes only to a configured Vault node: a 307 is followed only to one of
+//! `vault.addresses` (and never from https down to http), and with `vault.ca_cert` set, that CA
+//! alone is trusted (not the public web roots as well).
 
 pub mod auth;
 pub mod database;
@@ -15,6 +18,7 @@ pub mod retry;
 pub mod sys;
 pub mod transit;
 
+use crate::metrics::Metrics;
 use nodes::{BreakerConfig, Nodes};
 use reqwest::{Method, StatusCode, Url};
 use retry::{RetryBudget, RetryConfig, Verdict};
@@ -72,8 +76,9 @@ pub enum VaultError {
     Decode(String),
 }
 
-/// The envelope every Vault answer shares; `T` is the engine-specific `data`.
-#[derive(Debug, Deserialize)]
+/// The envelope every Vault answer shares; `T` is the engine-specific `data` (`Debug` never
+/// prints it: it may be a secret's values, credentials or a plaintext).
+#[derive(Deserialize)]
 pub struct Envelope<T> {
     /// Lease id of dynamic secrets ("" otherwise).
     #[serde(default)]
@@ -91,6 +96,19 @@ pub struct Envelope<T> {
     /// Vault's warnings (e.g. a TTL capped at max_ttl).
     #[serde(default)]
     pub warnings: Option<Vec<String>>,
+}
+
+impl<T> fmt::Debug for Envelope<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Envelope")
+            .field("lease_id", &self.lease_id)
+            .field("lease_duration", &self.lease_duration)
+            .field("renewable", &self.renewable)
+            .field("data", &self.data.as_ref().map(|_| "<redacted>"))
+            .field("auth", &self.auth)
+            .field("warnings", &self.warnings)
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -136,6 +154,7 @@ impl ClientConfig {
 pub struct Client {
     http: reqwest::Client,
     nodes: Arc<Nodes>,
+    metrics: Arc<Metrics>,
     timeout: Duration,
     namespace: Option<String>,
     retry: RetryConfig,
@@ -145,6 +164,9 @@ pub struct Client {
 /// An HTTP method plus path segments below `/v1/`; segments are percent-encoded when sent.
 pub struct Call<'a> {
     method: Method,
+    /// The endpoint kind, the metric label (`transit/encrypt`, `kv/read`): never built from
+    /// the segments, which hold mounts and names a caller may have chosen.
+    kind: &'static str,
     segments: Vec<&'a str>,
     query: Vec<(&'a str, String)>,
     idempotent: bool,
@@ -152,11 +174,12 @@ pub struct Call<'a> {
 }
 
 impl<'a> Call<'a> {
-    /// A call with this method on `/v1/` + segments (each segment may itself contain `/`).
+    /// A call with this method on `/v1/` + segments (each segment may itself contain `/`),
+    /// counted in the metrics as endpoint `kind` (a fixed name, e.g. `kv/read`).
     /// It is not retried once Vault may have acted on it; see [`Call::idempotent`].
-    pub fn new(method: Method, segments: &[&'a str]) -> Call<'a> {
+    pub fn new(method: Method, kind: &'static str, segments: &[&'a str]) -> Call<'a> {
         let segments = segments.iter().flat_map(|s| s.split('/')).filter(|s| !s.is_empty()).collect();
-        Call { method, segments, query: Vec::new(), idempotent: false, node: None }
+        Call { method, kind, segments, query: Vec::new(), idempotent: false, node: None }
     }
 
     /// Adds a query parameter.
@@ -182,6 +205,10 @@ impl<'a> Call<'a> {
 /// Most 307 redirects followed by one attempt (a standby points at the active node: one hop).
 const MAX_REDIRECTS: usize = 2;
 
+/// The error of a redirect to a host outside `vault.addresses` (not followed).
+pub const FOREIGN_REDIRECT: &str =
+    "Vault redirected to a host that is not one of vault.addresses; not followed (list every node there)";
+
 /// One HTTP answer and the node that gave it.
 struct Answer {
     status: StatusCode,
@@ -190,8 +217,9 @@ struct Answer {
 }
 
 impl Client {
-    /// Builds the HTTP client; fails only on an unusable CA bundle or no address.
-    pub fn new(config: &ClientConfig) -> Result<Client, String> {
+    /// Builds the HTTP client, counting its requests in `metrics`; fails only on an unusable CA
+    /// bundle or no address.
+    pub fn new(config: &ClientConfig, metrics: Arc<Metrics>) -> Result<Client, String> {
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
@@ -200,6 +228,8 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true);
         if let Some(pem) = &config.ca_pem {
+            // Only the configured CA: a certificate from any public CA must not pass for Vault's.
+            builder = builder.tls_built_in_root_certs(false);
             for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("vault.ca_cert: {e}"))? {
                 builder = builder.add_root_certificate(cert);
             }
@@ -221,7 +251,8 @@ impl Client {
             .collect();
         Ok(Client {
             http,
-            nodes: Arc::new(Nodes::new(bases, config.breaker)),
+            nodes: Arc::new(Nodes::new(bases, config.breaker, metrics.clone())),
+            metrics,
             timeout: config.timeout,
             namespace: config.namespace.clone(),
             retry: config.retry,
@@ -241,6 +272,11 @@ impl Client {
     /// The configured nodes and what is known of them.
     pub fn nodes(&self) -> &Nodes {
         &self.nodes
+    }
+
+    /// The gateway's metrics, which this client's requests are counted in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     fn url(base: &Url, call: &Call<'_>) -> Result<Url, VaultError> {
@@ -285,7 +321,7 @@ impl Client {
             let node = match self.nodes.choose(tried, Instant::now()) {
                 Ok(node) => node,
                 Err(all) => {
-                    crate::metrics::get().vault_fail_fast.inc();
+                    self.metrics.vault_fail_fast.inc();
                     return Err(VaultError::AllNodesFailing(all.message()));
                 }
             };
@@ -310,7 +346,7 @@ impl Client {
                 Some(wait) => wait,
                 None => return answer.map(|a| (a.status, a.bytes)),
             };
-            crate::metrics::get().vault_retry(reason);
+            self.metrics.vault_retry(reason);
             tracing::debug!(reason, attempt = attempts, wait_ms = wait.as_millis() as u64, "retrying vault request");
             tokio::time::sleep(wait).await;
         }
@@ -337,15 +373,15 @@ impl Client {
             return None;
         }
         if !self.budget.withdraw(now) {
-            crate::metrics::get().vault_retry_budget_exhausted.inc();
+            self.metrics.vault_retry_budget_exhausted.inc();
             tracing::debug!("retry budget exhausted: not retrying");
             return None;
         }
         Some(wait)
     }
 
-    /// One attempt on node `first`, following up to [`MAX_REDIRECTS`] 307s; returns the node
-    /// that gave the last answer (a redirect target that is not a configured node counts as `first`).
+    /// One attempt on node `first`, following up to [`MAX_REDIRECTS`] 307s to configured nodes
+    /// only; returns the node that gave the last answer.
     async fn attempt(
         &self,
         first: usize,
@@ -362,7 +398,7 @@ impl Client {
             Ok(url) => url,
             Err(e) => return (node, Err(e)),
         };
-        let endpoint = call.segments.iter().take(2).copied().collect::<Vec<_>>().join("/");
+        let endpoint = call.kind;
         for hop in 0..=MAX_REDIRECTS {
             let timeout = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()).min(self.timeout),
@@ -375,7 +411,7 @@ impl Client {
             let resp = match self.request(call, &url, token, body, timeout).send().await {
                 Ok(resp) => resp,
                 Err(e) => {
-                    crate::metrics::get().vault(endpoint, None, started.elapsed());
+                    self.metrics.vault(endpoint, None, started.elapsed());
                     let err = classify(e);
                     tracing::debug!(error = ?err, "vault request failed");
                     return (node, Err(err));
@@ -384,9 +420,17 @@ impl Client {
             let status = resp.status();
             if matches!(status.as_u16(), 307 | 308) && hop < MAX_REDIRECTS {
                 if let Some(target) = redirect_target(&resp, &url) {
-                    crate::metrics::get().vault_redirects.inc();
+                    let Some(next) = self.nodes.by_origin(&target) else {
+                        // The request carries a token: it goes to no host the operator did not list.
+                        tracing::warn!(to = %target.origin().ascii_serialization(), "vault redirect to a host that is not a configured node: not followed");
+                        return (
+                            node,
+                            Err(VaultError::Api { status: status.as_u16(), errors: vec![FOREIGN_REDIRECT.into()] }),
+                        );
+                    };
+                    self.metrics.vault_redirects.inc();
                     tracing::debug!(to = %target.origin().ascii_serialization(), "following vault redirect");
-                    node = self.nodes.by_origin(&target).unwrap_or(first);
+                    node = next;
                     url = target;
                     continue;
                 }
@@ -397,7 +441,7 @@ impl Client {
                 Ok(bytes) => bytes,
                 Err(e) => return (node, Err(classify(e))),
             };
-            crate::metrics::get().vault(endpoint, Some(status.as_u16()), started.elapsed());
+            self.metrics.vault(endpoint, Some(status.as_u16()), started.elapsed());
             tracing::debug!(status = status.as_u16(), "vault answered");
             note_request_id_of(&bytes);
             return (node, Ok(Answer { status, bytes, retry_after }));
@@ -611,8 +655,10 @@ mod tests {
 
     #[test]
     fn paths_are_percent_encoded_per_segment() {
-        let client = Client::new(&ClientConfig::single(Url::parse("http://127.0.0.1:8200").unwrap())).unwrap();
-        let call = Call::new(Method::GET, &["secret/data", "a b/c?d"]).query("version", 2);
+        let client =
+            Client::new(&ClientConfig::single(Url::parse("http://127.0.0.1:8200").unwrap()), Default::default())
+                .unwrap();
+        let call = Call::new(Method::GET, "kv/read", &["secret/data", "a b/c?d"]).query("version", 2);
         let url = Client::url(client.address(), &call).unwrap();
         assert_eq!(url.as_str(), "http://127.0.0.1:8200/v1/secret/data/a%20b/c%3Fd?version=2");
     }
@@ -651,14 +697,14 @@ mod tests {
     fn client(max_attempts: u32, budget_ratio: f64, floor: f64) -> Client {
         let mut config = ClientConfig::single(Url::parse("http://127.0.0.1:8200").unwrap());
         config.retry = RetryConfig { max_attempts, budget_ratio, budget_floor_per_second: floor, ..retry::DEFAULT };
-        Client::new(&config).unwrap()
+        Client::new(&config, Default::default()).unwrap()
     }
 
     #[test]
     fn retries_only_what_may_be_sent_again() {
         let now = Instant::now();
-        let write = Call::new(Method::POST, &["transit/keys/k/rotate"]);
-        let read = Call::new(Method::GET, &["transit/keys/k"]).idempotent();
+        let write = Call::new(Method::POST, "transit/rotate", &["transit/keys/k/rotate"]);
+        let read = Call::new(Method::GET, "transit/keys", &["transit/keys/k"]).idempotent();
         let c = client(3, 0.2, 10.0);
         // (call, Vault may have acted, attempts so far, deadline) -> retried?
         let cases: &[(&Call, bool, u32, Option<Duration>, bool)] = &[

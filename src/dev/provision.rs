@@ -10,13 +10,19 @@ use serde_json::{json, Value};
 /// The two demo callers: name, and whether it may get database credentials.
 pub const CALLERS: [(&str, bool); 2] = [("billing", true), ("reports", false)];
 
-/// Where the demo's PostgreSQL listens.
-#[derive(Debug, Clone)]
+/// Where the demo's PostgreSQL listens (`Debug` redacts the password).
+#[derive(Clone)]
 pub struct PgTarget {
     /// Port on 127.0.0.1.
     pub port: u16,
     /// Password of the `postgres` superuser, which Vault uses to create users.
     pub password: String,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTarget").field("port", &self.port).field("password", &"<redacted>").finish()
+    }
 }
 
 /// An admin session on Vault with the root token; used only to set Vault up, never to serve.
@@ -31,7 +37,7 @@ impl Admin<'_> {
     /// `POST /v1/<path>` with a JSON body.
     pub async fn post(&self, path: &str, body: Value) -> Result<(), String> {
         self.vault
-            .call_empty(Call::new(Method::POST, &[path]), Some(&self.root), Some(&body), None)
+            .call_empty(Call::new(Method::POST, "setup", &[path]), Some(&self.root), Some(&body), None)
             .await
             .map_err(|e| format!("setting up Vault ({path}): {e:?}"))
     }
@@ -40,7 +46,7 @@ impl Admin<'_> {
     pub async fn get(&self, path: &str) -> Result<Value, String> {
         let env = self
             .vault
-            .call::<(), Value>(Call::new(Method::GET, &[path]), Some(&self.root), None, None)
+            .call::<(), Value>(Call::new(Method::GET, "setup", &[path]), Some(&self.root), None, None)
             .await
             .map_err(|e| format!("reading Vault ({path}): {e:?}"))?;
         Ok(env.data.unwrap_or(Value::Null))
@@ -50,7 +56,7 @@ impl Admin<'_> {
     pub async fn post_json(&self, path: &str, body: Value) -> Result<Value, String> {
         let env = self
             .vault
-            .call::<Value, Value>(Call::new(Method::POST, &[path]), Some(&self.root), Some(&body), None)
+            .call::<Value, Value>(Call::new(Method::POST, "setup", &[path]), Some(&self.root), Some(&body), None)
             .await
             .map_err(|e| format!("setting up Vault ({path}): {e:?}"))?;
         Ok(env.data.unwrap_or(Value::Null))

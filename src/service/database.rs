@@ -1,13 +1,10 @@
 //! `vaultgate.v1.DatabaseService` over the database engine: dynamic credentials, and renewal or
 //! revocation of a lease by the caller that obtained it (see `leases.rs` for the lifetime rule).
 
-use super::{
-    validate::{self, Checked},
-    Gateway,
-};
-use crate::audit::Target;
+use super::{rpc, validate, Described, Gateway};
 use crate::rules::Resource;
 use crate::{
+    call::Rpc,
     error::{Error, Subject},
     leases::{Ownership, PARENT_SLACK},
     pb::vaultgate::v1::{database_service_server::DatabaseService, *},
@@ -71,22 +68,17 @@ impl Gateway {
             ))
         };
         let tag = OwnerTag::parse(lease_token).ok_or_else(forged)?;
-        let gateway = self.sessions.service_actor(&config.role, deadline).await?;
-        let input = tag_input(lease_id, &actor.caller, &tag.accessor);
+        let input = &tag_input(lease_id, &actor.caller, &tag.accessor);
+        let (transit, key, hmac) = (&self.config.mounts.transit, &config.owner_key, &tag.hmac);
         let valid = self
-            .vault
-            .transit_verify_hmac(
-                &gateway.token,
-                &self.config.mounts.transit,
-                &config.owner_key,
-                &input,
-                &tag.hmac,
-                deadline,
-            )
-            .await
+            .sessions
+            .with_service_token(&config.role, deadline, |token| async move {
+                self.vault.transit_verify_hmac(&token, transit, key, input, hmac, deadline).await
+            })
+            .await?
             .map_err(|e| Error::from_vault(e, Subject::Key(&config.owner_key)))?;
         if valid {
-            Ok(Proof::Tag { accessor: tag.accessor, gateway: gateway.token })
+            Ok(Proof::Tag { accessor: tag.accessor })
         } else {
             Err(forged())
         }
@@ -97,11 +89,13 @@ impl Gateway {
     async fn sign_lease(&self, actor: &Actor, lease_id: &str, deadline: Option<Instant>) -> String {
         let Some(config) = &self.config.leases else { return String::new() };
         let signed = async {
-            let gateway = self.sessions.service_actor(&config.role, deadline).await?;
-            let input = tag_input(lease_id, &actor.caller, &actor.accessor);
-            self.vault
-                .transit_hmac(&gateway.token, &self.config.mounts.transit, &config.owner_key, &input, deadline)
-                .await
+            let input = &tag_input(lease_id, &actor.caller, &actor.accessor);
+            let (transit, key) = (&self.config.mounts.transit, &config.owner_key);
+            self.sessions
+                .with_service_token(&config.role, deadline, |token| async move {
+                    self.vault.transit_hmac(&token, transit, key, input, deadline).await
+                })
+                .await?
                 .map_err(|e| Error::from_vault(e, Subject::Key(&config.owner_key)))
         };
         match signed.await {
@@ -119,7 +113,7 @@ enum Proof {
     /// This replica issued the lease; here is the token that parents it.
     Local(VaultToken),
     /// A verified tag; the parent token is known by its accessor, renewed with the gateway's token.
-    Tag { accessor: String, gateway: VaultToken },
+    Tag { accessor: String },
 }
 
 /// The content of a `lease_token`: the parent token's accessor and the Transit HMAC binding lease,
@@ -158,13 +152,35 @@ fn tag_input(lease_id: &str, owner: &str, accessor: &str) -> Vec<u8> {
     format!("vaultgate-lease-owner/v1\n{lease_id}\n{owner}\n{accessor}").into_bytes()
 }
 
+impl Described for GetDbCredsRequest {
+    const RPC: &'static Rpc = rpc!("DatabaseService", "GetDbCreds", DbRole);
+    fn target(&self) -> (&str, usize) {
+        (&self.role, 1)
+    }
+    fn resource(&self) -> Option<Resource<'_>> {
+        Some(Resource::DbRole { mount: &self.mount, role: &self.role })
+    }
+}
+
+impl Described for RenewLeaseRequest {
+    const RPC: &'static Rpc = rpc!("DatabaseService", "RenewLease", Lease);
+    fn target(&self) -> (&str, usize) {
+        (&self.lease_id, 1)
+    }
+}
+
+impl Described for RevokeLeaseRequest {
+    const RPC: &'static Rpc = rpc!("DatabaseService", "RevokeLease", Lease);
+    fn target(&self) -> (&str, usize) {
+        (&self.lease_id, 1)
+    }
+}
+
 #[tonic::async_trait]
 impl DatabaseService for Database {
     async fn get_db_creds(&self, req: Request<GetDbCredsRequest>) -> Result<Response<GetDbCredsResponse>, Status> {
         let gw = &self.0;
-        gw.handle("GetDbCreds", req, |r| Target::new(&r.role, 1), |actor, deadline, r| async move {
-            r.check(&gw.config.limits)?;
-            gw.allow(&actor, Resource::DbRole(&r.role))?;
+        gw.serve(req, |actor, deadline, r| async move {
             let mount = if r.mount.is_empty() { gw.config.mounts.database.as_str() } else { r.mount.as_str() };
             let lease = gw
                 .vault
@@ -189,12 +205,7 @@ impl DatabaseService for Database {
 
     async fn renew_lease(&self, req: Request<RenewLeaseRequest>) -> Result<Response<RenewLeaseResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "RenewLease",
-            req,
-            |r| Target::new(&r.lease_id, 1),
-            |actor, deadline, r| async move {
-                r.check(&gw.config.limits)?;
+        gw.serve(req, |actor, deadline, r| async move {
                 let increment = validate::lease_increment(r.increment.as_ref())?;
                 let proof = gw.ownership(&actor, &r.lease_id, &r.lease_token, deadline).await?;
                 let secs = gw
@@ -204,10 +215,22 @@ impl DatabaseService for Database {
                     .map_err(|e| Error::from_vault(e, Subject::Lease(&r.lease_id)))?;
                 let secs = match proof {
                     Proof::Local(parent) => gw.keep_parent(&actor, &parent, secs, deadline).await,
-                    Proof::Tag { accessor, gateway } => {
+                    Proof::Tag { accessor } => {
                         let want = secs.saturating_add(PARENT_SLACK.as_secs());
-                        match gw.vault.renew_accessor(&gateway, &accessor, want, deadline).await {
-                            Ok(token_secs) => secs.min(token_secs),
+                        let role = gw.config.leases.as_ref().map_or("", |l| l.role.as_str());
+                        let accessor = &accessor;
+                        let renewed = gw
+                            .sessions
+                            .with_service_token(role, deadline, |token| async move {
+                                gw.vault.renew_accessor(&token, accessor, want, deadline).await
+                            })
+                            .await;
+                        match renewed {
+                            Ok(Ok(token_secs)) => secs.min(token_secs),
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = ?e, "could not renew the lease's parent token by accessor; the lease ends with it");
+                                secs
+                            }
                             Err(e) => {
                                 tracing::warn!(error = ?e, "could not renew the lease's parent token by accessor; the lease ends with it");
                                 secs
@@ -224,22 +247,16 @@ impl DatabaseService for Database {
 
     async fn revoke_lease(&self, req: Request<RevokeLeaseRequest>) -> Result<Response<RevokeLeaseResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "RevokeLease",
-            req,
-            |r| Target::new(&r.lease_id, 1),
-            |actor, deadline, r| async move {
-                r.check(&gw.config.limits)?;
-                gw.ownership(&actor, &r.lease_id, &r.lease_token, deadline).await?;
-                gw.vault
-                    .lease_revoke(&actor.token, &r.lease_id, deadline)
-                    .await
-                    .map_err(|e| Error::from_vault(e, Subject::Lease(&r.lease_id)))?;
-                gw.leases.remove(&r.lease_id);
-                tracing::info!(caller = %actor.caller, lease_id = %r.lease_id, "lease revoked");
-                Ok(RevokeLeaseResponse {})
-            },
-        )
+        gw.serve(req, |actor, deadline, r| async move {
+            gw.ownership(&actor, &r.lease_id, &r.lease_token, deadline).await?;
+            gw.vault
+                .lease_revoke(&actor.token, &r.lease_id, deadline)
+                .await
+                .map_err(|e| Error::from_vault(e, Subject::Lease(&r.lease_id)))?;
+            gw.leases.remove(&r.lease_id);
+            tracing::info!(caller = %actor.caller, lease_id = %r.lease_id, "lease revoked");
+            Ok(RevokeLeaseResponse {})
+        })
         .await
     }
 }

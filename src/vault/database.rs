@@ -52,8 +52,14 @@ impl Client {
         role: &str,
         deadline: Option<Instant>,
     ) -> Result<Lease, VaultError> {
-        let env: Envelope<Credentials> =
-            self.call::<(), _>(Call::new(Method::GET, &[mount, "creds", role]), Some(token), None, deadline).await?;
+        let env: Envelope<Credentials> = self
+            .call::<(), _>(
+                Call::new(Method::GET, "database/creds", &[mount, "creds", role]),
+                Some(token),
+                None,
+                deadline,
+            )
+            .await?;
         let credentials = env.data.ok_or_else(|| VaultError::Decode("creds answer without data".into()))?;
         Ok(Lease { credentials, lease_id: env.lease_id, lease_duration: env.lease_duration, renewable: env.renewable })
     }
@@ -68,8 +74,9 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<u64, VaultError> {
         let body = LeaseBody { lease_id, increment };
-        let env: Envelope<serde_json::Value> =
-            self.call(Call::new(Method::PUT, &["sys/leases/renew"]), Some(token), Some(&body), deadline).await?;
+        let env: Envelope<serde_json::Value> = self
+            .call(Call::new(Method::PUT, "sys/leases/renew", &["sys/leases/renew"]), Some(token), Some(&body), deadline)
+            .await?;
         Ok(env.lease_duration)
     }
 
@@ -82,7 +89,7 @@ impl Client {
         lease_id: &str,
         deadline: Option<Instant>,
     ) -> Result<(), VaultError> {
-        let call = Call::new(Method::PUT, &["sys/leases/revoke", lease_id]);
+        let call = Call::new(Method::PUT, "sys/leases/revoke", &["sys/leases/revoke", lease_id]);
         self.call_empty::<()>(call, Some(token), None, deadline).await
     }
 
@@ -98,8 +105,14 @@ impl Client {
             ttl: u64,
         }
         let body = LeaseBody { lease_id, increment: None };
-        let env: Envelope<Info> =
-            self.call(Call::new(Method::PUT, &["sys/leases/lookup"]), Some(token), Some(&body), deadline).await?;
+        let env: Envelope<Info> = self
+            .call(
+                Call::new(Method::PUT, "sys/leases/lookup", &["sys/leases/lookup"]),
+                Some(token),
+                Some(&body),
+                deadline,
+            )
+            .await?;
         Ok(env.data.map(|i| i.ttl).unwrap_or(0))
     }
 }

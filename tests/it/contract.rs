@@ -99,7 +99,7 @@ pub async fn transit_requests_name_their_mount(env: &'static Env) {
         assert_eq!(details.field_violations[0].field, "mount", "{bad:?}");
     }
     // Attack: a role limited to keys qa-* by the gateway's rule reaches for the same key name in
-    // another mount. The rule sees `transit-qa/qa-mnt` there, so it refuses before Vault.
+    // another mount, which its transit_mounts (default: the configured one) does not list.
     let ruled = serve_gateway(&format!(
         "[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"qa\"\nequals = \"qa\"\n[roles.qa]\ntransit_keys = [\"qa-*\"]\n",
         env.vault_addr
@@ -111,7 +111,7 @@ pub async fn transit_requests_name_their_mount(env: &'static Env) {
         .await
         .expect_err("another mount, not in the rule");
     assert_eq!(status.code(), Code::PermissionDenied, "{}", status.message());
-    assert!(status.message().contains("transit-qa/qa-mnt"), "{}", status.message());
+    assert!(status.message().contains("transit_mounts"), "{}", status.message());
     r.encrypt(req(EncryptRequest { key: "qa-aes".into(), ..Default::default() }, &env.qa))
         .await
         .expect("the rule still allows qa-* in the default mount");
@@ -187,10 +187,14 @@ pub async fn old_connections_are_closed_without_failing_calls(env: &'static Env)
     let (mut calls, mut refused) = (0, Vec::new());
     while started.elapsed() < Duration::from_millis(3500) {
         let request = || EncryptRequest { key: "billing".into(), plaintext: b"aged".to_vec(), ..Default::default() };
-        // A call that races the GOAWAY may be refused unprocessed (UNAVAILABLE); gRPC clients
-        // retry those. It must succeed on the new connection, and such refusals stay rare.
+        // A call sent as the server closes an idle connection can meet the closed socket (tonic:
+        // UNKNOWN "transport error", broken pipe) or the GOAWAY (UNAVAILABLE): it never reached a
+        // handler, and gRPC clients retry such calls transparently. It must succeed on the new
+        // connection, and such refusals stay at most one per closed connection.
         if let Err(status) = c.encrypt(req(request(), &env.billing)).await {
-            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            let unsent = status.code() == Code::Unavailable
+                || (status.code() == Code::Unknown && status.message() == "transport error");
+            assert!(unsent, "{status:?}");
             refused.push(status.message().to_string());
             c.encrypt(req(request(), &env.billing)).await.expect("the retry on a new connection succeeds");
         }

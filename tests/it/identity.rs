@@ -251,7 +251,9 @@ pub async fn gateway_rules_refuse_before_vault(env: &'static Env) {
     assert_eq!(err.code(), Code::PermissionDenied);
     assert_eq!(
         err.message(),
-        format!("role \"qa\" may not use Transit key \"{unique}\" (gateway rule roles.qa.transit_keys)")
+        format!(
+            "role \"qa\" may not use Transit key \"{unique}\" in mount \"transit\" (gateway rule roles.qa.transit_keys, transit_mounts)"
+        )
     );
     let mut kv = SecretServiceClient::new(gw.channel.clone());
     let err = kv
