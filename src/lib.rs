@@ -27,6 +27,7 @@
 
 pub mod audit;
 pub mod batch;
+pub mod cache;
 pub mod codec;
 pub mod config;
 pub mod dev;

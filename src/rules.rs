@@ -68,6 +68,7 @@ mod tests {
             transit_keys: Some(vec!["billing".into(), "pay-*".into()]),
             kv_prefixes: Some(vec!["billing/".into()]),
             db_roles: None,
+            ..RoleConfig::default()
         };
         let cases: &[(Resource<'_>, bool)] = &[
             (Resource::Key("billing"), true),

@@ -11,6 +11,7 @@ pub mod validate;
 use crate::{
     audit::{self, AuditLog, Target},
     batch::Coalescer,
+    cache::{self, ReadCache},
     config::Config,
     error::Error,
     leases::Leases,
@@ -53,6 +54,8 @@ pub struct Gateway {
     pub rate_limits: RateLimits,
     /// Permits for calls in flight (`limits.max_concurrent_calls`): the global load-shedding bound.
     pub in_flight: Semaphore,
+    /// Cached GetSecret, ListSecrets and GetKey answers, per Vault token (`cache.rs`).
+    pub cache: ReadCache,
 }
 
 impl Gateway {
@@ -68,6 +71,7 @@ impl Gateway {
             audit,
             rate_limits: RateLimits::new(config.rate_limits.clone()),
             in_flight: Semaphore::new(config.limits.max_concurrent_calls),
+            cache: ReadCache::new(&config.cache),
             sessions: Arc::new(Sessions::new(vault.clone(), &config)),
             vault,
             coalescer,
@@ -220,6 +224,32 @@ impl Gateway {
         metrics::get().call(rpc, code, who.as_ref().map(|(_, r)| &**r), took);
         result
     }
+}
+
+impl Gateway {
+    /// Reads through the cache (`cache.rs`) as `actor`'s role allows: `key` names the read and is
+    /// made with `actor`'s token, the token `fetch` reads with.
+    pub(crate) async fn cached<F, Fut>(
+        &self,
+        actor: &Actor,
+        key: cache::Key,
+        fetch: F,
+    ) -> Result<cache::Served, crate::vault::VaultError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<cache::Value, crate::vault::VaultError>> + Send + 'static,
+    {
+        let policy = cache::Policy::of(&self.config.cache, self.config.roles.get(&*actor.role));
+        self.cache.read(key, policy, fetch).await
+    }
+}
+
+/// The `age` field of an answer that may come from the cache.
+pub(crate) fn age(age: Duration) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration {
+        seconds: i64::try_from(age.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(age.subsec_nanos()).unwrap_or(0),
+    })
 }
 
 /// Metadata key of the request id: taken from the caller when it sends a sane one, else made

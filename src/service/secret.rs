@@ -1,7 +1,10 @@
-//! `vaultgate.v1.SecretService` over KV version 2: read a secret version, list a folder.
+//! `vaultgate.v1.SecretService` over KV version 2: read a secret version, list a folder. Both
+//! read through the gateway's cache (`cache.rs`: per token, singleflight, stale while Vault
+//! cannot answer).
 
-use super::{validate::Checked, Gateway};
+use super::{age, validate::Checked, Gateway};
 use crate::audit::Target;
+use crate::cache::{self, Read, Value as Cached};
 use crate::rules::Resource;
 use crate::{
     error::{Error, Subject},
@@ -55,23 +58,33 @@ impl SecretService for Secrets {
             "GetSecret",
             req,
             |r| Target::new(&r.path, 1),
-            |actor, deadline, r| async move {
+            |actor, _deadline, r| async move {
                 r.check(&gw.config.limits)?;
                 gw.allow(&actor, Resource::Secret(&r.path))?;
                 let mount = gw.kv_mount(&r.mount);
-                let secret =
-                    gw.vault.kv_read(&actor.token, mount, &r.path, r.version, deadline).await.map_err(|e| {
-                        match Error::from_vault(e, Subject::Secret(&r.path)) {
-                            Error::NotFound(_) if r.version > 0 => {
-                                Error::NotFound(format!("secret {:?} has no readable version {}", r.path, r.version))
-                            }
-                            other => other,
+                let key = cache::Key::new(&actor.token, Read::Secret, mount, &r.path, r.version);
+                let (vault, token, m, path, version) =
+                    (gw.vault.clone(), actor.token.clone(), mount.to_string(), r.path.clone(), r.version);
+                let served = gw
+                    .cached(&actor, key, move || async move {
+                        vault.kv_read(&token, &m, &path, version, None).await.map(Cached::Secret)
+                    })
+                    .await
+                    .map_err(|e| match Error::from_vault(e, Subject::Secret(&r.path)) {
+                        Error::NotFound(_) if r.version > 0 => {
+                            Error::NotFound(format!("secret {:?} has no readable version {}", r.path, r.version))
                         }
+                        other => other,
                     })?;
+                let Cached::Secret(secret) = &*served.value else {
+                    return Err(Error::Internal("cached answer of another kind".into()));
+                };
                 Ok(GetSecretResponse {
-                    data: secret.data.map(to_struct),
+                    data: secret.data.clone().map(to_struct),
                     version: secret.metadata.version,
                     created_time: to_timestamp(&secret.metadata.created_time),
+                    stale: served.stale,
+                    age: age(served.age),
                 })
             },
         )
@@ -84,16 +97,23 @@ impl SecretService for Secrets {
             "ListSecrets",
             req,
             |r| Target::new(&r.path, 1),
-            |actor, deadline, r| async move {
+            |actor, _deadline, r| async move {
                 r.check(&gw.config.limits)?;
                 gw.allow(&actor, Resource::Secret(&r.path))?;
                 let mount = gw.kv_mount(&r.mount);
-                let keys = gw
-                    .vault
-                    .kv_list(&actor.token, mount, &r.path, deadline)
+                let key = cache::Key::new(&actor.token, Read::List, mount, &r.path, 0);
+                let (vault, token, m, path) =
+                    (gw.vault.clone(), actor.token.clone(), mount.to_string(), r.path.clone());
+                let served = gw
+                    .cached(&actor, key, move || async move {
+                        vault.kv_list(&token, &m, &path, None).await.map(Cached::List)
+                    })
                     .await
                     .map_err(|e| Error::from_vault(e, Subject::Secret(&r.path)))?;
-                Ok(ListSecretsResponse { keys })
+                let Cached::List(keys) = &*served.value else {
+                    return Err(Error::Internal("cached answer of another kind".into()));
+                };
+                Ok(ListSecretsResponse { keys: keys.clone(), stale: served.stale, age: age(served.age) })
             },
         )
         .await

@@ -3,7 +3,7 @@
 //!
 //! Credentials are children of the token that requested them and die with it (VAULT-API.md §3).
 
-use super::{Call, Client, Envelope, VaultError, VaultToken};
+use super::{Call, Client, Envelope, Kind, VaultError, VaultToken};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -52,8 +52,14 @@ impl Client {
         role: &str,
         deadline: Option<Instant>,
     ) -> Result<Lease, VaultError> {
-        let env: Envelope<Credentials> =
-            self.call::<(), _>(Call::new(Method::GET, &[mount, "creds", role]), Some(token), None, deadline).await?;
+        let env: Envelope<Credentials> = self
+            .call::<(), _>(
+                Call::new(Method::GET, &[mount, "creds", role]).kind(Kind::Database),
+                Some(token),
+                None,
+                deadline,
+            )
+            .await?;
         let credentials = env.data.ok_or_else(|| VaultError::Decode("creds answer without data".into()))?;
         Ok(Lease { credentials, lease_id: env.lease_id, lease_duration: env.lease_duration, renewable: env.renewable })
     }

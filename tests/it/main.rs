@@ -7,6 +7,7 @@
 //! A custom runner (not libtest) so the stack starts once and is always stopped, and so the log
 //! check sees the whole run. `cargo test --test it -- NAME` runs the tests whose name contains NAME.
 
+mod availability;
 mod badinput;
 mod batching;
 mod callers;
@@ -71,6 +72,9 @@ const TESTS: &[(&str, TestFn)] = tests![
     identity::certificate_files_reload_without_dropping_connections,
     identity::kubernetes_callers_log_in,
     identity::token_file_roles_and_revocation_at_shutdown,
+    availability::concurrent_reads_coalesce_and_changes_show_within_the_ttl,
+    availability::cached_answers_never_cross_callers,
+    availability::idle_callers_are_served_without_a_new_login,
 ];
 
 /// Tests that measure time or load the machine on purpose: run one at a time after the others,
@@ -78,6 +82,8 @@ const TESTS: &[(&str, TestFn)] = tests![
 const ALONE: &[(&str, TestFn)] = tests![
     lifecycle::a_noisy_caller_is_throttled_alone,
     overload::ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right,
+    availability::frozen_vault_fails_fast_serves_stale_and_recovers,
+    availability::black_holed_node_costs_no_more_than_detection_and_reads_hedge,
 ];
 
 /// Upper bound of one test, so a hang fails instead of blocking CI.
