@@ -243,15 +243,15 @@ async fn read_and_encrypt(channel: Channel, jwt: String, stop: Arc<AtomicBool>, 
     let mut sec = SecretServiceClient::new(channel.clone());
     let mut enc = EncryptionServiceClient::new(channel);
     let mut seen = Seen::default();
+    // A call is counted when it ends after the hole opened (it may have started before).
     while !stop.load(Ordering::Relaxed) {
-        let counted = after.load(Ordering::Relaxed);
         let start = Instant::now();
         match sec.get_secret(get_secret(&jwt, "avail/one", Duration::from_secs(10))).await {
             Ok(r) if value_of(r.get_ref()).as_deref() == Some("one") => {}
             Ok(_) => seen.failures.push("GetSecret: wrong value".into()),
             Err(s) => seen.failures.push(format!("GetSecret {:?}: {}", s.code(), s.message())),
         }
-        if counted {
+        if after.load(Ordering::Relaxed) {
             seen.reads.push(start.elapsed());
         }
         let start = Instant::now();
@@ -260,7 +260,7 @@ async fn read_and_encrypt(channel: Channel, jwt: String, stop: Arc<AtomicBool>, 
         if let Err(s) = enc.encrypt(r).await {
             seen.failures.push(format!("Encrypt {:?}: {}", s.code(), s.message()));
         }
-        if counted {
+        if after.load(Ordering::Relaxed) {
             seen.encrypts.push(start.elapsed());
         }
     }
@@ -271,10 +271,13 @@ pub async fn black_holed_node_costs_no_more_than_detection_and_reads_hedge(env: 
     let cluster = Cluster::start(env, &env.dir.join("avail-hole"), 3).await;
     provision_kv(&cluster).await;
     let hole = Arc::new(AtomicBool::new(false));
-    // The first node (Raft's leader after the set-up, so the node every request prefers) is
-    // reached through the proxy; the other two directly.
-    let proxy = black_hole_proxy(cluster.nodes[0].addr.trim_start_matches("http://").to_string(), hole.clone()).await;
-    let addresses = format!("addresses = [{:?}, {:?}, {:?}]", proxy, cluster.nodes[1].addr, cluster.nodes[2].addr);
+    // The active node (the one every request prefers) is reached through the proxy; the two
+    // standbys directly.
+    let active = cluster.active().await.expect("an active node");
+    let proxy =
+        black_hole_proxy(cluster.nodes[active].addr.trim_start_matches("http://").to_string(), hole.clone()).await;
+    let others: Vec<String> = (0..3).filter(|i| *i != active).map(|i| format!("{:?}", cluster.nodes[i].addr)).collect();
+    let addresses = format!("addresses = [{proxy:?}, {}]", others.join(", "));
     // No cache: every read goes to Vault, so the hedging is what is measured.
     let own = gateway(&addresses, "[cache]\nttl_ms = 0\n").await;
     let mut health = HealthClient::new(own.channel.clone());
@@ -304,7 +307,7 @@ pub async fn black_holed_node_costs_no_more_than_detection_and_reads_hedge(env: 
     let (slowest_read, slowest_encrypt) = (max(&seen.reads), max(&seen.encrypts));
     let over = |v: &[Duration], ms: u64| v.iter().filter(|d| **d > Duration::from_millis(ms)).count();
     println!(
-        "  black hole: node 1 black-holed for 5 s under 8 callers: {} GetSecret (slowest {:.0} ms, {} over 250 ms), \
+        "  black hole: the active node black-holed for 5 s under 8 callers: {} GetSecret (slowest {:.0} ms, {} over 250 ms), \
          {} Encrypt (slowest {:.0} ms, {} over 250 ms); {hedged} reads hedged; failures {:?}",
         seen.reads.len(),
         slowest_read.as_secs_f64() * 1e3,
@@ -326,9 +329,21 @@ pub async fn concurrent_reads_coalesce_and_changes_show_within_the_ttl(env: &'st
     let dir = env.dir.join("avail-cache");
     let cluster = Cluster::start(env, &dir, 1).await;
     provision_kv(&cluster).await;
+    // OpenBao enables audit devices only from its configuration (declarative), on SIGHUP.
     let audit = dir.join("bao-audit.log");
-    let options = json!({"type": "file", "options": {"file_path": audit.to_string_lossy()}});
-    cluster.expect_ok(0, "PUT", "sys/audit/file", options).await;
+    let config = dir.join("n1.hcl");
+    let stanza =
+        format!("audit \"file\" \"file\" {{\n  options {{\n    file_path = {:?}\n  }}\n}}\n", audit.to_string_lossy());
+    let text = std::fs::read_to_string(&config).expect("node config");
+    std::fs::write(&config, text + &stanza).expect("node config");
+    signal(&cluster, 0, "HUP").await;
+    let start = Instant::now();
+    while !audit.exists() || std::fs::read_to_string(&audit).unwrap_or_default().is_empty() {
+        // Any request is audited once the device exists.
+        cluster.call(0, "GET", "sys/mounts", serde_json::Value::Null).await;
+        assert!(start.elapsed() < Duration::from_secs(20), "the audit device did not appear");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let ttl = Duration::from_millis(2000);
     let own =
         gateway(&format!("address = {:?}", cluster.nodes[0].addr), &format!("[cache]\nttl_ms = {}\n", ttl.as_millis()))

@@ -108,7 +108,7 @@ impl Node {
     }
 
     /// SIGKILL: the harshest way for a node to go.
-    async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
         }
@@ -211,7 +211,7 @@ impl Cluster {
     }
 
     /// The index of the node whose `sys/health` says active.
-    async fn active(&self) -> Option<usize> {
+    pub(crate) async fn active(&self) -> Option<usize> {
         for i in 0..self.nodes.len() {
             if self.nodes[i].child.is_some() && self.health(i).await == 200 {
                 return Some(i);
