@@ -460,7 +460,8 @@ mod tests {
             ..RoleConfig::default()
         };
         // (role settings) -> (ttl, version ttl, max stale)
-        let cases: &[(Option<RoleConfig>, (Duration, Duration, Duration))] = &[
+        type Case = (Option<RoleConfig>, (Duration, Duration, Duration));
+        let cases: &[Case] = &[
             (None, (ms(1000), s(60), s(300))),
             (Some(role(None, None)), (ms(1000), s(60), s(300))),
             (Some(role(Some(0), None)), (ms(0), ms(0), ms(0))),

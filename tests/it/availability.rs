@@ -53,6 +53,13 @@ async fn provision_kv(cluster: &Cluster) {
         assert!(start.elapsed() < Duration::from_secs(30), "KV mount not writable: {status}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Standbys serve reads themselves once their copy of the mount is upgraded too.
+    for i in 1..cluster.nodes.len() {
+        while cluster.call(i, "GET", "secret/data/avail/one", serde_json::Value::Null).await.0 != 200 {
+            assert!(start.elapsed() < Duration::from_secs(60), "node {i} cannot read the KV mount");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// A gateway serving the caller `ha` with `vault_table` (the `[vault]` keys) and `extra` tables.
