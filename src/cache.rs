@@ -18,6 +18,7 @@
 
 use crate::{
     config::{CacheConfig, RoleConfig},
+    metrics::Metrics,
     vault::{kv::Secret, transit::KeyInfo, RequestIds, VaultError, VaultToken},
 };
 use sha2::{Digest, Sha256};
@@ -295,6 +296,7 @@ type Outcome = Option<(Result<Arc<Value>, VaultError>, Vec<String>)>;
 pub struct ReadCache {
     lru: Arc<Mutex<Lru>>,
     flights: Arc<Mutex<HashMap<Key, watch::Receiver<Outcome>>>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Whether a failure means Vault could not answer (so a cached answer may be served stale),
@@ -310,12 +312,13 @@ pub fn unavailable(err: &VaultError) -> bool {
 }
 
 impl ReadCache {
-    /// An empty cache bounded as `config` says.
-    pub fn new(config: &CacheConfig) -> ReadCache {
+    /// An empty cache bounded as `config` says, counting its events in `metrics`.
+    pub fn new(config: &CacheConfig, metrics: Arc<Metrics>) -> ReadCache {
         let keep = Duration::from_millis(config.max_stale_ms.max(config.version_ttl_ms).max(config.ttl_ms));
         ReadCache {
             lru: Arc::new(Mutex::new(Lru::new(config.max_entries.max(1), config.max_bytes, keep))),
             flights: Arc::new(Mutex::new(HashMap::new())),
+            metrics,
         }
     }
 
@@ -329,7 +332,7 @@ impl ReadCache {
         Fut: Future<Output = Result<Value, VaultError>> + Send + 'static,
     {
         let read = key.read.label();
-        let metrics = crate::metrics::get();
+        let metrics = &self.metrics;
         if policy.ttl.is_zero() {
             return fetch().await.map(|v| Served { value: Arc::new(v), age: Duration::ZERO, stale: false });
         }
@@ -381,7 +384,7 @@ impl ReadCache {
     where
         Fut: Future<Output = Result<Value, VaultError>> + Send + 'static,
     {
-        let (lru, flights) = (self.lru.clone(), self.flights.clone());
+        let (lru, flights, metrics) = (self.lru.clone(), self.flights.clone(), self.metrics.clone());
         tokio::spawn(async move {
             let ids = RequestIds::default();
             let result = ids.scope(fetch).await.map(Arc::new);
@@ -390,13 +393,12 @@ impl ReadCache {
                 match &result {
                     Ok(value) => {
                         for read in lru.put(key.clone(), value.clone(), Instant::now()) {
-                            crate::metrics::get().cache(read.label(), "eviction");
+                            metrics.cache(read.label(), "eviction");
                         }
                     }
                     Err(err) if !unavailable(err) => lru.remove(&key),
                     Err(_) => {}
                 }
-                let metrics = crate::metrics::get();
                 metrics.cache_entries.set(lru.entries.len() as i64);
                 metrics.cache_bytes.set(lru.bytes as i64);
                 lock(&flights).remove(&key);
@@ -537,7 +539,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_identical_reads_make_one_request_and_failures_serve_stale_or_evict() {
-        let cache = Arc::new(ReadCache::new(&CONFIG));
+        let cache = Arc::new(ReadCache::new(&CONFIG, Default::default()));
         let policy = Policy::of(&CONFIG, None);
         let calls = Arc::new(AtomicUsize::new(0));
         let fetch = |answer: Result<&'static str, VaultError>, calls: Arc<AtomicUsize>| {

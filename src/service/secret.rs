@@ -2,11 +2,11 @@
 //! read through the gateway's cache (`cache.rs`: per token, singleflight, stale while Vault
 //! cannot answer).
 
-use super::{age, validate::Checked, Gateway};
-use crate::audit::Target;
+use super::{age, rpc, Described, Gateway};
 use crate::cache::{self, Read, Value as Cached};
 use crate::rules::Resource;
 use crate::{
+    call::Rpc,
     error::{Error, Subject},
     pb::vaultgate::v1::{secret_service_server::SecretService, *},
 };
@@ -50,72 +50,79 @@ fn to_timestamp(rfc3339: &str) -> Option<Timestamp> {
     Some(Timestamp { seconds: i64::try_from(d.as_secs()).ok()?, nanos: i32::try_from(d.subsec_nanos()).ok()? })
 }
 
+impl Described for GetSecretRequest {
+    const RPC: &'static Rpc = rpc!("SecretService", "GetSecret", Secret);
+    fn target(&self) -> (&str, usize) {
+        (&self.path, 1)
+    }
+    fn resource(&self) -> Option<Resource<'_>> {
+        Some(Resource::Secret(&self.path))
+    }
+}
+
+impl Described for ListSecretsRequest {
+    const RPC: &'static Rpc = rpc!("SecretService", "ListSecrets", Secret);
+    fn target(&self) -> (&str, usize) {
+        (&self.path, 1)
+    }
+    fn resource(&self) -> Option<Resource<'_>> {
+        Some(Resource::Secret(&self.path))
+    }
+}
+
 #[tonic::async_trait]
 impl SecretService for Secrets {
     async fn get_secret(&self, req: Request<GetSecretRequest>) -> Result<Response<GetSecretResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "GetSecret",
-            req,
-            |r| Target::new(&r.path, 1),
-            |actor, _deadline, r| async move {
-                r.check(&gw.config.limits)?;
-                gw.allow(&actor, Resource::Secret(&r.path))?;
-                let mount = gw.kv_mount(&r.mount);
-                let key = cache::Key::new(&actor.token, Read::Secret, mount, &r.path, r.version);
-                let (vault, token, m, path, version) =
-                    (gw.vault.clone(), actor.token.clone(), mount.to_string(), r.path.clone(), r.version);
-                let served = gw
-                    .cached(&actor, key, move || async move {
-                        vault.kv_read(&token, &m, &path, version, None).await.map(Cached::Secret)
-                    })
-                    .await
-                    .map_err(|e| match Error::from_vault(e, Subject::Secret(&r.path)) {
-                        Error::NotFound(_) if r.version > 0 => {
-                            Error::NotFound(format!("secret {:?} has no readable version {}", r.path, r.version))
-                        }
-                        other => other,
-                    })?;
-                let Cached::Secret(secret) = &*served.value else {
-                    return Err(Error::Internal("cached answer of another kind".into()));
-                };
-                Ok(GetSecretResponse {
-                    data: secret.data.clone().map(to_struct),
-                    version: secret.metadata.version,
-                    created_time: to_timestamp(&secret.metadata.created_time),
-                    stale: served.stale,
-                    age: age(served.age),
+        gw.serve(req, |actor, _deadline, r| async move {
+            let mount = gw.kv_mount(&r.mount);
+            let key = cache::Key::new(&actor.token, Read::Secret, mount, &r.path, r.version);
+            let (vault, token, m, path, version) =
+                (gw.vault.clone(), actor.token.clone(), mount.to_string(), r.path.clone(), r.version);
+            // The read runs for every waiter of the flight, so it is bounded by the KV timeout
+            // rather than by this caller's deadline (which still bounds this caller's wait).
+            let served = gw
+                .cached(&actor, key, move || async move {
+                    vault.kv_read(&token, &m, &path, version, None).await.map(Cached::Secret)
                 })
-            },
-        )
+                .await
+                .map_err(|e| match Error::from_vault(e, Subject::Secret(&r.path)) {
+                    Error::NotFound(_) if r.version > 0 => {
+                        Error::NotFound(format!("secret {:?} has no readable version {}", r.path, r.version))
+                    }
+                    other => other,
+                })?;
+            let Cached::Secret(secret) = &*served.value else {
+                return Err(Error::Internal("cached answer of another kind".into()));
+            };
+            Ok(GetSecretResponse {
+                data: secret.data.clone().map(to_struct),
+                version: secret.metadata.version,
+                created_time: to_timestamp(&secret.metadata.created_time),
+                stale: served.stale,
+                age: age(served.age),
+            })
+        })
         .await
     }
 
     async fn list_secrets(&self, req: Request<ListSecretsRequest>) -> Result<Response<ListSecretsResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "ListSecrets",
-            req,
-            |r| Target::new(&r.path, 1),
-            |actor, _deadline, r| async move {
-                r.check(&gw.config.limits)?;
-                gw.allow(&actor, Resource::Secret(&r.path))?;
-                let mount = gw.kv_mount(&r.mount);
-                let key = cache::Key::new(&actor.token, Read::List, mount, &r.path, 0);
-                let (vault, token, m, path) =
-                    (gw.vault.clone(), actor.token.clone(), mount.to_string(), r.path.clone());
-                let served = gw
-                    .cached(&actor, key, move || async move {
-                        vault.kv_list(&token, &m, &path, None).await.map(Cached::List)
-                    })
-                    .await
-                    .map_err(|e| Error::from_vault(e, Subject::Secret(&r.path)))?;
-                let Cached::List(keys) = &*served.value else {
-                    return Err(Error::Internal("cached answer of another kind".into()));
-                };
-                Ok(ListSecretsResponse { keys: keys.clone(), stale: served.stale, age: age(served.age) })
-            },
-        )
+        gw.serve(req, |actor, _deadline, r| async move {
+            let mount = gw.kv_mount(&r.mount);
+            let key = cache::Key::new(&actor.token, Read::List, mount, &r.path, 0);
+            let (vault, token, m, path) = (gw.vault.clone(), actor.token.clone(), mount.to_string(), r.path.clone());
+            let served =
+                gw.cached(&actor, key, move || async move {
+                    vault.kv_list(&token, &m, &path, None).await.map(Cached::List)
+                })
+                .await
+                .map_err(|e| Error::from_vault(e, Subject::Secret(&r.path)))?;
+            let Cached::List(keys) = &*served.value else {
+                return Err(Error::Internal("cached answer of another kind".into()));
+            };
+            Ok(ListSecretsResponse { keys: keys.clone(), stale: served.stale, age: age(served.age) })
+        })
         .await
     }
 }

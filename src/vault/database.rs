@@ -3,7 +3,7 @@
 //!
 //! Credentials are children of the token that requested them and die with it (VAULT-API.md §3).
 
-use super::{Call, Client, Envelope, Kind, VaultError, VaultToken};
+use super::{Call, Class, Client, Envelope, VaultError, VaultToken};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -54,7 +54,7 @@ impl Client {
     ) -> Result<Lease, VaultError> {
         let env: Envelope<Credentials> = self
             .call::<(), _>(
-                Call::new(Method::GET, &[mount, "creds", role]).kind(Kind::Database),
+                Call::new(Method::GET, "database/creds", &[mount, "creds", role]).class(Class::Database),
                 Some(token),
                 None,
                 deadline,
@@ -74,8 +74,9 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<u64, VaultError> {
         let body = LeaseBody { lease_id, increment };
-        let env: Envelope<serde_json::Value> =
-            self.call(Call::new(Method::PUT, &["sys/leases/renew"]), Some(token), Some(&body), deadline).await?;
+        let env: Envelope<serde_json::Value> = self
+            .call(Call::new(Method::PUT, "sys/leases/renew", &["sys/leases/renew"]), Some(token), Some(&body), deadline)
+            .await?;
         Ok(env.lease_duration)
     }
 
@@ -87,7 +88,13 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<(), VaultError> {
         let body = LeaseBody { lease_id, increment: None };
-        self.call_empty(Call::new(Method::PUT, &["sys/leases/revoke"]), Some(token), Some(&body), deadline).await
+        self.call_empty(
+            Call::new(Method::PUT, "sys/leases/revoke", &["sys/leases/revoke"]),
+            Some(token),
+            Some(&body),
+            deadline,
+        )
+        .await
     }
 
     /// `PUT sys/leases/lookup`: whether a lease exists, and its remaining TTL in seconds.
@@ -102,8 +109,14 @@ impl Client {
             ttl: u64,
         }
         let body = LeaseBody { lease_id, increment: None };
-        let env: Envelope<Info> =
-            self.call(Call::new(Method::PUT, &["sys/leases/lookup"]), Some(token), Some(&body), deadline).await?;
+        let env: Envelope<Info> = self
+            .call(
+                Call::new(Method::PUT, "sys/leases/lookup", &["sys/leases/lookup"]),
+                Some(token),
+                Some(&body),
+                deadline,
+            )
+            .await?;
         Ok(env.data.map(|i| i.ttl).unwrap_or(0))
     }
 }

@@ -248,6 +248,7 @@ impl AllFailing {
 pub struct Nodes {
     nodes: Vec<Node>,
     config: BreakerConfig,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     epoch: Instant,
     /// Microseconds since `epoch`, plus one, of the health watcher's latest observation (0: none).
     watched: AtomicU64,
@@ -255,7 +256,7 @@ pub struct Nodes {
 
 impl Nodes {
     /// The nodes at `addresses` (each a base URL ending in `/`), all unknown and closed.
-    pub fn new(addresses: Vec<Url>, config: BreakerConfig) -> Nodes {
+    pub fn new(addresses: Vec<Url>, config: BreakerConfig, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Nodes {
         let nodes = addresses
             .into_iter()
             .map(|base| Node {
@@ -267,7 +268,7 @@ impl Nodes {
                 silenced: Notify::new(),
             })
             .collect();
-        let nodes = Nodes { nodes, config, epoch: Instant::now(), watched: AtomicU64::new(0) };
+        let nodes = Nodes { nodes, config, metrics, epoch: Instant::now(), watched: AtomicU64::new(0) };
         for (i, node) in nodes.nodes.iter().enumerate() {
             nodes.publish(i, &lock(&node.breaker));
         }
@@ -459,7 +460,7 @@ impl Nodes {
 
     fn publish(&self, index: usize, breaker: &Breaker) {
         if let Some(node) = self.nodes.get(index) {
-            crate::metrics::get().breaker(&node.label, breaker.gauge());
+            self.metrics.breaker(&node.label, breaker.gauge());
         }
     }
 }
@@ -519,7 +520,7 @@ mod tests {
 
     fn nodes(n: usize) -> Nodes {
         let urls = (0..n).map(|i| Url::parse(&format!("http://127.0.0.1:{}/", 8200 + i)).unwrap()).collect();
-        Nodes::new(urls, CONFIG)
+        Nodes::new(urls, CONFIG, Default::default())
     }
 
     #[test]

@@ -296,7 +296,7 @@ pub async fn black_holed_node_costs_no_more_than_detection_and_reads_hedge(env: 
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let hedges = vaultgate::metrics::get().vault_hedges.get();
+    let hedges = own.gateway.metrics.vault_hedges.get();
     after.store(true, Ordering::Relaxed);
     hole.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -308,7 +308,7 @@ pub async fn black_holed_node_costs_no_more_than_detection_and_reads_hedge(env: 
         seen.encrypts.extend(s.encrypts);
         seen.failures.extend(s.failures);
     }
-    let hedged = vaultgate::metrics::get().vault_hedges.get() - hedges;
+    let hedged = own.gateway.metrics.vault_hedges.get() - hedges;
     hole.store(false, Ordering::Relaxed);
     let max = |v: &[Duration]| v.iter().max().copied().unwrap_or_default();
     let (slowest_read, slowest_encrypt) = (max(&seen.reads), max(&seen.encrypts));
@@ -469,7 +469,9 @@ pub async fn cached_answers_never_cross_callers(env: &'static Env) {
     };
     assert!(get_key(qa.clone()).await.is_ok());
     assert_eq!(get_key(billing.clone()).await, Err(Code::PermissionDenied));
-    let hits = vaultgate::metrics::get()
+    let hits = own
+        .gateway
+        .metrics
         .render()
         .lines()
         .filter(|l| l.starts_with("vaultgate_cache_events_total{") && l.contains("event=\"hit\""))
