@@ -405,13 +405,14 @@ pub async fn concurrent_reads_coalesce_and_changes_show_within_the_ttl(env: &'st
     assert!(seen_after <= ttl + Duration::from_millis(500), "seen after {seen_after:?}, TTL {ttl:?}");
 }
 
-/// One read by `jwt`: `Ok(value)` or the code.
-async fn read_as(channel: &Channel, jwt: &str, path: &str) -> Result<Option<String>, Code> {
+/// One read of version `version` of `qa/multi` (1: "one", 2 and latest: "two") by `jwt`:
+/// `Ok(value)` or the code. Each version is its own cache entry, so each case starts cold
+/// without writing secrets other tests could list.
+async fn read_as(channel: &Channel, jwt: &str, version: u32) -> Result<Option<String>, Code> {
     let mut c = SecretServiceClient::new(channel.clone());
-    c.get_secret(get_secret(jwt, path, Duration::from_secs(10)))
-        .await
-        .map(|r| value_of(r.get_ref()))
-        .map_err(|s| s.code())
+    let mut r = req(GetSecretRequest { path: "qa/multi".into(), version, ..Default::default() }, jwt);
+    r.set_timeout(Duration::from_secs(10));
+    c.get_secret(r).await.map(|r| value_of(r.get_ref())).map_err(|s| s.code())
 }
 
 pub async fn cached_answers_never_cross_callers(env: &'static Env) {
@@ -422,34 +423,31 @@ pub async fn cached_answers_never_cross_callers(env: &'static Env) {
         issuer::ISSUER
     ))
     .await;
-    for (i, value) in ["iso-a", "iso-b", "iso-c"].iter().enumerate() {
-        let (status, _) = env
-            .vault(reqwest::Method::POST, &format!("secret/data/qa/{value}"), Some(json!({"data": {"v": value}})))
-            .await;
-        assert_eq!(status, 200, "write secret {i}");
-    }
     let (qa, billing) = (env.qa.clone(), env.billing.clone());
     let ch = own.channel.clone();
-    // Allowed caller first, then the denied one.
-    assert_eq!(read_as(&ch, &qa, "qa/iso-a").await, Ok(Some("iso-a".into())));
-    assert_eq!(read_as(&ch, &billing, "qa/iso-a").await, Err(Code::PermissionDenied));
+    let one = Ok(Some("one".to_string()));
+    let two = Ok(Some("two".to_string()));
+    // Allowed caller first (the answer is cached), then the denied one.
+    assert_eq!(read_as(&ch, &qa, 1).await, one);
+    assert_eq!(read_as(&ch, &qa, 1).await, one, "a cache hit");
+    assert_eq!(read_as(&ch, &billing, 1).await, Err(Code::PermissionDenied));
     // Denied caller first, then the allowed one, then the denied one again.
-    assert_eq!(read_as(&ch, &billing, "qa/iso-b").await, Err(Code::PermissionDenied));
-    assert_eq!(read_as(&ch, &qa, "qa/iso-b").await, Ok(Some("iso-b".into())));
-    assert_eq!(read_as(&ch, &billing, "qa/iso-b").await, Err(Code::PermissionDenied));
-    // Both at once, interleaved, on a cold path.
+    assert_eq!(read_as(&ch, &billing, 2).await, Err(Code::PermissionDenied));
+    assert_eq!(read_as(&ch, &qa, 2).await, two);
+    assert_eq!(read_as(&ch, &billing, 2).await, Err(Code::PermissionDenied));
+    // Both at once, interleaved, on a cold entry (the latest version).
     let calls: Vec<_> = (0..100)
         .map(|i| {
             let (ch, jwt, allowed) =
                 if i % 2 == 0 { (ch.clone(), qa.clone(), true) } else { (ch.clone(), billing.clone(), false) };
-            tokio::spawn(async move { (allowed, read_as(&ch, &jwt, "qa/iso-c").await) })
+            tokio::spawn(async move { (allowed, read_as(&ch, &jwt, 0).await) })
         })
         .collect();
     let (mut served, mut denied) = (0, 0);
     for call in calls {
         let (allowed, got) = call.await.expect("task");
         if allowed {
-            assert_eq!(got, Ok(Some("iso-c".into())));
+            assert_eq!(got, Ok(Some("two".into())));
             served += 1;
         } else {
             assert_eq!(got, Err(Code::PermissionDenied), "the denied caller got a cached answer");
@@ -468,15 +466,19 @@ pub async fn cached_answers_never_cross_callers(env: &'static Env) {
         }
     };
     assert!(get_key(qa.clone()).await.is_ok());
+    assert!(get_key(qa.clone()).await.is_ok());
     assert_eq!(get_key(billing.clone()).await, Err(Code::PermissionDenied));
-    let hits = own
-        .gateway
-        .metrics
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("vaultgate_cache_events_total{") && l.contains("event=\"hit\""))
-        .count();
-    println!("  cache isolation: both orders and {served} + {denied} concurrent calls: the denied caller never got the allowed one's cached answer ({hits} hit series)");
+    let count = |read: &'static str, event: &'static str| {
+        own.gateway.metrics.cache_events.get_or_create(&vaultgate::metrics::CacheLabels { read, event }).get()
+    };
+    let (hits, coalesced) = (count("secret", "hit"), count("secret", "coalesced"));
+    println!(
+        "  cache isolation: allowed then denied, denied then allowed, and {served} + {denied} concurrent calls: the \
+         denied caller never got the allowed one's cached answer (GetSecret: {hits} hits, {coalesced} coalesced; \
+         GetKey: {} hits)",
+        count("key", "hit")
+    );
+    assert!(hits >= 1 && count("key", "hit") >= 1, "the allowed caller's answers were cached");
 }
 
 pub async fn idle_callers_are_served_without_a_new_login(env: &'static Env) {
