@@ -1005,8 +1005,12 @@ mod tests {
         let text = include_str!("../deploy/kubernetes/base/vaultgate.toml");
         // The CA file exists only in the pod; everything else must parse as shipped.
         let text = text.replace("ca_cert = \"/etc/vaultgate/openbao-ca.crt\"", "");
+        let text = text.replace("jwks_ca_cert = \"/etc/vaultgate/kube-ca.crt\"", "");
         let c = Config::parse(&text).unwrap();
         assert_eq!(c.callers.len(), 2);
+        // Callers' service-account tokens are verified locally, with the cluster's JWKS.
+        assert!(c.callers.iter().all(|r| r.verify_with.as_deref() == Some("k8s")));
+        assert!(matches!(c.issuers["k8s"].keys, crate::jwt::KeySource::Url { .. }));
         assert_eq!(c.log.format, "json");
         assert!(c.metrics_listen.is_some() && c.audit.is_some());
         assert_eq!(c.shutdown.drain_timeout_ms, 20_000);
