@@ -379,7 +379,7 @@ else:
     # A token with the caller's claims signed by another key: refused by the gateway itself
     # ([issuers] verify_with), before any login.
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/rogue.key" 2>/dev/null
-    out="$("$GRPCURL" -plaintext -max-time 10 -H "authorization: Bearer $("$PY" "$ROOT/deploy/test/mint_jwt.py" "$WORK/rogue.key" "$ISSUER" "$C1_SUB" vaultgate)" \
+    out="$("$GRPCURL" -cacert "$RAFT/tls/ca.crt" -max-time 10 -H "authorization: Bearer $("$PY" "$ROOT/deploy/test/mint_jwt.py" "$WORK/rogue.key" "$ISSUER" "$C1_SUB" vaultgate)" \
         -d "{\"key\":\"$C1\",\"plaintext\":\"aGVsbG8=\"}" "127.0.0.1:$GW_PORT" vaultgate.v1.EncryptionService/Encrypt 2>&1)"
     grep -q 'Unauthenticated' <<<"$out" && grep -q 'signature' <<<"$out" &&
         ok "a forged token with $C1's claims: UNAUTHENTICATED by the gateway's own check of the JWKS" ||
