@@ -46,6 +46,7 @@ pub struct Env {
     http: reqwest::Client,
     channel: Channel,
     secrets: Mutex<Vec<String>>,
+    plaintexts: Mutex<Vec<(String, String)>>,
     processes: tokio::sync::Mutex<Option<(Bao, Option<Postgres>)>>,
     shutdown: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
@@ -123,6 +124,7 @@ impl Env {
                 .expect("endpoint")
                 .connect_lazy(),
             secrets: Mutex::new(Vec::new()),
+            plaintexts: Mutex::new(Vec::new()),
             processes: tokio::sync::Mutex::new(Some((bao, postgres))),
             shutdown: Mutex::new(Some(tx)),
         };
@@ -149,6 +151,28 @@ impl Env {
     /// Registers a value that must never appear in the gateway's log.
     pub fn remember(&self, secret: &str) {
         self.secrets.lock().expect("lock").push(secret.to_string());
+    }
+
+    /// Registers a plaintext a test sends: it must never appear in the gateway's log, neither as
+    /// it is (when it is text of 6 bytes or more) nor as the base64 the gateway sends to Vault
+    /// (without its `=` padding, so it is found inside longer text too). Returns `plaintext`.
+    pub fn remember_plaintext<'a>(&self, plaintext: &'a [u8]) -> &'a [u8] {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(plaintext).trim_end_matches('=').to_string();
+        let raw = std::str::from_utf8(plaintext).ok().filter(|t| t.len() >= 6).map(str::to_string);
+        if let Some(raw) = &raw {
+            self.remember(raw);
+        }
+        if b64.len() >= 8 {
+            self.remember(&b64);
+            self.plaintexts.lock().expect("lock").push((raw.unwrap_or_else(|| b64.clone()), b64));
+        }
+        plaintext
+    }
+
+    /// The plaintexts registered with [`Env::remember_plaintext`]: (raw text, base64).
+    pub fn plaintexts(&self) -> Vec<(String, String)> {
+        self.plaintexts.lock().expect("lock").clone()
     }
 
     /// Everything registered with [`Env::remember`].
@@ -389,4 +413,22 @@ async fn token_review(mut stream: tokio::net::TcpStream) {
         answer.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;
+}
+
+/// The audit log at `path` as JSON lines, re-read until `done` holds of them or `within` passes
+/// (a line is written before its answer is sent, but a caller that gave up first, e.g. on its own
+/// deadline, may look before the gateway wrote it). Panics on a line that is not JSON.
+pub async fn audit_lines(path: &std::path::Path, within: std::time::Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?} is not JSON: {e}")))
+            .collect();
+        if done(&lines) || tokio::time::Instant::now() >= until {
+            return lines;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
