@@ -234,7 +234,7 @@ path "auth/token/renew-accessor" { capabilities = ["update"] }
 
 /// Runs `vaultgate serve` as a child process (killed when dropped) with `toml` after its listen
 /// address; returns it and a channel once it accepts connections.
-async fn spawn_gateway(
+pub(crate) async fn spawn_gateway(
     dir: &std::path::Path,
     name: &str,
     toml: &str,

@@ -9,6 +9,7 @@
 
 mod badinput;
 mod batching;
+mod behaviours;
 mod callers;
 mod database;
 mod encryption;
@@ -69,6 +70,14 @@ const TESTS: &[(&str, TestFn)] = tests![
     identity::certificate_files_reload_without_dropping_connections,
     identity::kubernetes_callers_log_in,
     identity::token_file_roles_and_revocation_at_shutdown,
+    behaviours::shutdown_drains_held_calls_drops_late_ones_and_keeps_leases,
+    behaviours::writes_are_sent_once_when_the_connection_drops,
+    behaviours::slow_vault_is_unavailable_within_the_timeout,
+    behaviours::required_client_certificate_refuses_clients_without_one,
+    behaviours::vault_namespace_is_where_requests_go,
+    behaviours::audit_fail_open_serves_when_the_sink_fails,
+    behaviours::invalid_request_ids_are_replaced,
+    behaviours::deleted_and_destroyed_kv_versions_are_not_found,
 ];
 
 /// Tests that measure time or load the machine on purpose: run one at a time after the others,

@@ -3,16 +3,13 @@
 //! delays every answer. Calls past `limits.max_concurrent_calls` are shed with RESOURCE_EXHAUSTED,
 //! every accepted call gets its own right answer, and memory stays bounded.
 
-use crate::support::{audit_lines, req, Env};
+use crate::support::{audit_lines, req, Env, Proxy};
 use std::{
     process::Stdio,
     sync::Arc,
     time::{Duration, Instant},
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-};
+use tokio::net::TcpStream;
 use tonic::{transport::Channel, Code};
 use vaultgate::pb::vaultgate::v1::{encryption_service_client::EncryptionServiceClient as Client, *};
 
@@ -28,36 +25,6 @@ const CONNECTIONS: usize = 16;
 const MAX_CONCURRENT: usize = 2_000;
 /// Peak RSS that would reveal unbounded growth (the benchmark's 10,000 in flight: 111 MiB).
 const MAX_PEAK_RSS_KIB: u64 = 300 << 10;
-
-/// A loopback TCP proxy to `upstream` that holds each chunk of the answer for `delay`.
-async fn delay_proxy(upstream: String, delay: Duration) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
-    let addr = listener.local_addr().expect("proxy address");
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let upstream = upstream.clone();
-            tokio::spawn(async move {
-                let Ok(server) = TcpStream::connect(&upstream).await else { return };
-                let _ = (client.set_nodelay(true), server.set_nodelay(true));
-                let (mut client_rx, mut client_tx) = client.into_split();
-                let (mut server_rx, mut server_tx) = server.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut client_rx, &mut server_tx).await;
-                    let _ = server_tx.shutdown().await;
-                });
-                let mut buf = vec![0u8; 64 << 10];
-                while let Ok(n @ 1..) = server_rx.read(&mut buf).await {
-                    tokio::time::sleep(delay).await;
-                    if client_tx.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = client_tx.shutdown().await;
-            });
-        }
-    });
-    format!("http://{addr}")
-}
 
 /// The gateway binary as a child process, killed when dropped.
 struct Process {
@@ -135,9 +102,9 @@ enum Answer {
 }
 
 pub async fn ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right(env: &'static Env) {
-    let vault_host = env.vault_addr.trim_start_matches("http://").to_string();
-    let proxy = delay_proxy(vault_host, VAULT_DELAY).await;
-    let (gateway, addr) = start_gateway(env, &proxy).await;
+    let proxy = Proxy::start(&env.vault_addr).await;
+    proxy.set_delay(VAULT_DELAY);
+    let (gateway, addr) = start_gateway(env, &proxy.url).await;
 
     // Ciphertexts for the Decrypt calls, made by the in-process gateway (fast, no proxy).
     let items = (0..DECRYPTS).map(|i| EncryptBatchItem { plaintext: plaintext(i), ..Default::default() }).collect();
