@@ -25,7 +25,8 @@ fn enc(key: &str, plaintext: &[u8]) -> EncryptRequest {
 
 /// A gateway for the `qa` caller whose Vault is `vault` (a proxy's URL or OpenBao's), plus `extra` TOML.
 async fn qa_gateway(vault: &str, extra: &str) -> TestGateway {
-    serve_gateway(&format!("[vault]\naddress = \"{vault}\"\n{extra}\n[[callers]]\nrole = \"qa\"\nequals = \"qa\"\n")).await
+    serve_gateway(&format!("[vault]\naddress = \"{vault}\"\n{extra}\n[[callers]]\nrole = \"qa\"\nequals = \"qa\"\n"))
+        .await
 }
 
 /// Requests OpenBao's own audit device logged for `path` (the dev server's file device).
@@ -48,7 +49,11 @@ pub async fn shutdown_drains_held_calls_drops_late_ones_and_keeps_leases(env: &'
     let held = Duration::from_millis(2500);
     let own = qa_gateway(
         &proxy.url,
-        &format!("timeout_ms = 20000\n[shutdown]\ngrace_ms = {}\ndrain_timeout_ms = {}\n", grace.as_millis(), drain.as_millis()),
+        &format!(
+            "timeout_ms = 20000\n[shutdown]\ngrace_ms = {}\ndrain_timeout_ms = {}\n",
+            grace.as_millis(),
+            drain.as_millis()
+        ),
     )
     .await;
     let mut c = Client::new(own.channel.clone());
@@ -77,7 +82,8 @@ pub async fn shutdown_drains_held_calls_drops_late_ones_and_keeps_leases(env: &'
     own.shutdown();
     tokio::time::sleep(grace + Duration::from_millis(300)).await;
     // Past the grace no new connection is served.
-    let fresh = tonic::transport::Endpoint::from_shared(format!("http://{}", own.addr)).expect("endpoint").connect_lazy();
+    let fresh =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", own.addr)).expect("endpoint").connect_lazy();
     let mut late = req(enc("qa-aes", b"after the grace"), &env.qa);
     late.set_timeout(Duration::from_secs(5));
     let refused = Client::new(fresh).encrypt(late).await.expect_err("a call on a new connection after the grace");
@@ -88,14 +94,16 @@ pub async fn shutdown_drains_held_calls_drops_late_ones_and_keeps_leases(env: &'
         let (_, answer) =
             env.vault(Method::POST, "transit/decrypt/qa-aes", Some(json!({"ciphertext": ciphertext}))).await;
         use base64::Engine;
-        let got = answer["data"]["plaintext"].as_str().and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok());
+        let got =
+            answer["data"]["plaintext"].as_str().and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok());
         assert_eq!(got.as_deref(), Some(plaintext.as_bytes()), "a drained call's answer is its own");
         finished.push(at.duration_since(t0));
     }
     proxy.set_delay(Duration::ZERO);
     assert!(own.stopped().await, "the server stops after draining");
     let stopped = t0.elapsed();
-    let (first, last) = (finished.iter().min().copied().unwrap_or_default(), finished.iter().max().copied().unwrap_or_default());
+    let (first, last) =
+        (finished.iter().min().copied().unwrap_or_default(), finished.iter().max().copied().unwrap_or_default());
     println!(
         "  drain: 5 calls held {} ms by Vault answered {:.2}-{:.2} s after shutdown began (grace {} ms, drain {} ms); \
          a new connection after the grace: {:?}; server stopped after {:.2} s",
@@ -185,7 +193,8 @@ pub async fn writes_are_sent_once_when_the_connection_drops(env: &'static Env) {
 
     let before = latest().await;
     proxy.cut_after("/v1/transit/keys/qa-once/rotate");
-    let err = c.rotate(req(RotateRequest { key: "qa-once".into() }, &env.qa)).await.expect_err("Rotate's answer was cut");
+    let err =
+        c.rotate(req(RotateRequest { key: "qa-once".into() }, &env.qa)).await.expect_err("Rotate's answer was cut");
     let after = latest().await;
     report.push(format!("Rotate: {:?}, latest_version {before} -> {after}", err.code()));
     assert_eq!(proxy.cuts(), 1, "the proxy cut the Rotate");
@@ -204,7 +213,9 @@ pub async fn writes_are_sent_once_when_the_connection_drops(env: &'static Env) {
     assert_eq!(sent, 1, "GenerateDataKey reached Vault {sent} times");
 
     let leases = || async {
-        let (_, list) = env.vault(Method::from_bytes(b"LIST").expect("LIST"), "sys/leases/lookup/database/creds/qaonce/", None).await;
+        let (_, list) = env
+            .vault(Method::from_bytes(b"LIST").expect("LIST"), "sys/leases/lookup/database/creds/qaonce/", None)
+            .await;
         list["data"]["keys"].as_array().map_or(0, Vec::len)
     };
     let before = leases().await;
@@ -241,8 +252,7 @@ pub async fn writes_are_sent_once_when_the_connection_drops(env: &'static Env) {
 pub async fn slow_vault_is_unavailable_within_the_timeout(env: &'static Env) {
     let proxy = Proxy::start(&env.vault_addr).await;
     let timeout = Duration::from_millis(400);
-    let own =
-        qa_gateway(&proxy.url, &format!("timeout_ms = {}\nretry_max_attempts = 2\n", timeout.as_millis())).await;
+    let own = qa_gateway(&proxy.url, &format!("timeout_ms = {}\nretry_max_attempts = 2\n", timeout.as_millis())).await;
     let mut c = Client::new(own.channel.clone());
     c.encrypt(req(enc("qa-aes", b"warm-up"), &env.qa)).await.expect("warm-up (login)");
     proxy.set_delay(Duration::from_secs(5));
@@ -288,7 +298,8 @@ pub async fn required_client_certificate_refuses_clients_without_one(env: &'stat
             Err(s) => format!("{:?} {}", s.code(), s.message()),
         },
     };
-    let cert = pki.ca.client(&vaultgate::dev::certs::ClientNames { cn: Some("anyone"), ..Default::default() }).expect("cert");
+    let cert =
+        pki.ca.client(&vaultgate::dev::certs::ClientNames { cn: Some("anyone"), ..Default::default() }).expect("cert");
     let with = tls_channel(&gw, &ca, Some(&cert)).await.expect("a client with a certificate connects");
     check(with).await.expect("a client with a certificate is served");
     println!("  require_client_cert: without a certificate: {without}; with one: served");
@@ -345,7 +356,8 @@ pub async fn vault_namespace_is_where_requests_go(env: &'static Env) {
         .into_inner();
     let (status, answer) = call("POST", "transit/decrypt/ns-key", json!({"ciphertext": out.ciphertext})).await;
     use base64::Engine;
-    let got = answer["data"]["plaintext"].as_str().and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok());
+    let got =
+        answer["data"]["plaintext"].as_str().and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok());
     assert_eq!((status, got.as_deref()), (200, Some(plaintext)), "{answer}");
     println!("  namespace: login, Encrypt in namespace {ns}; decrypted there by Vault");
 }
@@ -364,7 +376,9 @@ pub async fn audit_fail_open_serves_when_the_sink_fails(env: &'static Env) {
 /// lands in every log line of the call), on answers and on errors alike.
 pub async fn invalid_request_ids_are_replaced(env: &'static Env) {
     let mut c = Client::new(env.channel());
-    let valid = |id: &str| (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let valid = |id: &str| {
+        (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
     let long = "a".repeat(65);
     for sent in ["has spaces", "semi;colon", "quote\"d", "slash/id", long.as_str()] {
         for authenticated in [true, false] {

@@ -54,7 +54,8 @@ fn scan(text: &str, secrets: &[String]) -> Vec<String> {
 
 /// Reads the captured log; an unreadable or near-empty capture is itself a failure.
 fn read(path: &PathBuf) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the log capture {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read the log capture {}: {e}", path.display()))?;
     let lines = text.lines().count();
     if lines < 50 || !text.contains(" DEBUG ") {
         return Err(format!("only {lines} log lines captured, none at debug level: the capture is not working"));
@@ -106,7 +107,8 @@ pub fn self_check(path: &PathBuf, env: &Env, full: bool) -> (Vec<String>, usize)
     let clean = scan(&text, &secrets).len();
     let mut caught = 0;
     for (what, value) in &plants {
-        let planted = format!("{text}2026-01-01T00:00:00Z DEBUG call{{id=x}}: vaultgate::vault: body={{\"v\":\"{value}\"}}\n");
+        let planted =
+            format!("{text}2026-01-01T00:00:00Z DEBUG call{{id=x}}: vaultgate::vault: body={{\"v\":\"{value}\"}}\n");
         if scan(&planted, &secrets).len() > clean {
             caught += 1;
         } else {

@@ -152,7 +152,9 @@ pub async fn ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right(
                             ciphertext: ciphertexts[i].clone(),
                             ..Default::default()
                         };
-                        c.decrypt(with_id(r, &env.billing, i)).await.map(|r| Answer::Decrypted(i, r.into_inner().plaintext))
+                        c.decrypt(with_id(r, &env.billing, i))
+                            .await
+                            .map(|r| Answer::Decrypted(i, r.into_inner().plaintext))
                     } else {
                         c.encrypt(with_id(enc(plaintext(i)), &env.billing, i))
                             .await
@@ -221,7 +223,9 @@ pub async fn ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right(
     // The audit log, an account kept by the gateway itself: exactly one line per call of the
     // flood, with the code its client got (shed ones ResourceExhausted, accepted ones Ok).
     let flood = |l: &serde_json::Value| l["request_id"].as_str().is_some_and(|id| id.starts_with("ovl-"));
-    let lines = audit_lines(&gateway.audit, Duration::from_secs(10), |ls| ls.iter().filter(|l| flood(l)).count() >= CALLS).await;
+    let lines =
+        audit_lines(&gateway.audit, Duration::from_secs(10), |ls| ls.iter().filter(|l| flood(l)).count() >= CALLS)
+            .await;
     let mut audited = vec![0usize; CALLS];
     let mut disagree = Vec::new();
     for line in lines.iter().filter(|l| flood(l)) {
@@ -246,7 +250,11 @@ pub async fn ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right(
     // Vault: every plaintext starts with "overload-", whose 9 bytes encode to "b3ZlcmxvYWQt").
     let log = std::fs::read_to_string(&gateway.log)
         .unwrap_or_else(|e| panic!("the gateway's log {} cannot be read: {e}", gateway.log.display()));
-    assert!(log.contains("DEBUG"), "the gateway's log has no debug line ({} bytes): the scan would see nothing", log.len());
+    assert!(
+        log.contains("DEBUG"),
+        "the gateway's log has no debug line ({} bytes): the scan would see nothing",
+        log.len()
+    );
     for secret in ["overload-", "b3ZlcmxvYWQt", "eyJ", env.billing.as_str()] {
         assert!(!log.contains(secret), "the gateway's log holds {:?}…", &secret[..4]);
     }

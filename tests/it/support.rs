@@ -429,7 +429,11 @@ async fn token_review(mut stream: tokio::net::TcpStream) {
 /// The audit log at `path` as JSON lines, re-read until `done` holds of them or `within` passes
 /// (a line is written before its answer is sent, but a caller that gave up first, e.g. on its own
 /// deadline, may look before the gateway wrote it). Panics on a line that is not JSON.
-pub async fn audit_lines(path: &std::path::Path, within: std::time::Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+pub async fn audit_lines(
+    path: &std::path::Path,
+    within: std::time::Duration,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     let until = tokio::time::Instant::now() + within;
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
