@@ -66,18 +66,21 @@ pub async fn shutdown_drains_held_calls_drops_late_ones_and_keeps_leases(env: &'
     env.remember(&creds.password);
 
     proxy.set_delay(held);
-    let calls: Vec<_> = (0..5)
-        .map(|i| {
+    // One call per key: each its own coalescer lane, so Vault gets (and the proxy holds) all at once.
+    let keys = ["qa-aes", "qa-b1", "qa-b2"];
+    let calls: Vec<_> = keys
+        .into_iter()
+        .map(|key| {
             let mut c = c.clone();
             tokio::spawn(async move {
-                let plaintext = format!("held past the grace {i}");
-                let r = c.encrypt(req(enc("qa-aes", env.remember_plaintext(plaintext.as_bytes())), &env.qa)).await;
-                (plaintext, r.map(|r| r.into_inner().ciphertext), Instant::now())
+                let plaintext = format!("held past the grace, {key}");
+                let r = c.encrypt(req(enc(key, env.remember_plaintext(plaintext.as_bytes())), &env.qa)).await;
+                (key, plaintext, r.map(|r| r.into_inner().ciphertext), Instant::now())
             })
         })
         .collect();
-    // Let the calls reach Vault (their answers are then held by the proxy), then shut down.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once Vault answered them all (the proxy holds the answers), shut down.
+    proxy.holding(keys.len()).await;
     let t0 = Instant::now();
     own.shutdown();
     tokio::time::sleep(grace + Duration::from_millis(300)).await;
@@ -89,10 +92,10 @@ pub async fn shutdown_drains_held_calls_drops_late_ones_and_keeps_leases(env: &'
     let refused = Client::new(fresh).encrypt(late).await.expect_err("a call on a new connection after the grace");
     let mut finished = Vec::new();
     for call in calls {
-        let (plaintext, result, at) = call.await.expect("task");
+        let (key, plaintext, result, at) = call.await.expect("task");
         let ciphertext = result.unwrap_or_else(|s| panic!("a call in flight at shutdown failed: {s:?}"));
         let (_, answer) =
-            env.vault(Method::POST, "transit/decrypt/qa-aes", Some(json!({"ciphertext": ciphertext}))).await;
+            env.vault(Method::POST, &format!("transit/decrypt/{key}"), Some(json!({"ciphertext": ciphertext}))).await;
         use base64::Engine;
         let got =
             answer["data"]["plaintext"].as_str().and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok());
@@ -105,7 +108,7 @@ pub async fn shutdown_drains_held_calls_drops_late_ones_and_keeps_leases(env: &'
     let (first, last) =
         (finished.iter().min().copied().unwrap_or_default(), finished.iter().max().copied().unwrap_or_default());
     println!(
-        "  drain: 5 calls held {} ms by Vault answered {:.2}-{:.2} s after shutdown began (grace {} ms, drain {} ms); \
+        "  drain: 3 calls held {} ms by Vault answered {:.2}-{:.2} s after shutdown began (grace {} ms, drain {} ms); \
          a new connection after the grace: {:?}; server stopped after {:.2} s",
         held.as_millis(),
         first.as_secs_f64(),
@@ -148,7 +151,7 @@ pub async fn shutdown_drains_held_calls_drops_late_ones_and_keeps_leases(env: &'
     });
     // Once the call's answer is held in the proxy, later answers (the token revocation at
     // shutdown) pass at once: the drop is then the drain timeout's doing.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.holding(1).await;
     proxy.set_delay(Duration::ZERO);
     let t0 = Instant::now();
     let pid = child.id().expect("the gateway runs").to_string();
@@ -250,6 +253,8 @@ pub async fn writes_are_sent_once_when_the_connection_drops(env: &'static Env) {
 /// times and answered UNAVAILABLE within about attempts × timeout; a write, tried once, within
 /// about one timeout.
 pub async fn slow_vault_is_unavailable_within_the_timeout(env: &'static Env) {
+    let (status, body) = env.vault(Method::POST, "transit/keys/qa-slow", Some(json!({"type": "aes256-gcm96"}))).await;
+    assert!((200..300).contains(&status), "{status} {body}");
     let proxy = Proxy::start(&env.vault_addr).await;
     let timeout = Duration::from_millis(400);
     let own = qa_gateway(&proxy.url, &format!("timeout_ms = {}\nretry_max_attempts = 2\n", timeout.as_millis())).await;
@@ -260,7 +265,8 @@ pub async fn slow_vault_is_unavailable_within_the_timeout(env: &'static Env) {
     let err = c.encrypt(req(enc("qa-aes", b"slow"), &env.qa)).await.expect_err("Vault is too slow");
     let encrypt = started.elapsed();
     let started = Instant::now();
-    let write = c.rotate(req(RotateRequest { key: "qa-rotate".into() }, &env.qa)).await.expect_err("Vault is too slow");
+    // A key of its own: Vault does rotate it, after the gateway stopped waiting.
+    let write = c.rotate(req(RotateRequest { key: "qa-slow".into() }, &env.qa)).await.expect_err("Vault is too slow");
     let rotate = started.elapsed();
     proxy.set_delay(Duration::ZERO);
     println!(

@@ -458,6 +458,7 @@ pub struct Proxy {
     delay_ms: Arc<std::sync::atomic::AtomicU64>,
     cut: Arc<Mutex<Option<String>>>,
     cuts: Arc<std::sync::atomic::AtomicUsize>,
+    holding: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proxy {
@@ -468,11 +469,14 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
         let url = format!("http://{}", listener.local_addr().expect("proxy address"));
         let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_string();
-        let proxy = Proxy { url, delay_ms: Arc::default(), cut: Arc::default(), cuts: Arc::default() };
-        let (delay_ms, cut, cuts) = (proxy.delay_ms.clone(), proxy.cut.clone(), proxy.cuts.clone());
+        let proxy =
+            Proxy { url, delay_ms: Arc::default(), cut: Arc::default(), cuts: Arc::default(), holding: Arc::default() };
+        let (delay_ms, cut, cuts, holding) =
+            (proxy.delay_ms.clone(), proxy.cut.clone(), proxy.cuts.clone(), proxy.holding.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (upstream, delay_ms, cut, cuts) = (upstream.clone(), delay_ms.clone(), cut.clone(), cuts.clone());
+                let (upstream, delay_ms, cut, cuts, holding) =
+                    (upstream.clone(), delay_ms.clone(), cut.clone(), cuts.clone(), holding.clone());
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
                     let _ = (client.set_nodelay(true), server.set_nodelay(true));
@@ -507,7 +511,9 @@ impl Proxy {
                         }
                         let delay = delay_ms.load(Ordering::SeqCst);
                         if delay > 0 {
+                            holding.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                            holding.fetch_sub(1, Ordering::SeqCst);
                         }
                         if client_tx.write_all(&buf[..n]).await.is_err() {
                             break;
@@ -528,6 +534,16 @@ impl Proxy {
     /// Cuts, once, the connection of the next request whose bytes contain `needle`, after Vault answered it.
     pub fn cut_after(&self, needle: &str) {
         *self.cut.lock().expect("lock") = Some(needle.to_string());
+    }
+
+    /// Waits until the proxy holds `n` answers (each for the delay read when it came), so a
+    /// test knows its calls reached Vault; panics after 30 s.
+    pub async fn holding(&self, n: usize) {
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.holding.load(std::sync::atomic::Ordering::SeqCst) < n {
+            assert!(tokio::time::Instant::now() < until, "the proxy never held {n} answers");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// Connections cut so far.
