@@ -74,6 +74,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     identity::token_file_roles_and_revocation_at_shutdown,
     attacks_auth::unknown_kid_flood_refetches_the_jwks_at_most_once_per_ten_seconds,
     attacks_auth::vault_redirect_to_a_foreign_host_is_not_followed,
+    attacks_auth::the_gateways_own_token_is_replaced_at_once_when_vault_refuses_it,
 ];
 
 /// Tests that measure time or load the machine on purpose: run one at a time after the others,
