@@ -151,8 +151,10 @@ fn forged_jwts(n: usize) -> Vec<String> {
 pub async fn forged_jwts_cost_vault_nothing(env: &'static Env) {
     let mount = "jwt-attack-verified";
     jwt_mount(env, mount).await;
+    // A decoy rule of the same role first: the login must use the mount of the rule that matched.
     let toml = format!(
-        "[vault]\naddress = \"{}\"\n{}[[callers]]\nrole = \"qa\"\nequals = \"qa\"\nverify_with = \"dev\"\nauth_mount = \"{mount}\"\n",
+        "[vault]\naddress = \"{}\"\n{}[[callers]]\nrole = \"qa\"\nequals = \"decoy\"\nverify_with = \"dev\"\nauth_mount = \"no-such-mount\"\n\
+         [[callers]]\nrole = \"qa\"\nequals = \"qa\"\nverify_with = \"dev\"\nauth_mount = \"{mount}\"\n",
         env.vault_addr,
         dev_issuer(env)
     );
@@ -193,8 +195,9 @@ pub async fn forged_jwts_without_local_verification_are_capped(env: &'static Env
     let mount = "jwt-attack-unverified";
     jwt_mount(env, mount).await;
     let (burst, rate, in_flight) = (10.0, 5.0, 4);
+    // A cache of two callers: a forged JWT that took a place in it would push the real caller out.
     let toml = format!(
-        "[vault]\naddress = \"{}\"\n[unverified_logins]\nmax_in_flight = {in_flight}\nper_peer_per_second = {rate:.1}\nper_peer_burst = {burst:.1}\n\
+        "token_cache_size = 2\n[vault]\naddress = \"{}\"\n[unverified_logins]\nmax_in_flight = {in_flight}\nper_peer_per_second = {rate:.1}\nper_peer_burst = {burst:.1}\n\
          [[callers]]\nrole = \"qa\"\nequals = \"qa\"\nissuer = \"{}\"\nauth_mount = \"{mount}\"\n",
         env.vault_addr,
         issuer::ISSUER
@@ -226,6 +229,9 @@ pub async fn forged_jwts_without_local_verification_are_capped(env: &'static Env
     assert!(reached <= cap, "{reached} logins reached Vault, over the cap of {cap}");
     assert_eq!(refused, reached, "every forged JWT that reached Vault was refused by it");
     assert!(shed > 0, "the flood was never shed");
+    // The real caller kept its cached token throughout: no login of its own since the first.
+    EncryptionServiceClient::new(gw.channel.clone()).encrypt(req(encrypt(), &env.qa)).await.expect("the real caller");
+    assert_eq!(gw.gateway.sessions.logins() as usize, 1 + reached, "the real caller's token was evicted");
     let metrics = gw.gateway.metrics.render();
     assert!(metrics.contains(&format!("vaultgate_vault_logins_total{{name=\"refused\"}} {reached}\n")), "{metrics}");
     assert_eq!(result.real_failures, 0, "the real caller was refused during the flood");
