@@ -11,6 +11,7 @@ pub mod database;
 pub mod hmac;
 pub mod kv;
 pub mod nodes;
+pub mod pki;
 pub mod retry;
 pub mod sys;
 pub mod transit;

@@ -18,7 +18,9 @@ mod identity;
 mod lifecycle;
 mod logs;
 mod overload;
+mod pki;
 mod secrets;
+mod signing;
 mod support;
 mod tools;
 
@@ -71,6 +73,13 @@ const TESTS: &[(&str, TestFn)] = tests![
     identity::certificate_files_reload_without_dropping_connections,
     identity::kubernetes_callers_log_in,
     identity::token_file_roles_and_revocation_at_shutdown,
+    pki::issued_certificate_chains_to_the_ca_and_serves_tls,
+    pki::signed_csr_carries_the_csr_public_key,
+    pki::revocation_needs_the_private_key,
+    pki::pki_error_table,
+    signing::sign_and_verify_agree_with_vault,
+    signing::hmac_and_verify_hmac_agree_with_vault,
+    signing::five_hundred_concurrent_signs_are_coalesced,
 ];
 
 /// Tests that measure time or load the machine on purpose: run one at a time after the others,
