@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Ecosystem check: the example clients, the README's grpcurl commands and buf, against a real
+# Ecosystem check: the example clients, the grpcurl commands of README.md and docs/ and buf, against a real
 # `vaultgate dev` (OpenBao + PostgreSQL) started on a free port in a temporary directory.
 #
 #   bash scripts/check-ecosystem.sh
@@ -178,12 +178,12 @@ stop_dev() {
 stop_dev ""
 
 # ---------------------------------------------------------------------------------------------
-# mTLS: `vaultgate dev --mtls` and the README's "Try mTLS in dev mode" commands, run verbatim
+# mTLS: `vaultgate dev --mtls` and the "Try mTLS in dev mode" commands of docs/identity.md, run verbatim
 # (address replaced) from a scratch directory whose .dev is the dev directory.
 # ---------------------------------------------------------------------------------------------
-readme_mtls_commands() {
-    awk '/^### Try mTLS in dev mode/ { on = 1 } on && /^```sh$/ { inblock = 1; next } inblock && /^```$/ { exit }
-         inblock { print }' "$ROOT/README.md" | sed -e ':a' -e '/\\$/N; s/\\\n//; ta' | grep -v '^#' | grep -v '^$'
+docs_mtls_commands() {
+    awk '/^## Try mTLS in dev mode/ { on = 1 } on && /^```sh$/ { inblock = 1; next } inblock && /^```$/ { exit }
+         inblock { print }' "$ROOT/docs/identity.md" | sed -e ':a' -e '/\\$/N; s/\\\n//; ta' | grep -v '^#' | grep -v '^$'
 }
 
 mtls_commands() {
@@ -199,8 +199,8 @@ mtls_commands() {
             echo "unexpected output of: $cmd"; echo "$out"; return 1
         fi
         n=$((n + 1))
-    done < <(readme_mtls_commands)
-    [[ $n -eq 3 ]] || { echo "expected 3 commands in the README's mTLS block, found $n"; return 1; }
+    done < <(docs_mtls_commands)
+    [[ $n -eq 3 ]] || { echo "expected 3 commands in docs/identity.md's mTLS block, found $n"; return 1; }
     # The certificate caller is limited to its own key by the gateway's rule for its role.
     out="$(cd "$scratch" && grpcurl -cacert .dev/tls/ca.pem -cert .dev/callers/billing-cert.pem \
         -key .dev/callers/billing-cert-key.pem -d '{"key":"reports","plaintext":"aGVsbG8="}' \
@@ -211,9 +211,9 @@ mtls_commands() {
 DEV_DIR="$TMP/dev-mtls"
 start_dev "dev --mtls ready" --mtls
 if [[ -n "$ADDR" ]]; then
-    run "grpcurl mTLS (README)" mtls_commands
+    run "grpcurl mTLS (identity.md)" mtls_commands
 else
-    fail "grpcurl mTLS (README)" "skipped: dev mode not ready"
+    fail "grpcurl mTLS (identity.md)" "skipped: dev mode not ready"
 fi
 stop_dev " --mtls"
 
