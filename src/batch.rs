@@ -645,6 +645,44 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn the_hash_algorithm_is_part_of_the_lane_and_of_the_string_budget() {
+        let sign = |algorithm: Option<&'static str>| {
+            LaneKey::new(VaultToken::new("t"), "transit", "k", Op::Sign, algorithm, &text("x"))
+        };
+        assert_ne!(sign(Some("sha2-256")), sign(Some("sha2-512")), "one request carries one algorithm");
+        assert_ne!(sign(None), sign(Some("sha2-256")));
+        assert_eq!(sign(Some("sha2-256")), sign(Some("sha2-256")));
+        // Encrypt takes no algorithm: none reaches its lane.
+        let enc = LaneKey::new(VaultToken::new("t"), "transit", "k", Op::Encrypt, Some("sha2-256"), &text("x"));
+        assert_eq!(enc, lane("t"));
+        // 1 (`batch_input`) + 2 (`hash_algorithm`: value) + 2 per item: 21 strings hold 9 items.
+        let vault = Scripted::new(false);
+        let mut cfg = config(1, 10_000);
+        cfg.max_json_strings = 21;
+        let c = Coalescer::new(vault.clone(), &cfg);
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move { c.submit(sign(Some("sha2-512")), text(&format!("m{i}")), None).await })
+            })
+            .collect();
+        loop {
+            let queued: usize = c.lanes.lock().unwrap().values().map(|l| l.state.lock().unwrap().queue.len()).sum();
+            if queued + vault.requests().iter().map(Vec::len).sum::<usize>() == 20 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        vault.gate.add_permits(100);
+        for (i, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap().unwrap().ciphertext, Some(format!("ct:m{i}")));
+        }
+        let sizes: Vec<usize> = vault.requests().iter().map(Vec::len).collect();
+        assert!(sizes.iter().all(|n| *n <= 9), "{sizes:?}");
+        assert!(sizes.contains(&9), "the budget is used, not just respected: {sizes:?}");
+    }
+
     #[test]
     fn plan_respects_every_budget() {
         let roomy = Budget { items: 10_000, strings: 1000, bytes: 1 << 30 };

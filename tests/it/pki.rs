@@ -193,7 +193,7 @@ pub async fn signed_csr_carries_the_csr_public_key(env: &'static Env) {
     assert!(dns_sans(&leaf).iter().any(|s| s == name));
     let root = signed.ca_chain.last().expect("chain");
     assert_chains(&signed.certificate, &signed.ca_chain[0]);
-    let tls = tls_round(&[signed.certificate.clone()], &key.serialize_pem(), root, name).await;
+    let tls = tls_round(std::slice::from_ref(&signed.certificate), &key.serialize_pem(), root, name).await;
     assert_eq!(tls.expect("TLS with the caller's own key"), b"hello over TLS");
     // A CSR for a name billing's role does not allow is refused, naming the field.
     let mut theirs = rcgen::CertificateParams::new(vec!["api.reports.svc.cluster.local".to_string()]).expect("params");
