@@ -71,7 +71,10 @@ impl Stack {
 
     /// A Vault client for the stack's OpenBao.
     pub fn admin_client(&self) -> Result<vault::Client, String> {
-        vault::Client::new(&vault::ClientConfig::single(self.bao.addr.parse().map_err(|e| format!("{e}"))?))
+        vault::Client::new(
+            &vault::ClientConfig::single(self.bao.addr.parse().map_err(|e| format!("{e}"))?),
+            Default::default(),
+        )
     }
 
     /// The gateway config for this stack: demo callers mapped by JWT subject to their roles.
@@ -189,7 +192,7 @@ async fn serve(stack: &Stack, dir: &Path, listen: SocketAddr, tls: Option<&str>)
     let config = Arc::new(Config::parse(&toml)?);
     println!("vaultgate dev: files in {}", dir.display());
     println!("ready {addr}");
-    crate::server::run(listener, config, shutdown_signal()).await
+    crate::server::run(listener, config, Default::default(), shutdown_signal()).await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -63,7 +63,7 @@ pub async fn watch(vault: Client, reporter: HealthReporter, interval: Duration) 
             }
         }
         let serving = vault.nodes().any_usable(Instant::now());
-        crate::metrics::get().vault_up.set(i64::from(serving));
+        vault.metrics().vault_up.set(i64::from(serving));
         if last != Some(serving) {
             if serving {
                 tracing::info!("vault ready: SERVING");

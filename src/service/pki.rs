@@ -7,9 +7,9 @@
 //! of RevokeCertificate; it is never logged (redacting `Debug` on every type that holds one),
 //! cached or kept.
 
-use super::{validate::Checked, Gateway};
-use crate::audit::Target;
+use super::{rpc, Described, Gateway};
 use crate::{
+    call::Rpc,
     error::{Error, Subject},
     pb::vaultgate::v1::{pki_service_server::PkiService, *},
     vault::pki::{with_newline, CertRequest, Certificate, PrivateKey, RevokeRequest},
@@ -64,6 +64,34 @@ impl fmt::Debug for RevokeCertificateRequest {
     }
 }
 
+impl Described for IssueCertificateRequest {
+    const RPC: &'static Rpc = rpc!("PkiService", "IssueCertificate", PkiRole);
+    fn target(&self) -> (&str, usize) {
+        (&self.role, 1)
+    }
+}
+
+impl Described for SignCertificateRequest {
+    const RPC: &'static Rpc = rpc!("PkiService", "SignCertificate", PkiRole);
+    fn target(&self) -> (&str, usize) {
+        (&self.role, 1)
+    }
+}
+
+impl Described for RevokeCertificateRequest {
+    const RPC: &'static Rpc = rpc!("PkiService", "RevokeCertificate", Serial);
+    fn target(&self) -> (&str, usize) {
+        (&self.serial_number, 1)
+    }
+}
+
+impl Described for GetCaChainRequest {
+    const RPC: &'static Rpc = rpc!("PkiService", "GetCaChain", Mount);
+    fn target(&self) -> (&str, usize) {
+        (&self.mount, 1)
+    }
+}
+
 #[tonic::async_trait]
 impl PkiService for Pki {
     async fn issue_certificate(
@@ -71,31 +99,25 @@ impl PkiService for Pki {
         req: Request<IssueCertificateRequest>,
     ) -> Result<Response<IssueCertificateResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "IssueCertificate",
-            req,
-            |r| Target::new(&r.role, 1),
-            |actor, deadline, r| async move {
-                r.check(&gw.config.limits)?;
-                let body = CertRequest {
-                    common_name: &r.common_name,
-                    alt_names: r.alt_names.join(","),
-                    ip_sans: r.ip_sans.join(","),
-                    ttl: super::validate::cert_ttl(r.ttl.as_ref())?,
-                    csr: None,
-                    private_key_format: Some("pkcs8"),
-                };
-                let cert = gw
-                    .vault
-                    .pki_issue(&actor.token, gw.pki_mount(&r.mount), &r.role, &body, deadline)
-                    .await
-                    .map_err(|e| Error::from_pki(e, Subject::PkiRole(&r.role)))?;
-                let (certificate, ca_chain, serial_number, expiration, key) = parts(cert);
-                let private_key = key.map(PrivateKey::into_pem).unwrap_or_default();
-                tracing::info!(caller = %actor.caller, role = %r.role, serial = %serial_number, "certificate issued");
-                Ok(IssueCertificateResponse { certificate, private_key, ca_chain, serial_number, expiration })
-            },
-        )
+        gw.serve(req, |actor, deadline, r| async move {
+            let body = CertRequest {
+                common_name: &r.common_name,
+                alt_names: r.alt_names.join(","),
+                ip_sans: r.ip_sans.join(","),
+                ttl: super::validate::cert_ttl(r.ttl.as_ref())?,
+                csr: None,
+                private_key_format: Some("pkcs8"),
+            };
+            let cert = gw
+                .vault
+                .pki_issue(&actor.token, gw.pki_mount(&r.mount), &r.role, &body, deadline)
+                .await
+                .map_err(|e| Error::from_pki(e, Subject::PkiRole(&r.role)))?;
+            let (certificate, ca_chain, serial_number, expiration, key) = parts(cert);
+            let private_key = key.map(PrivateKey::into_pem).unwrap_or_default();
+            tracing::info!(caller = %actor.caller, role = %r.role, serial = %serial_number, "certificate issued");
+            Ok(IssueCertificateResponse { certificate, private_key, ca_chain, serial_number, expiration })
+        })
         .await
     }
 
@@ -104,30 +126,24 @@ impl PkiService for Pki {
         req: Request<SignCertificateRequest>,
     ) -> Result<Response<SignCertificateResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "SignCertificate",
-            req,
-            |r| Target::new(&r.role, 1),
-            |actor, deadline, r| async move {
-                r.check(&gw.config.limits)?;
-                let body = CertRequest {
-                    common_name: &r.common_name,
-                    alt_names: r.alt_names.join(","),
-                    ip_sans: String::new(),
-                    ttl: super::validate::cert_ttl(r.ttl.as_ref())?,
-                    csr: Some(&r.csr),
-                    private_key_format: None,
-                };
-                let cert = gw
-                    .vault
-                    .pki_sign(&actor.token, gw.pki_mount(&r.mount), &r.role, &body, deadline)
-                    .await
-                    .map_err(|e| Error::from_pki(e, Subject::PkiRole(&r.role)))?;
-                let (certificate, ca_chain, serial_number, expiration, _) = parts(cert);
-                tracing::info!(caller = %actor.caller, role = %r.role, serial = %serial_number, "certificate signed");
-                Ok(SignCertificateResponse { certificate, ca_chain, serial_number, expiration })
-            },
-        )
+        gw.serve(req, |actor, deadline, r| async move {
+            let body = CertRequest {
+                common_name: &r.common_name,
+                alt_names: r.alt_names.join(","),
+                ip_sans: String::new(),
+                ttl: super::validate::cert_ttl(r.ttl.as_ref())?,
+                csr: Some(&r.csr),
+                private_key_format: None,
+            };
+            let cert = gw
+                .vault
+                .pki_sign(&actor.token, gw.pki_mount(&r.mount), &r.role, &body, deadline)
+                .await
+                .map_err(|e| Error::from_pki(e, Subject::PkiRole(&r.role)))?;
+            let (certificate, ca_chain, serial_number, expiration, _) = parts(cert);
+            tracing::info!(caller = %actor.caller, role = %r.role, serial = %serial_number, "certificate signed");
+            Ok(SignCertificateResponse { certificate, ca_chain, serial_number, expiration })
+        })
         .await
     }
 
@@ -136,47 +152,35 @@ impl PkiService for Pki {
         req: Request<RevokeCertificateRequest>,
     ) -> Result<Response<RevokeCertificateResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "RevokeCertificate",
-            req,
-            |r| Target::new(if r.serial_number.is_empty() { "certificate" } else { &r.serial_number }, 1),
-            |actor, deadline, r| async move {
-                r.check(&gw.config.limits)?;
-                let mount = gw.pki_mount(&r.mount);
-                let body = RevokeRequest {
-                    certificate: (!r.certificate.is_empty()).then_some(r.certificate.as_str()),
-                    serial_number: (!r.serial_number.is_empty()).then_some(r.serial_number.as_str()),
-                    private_key: &r.private_key,
-                };
-                let at = gw
-                    .vault
-                    .pki_revoke_with_key(&actor.token, mount, &body, deadline)
-                    .await
-                    .map_err(|e| Error::from_pki(e, Subject::PkiMount(mount)))?;
-                tracing::info!(caller = %actor.caller, mount, "certificate revoked");
-                Ok(RevokeCertificateResponse { revocation_time: timestamp(at) })
-            },
-        )
+        gw.serve(req, |actor, deadline, r| async move {
+            let mount = gw.pki_mount(&r.mount);
+            let body = RevokeRequest {
+                certificate: (!r.certificate.is_empty()).then_some(r.certificate.as_str()),
+                serial_number: (!r.serial_number.is_empty()).then_some(r.serial_number.as_str()),
+                private_key: &r.private_key,
+            };
+            let at = gw
+                .vault
+                .pki_revoke_with_key(&actor.token, mount, &body, deadline)
+                .await
+                .map_err(|e| Error::from_pki(e, Subject::PkiMount(mount)))?;
+            tracing::info!(caller = %actor.caller, mount, "certificate revoked");
+            Ok(RevokeCertificateResponse { revocation_time: timestamp(at) })
+        })
         .await
     }
 
     async fn get_ca_chain(&self, req: Request<GetCaChainRequest>) -> Result<Response<GetCaChainResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "GetCaChain",
-            req,
-            |r| Target::new(&r.mount, 1),
-            |actor, deadline, r| async move {
-                r.check(&gw.config.limits)?;
-                let mount = gw.pki_mount(&r.mount);
-                let ca_chain = gw
-                    .vault
-                    .pki_ca_chain(&actor.token, mount, deadline)
-                    .await
-                    .map_err(|e| Error::from_pki(e, Subject::PkiMount(mount)))?;
-                Ok(GetCaChainResponse { ca_chain })
-            },
-        )
+        gw.serve(req, |actor, deadline, r| async move {
+            let mount = gw.pki_mount(&r.mount);
+            let ca_chain = gw
+                .vault
+                .pki_ca_chain(&actor.token, mount, deadline)
+                .await
+                .map_err(|e| Error::from_pki(e, Subject::PkiMount(mount)))?;
+            Ok(GetCaChainResponse { ca_chain })
+        })
         .await
     }
 }

@@ -166,8 +166,9 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<Certificate, VaultError> {
         // Not idempotent: every issue creates another certificate (and key).
-        let env: Envelope<Certificate> =
-            self.call(Call::new(Method::POST, &[mount, "issue", role]), Some(token), Some(body), deadline).await?;
+        let env: Envelope<Certificate> = self
+            .call(Call::new(Method::POST, "pki/issue", &[mount, "issue", role]), Some(token), Some(body), deadline)
+            .await?;
         let cert = env.data.ok_or_else(|| VaultError::Decode("issue answer without data".into()))?;
         if cert.private_key.as_ref().is_none_or(|k| k.expose().is_empty()) {
             return Err(VaultError::Decode("issue answer without a private key".into()));
@@ -184,8 +185,9 @@ impl Client {
         body: &CertRequest<'_>,
         deadline: Option<Instant>,
     ) -> Result<Certificate, VaultError> {
-        let env: Envelope<Certificate> =
-            self.call(Call::new(Method::POST, &[mount, "sign", role]), Some(token), Some(body), deadline).await?;
+        let env: Envelope<Certificate> = self
+            .call(Call::new(Method::POST, "pki/sign", &[mount, "sign", role]), Some(token), Some(body), deadline)
+            .await?;
         env.data.ok_or_else(|| VaultError::Decode("sign answer without data".into()))
     }
 
@@ -198,8 +200,14 @@ impl Client {
         body: &RevokeRequest<'_>,
         deadline: Option<Instant>,
     ) -> Result<i64, VaultError> {
-        let env: Envelope<Revoked> =
-            self.call(Call::new(Method::POST, &[mount, "revoke-with-key"]), Some(token), Some(body), deadline).await?;
+        let env: Envelope<Revoked> = self
+            .call(
+                Call::new(Method::POST, "pki/revoke-with-key", &[mount, "revoke-with-key"]),
+                Some(token),
+                Some(body),
+                deadline,
+            )
+            .await?;
         Ok(env.data.map_or(0, |d| d.revocation_time))
     }
 
@@ -210,7 +218,7 @@ impl Client {
         mount: &str,
         deadline: Option<Instant>,
     ) -> Result<Vec<String>, VaultError> {
-        let call = Call::new(Method::GET, &[mount, "cert", "ca_chain"]).idempotent();
+        let call = Call::new(Method::GET, "pki/ca_chain", &[mount, "cert", "ca_chain"]).idempotent();
         let env: Envelope<CaChain> = self.call::<(), _>(call, Some(token), None, deadline).await?;
         let data = env.data.ok_or_else(|| VaultError::Decode("ca_chain answer without data".into()))?;
         let bundle = if data.ca_chain.is_empty() { data.certificate } else { data.ca_chain };

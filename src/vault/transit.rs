@@ -50,6 +50,17 @@ impl Op {
             Op::Encrypt | Op::Decrypt => None,
         }
     }
+
+    /// The metric label of its Vault endpoint.
+    fn kind(self) -> &'static str {
+        match self {
+            Op::Encrypt => "transit/encrypt",
+            Op::Decrypt => "transit/decrypt",
+            Op::Sign => "transit/sign",
+            Op::Verify | Op::VerifyHmac => "transit/verify",
+            Op::Hmac => "transit/hmac",
+        }
+    }
 }
 
 /// Where one Transit request goes: mount, operation, key, and the request-level hash algorithm
@@ -257,7 +268,7 @@ impl Client {
     ) -> Result<Vec<BatchResult>, VaultError> {
         // Idempotent: sending an encryption, decryption, signature, HMAC or verification twice
         // changes nothing in Vault.
-        let call = Call::new(Method::POST, &[at.mount, at.op.path(), at.key]).idempotent();
+        let call = Call::new(Method::POST, at.op.kind(), &[at.mount, at.op.path(), at.key]).idempotent();
         let body = Body::new(&at, BatchInput { batch_input: items });
         let (status, bytes) = self.send(call, Some(token), Some(&body), deadline).await?;
         let code = status.as_u16();
@@ -286,7 +297,7 @@ impl Client {
         item: &BatchItem,
         deadline: Option<Instant>,
     ) -> Result<BatchResult, VaultError> {
-        let call = Call::new(Method::POST, &[at.mount, at.op.path(), at.key]).idempotent();
+        let call = Call::new(Method::POST, at.op.kind(), &[at.mount, at.op.path(), at.key]).idempotent();
         let env: Envelope<BatchResult> = self.call(call, Some(token), Some(&Body::new(&at, item)), deadline).await?;
         env.data.ok_or_else(|| VaultError::Decode("transit answer without data".into()))
     }
@@ -303,7 +314,12 @@ impl Client {
     ) -> Result<Ciphertext, VaultError> {
         let body = RewrapBody { ciphertext, context };
         let env: Envelope<Ciphertext> = self
-            .call(Call::new(Method::POST, &[mount, "rewrap", key]).idempotent(), Some(token), Some(&body), deadline)
+            .call(
+                Call::new(Method::POST, "transit/rewrap", &[mount, "rewrap", key]).idempotent(),
+                Some(token),
+                Some(&body),
+                deadline,
+            )
             .await?;
         env.data.ok_or_else(|| VaultError::Decode("rewrap answer without data".into()))
     }
@@ -319,7 +335,7 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<Ciphertext, VaultError> {
         let body = DatakeyBody { context, bits };
-        let call = Call::new(Method::POST, &[mount, "datakey/plaintext", key]);
+        let call = Call::new(Method::POST, "transit/datakey", &[mount, "datakey/plaintext", key]);
         let env: Envelope<Ciphertext> = self.call(call, Some(token), Some(&body), deadline).await?;
         env.data.ok_or_else(|| VaultError::Decode("datakey answer without data".into()))
     }
@@ -333,7 +349,12 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<KeyInfo, VaultError> {
         let (status, bytes) = self
-            .send::<()>(Call::new(Method::GET, &[mount, "keys", key]).idempotent(), Some(token), None, deadline)
+            .send::<()>(
+                Call::new(Method::GET, "transit/keys", &[mount, "keys", key]).idempotent(),
+                Some(token),
+                None,
+                deadline,
+            )
             .await?;
         let env: Envelope<KeyInfo> = decode(status, &bytes)?;
         env.data.ok_or_else(|| VaultError::Decode("key answer without data".into()))
@@ -348,7 +369,7 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<KeyInfo, VaultError> {
         // Not idempotent: a second send would add a second version.
-        let call = Call::new(Method::POST, &[mount, "keys", key, "rotate"]);
+        let call = Call::new(Method::POST, "transit/rotate", &[mount, "keys", key, "rotate"]);
         let (status, bytes) = self.send::<()>(call, Some(token), None, deadline).await?;
         if status == reqwest::StatusCode::NO_CONTENT {
             // Older servers answer 204; read the key to learn the new version.

@@ -77,6 +77,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     pki::signed_csr_carries_the_csr_public_key,
     pki::revocation_needs_the_private_key,
     pki::pki_error_table,
+    pki::audit_and_metrics_cover_certificates_and_signatures,
     signing::sign_and_verify_agree_with_vault,
     signing::hmac_and_verify_hmac_agree_with_vault,
     signing::five_hundred_concurrent_signs_are_coalesced,

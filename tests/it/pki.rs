@@ -383,3 +383,73 @@ pub async fn pki_error_table(env: &'static Env) {
     let chain = c.get_ca_chain(req(GetCaChainRequest::default(), &env.reports)).await.expect("reports reads the chain");
     assert!(!chain.into_inner().ca_chain.is_empty());
 }
+
+/// Every new RPC is audited (one line each: rpc, role, target, code; never the private key) and
+/// counted in the metrics under its own fixed name.
+pub async fn audit_and_metrics_cover_certificates_and_signatures(env: &'static Env) {
+    use vaultgate::pb::vaultgate::v1::encryption_service_client::EncryptionServiceClient as Transit;
+    let path = env.dir.join("pki-gateway-audit.log");
+    let metrics_port = vaultgate::dev::process::free_port().expect("port");
+    let own = crate::support::serve_gateway(&format!(
+        "metrics_listen = \"127.0.0.1:{metrics_port}\"\n[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"billing\"\nequals = \"billing\"\n[[callers]]\nrole = \"reports\"\nequals = \"reports\"\n[audit]\npath = {:?}\n",
+        env.vault_addr,
+        path.to_string_lossy()
+    ))
+    .await;
+    let mut pki = Client::new(own.channel.clone());
+    let issue = IssueCertificateRequest {
+        role: "billing".into(),
+        common_name: "audit.billing.svc.cluster.local".into(),
+        ..Default::default()
+    };
+    let issued = pki.issue_certificate(req(issue.clone(), &env.billing)).await.expect("issue").into_inner();
+    remember_key(env, &issued.private_key);
+    pki.issue_certificate(req(issue, &env.reports)).await.expect_err("reports on billing's role");
+    pki.get_ca_chain(req(GetCaChainRequest::default(), &env.billing)).await.expect("chain");
+    let revoke = RevokeCertificateRequest {
+        serial_number: issued.serial_number.clone(),
+        private_key: issued.private_key.clone(),
+        ..Default::default()
+    };
+    pki.revoke_certificate(req(revoke, &env.billing)).await.expect("revoke");
+    let mut transit = Transit::new(own.channel.clone());
+    let sign = SignRequest { key: "billing-signing".into(), input: b"x".to_vec(), ..Default::default() };
+    let signature = transit.sign(req(sign, &env.billing)).await.expect("sign").into_inner().signature;
+    let verify = VerifyRequest { key: "billing-signing".into(), input: b"x".to_vec(), signature, ..Default::default() };
+    transit.verify(req(verify, &env.billing)).await.expect("verify");
+    let hmac = HmacRequest { key: "billing".into(), input: b"x".to_vec(), ..Default::default() };
+    let mac = transit.hmac(req(hmac, &env.billing)).await.expect("hmac").into_inner().hmac;
+    let check = VerifyHmacRequest { key: "billing".into(), input: b"x".to_vec(), hmac: mac, ..Default::default() };
+    transit.verify_hmac(req(check, &env.billing)).await.expect("verify hmac");
+
+    let text = std::fs::read_to_string(&path).expect("audit log");
+    let summary: Vec<(String, String, String, String)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .map(|l| {
+            let s = |k: &str| l[k].as_str().unwrap_or("?").to_string();
+            (s("rpc"), s("role"), s("target"), s("code"))
+        })
+        .collect();
+    let want = |rpc: &str, role: &str, target: &str, code: &str| (rpc.into(), role.into(), target.into(), code.into());
+    assert_eq!(
+        summary,
+        vec![
+            want("IssueCertificate", "billing", "billing", "Ok"),
+            want("IssueCertificate", "reports", "billing", "PermissionDenied"),
+            want("GetCaChain", "billing", "", "Ok"),
+            want("RevokeCertificate", "billing", &issued.serial_number, "Ok"),
+            want("Sign", "billing", "billing-signing", "Ok"),
+            want("Verify", "billing", "billing-signing", "Ok"),
+            want("Hmac", "billing", "billing", "Ok"),
+            want("VerifyHmac", "billing", "billing", "Ok"),
+        ]
+    );
+    assert!(!text.contains("PRIVATE KEY"), "the audit log holds no private key");
+    let metrics = env.http_get(&format!("http://127.0.0.1:{metrics_port}/metrics")).await;
+    for rpc in ["IssueCertificate", "GetCaChain", "RevokeCertificate", "Sign", "Verify", "Hmac", "VerifyHmac"] {
+        let line = format!("rpc=\"{rpc}\"");
+        assert!(metrics.lines().any(|l| l.starts_with("vaultgate_grpc_calls_total") && l.contains(&line)), "{rpc}");
+    }
+    assert!(metrics.contains("code=\"PermissionDenied\""), "the refused call is counted by its code");
+}
