@@ -20,8 +20,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .codec_path("crate::codec::GatewayCodec")
-        // Messages that hold a private key get a redacting `Debug` by hand (src/service/pki.rs).
-        .skip_debug([".vaultgate.v1.IssueCertificateResponse", ".vaultgate.v1.RevokeCertificateRequest"])
+        // Messages carrying plaintexts, data keys, secret values, passwords, private keys or
+        // inputs to sign/HMAC: their `Debug` is
+        // written by hand in `src/redact.rs` and never prints them.
+        .skip_debug([
+            ".vaultgate.v1.EncryptRequest",
+            ".vaultgate.v1.DecryptResponse",
+            ".vaultgate.v1.EncryptBatchItem",
+            ".vaultgate.v1.DecryptBatchResult",
+            ".vaultgate.v1.GenerateDataKeyResponse",
+            ".vaultgate.v1.GetSecretResponse",
+            ".vaultgate.v1.GetDbCredsResponse",
+            ".vaultgate.v1.IssueCertificateResponse",
+            ".vaultgate.v1.RevokeCertificateRequest",
+            ".vaultgate.v1.SignRequest",
+            ".vaultgate.v1.VerifyRequest",
+            ".vaultgate.v1.HmacRequest",
+            ".vaultgate.v1.VerifyHmacRequest",
+        ])
         .compile_fds(fds)?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! A custom runner (not libtest) so the stack starts once and is always stopped, and so the log
 //! check sees the whole run. `cargo test --test it -- NAME` runs the tests whose name contains NAME.
 
+mod attacks_auth;
 mod badinput;
 mod batching;
 mod callers;
@@ -81,6 +82,8 @@ const TESTS: &[(&str, TestFn)] = tests![
     signing::sign_and_verify_agree_with_vault,
     signing::hmac_and_verify_hmac_agree_with_vault,
     signing::five_hundred_concurrent_signs_are_coalesced,
+    attacks_auth::unknown_kid_flood_refetches_the_jwks_at_most_once_per_ten_seconds,
+    attacks_auth::vault_redirect_to_a_foreign_host_is_not_followed,
 ];
 
 /// Tests that measure time or load the machine on purpose: run one at a time after the others,
@@ -88,6 +91,8 @@ const TESTS: &[(&str, TestFn)] = tests![
 const ALONE: &[(&str, TestFn)] = tests![
     lifecycle::a_noisy_caller_is_throttled_alone,
     overload::ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right,
+    attacks_auth::forged_jwts_cost_vault_nothing,
+    attacks_auth::forged_jwts_without_local_verification_are_capped,
 ];
 
 /// Upper bound of one test, so a hang fails instead of blocking CI.
