@@ -5,7 +5,7 @@
 //! HTTP 400 *and* a normal `batch_results` body, so [`Client::transit_batch`] accepts any status
 //! whose body carries `batch_results` and reports errors per item.
 
-use super::{api_error, decode, Call, Client, Envelope, VaultError, VaultToken};
+use super::{api_error, decode, Call, Class, Client, Envelope, VaultError, VaultToken};
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
@@ -309,7 +309,7 @@ impl Client {
     ) -> Result<Vec<BatchResult>, VaultError> {
         // Idempotent: sending an encryption, decryption, signature, HMAC or verification twice
         // changes nothing in Vault.
-        let call = Call::new(Method::POST, at.op.kind(), &[at.mount, at.op.path(), at.key]).idempotent();
+        let call = Call::new(Method::POST, at.op.kind(), &[at.mount, at.op.path(), at.key]).class(Class::Transit).idempotent();
         let body = Body::new(&at, BatchInput { batch_input: items });
         let (status, bytes) = self.send(call, Some(token), Some(&body), deadline).await?;
         let code = status.as_u16();
@@ -338,7 +338,7 @@ impl Client {
         item: &BatchItem,
         deadline: Option<Instant>,
     ) -> Result<BatchResult, VaultError> {
-        let call = Call::new(Method::POST, at.op.kind(), &[at.mount, at.op.path(), at.key]).idempotent();
+        let call = Call::new(Method::POST, at.op.kind(), &[at.mount, at.op.path(), at.key]).class(Class::Transit).idempotent();
         let env: Envelope<BatchResult> = self.call(call, Some(token), Some(&Body::new(&at, item)), deadline).await?;
         env.data.ok_or_else(|| VaultError::Decode("transit answer without data".into()))
     }
@@ -356,7 +356,7 @@ impl Client {
         let body = RewrapBody { ciphertext, context };
         let env: Envelope<Ciphertext> = self
             .call(
-                Call::new(Method::POST, "transit/rewrap", &[mount, "rewrap", key]).idempotent(),
+                Call::new(Method::POST, "transit/rewrap", &[mount, "rewrap", key]).class(Class::Transit).idempotent(),
                 Some(token),
                 Some(&body),
                 deadline,
@@ -376,7 +376,7 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<Ciphertext, VaultError> {
         let body = DatakeyBody { context, bits };
-        let call = Call::new(Method::POST, "transit/datakey", &[mount, "datakey/plaintext", key]);
+        let call = Call::new(Method::POST, "transit/datakey", &[mount, "datakey/plaintext", key]).class(Class::Transit);
         let env: Envelope<Ciphertext> = self.call(call, Some(token), Some(&body), deadline).await?;
         env.data.ok_or_else(|| VaultError::Decode("datakey answer without data".into()))
     }
@@ -391,7 +391,7 @@ impl Client {
     ) -> Result<KeyInfo, VaultError> {
         let (status, bytes) = self
             .send::<()>(
-                Call::new(Method::GET, "transit/keys", &[mount, "keys", key]).idempotent(),
+                Call::new(Method::GET, "transit/keys", &[mount, "keys", key]).class(Class::Transit).read(),
                 Some(token),
                 None,
                 deadline,
@@ -410,7 +410,7 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<KeyInfo, VaultError> {
         // Not idempotent: a second send would add a second version.
-        let call = Call::new(Method::POST, "transit/rotate", &[mount, "keys", key, "rotate"]);
+        let call = Call::new(Method::POST, "transit/rotate", &[mount, "keys", key, "rotate"]).class(Class::Transit);
         let (status, bytes) = self.send::<()>(call, Some(token), None, deadline).await?;
         if status == reqwest::StatusCode::NO_CONTENT {
             // Older servers answer 204; read the key to learn the new version.

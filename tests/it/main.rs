@@ -8,6 +8,7 @@
 //! check sees the whole run. `cargo test --test it -- NAME` runs the tests whose name contains NAME.
 
 mod attacks_auth;
+mod availability;
 mod badinput;
 mod batching;
 mod callers;
@@ -82,6 +83,9 @@ const TESTS: &[(&str, TestFn)] = tests![
     signing::sign_and_verify_agree_with_vault,
     signing::hmac_and_verify_hmac_agree_with_vault,
     signing::five_hundred_concurrent_signs_are_coalesced,
+    availability::concurrent_reads_coalesce_and_changes_show_within_the_ttl,
+    availability::cached_answers_never_cross_callers,
+    availability::idle_callers_are_served_without_a_new_login,
     attacks_auth::unknown_kid_flood_refetches_the_jwks_at_most_once_per_ten_seconds,
     attacks_auth::vault_redirect_to_a_foreign_host_is_not_followed,
 ];
@@ -91,6 +95,8 @@ const TESTS: &[(&str, TestFn)] = tests![
 const ALONE: &[(&str, TestFn)] = tests![
     lifecycle::a_noisy_caller_is_throttled_alone,
     overload::ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right,
+    availability::frozen_vault_fails_fast_serves_stale_and_recovers,
+    availability::black_holed_node_costs_no_more_than_detection_and_reads_hedge,
     attacks_auth::forged_jwts_cost_vault_nothing,
     attacks_auth::forged_jwts_without_local_verification_are_capped,
 ];
