@@ -309,7 +309,8 @@ impl Client {
     ) -> Result<Vec<BatchResult>, VaultError> {
         // Idempotent: sending an encryption, decryption, signature, HMAC or verification twice
         // changes nothing in Vault.
-        let call = Call::new(Method::POST, at.op.kind(), &[at.mount, at.op.path(), at.key]).class(Class::Transit).idempotent();
+        let call =
+            Call::new(Method::POST, at.op.kind(), &[at.mount, at.op.path(), at.key]).class(Class::Transit).idempotent();
         let body = Body::new(&at, BatchInput { batch_input: items });
         let (status, bytes) = self.send(call, Some(token), Some(&body), deadline).await?;
         let code = status.as_u16();
@@ -338,7 +339,8 @@ impl Client {
         item: &BatchItem,
         deadline: Option<Instant>,
     ) -> Result<BatchResult, VaultError> {
-        let call = Call::new(Method::POST, at.op.kind(), &[at.mount, at.op.path(), at.key]).class(Class::Transit).idempotent();
+        let call =
+            Call::new(Method::POST, at.op.kind(), &[at.mount, at.op.path(), at.key]).class(Class::Transit).idempotent();
         let env: Envelope<BatchResult> = self.call(call, Some(token), Some(&Body::new(&at, item)), deadline).await?;
         env.data.ok_or_else(|| VaultError::Decode("transit answer without data".into()))
     }
