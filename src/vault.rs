@@ -17,6 +17,7 @@ pub mod hedge;
 pub mod hmac;
 pub mod kv;
 pub mod nodes;
+pub mod pki;
 pub mod retry;
 pub mod sys;
 pub mod transit;
