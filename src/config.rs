@@ -1,8 +1,10 @@
 //! The typed configuration, parsed from TOML and validated once at start-up. Every error names
 //! the key and says why it is wrong. Invariant: only this module reads files and the environment.
 
+pub mod check;
+
 use crate::vault;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -53,7 +55,7 @@ pub struct Config {
 
 /// Lease ownership that every replica can verify: GetDbCreds returns a `lease_token` signed with a
 /// Transit HMAC key by the gateway's own token of `role`; RenewLease/RevokeLease verify it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseConfig {
     /// Transit key (in `mounts.transit`) that signs ownership tags; the gateway's role needs
@@ -152,7 +154,7 @@ pub struct RoleConfig {
 }
 
 /// Where audit lines go and what happens when they cannot be written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// `stdout` or a file path.
@@ -164,7 +166,7 @@ pub struct AuditConfig {
 
 /// How the gateway stops on SIGTERM: health NOT_SERVING for `grace`, then no new connections,
 /// then calls in flight get up to `drain_timeout` to finish.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// Milliseconds of NOT_SERVING (still serving) so load balancers stop routing first.
@@ -183,7 +185,7 @@ fn default_drain_ms() -> u64 {
 }
 
 /// Default mount paths of the three engines.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mounts {
     /// Transit mount.
@@ -198,7 +200,7 @@ pub struct Mounts {
 }
 
 /// Maps callers whose JWT claim matches to one Vault JWT-auth role.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallerRule {
     /// Vault role to log in with (a role of the JWT auth method at `auth_mount`).
@@ -221,7 +223,7 @@ pub struct CallerRule {
 }
 
 /// Limits and knobs of the Transit coalescer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Coalesce concurrent Encrypt/Decrypt calls; when false each call is its own Vault request.
@@ -248,7 +250,7 @@ pub struct BatchConfig {
 }
 
 /// Size limits on what callers send.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Largest plaintext or ciphertext of one item, in bytes.
@@ -267,7 +269,7 @@ pub struct Limits {
 }
 
 /// Log settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `human` or `json`.
@@ -338,7 +340,7 @@ fn default_log_level() -> String {
     "info".into()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: String,
@@ -374,11 +376,22 @@ struct RawConfig {
     leases: Option<LeaseConfig>,
 }
 
+impl RawConfig {
+    /// Fills every optional table that has defaults (for `check-config --print`).
+    fn fill_defaults(&mut self) {
+        self.mounts.get_or_insert_with(empty);
+        self.batch.get_or_insert_with(empty);
+        self.limits.get_or_insert_with(empty);
+        self.log.get_or_insert_with(empty);
+        self.shutdown.get_or_insert_with(empty);
+    }
+}
+
 fn default_login_failure_ms() -> u64 {
     5_000
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
     cert: PathBuf,
@@ -394,7 +407,7 @@ fn default_reload_ms() -> u64 {
     10_000
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawCertRule {
     role: String,
@@ -406,7 +419,7 @@ struct RawCertRule {
     cn_prefix: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawRole {
     #[serde(default = "default_approle_mount")]
@@ -430,7 +443,7 @@ fn default_cache() -> usize {
     10_000
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawVault {
     address: Option<String>,

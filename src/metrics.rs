@@ -73,7 +73,32 @@ pub struct Metrics {
     pub vault_redirects: Counter,
     /// Circuit breaker per configured node: 0 closed, 1 half-open, 2 open.
     pub vault_breaker: Family<NameLabel, Gauge>,
+    /// Configured Vault nodes by last probed state (`active`, `standby`, `sealed`, `down`).
+    pub vault_nodes: Family<StateLabel, Gauge>,
+    /// Calls refused at once because `limits.max_concurrent_calls` were in flight (load shedding).
+    pub calls_shed: Counter,
+    /// Calls refused by the per-caller rate limit, by role.
+    pub rate_limited: Family<NameLabel, Counter>,
+    /// Audit lines that could not be written.
+    pub audit_failures: Counter,
+    /// Unix time at which a TLS certificate the gateway serves expires (label name: `listener`);
+    /// a family so that nothing is exported without TLS.
+    pub tls_expiry: Family<NameLabel, Gauge>,
 }
+
+/// Labels of a state gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// The state, one of a fixed set.
+    pub state: &'static str,
+}
+
+/// Token lifecycle events (`vaultgate_vault_token_events_total{name}`), all exported from the
+/// start at 0 so that `rate()` and alerts see them before the first one happens.
+pub const TOKEN_EVENTS: [&str; 5] = ["login", "login_failed", "renewed", "renew_failed", "dead"];
+
+/// States of `vaultgate_vault_nodes`.
+pub const NODE_STATES: [&str; 4] = ["active", "standby", "sealed", "down"];
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter()
@@ -108,8 +133,16 @@ impl Metrics {
             vault_fail_fast: Counter::default(),
             vault_redirects: Counter::default(),
             vault_breaker: Family::default(),
+            vault_nodes: Family::default(),
+            calls_shed: Counter::default(),
+            rate_limited: Family::default(),
+            audit_failures: Counter::default(),
+            tls_expiry: Family::default(),
             registry: Registry::default(),
         };
+        for event in TOKEN_EVENTS {
+            drop(m.token_events.get_or_create(&NameLabel { name: event.into() }));
+        }
         registry.register("grpc_calls", "gRPC calls by RPC and status code", m.calls.clone());
         registry.register("grpc_call_seconds", "gRPC call latency by RPC", m.call_seconds.clone());
         registry.register("role_calls", "gRPC calls by the Vault role of the caller", m.role_calls.clone());
@@ -147,6 +180,27 @@ impl Metrics {
             "circuit breaker per Vault node (label name = address): 0 closed, 1 half-open, 2 open",
             m.vault_breaker.clone(),
         );
+        registry.register(
+            "vault_nodes",
+            "configured Vault nodes by last probed state (active, standby, sealed, down)",
+            m.vault_nodes.clone(),
+        );
+        registry.register(
+            "calls_shed",
+            "calls refused at once because limits.max_concurrent_calls were in flight",
+            m.calls_shed.clone(),
+        );
+        registry.register(
+            "rate_limited_calls",
+            "calls refused by the per-caller rate limit, by role (label name)",
+            m.rate_limited.clone(),
+        );
+        registry.register("audit_write_failures", "audit lines that could not be written", m.audit_failures.clone());
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "Unix time at which the served TLS certificate expires (label name: listener)",
+            m.tls_expiry.clone(),
+        );
         registry.register("build_info", "the running version (label name)", build);
         Metrics { registry, ..m }
     }
@@ -181,6 +235,25 @@ impl Metrics {
     /// Records one retry of a Vault request.
     pub fn vault_retry(&self, reason: &'static str) {
         self.vault_retries.get_or_create(&NameLabel { name: reason.into() }).inc();
+    }
+
+    /// Records how many configured nodes are in each state (`NODE_STATES`), from the last probes.
+    pub fn nodes(&self, counts: [i64; 4]) {
+        for (state, n) in NODE_STATES.into_iter().zip(counts) {
+            self.vault_nodes.get_or_create(&StateLabel { state }).set(n);
+        }
+    }
+
+    /// Exports the rate-limit counter of each configured role at 0 (a role is bounded: config).
+    pub fn roles(&self, roles: impl IntoIterator<Item = String>) {
+        for name in roles {
+            drop(self.rate_limited.get_or_create(&NameLabel { name }));
+        }
+    }
+
+    /// Records the expiry (Unix seconds) of the gRPC listener's certificate, as loaded or reloaded.
+    pub fn tls_expiry(&self, not_after_unix: i64) {
+        self.tls_expiry.get_or_create(&NameLabel { name: "listener".into() }).set(not_after_unix);
     }
 
     /// Records the breaker state of the node at `address` (a configured address: bounded).
@@ -221,6 +294,11 @@ mod tests {
         m.logins.get_or_create(&NameLabel { name: "ok".into() }).inc();
         m.vault_retry("timeout");
         m.breaker("http://n1:8200", 2);
+        m.nodes([1, 2, 0, 0]);
+        m.roles(["billing".to_string()]);
+        m.calls_shed.inc();
+        m.audit_failures.inc();
+        m.tls_expiry(1_900_000_000);
         let text = m.render();
         for name in [
             "vaultgate_grpc_calls_total{rpc=\"Encrypt\",code=\"Ok\"}",
@@ -239,6 +317,13 @@ mod tests {
             "vaultgate_vault_fail_fast_total",
             "vaultgate_vault_redirects_total",
             "vaultgate_vault_breaker_state{name=\"http://n1:8200\"}",
+            "vaultgate_vault_nodes{state=\"standby\"} 2",
+            "vaultgate_vault_nodes{state=\"sealed\"} 0",
+            "vaultgate_rate_limited_calls_total{name=\"billing\"} 0",
+            "vaultgate_calls_shed_total",
+            "vaultgate_audit_write_failures_total",
+            "vaultgate_tls_certificate_expiry_timestamp_seconds{name=\"listener\"} 1900000000",
+            "vaultgate_vault_token_events_total{name=\"renew_failed\"}",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -64,6 +64,9 @@ impl Gateway {
             Some(a) => Some(AuditLog::open(&a.path, a.fail_closed)?),
             None => None,
         };
+        // Every configured role's rate-limit counter exists from the start (at 0).
+        let roles = config.callers.iter().map(|c| c.role.clone()).chain(config.roles.keys().cloned());
+        metrics::get().roles(roles.chain(config.rate_limits.keys().cloned()));
         Ok(Arc::new(Gateway {
             audit,
             rate_limits: RateLimits::new(config.rate_limits.clone()),
@@ -110,6 +113,7 @@ impl Gateway {
         let call = Box::pin(
             async {
                 if shed {
+                    metrics::get().calls_shed.inc();
                     return Err(Error::ResourceExhausted(format!(
                     "the gateway is overloaded ({} calls in flight, limits.max_concurrent_calls); retry with backoff",
                     self.config.limits.max_concurrent_calls
@@ -120,6 +124,7 @@ impl Gateway {
                 let actor = self.sessions.authenticate(&creds, deadline).await?;
                 who = Some((actor.caller.clone(), actor.role.clone()));
                 if let Err(wait) = self.rate_limits.take(&actor.caller, &actor.role) {
+                    metrics::get().rate_limited.get_or_create(&metrics::NameLabel { name: actor.role.to_string() }).inc();
                     return Err(Error::ResourceExhausted(format!(
                         "rate limit of role {:?} exceeded for this caller; retry in {} ms",
                         &*actor.role,
@@ -182,7 +187,11 @@ impl Gateway {
                     latency_ms: took.as_secs_f64() * 1e3,
                     vault_request_ids: &vault_ids.as_ref().map(RequestIds::take).unwrap_or_default(),
                 };
-                match log.write(&entry) {
+                let written = log.write(&entry);
+                if written.is_err() {
+                    metrics::get().audit_failures.inc();
+                }
+                match written {
                     Err(e) if log.fail_closed => {
                         tracing::error!(error = %e, "audit log write failed: refusing the call's answer");
                         Err(Error::Unavailable(

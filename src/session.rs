@@ -391,7 +391,10 @@ impl Sessions {
                     return Ok(actor_for(&renewed));
                 }
                 // A failed renewal falls through to a fresh login.
-                Err(e) => tracing::info!(role = %who.role, error = ?e, "token renewal failed; logging in again"),
+                Err(e) => {
+                    count("renew_failed");
+                    tracing::info!(role = %who.role, error = ?e, "token renewal failed; logging in again")
+                }
             }
         }
         self.stats.logins.fetch_add(1, Ordering::Relaxed);

@@ -85,6 +85,16 @@ fn build(config: &TlsConfig, files: &[Vec<u8>]) -> Result<Arc<ServerConfig>, Str
     Ok(Arc::new(server))
 }
 
+/// Exports the expiry of the leaf certificate of `cert_pem` (the served chain's first), for the
+/// certificate-expiry alert; a certificate that does not parse here was refused by `build` already.
+fn publish_expiry(cert_pem: &[u8]) {
+    let leaf = CertificateDer::pem_slice_iter(cert_pem).next().and_then(Result::ok);
+    let parsed = leaf.as_ref().and_then(|der| x509_parser::parse_x509_certificate(der).ok());
+    if let Some((_, cert)) = parsed {
+        crate::metrics::get().tls_expiry(cert.validity().not_after.timestamp());
+    }
+}
+
 /// Checks the TLS files at start-up (a gateway must not start with a broken certificate).
 pub fn check(config: &TlsConfig) -> Result<(), String> {
     build(config, &read(config)?).map(|_| ())
@@ -98,6 +108,7 @@ pub fn incoming(
 ) -> Result<ReceiverStream<io::Result<TlsStream<TcpStream>>>, String> {
     let files = read(&config)?;
     let current = Arc::new(RwLock::new((fingerprint(&files), build(&config, &files)?)));
+    publish_expiry(&files[0]);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let reload = {
         let current = current.clone();
@@ -119,6 +130,7 @@ pub fn incoming(
                 match build(&config, &files) {
                     Ok(server) => {
                         *current.write().unwrap_or_else(|p| p.into_inner()) = (print, server);
+                        publish_expiry(&files[0]);
                         tracing::info!("TLS certificate files changed: new connections use them");
                     }
                     Err(e) => tracing::warn!(error = %e, "new TLS files are not usable; keeping the current ones"),
