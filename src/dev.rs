@@ -187,7 +187,12 @@ pub async fn run(dir: Option<PathBuf>, listen: SocketAddr, metrics: SocketAddr, 
     result
 }
 
-async fn serve(stack: &Stack, dir: &Path, (listen, metrics): (SocketAddr, SocketAddr), tls: Option<&str>) -> Result<(), String> {
+async fn serve(
+    stack: &Stack,
+    dir: &Path,
+    (listen, metrics): (SocketAddr, SocketAddr),
+    tls: Option<&str>,
+) -> Result<(), String> {
     let bind = |addr: SocketAddr, what: &'static str| async move {
         tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
     };
@@ -205,7 +210,10 @@ async fn serve(stack: &Stack, dir: &Path, (listen, metrics): (SocketAddr, Socket
     config.metrics_listen = None;
     let metrics_task = tokio::spawn(crate::metrics::serve(metrics_listener));
     println!("vaultgate dev: files in {}", dir.display());
-    println!("ready {addr} (metrics: http://{metrics_addr}/metrics, audit log: {})", dir.join("gateway-audit.log").display());
+    println!(
+        "ready {addr} (metrics: http://{metrics_addr}/metrics, audit log: {})",
+        dir.join("gateway-audit.log").display()
+    );
     let result = crate::server::run(listener, Arc::new(config), shutdown_signal()).await;
     metrics_task.abort();
     result

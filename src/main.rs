@@ -50,10 +50,14 @@ fn parse(args: &[String]) -> Result<Command, String> {
         value.unwrap_or_else(|| default.into()).parse().map_err(|e| format!("{flag}: {e}"))
     };
     match (sub.as_str(), positional.as_slice()) {
-        ("check-config", [file]) => Ok(Command::CheckConfig { file: file.into(), print: flags.contains_key("--print") }),
+        ("check-config", [file]) => {
+            Ok(Command::CheckConfig { file: file.into(), print: flags.contains_key("--print") })
+        }
         ("check-config", _) => Err("check-config needs exactly one FILE".into()),
         (_, [extra, ..]) => Err(format!("unexpected argument {extra:?} for {sub}")),
-        ("serve", []) => Ok(Command::Serve { config: flags.remove("--config").ok_or("serve needs --config FILE")?.into() }),
+        ("serve", []) => {
+            Ok(Command::Serve { config: flags.remove("--config").ok_or("serve needs --config FILE")?.into() })
+        }
         _ => {
             let listen = addr(flags.remove("--listen"), "127.0.0.1:50051", "--listen")?;
             // Metrics on in dev mode: by default any free port on the listen address's host.

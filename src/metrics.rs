@@ -97,6 +97,10 @@ pub struct StateLabel {
 /// start at 0 so that `rate()` and alerts see them before the first one happens.
 pub const TOKEN_EVENTS: [&str; 5] = ["login", "login_failed", "renewed", "renew_failed", "dead"];
 
+/// Reasons of `vaultgate_vault_retries_total{name}` (`vault/retry.rs` decides which applies), all
+/// exported from the start at 0.
+pub const RETRY_REASONS: [&str; 6] = ["transport", "timeout", "sealed", "standby", "5xx", "429"];
+
 /// States of `vaultgate_vault_nodes`.
 pub const NODE_STATES: [&str; 4] = ["active", "standby", "sealed", "down"];
 
@@ -142,6 +146,9 @@ impl Metrics {
         };
         for event in TOKEN_EVENTS {
             drop(m.token_events.get_or_create(&NameLabel { name: event.into() }));
+        }
+        for reason in RETRY_REASONS {
+            drop(m.vault_retries.get_or_create(&NameLabel { name: reason.into() }));
         }
         registry.register("grpc_calls", "gRPC calls by RPC and status code", m.calls.clone());
         registry.register("grpc_call_seconds", "gRPC call latency by RPC", m.call_seconds.clone());
@@ -234,6 +241,7 @@ impl Metrics {
 impl Metrics {
     /// Records one retry of a Vault request.
     pub fn vault_retry(&self, reason: &'static str) {
+        debug_assert!(RETRY_REASONS.contains(&reason), "add {reason:?} to metrics::RETRY_REASONS");
         self.vault_retries.get_or_create(&NameLabel { name: reason.into() }).inc();
     }
 

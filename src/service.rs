@@ -124,7 +124,10 @@ impl Gateway {
                 let actor = self.sessions.authenticate(&creds, deadline).await?;
                 who = Some((actor.caller.clone(), actor.role.clone()));
                 if let Err(wait) = self.rate_limits.take(&actor.caller, &actor.role) {
-                    metrics::get().rate_limited.get_or_create(&metrics::NameLabel { name: actor.role.to_string() }).inc();
+                    metrics::get()
+                        .rate_limited
+                        .get_or_create(&metrics::NameLabel { name: actor.role.to_string() })
+                        .inc();
                     return Err(Error::ResourceExhausted(format!(
                         "rate limit of role {:?} exceeded for this caller; retry in {} ms",
                         &*actor.role,

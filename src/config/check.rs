@@ -166,7 +166,8 @@ const STAND_INS: &str = "listen = \"127.0.0.1:0\"\n[vault]\naddress = \"http://1
 /// Replaces the value at `path` by its stand-in; false when it has none (or has it already).
 fn stand_in(doc: &mut Table, path: &[Seg]) -> bool {
     let Ok(stand_ins) = toml::from_str::<Table>(STAND_INS) else { return false };
-    let keys: Option<Vec<&str>> = path.iter().map(|s| if let Seg::Key(k) = s { Some(k.as_str()) } else { None }).collect();
+    let keys: Option<Vec<&str>> =
+        path.iter().map(|s| if let Seg::Key(k) = s { Some(k.as_str()) } else { None }).collect();
     let Some((last, parents)) = keys.as_deref().and_then(|k| k.split_last()) else { return false };
     let mut from = &stand_ins;
     let mut to = doc;
@@ -226,11 +227,11 @@ fn take_out(doc: &mut Table, path: &[Seg]) -> bool {
 /// which carry a span but no key). Tables are searched whatever their own span: a `[table]`'s
 /// span may cover its header only.
 fn path_at(table: &toml::de::DeTable<'_>, offset: usize) -> KeyPath {
-    fn entries<'a, 'i>(
-        value: &'a DeValue<'i>,
-    ) -> Vec<(Seg, Option<Range<usize>>, &'a Spanned<DeValue<'i>>)> {
+    fn entries<'a, 'i>(value: &'a DeValue<'i>) -> Vec<(Seg, Option<Range<usize>>, &'a Spanned<DeValue<'i>>)> {
         match value {
-            DeValue::Table(t) => t.iter().map(|(k, v)| (Seg::Key(k.get_ref().to_string()), Some(k.span()), v)).collect(),
+            DeValue::Table(t) => {
+                t.iter().map(|(k, v)| (Seg::Key(k.get_ref().to_string()), Some(k.span()), v)).collect()
+            }
             DeValue::Array(items) => items.iter().enumerate().map(|(i, v)| (Seg::Index(i), None, v)).collect(),
             _ => Vec::new(),
         }
@@ -379,8 +380,14 @@ fn check_unsorted(text: &str) -> Result<Config, Vec<Problem>> {
     let original = match toml::de::DeTable::parse(text) {
         Ok(t) => t,
         Err(e) => {
-            let line = e.span().map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1);
-            return Err(vec![Problem { line, key: String::new(), why: format!("not valid TOML: {}", e.message().trim()) }]);
+            let line = e
+                .span()
+                .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1);
+            return Err(vec![Problem {
+                line,
+                key: String::new(),
+                why: format!("not valid TOML: {}", e.message().trim()),
+            }]);
         }
     };
     let lines = lines_of(text, original.get_ref());
@@ -443,7 +450,8 @@ pub fn check_file(file: &Path) -> Result<String, Vec<Problem>> {
 /// Keys whose values are secrets (none is read inline today; this keeps `--print` safe when one is).
 fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    let by_name = ["password", "secret", "token", "private_key", "passphrase", "credential"].iter().any(|s| k.contains(s));
+    let by_name =
+        ["password", "secret", "token", "private_key", "passphrase", "credential"].iter().any(|s| k.contains(s));
     // A file path names where a secret is, not the secret.
     by_name && !k.ends_with("_file") && !k.ends_with("_path")
 }
