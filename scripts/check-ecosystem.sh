@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Ecosystem check: the example clients (Python, Node, Go, Java), the README's grpcurl commands,
-# the docs' "Operate it" commands and buf, against a real `vaultgate dev` (OpenBao + PostgreSQL)
-# started on a free port in a temporary directory; a real Prometheus (deploy/prometheus/dev.yml)
-# scraping `vaultgate dev --mtls` and evaluating the alerting rules (scripts/check_scrape.py).
+# Ecosystem check: the example clients (Python, Node, Go, Java), the grpcurl commands of README.md
+# and docs/, the docs' "Operate it" commands and buf, against a real `vaultgate dev` (OpenBao +
+# PostgreSQL) started on a free port in a temporary directory; a real Prometheus
+# (deploy/prometheus/dev.yml) scraping `vaultgate dev --mtls` and evaluating the alerting rules
+# (scripts/check_scrape.py).
 #
 #   bash scripts/check-ecosystem.sh
 #
@@ -148,7 +149,8 @@ dev_audit() {
     echo "$n Encrypt lines in gateway-audit.log"
     ! grep -q '"request_id"' "$TMP/dev.out" || { echo "audit lines in dev mode's stdout"; return 1; }
 }
-CLIENTS=("python client" "node client" "go client" "java client" "grpcurl (README quick start)" "dev audit log")
+CLIENTS=("python client" "node client" "go client" "java client" "grpcurl (README quick start)" "dev audit log"
+    "operate it (operations.md)")
 if [[ -n "$ADDR" ]]; then
     run "dev files, metrics, check-config" dev_files
     run "python client" "$PY" examples/python/client.py --addr "$ADDR" --dir "$DEV_DIR"
@@ -157,6 +159,7 @@ if [[ -n "$ADDR" ]]; then
     run "java client" bash examples/java/run.sh --addr "$ADDR" --dir "$DEV_DIR"
     run "grpcurl (README quick start)" bash examples/grpcurl.sh --addr "$ADDR" --dir "$DEV_DIR"
     run "dev audit log" dev_audit
+    run "operate it (operations.md)" env VAULTGATE_BIN="$BIN" bash scripts/check-operate.sh --dir "$DEV_DIR"
 else
     for name in "dev files, metrics, check-config" "${CLIENTS[@]}"; do
         fail "$name" "skipped: dev mode not ready"
@@ -202,12 +205,12 @@ stop_dev() {
 stop_dev ""
 
 # ---------------------------------------------------------------------------------------------
-# mTLS: `vaultgate dev --mtls` and the README's "Try mTLS in dev mode" commands, run verbatim
+# mTLS: `vaultgate dev --mtls` and the "Try mTLS in dev mode" commands of docs/identity.md, run verbatim
 # (address replaced) from a scratch directory whose .dev is the dev directory.
 # ---------------------------------------------------------------------------------------------
-readme_mtls_commands() {
-    awk '/^### Try mTLS in dev mode/ { on = 1 } on && /^```sh$/ { inblock = 1; next } inblock && /^```$/ { exit }
-         inblock { print }' "$ROOT/README.md" | sed -e ':a' -e '/\\$/N; s/\\\n//; ta' | grep -v '^#' | grep -v '^$'
+docs_mtls_commands() {
+    awk '/^## Try mTLS in dev mode/ { on = 1 } on && /^```sh$/ { inblock = 1; next } inblock && /^```$/ { exit }
+         inblock { print }' "$ROOT/docs/identity.md" | sed -e ':a' -e '/\\$/N; s/\\\n//; ta' | grep -v '^#' | grep -v '^$'
 }
 
 mtls_commands() {
@@ -223,8 +226,8 @@ mtls_commands() {
             echo "unexpected output of: $cmd"; echo "$out"; return 1
         fi
         n=$((n + 1))
-    done < <(readme_mtls_commands)
-    [[ $n -eq 3 ]] || { echo "expected 3 commands in the README's mTLS block, found $n"; return 1; }
+    done < <(docs_mtls_commands)
+    [[ $n -eq 3 ]] || { echo "expected 3 commands in docs/identity.md's mTLS block, found $n"; return 1; }
     # The certificate caller is limited to its own key by the gateway's rule for its role.
     out="$(cd "$scratch" && grpcurl -cacert .dev/tls/ca.pem -cert .dev/callers/billing-cert.pem \
         -key .dev/callers/billing-cert-key.pem -d '{"key":"reports","plaintext":"aGVsbG8="}' \
@@ -251,13 +254,13 @@ DEV_DIR="$TMP/dev-mtls"
 start_dev "dev --mtls ready" --mtls
 if [[ -n "$ADDR" ]]; then
     start_prometheus
-    run "grpcurl mTLS (README)" mtls_commands
+    run "grpcurl mTLS (identity.md)" mtls_commands
     run "prometheus scrapes dev: rules, dashboard" "$PY" scripts/check_scrape.py "$PROM_URL"
     sed 's/^/      /' "$TMP/prometheus-scrapes-dev:-rules,-dashboard.log" | grep '^      ok' | cut -c1-400
     kill "$PROM_PID" 2>/dev/null && wait "$PROM_PID" 2>/dev/null
     PROM_PID=""
 else
-    fail "grpcurl mTLS (README)" "skipped: dev mode not ready"
+    fail "grpcurl mTLS (identity.md)" "skipped: dev mode not ready"
     fail "prometheus scrapes dev: rules, dashboard" "skipped: dev mode not ready"
 fi
 stop_dev " --mtls"

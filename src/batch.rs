@@ -164,6 +164,7 @@ pub struct Coalescer {
     linger: Duration,
     lanes: Mutex<HashMap<LaneKey, Arc<Lane>>>,
     stats: Stats,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// Lanes kept before idle ones are dropped from the map.
@@ -171,7 +172,7 @@ const LANES_BEFORE_PRUNE: usize = 4096;
 
 impl Coalescer {
     /// A coalescer with the configured limits.
-    pub fn new(vault: Arc<dyn TransitBatches>, config: &BatchConfig) -> Arc<Coalescer> {
+    pub fn new(vault: Arc<dyn TransitBatches>, config: &BatchConfig, metrics: Arc<metrics::Metrics>) -> Arc<Coalescer> {
         Arc::new(Coalescer {
             vault,
             budget: Budget::from(config),
@@ -180,6 +181,7 @@ impl Coalescer {
             linger: Duration::from_micros(config.linger_us),
             lanes: Mutex::new(HashMap::new()),
             stats: Stats::default(),
+            metrics,
         })
     }
 
@@ -207,7 +209,7 @@ impl Coalescer {
                 )));
             }
             st.queue.push_back(Waiter { item, deadline, tx });
-            metrics::get().queue_depth.inc();
+            self.metrics.queue_depth.inc();
             let start = st.in_flight < self.max_in_flight;
             if start {
                 st.in_flight += 1;
@@ -270,7 +272,7 @@ impl Coalescer {
                 break;
             }
             let Some(w) = st.queue.pop_front() else { break };
-            metrics::get().queue_depth.dec();
+            self.metrics.queue_depth.dec();
             if w.tx.is_closed() {
                 self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -297,7 +299,7 @@ impl Coalescer {
         let (items, txs): (Vec<_>, Vec<_>) = batch.into_iter().map(|w| (w.item, w.tx)).unzip();
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         self.stats.items.fetch_add(items.len() as u64, Ordering::Relaxed);
-        let m = metrics::get();
+        let m = &self.metrics;
         m.batch_requests.inc();
         m.batch_items.inc_by(items.len() as u64);
         m.batch_size.observe(items.len() as f64);
@@ -413,7 +415,7 @@ mod tests {
     #[tokio::test]
     async fn queued_calls_go_in_one_batch_and_each_gets_its_own_result() {
         let vault = Scripted::new(false);
-        let c = Coalescer::new(vault.clone(), &config(1, 100));
+        let c = Coalescer::new(vault.clone(), &config(1, 100), Default::default());
         let first = tokio::spawn({
             let c = c.clone();
             async move { c.submit(lane("t"), text("first"), None).await }
@@ -443,7 +445,7 @@ mod tests {
     #[tokio::test]
     async fn every_caller_in_a_batch_gets_the_vault_request_id_of_the_batch() {
         let vault = Scripted::new(false);
-        let c = Coalescer::new(vault.clone(), &config(1, 100));
+        let c = Coalescer::new(vault.clone(), &config(1, 100), Default::default());
         let call = |p: &'static str| {
             let c = c.clone();
             tokio::spawn(async move {
@@ -468,7 +470,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_lane_sends_at_once() {
         let vault = Scripted::new(true);
-        let c = Coalescer::new(vault.clone(), &config(2, 100));
+        let c = Coalescer::new(vault.clone(), &config(2, 100), Default::default());
         let r = c.submit(lane("t"), text("solo"), None).await.unwrap();
         assert_eq!(r.ciphertext.as_deref(), Some("ct:solo"));
         assert_eq!(vault.requests(), vec![vec!["solo".to_string()]]);
@@ -477,7 +479,7 @@ mod tests {
     #[tokio::test]
     async fn item_failures_stay_alone_and_request_failures_reach_everyone_in_it() {
         let vault = Scripted::new(false);
-        let c = Coalescer::new(vault.clone(), &config(1, 100));
+        let c = Coalescer::new(vault.clone(), &config(1, 100), Default::default());
         let submit = |p: &'static str| {
             let c = c.clone();
             tokio::spawn(async move { c.submit(lane("t"), text(p), None).await })
@@ -518,7 +520,7 @@ mod tests {
     #[tokio::test]
     async fn cancelled_and_expired_callers_are_never_sent() {
         let vault = Scripted::new(false);
-        let c = Coalescer::new(vault.clone(), &config(1, 100));
+        let c = Coalescer::new(vault.clone(), &config(1, 100), Default::default());
         let holder = tokio::spawn({
             let c = c.clone();
             async move { c.submit(lane("t"), text("hold"), None).await }
@@ -552,7 +554,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_sheds_load() {
         let vault = Scripted::new(false);
-        let c = Coalescer::new(vault.clone(), &config(1, 2));
+        let c = Coalescer::new(vault.clone(), &config(1, 2), Default::default());
         let mut tasks = Vec::new();
         for i in 0..3 {
             let c = c.clone();
@@ -577,7 +579,7 @@ mod tests {
         let vault = Scripted::new(false);
         let mut cfg = config(1, 10_000);
         cfg.max_json_strings = 21; // 1 for `batch_input` + 10 plain items of 2 strings
-        let c = Coalescer::new(vault.clone(), &cfg);
+        let c = Coalescer::new(vault.clone(), &cfg, Default::default());
         let mut tasks = Vec::new();
         for i in 0..35 {
             let c = c.clone();

@@ -75,7 +75,10 @@ impl Stack {
 
     /// A Vault client for the stack's OpenBao.
     pub fn admin_client(&self) -> Result<vault::Client, String> {
-        vault::Client::new(&vault::ClientConfig::single(self.bao.addr.parse().map_err(|e| format!("{e}"))?))
+        vault::Client::new(
+            &vault::ClientConfig::single(self.bao.addr.parse().map_err(|e| format!("{e}"))?),
+            Default::default(),
+        )
     }
 
     /// The gateway config for this stack: demo callers mapped by JWT subject to their roles, the
@@ -208,13 +211,14 @@ async fn serve(
     stack.write_files(dir, &toml, metrics_addr)?;
     let mut config = Config::parse(&toml)?;
     config.metrics_listen = None;
-    let metrics_task = tokio::spawn(crate::metrics::serve(metrics_listener));
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics_task = tokio::spawn(crate::metrics::serve(metrics_listener, metrics.clone()));
     println!("vaultgate dev: files in {}", dir.display());
     println!(
         "ready {addr} (metrics: http://{metrics_addr}/metrics, audit log: {})",
         dir.join("gateway-audit.log").display()
     );
-    let result = crate::server::run(listener, Arc::new(config), shutdown_signal()).await;
+    let result = crate::server::run(listener, Arc::new(config), metrics, shutdown_signal()).await;
     metrics_task.abort();
     result
 }

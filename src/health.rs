@@ -72,9 +72,9 @@ pub async fn watch(vault: Client, reporter: HealthReporter, interval: Duration) 
             };
             counts[state] += 1;
         }
-        crate::metrics::get().nodes(counts);
+        vault.metrics().nodes(counts);
         let serving = vault.nodes().any_usable(Instant::now());
-        crate::metrics::get().vault_up.set(i64::from(serving));
+        vault.metrics().vault_up.set(i64::from(serving));
         if last != Some(serving) {
             if serving {
                 tracing::info!("vault ready: SERVING");

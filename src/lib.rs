@@ -3,8 +3,11 @@
 //! Code map, in the order a request meets it:
 //! - [`server`]: the tonic server, health and reflection; `run(listener, config, shutdown)`.
 //! - [`tls`]: the TLS listener (mTLS client certificates; certificate files reloaded as they change).
+//! - [`layers`]: the tower layers in front of decoding (request id, metrics, audit, load
+//!   shedding, deadline); [`call`]: what they know of a call (its RPC's description, its context).
 //! - [`codec`]: protobuf decoding of requests; a message that does not decode is the caller's error.
-//! - [`service`]: one module per gRPC service; validate → authenticate → Vault → response.
+//! - [`service`]: one module per gRPC service; each RPC a description plus its handler;
+//!   authenticate → check → rules → Vault → response.
 //! - [`identity`]: the caller's bearer JWT or client certificate and the rule mapping it to a role.
 //! - [`rules`]: gateway-side rules per role (keys, KV prefixes, database roles), before Vault.
 //! - [`session`]: Vault tokens acting for callers: logins (JWT, Kubernetes, AppRole, token file),
@@ -27,6 +30,7 @@
 
 pub mod audit;
 pub mod batch;
+pub mod call;
 pub mod codec;
 pub mod config;
 pub mod dev;
@@ -36,6 +40,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod health;
 pub mod identity;
+pub mod layers;
 pub mod leases;
 pub mod metrics;
 pub mod ratelimit;

@@ -120,7 +120,9 @@ async fn main() -> ExitCode {
             Ok(config) => {
                 init_tracing(&config.log.format, &config.log.level);
                 match tokio::net::TcpListener::bind(config.listen).await {
-                    Ok(listener) => server::run(listener, Arc::new(config), dev::shutdown_signal()).await,
+                    Ok(listener) => {
+                        server::run(listener, Arc::new(config), Default::default(), dev::shutdown_signal()).await
+                    }
                     Err(e) => Err(format!("cannot listen on {}: {e}", config.listen)),
                 }
             }

@@ -1,15 +1,19 @@
 //! Prometheus metrics: what the gateway counts, and the plain-HTTP `/metrics` endpoint that
-//! serves them on a port of its own (off the gRPC port, no auth). One registry per process.
+//! serves them on a port of its own (off the gRPC port, no auth). One registry per gateway: a
+//! [`Metrics`] handle is made by the caller of `server::run` and passed in, as the config is, so
+//! two gateways in one process (the tests) never count each other's traffic.
 //!
-//! Labels never carry a caller-controlled value of unbounded cardinality: RPC names, codes,
-//! configured role names, Vault endpoint kinds (`transit/encrypt`, never a key name) and statuses.
+//! Invariant: labels come from a fixed vocabulary. Every label is a `&'static str` chosen by the
+//! code (RPC name, gRPC code, Vault endpoint kind such as `transit/encrypt`, event kind, refusal
+//! reason) or a name from the config (role, Vault node address); never a value a caller sent (a
+//! key name, a mount, a path, a peer address), so the number of series does not grow with traffic.
 
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use std::{net::SocketAddr, sync::OnceLock, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 /// Labels of a gRPC call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -17,22 +21,29 @@ pub struct CallLabels {
     /// RPC name, e.g. `Encrypt`.
     pub rpc: &'static str,
     /// gRPC code name, e.g. `Ok`, `PermissionDenied`.
-    pub code: String,
+    pub code: &'static str,
 }
 
-/// Labels naming one thing (a role, an RPC, a Vault endpoint kind).
+/// Labels naming one thing from the config (a role, a Vault node address).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NameLabel {
     /// The name.
     pub name: String,
 }
 
+/// Labels naming one kind chosen by the code (an RPC, a Vault endpoint kind, an event, a reason).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// The kind, e.g. `Encrypt`, `transit/encrypt`, `login`.
+    pub name: &'static str,
+}
+
 /// Labels of a Vault request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VaultLabels {
-    /// Endpoint kind: the first two path segments, e.g. `transit/encrypt`, `auth/jwt`.
-    pub endpoint: String,
-    /// HTTP status, or `error` when there was no answer.
+    /// Endpoint kind, e.g. `transit/encrypt`, `kv/read`, `auth/login` (never a mount or key name).
+    pub endpoint: &'static str,
+    /// HTTP status (a number Vault's HTTP server sent: bounded), or `error` when there was no answer.
     pub status: String,
 }
 
@@ -42,13 +53,13 @@ pub struct Metrics {
     /// gRPC calls by RPC and code.
     pub calls: Family<CallLabels, Counter>,
     /// gRPC call latency by RPC.
-    pub call_seconds: Family<NameLabel, Histogram>,
+    pub call_seconds: Family<KindLabel, Histogram>,
     /// gRPC calls by mapped Vault role.
     pub role_calls: Family<NameLabel, Counter>,
     /// Vault requests by endpoint kind and status.
     pub vault_requests: Family<VaultLabels, Counter>,
     /// Vault request latency by endpoint kind.
-    pub vault_seconds: Family<NameLabel, Histogram>,
+    pub vault_seconds: Family<KindLabel, Histogram>,
     /// Items per Transit batch request the coalescer sent.
     pub batch_size: Histogram,
     /// Items sent by the coalescer.
@@ -58,13 +69,13 @@ pub struct Metrics {
     /// Calls waiting in coalescer queues.
     pub queue_depth: Gauge,
     /// Vault logins by result (`ok`, `refused`).
-    pub logins: Family<NameLabel, Counter>,
+    pub logins: Family<KindLabel, Counter>,
     /// 1 while Vault is reachable and unsealed.
     pub vault_up: Gauge,
     /// Token lifecycle events: `login`, `login_failed`, `renewed`, `dead` (gone behind our back).
-    pub token_events: Family<NameLabel, Counter>,
+    pub token_events: Family<KindLabel, Counter>,
     /// Vault requests sent again, by reason (`transport`, `timeout`, `sealed`, `standby`, `5xx`, `429`).
-    pub vault_retries: Family<NameLabel, Counter>,
+    pub vault_retries: Family<KindLabel, Counter>,
     /// Retries refused because the retry budget was spent (an outage is not amplified).
     pub vault_retry_budget_exhausted: Counter,
     /// Requests refused at once because every node's circuit breaker was open.
@@ -73,6 +84,12 @@ pub struct Metrics {
     pub vault_redirects: Counter,
     /// Circuit breaker per configured node: 0 closed, 1 half-open, 2 open.
     pub vault_breaker: Family<NameLabel, Gauge>,
+    /// Client connections open (TLS: handshake done).
+    pub connections: Gauge,
+    /// Connections closed at once, by reason (`max_connections`, `handshakes`, `peer_handshakes`).
+    pub connections_refused: Family<KindLabel, Counter>,
+    /// Request bytes received and held by calls in flight (`limits.max_request_bytes_in_flight`).
+    pub request_bytes_in_flight: Gauge,
     /// Configured Vault nodes by last probed state (`active`, `standby`, `sealed`, `down`).
     pub vault_nodes: Family<StateLabel, Gauge>,
     /// Calls refused at once because `limits.max_concurrent_calls` were in flight (load shedding).
@@ -83,7 +100,7 @@ pub struct Metrics {
     pub audit_failures: Counter,
     /// Unix time at which a TLS certificate the gateway serves expires (label name: `listener`);
     /// a family so that nothing is exported without TLS.
-    pub tls_expiry: Family<NameLabel, Gauge>,
+    pub tls_expiry: Family<KindLabel, Gauge>,
 }
 
 /// Labels of a state gauge.
@@ -104,18 +121,25 @@ pub const RETRY_REASONS: [&str; 6] = ["transport", "timeout", "sealed", "standby
 /// States of `vaultgate_vault_nodes`.
 pub const NODE_STATES: [&str; 4] = ["active", "standby", "sealed", "down"];
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
 fn latency_buckets() -> impl Iterator<Item = f64> {
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter()
 }
 
 impl Metrics {
-    fn new() -> Metrics {
+    /// A gateway's metrics, in a registry of their own.
+    pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("vaultgate");
         let calls = Family::<CallLabels, Counter>::default();
-        let call_seconds = Family::<NameLabel, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        let call_seconds = Family::<KindLabel, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
         let role_calls = Family::<NameLabel, Counter>::default();
         let vault_requests = Family::<VaultLabels, Counter>::default();
-        let vault_seconds = Family::<NameLabel, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        let vault_seconds = Family::<KindLabel, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
         let batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 499.0, 1000.0]);
         let build = Family::<NameLabel, Gauge>::default();
         build.get_or_create(&NameLabel { name: env!("CARGO_PKG_VERSION").into() }).set(1);
@@ -137,6 +161,9 @@ impl Metrics {
             vault_fail_fast: Counter::default(),
             vault_redirects: Counter::default(),
             vault_breaker: Family::default(),
+            connections: Gauge::default(),
+            connections_refused: Family::default(),
+            request_bytes_in_flight: Gauge::default(),
             vault_nodes: Family::default(),
             calls_shed: Counter::default(),
             rate_limited: Family::default(),
@@ -144,11 +171,11 @@ impl Metrics {
             tls_expiry: Family::default(),
             registry: Registry::default(),
         };
-        for event in TOKEN_EVENTS {
-            drop(m.token_events.get_or_create(&NameLabel { name: event.into() }));
+        for name in TOKEN_EVENTS {
+            drop(m.token_events.get_or_create(&KindLabel { name }));
         }
-        for reason in RETRY_REASONS {
-            drop(m.vault_retries.get_or_create(&NameLabel { name: reason.into() }));
+        for name in RETRY_REASONS {
+            drop(m.vault_retries.get_or_create(&KindLabel { name }));
         }
         registry.register("grpc_calls", "gRPC calls by RPC and status code", m.calls.clone());
         registry.register("grpc_call_seconds", "gRPC call latency by RPC", m.call_seconds.clone());
@@ -187,6 +214,17 @@ impl Metrics {
             "circuit breaker per Vault node (label name = address): 0 closed, 1 half-open, 2 open",
             m.vault_breaker.clone(),
         );
+        registry.register("connections", "client connections open", m.connections.clone());
+        registry.register(
+            "connections_refused",
+            "client connections closed at once, by reason (max_connections, handshakes, peer_handshakes)",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "request_bytes_in_flight",
+            "request bytes received and held by calls in flight",
+            m.request_bytes_in_flight.clone(),
+        );
         registry.register(
             "vault_nodes",
             "configured Vault nodes by last probed state (active, standby, sealed, down)",
@@ -222,27 +260,37 @@ impl Metrics {
     }
 
     /// Records one gRPC call.
+    /// Records one gRPC call; `role` is the configured role the caller was mapped to.
     pub fn call(&self, rpc: &'static str, code: tonic::Code, role: Option<&str>, took: Duration) {
-        self.calls.get_or_create(&CallLabels { rpc, code: format!("{code:?}") }).inc();
-        self.call_seconds.get_or_create(&NameLabel { name: rpc.into() }).observe(took.as_secs_f64());
+        self.calls.get_or_create(&CallLabels { rpc, code: code_name(code) }).inc();
+        self.call_seconds.get_or_create(&KindLabel { name: rpc }).observe(took.as_secs_f64());
         if let Some(role) = role {
             self.role_calls.get_or_create(&NameLabel { name: role.into() }).inc();
         }
     }
 
     /// Records one Vault request (`status` None: no HTTP answer).
-    pub fn vault(&self, endpoint: String, status: Option<u16>, took: Duration) {
+    pub fn vault(&self, endpoint: &'static str, status: Option<u16>, took: Duration) {
         let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
-        self.vault_seconds.get_or_create(&NameLabel { name: endpoint.clone() }).observe(took.as_secs_f64());
+        self.vault_seconds.get_or_create(&KindLabel { name: endpoint }).observe(took.as_secs_f64());
         self.vault_requests.get_or_create(&VaultLabels { endpoint, status }).inc();
     }
-}
 
-impl Metrics {
     /// Records one retry of a Vault request.
     pub fn vault_retry(&self, reason: &'static str) {
         debug_assert!(RETRY_REASONS.contains(&reason), "add {reason:?} to metrics::RETRY_REASONS");
-        self.vault_retries.get_or_create(&NameLabel { name: reason.into() }).inc();
+        self.vault_retries.get_or_create(&KindLabel { name: reason }).inc();
+    }
+
+    /// Records one token lifecycle event (`login`, `login_failed`, `renewed`, `dead`).
+    pub fn token_event(&self, event: &'static str) {
+        debug_assert!(TOKEN_EVENTS.contains(&event), "add {event:?} to metrics::TOKEN_EVENTS");
+        self.token_events.get_or_create(&KindLabel { name: event }).inc();
+    }
+
+    /// Records a connection closed at once, and why.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused.get_or_create(&KindLabel { name: reason }).inc();
     }
 
     /// Records how many configured nodes are in each state (`NODE_STATES`), from the last probes.
@@ -259,9 +307,14 @@ impl Metrics {
         }
     }
 
+    /// Records a call refused by its role's rate limit (`role`: a configured role).
+    pub fn rate_limit(&self, role: &str) {
+        self.rate_limited.get_or_create(&NameLabel { name: role.into() }).inc();
+    }
+
     /// Records the expiry (Unix seconds) of the gRPC listener's certificate, as loaded or reloaded.
     pub fn tls_expiry(&self, not_after_unix: i64) {
-        self.tls_expiry.get_or_create(&NameLabel { name: "listener".into() }).set(not_after_unix);
+        self.tls_expiry.get_or_create(&KindLabel { name: "listener" }).set(not_after_unix);
     }
 
     /// Records the breaker state of the node at `address` (a configured address: bounded).
@@ -270,20 +323,38 @@ impl Metrics {
     }
 }
 
-/// The process's metrics.
-pub fn get() -> &'static Metrics {
-    static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(Metrics::new)
+/// The name of a gRPC code, as a label value (`Ok`, `InvalidArgument`, ...).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "Ok",
+        Cancelled => "Cancelled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener) -> Result<(), String> {
+/// Serves `GET /metrics` of `metrics` on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> Result<(), String> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "metrics endpoint serving /metrics");
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(|| async {
-            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], get().render())
+        axum::routing::get(move || async move {
+            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.render())
         }),
     );
     axum::serve(listener, app).await.map_err(|e| format!("metrics endpoint failed: {e}"))
@@ -295,11 +366,11 @@ mod tests {
 
     #[test]
     fn exposition_names_every_family() {
-        let m = get();
+        let m = Metrics::new();
         m.call("Encrypt", tonic::Code::Ok, Some("billing"), Duration::from_millis(2));
-        m.vault("transit/encrypt".into(), Some(200), Duration::from_millis(1));
+        m.vault("transit/encrypt", Some(200), Duration::from_millis(1));
         m.batch_size.observe(12.0);
-        m.logins.get_or_create(&NameLabel { name: "ok".into() }).inc();
+        m.logins.get_or_create(&KindLabel { name: "ok" }).inc();
         m.vault_retry("timeout");
         m.breaker("http://n1:8200", 2);
         m.nodes([1, 2, 0, 0]);
@@ -325,15 +396,22 @@ mod tests {
             "vaultgate_vault_fail_fast_total",
             "vaultgate_vault_redirects_total",
             "vaultgate_vault_breaker_state{name=\"http://n1:8200\"}",
+            "vaultgate_connections ",
+            "vaultgate_request_bytes_in_flight ",
             "vaultgate_vault_nodes{state=\"standby\"} 2",
             "vaultgate_vault_nodes{state=\"sealed\"} 0",
             "vaultgate_rate_limited_calls_total{name=\"billing\"} 0",
-            "vaultgate_calls_shed_total",
-            "vaultgate_audit_write_failures_total",
+            "vaultgate_calls_shed_total 1",
+            "vaultgate_audit_write_failures_total 1",
             "vaultgate_tls_certificate_expiry_timestamp_seconds{name=\"listener\"} 1900000000",
-            "vaultgate_vault_token_events_total{name=\"renew_failed\"}",
+            "vaultgate_vault_token_events_total{name=\"renew_failed\"} 0",
+            "vaultgate_vault_retries_total{name=\"429\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
+        // Another gateway's registry is its own.
+        assert!(!Metrics::new().render().contains("rpc=\"Encrypt\""));
+        // Without TLS, no certificate-expiry series (an alert on it must not see a 0).
+        assert!(!Metrics::new().render().contains("vaultgate_tls_certificate_expiry_timestamp_seconds{"));
     }
 }

@@ -3,7 +3,8 @@
 
 use crate::{
     config::Config,
-    health,
+    health, layers,
+    metrics::Metrics,
     pb::vaultgate::v1::{
         database_service_server::DatabaseServiceServer, encryption_service_server::EncryptionServiceServer,
         identity_service_server::IdentityServiceServer, secret_service_server::SecretServiceServer,
@@ -20,9 +21,15 @@ use tonic_health::ServingStatus;
 /// The encoded descriptor set of `proto/`, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vaultgate_descriptor");
 
-/// Builds the gateway from `config` and serves on `listener` until `shutdown` resolves.
-pub async fn run(listener: TcpListener, config: Arc<Config>, shutdown: impl Future<Output = ()>) -> Result<(), String> {
-    let gateway = Gateway::new(config)?;
+/// Builds the gateway from `config` and serves on `listener` until `shutdown` resolves; the
+/// gateway counts into `metrics` (served on `metrics_listen`).
+pub async fn run(
+    listener: TcpListener,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let gateway = Gateway::new(config, metrics)?;
     serve(listener, gateway, shutdown).await
 }
 
@@ -56,7 +63,7 @@ pub async fn serve(
         Some(addr) => {
             let listener =
                 TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} (metrics_listen): {e}"))?;
-            Some(tokio::spawn(crate::metrics::serve(listener)))
+            Some(tokio::spawn(crate::metrics::serve(listener, gateway.metrics.clone())))
         }
         None => None,
     };
@@ -80,15 +87,29 @@ pub async fn serve(
             draining.notify_one();
         }
     };
+    // The layers in front of decoding (`layers.rs`), innermost first: a request meets them from
+    // the bottom of this list up, its answer from the top down.
+    let layers = layers::Stack::new()
+        // On the services: tonic's OUT_OF_RANGE (message too large) becomes INVALID_ARGUMENT
+        // before any layer counts or audits it.
+        .push_transport_answer()
+        // The deadline covers reading and decoding the request too.
+        .push_deadline()
+        // Past max_concurrent_calls a call is refused before any byte of its body is read.
+        .push_shed(gateway.in_flight.clone(), gateway.config.limits.max_concurrent_calls, gateway.metrics.clone())
+        // One audit line per call, whoever answered it inside; fail closed.
+        .push_audit(gateway.audit.clone(), gateway.metrics.clone())
+        // Metrics count what the caller got (after the audit layer's fail-closed answer).
+        .push_observe(gateway.metrics.clone())
+        // Outermost: the call's context (RPC, request id, deadline, peer) and the request id
+        // on every answer.
+        .push_context();
     let router = Server::builder()
-        // Outermost: tonic's own OUT_OF_RANGE for an oversized request becomes the contract's
-        // INVALID_ARGUMENT (error.rs decides; nothing else is rewritten).
-        .layer(tower::util::MapResponseLayer::new(crate::error::transport_answer))
+        .layer(layers.into_inner())
         // HTTP/2 keepalive detects dead client connections behind load balancers.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        // tonic leaves streams per connection unlimited, and every stream's request is decoded
-        // before `Gateway::handle` can shed it: one connection gets no more streams than the
-        // whole gateway works on (`limits.max_concurrent_calls`), so its decoded requests are bounded.
+        // tonic leaves streams per connection unlimited: one connection gets no more streams
+        // than the whole gateway works on (`limits.max_concurrent_calls`).
         .max_concurrent_streams(u32::try_from(gateway.config.limits.max_concurrent_calls).unwrap_or(u32::MAX))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -100,7 +121,7 @@ pub async fn serve(
     let drain = drain_timeout;
     let result = match &gateway.config.tls {
         Some(tls) => {
-            let incoming = tls::incoming(listener, tls.clone())?;
+            let incoming = tls::incoming(listener, tls.clone(), gateway.metrics.clone())?;
             until_drained(router.serve_with_incoming_shutdown(incoming, graceful), &draining, drain).await
         }
         None => {

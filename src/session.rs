@@ -252,7 +252,7 @@ impl Sessions {
         match self.vault.lookup_self(&actor.token, deadline).await {
             Err(VaultError::Api { status: 403, .. }) => {
                 self.stats.dead.fetch_add(1, Ordering::Relaxed);
-                count("dead");
+                self.vault.metrics().token_event("dead");
                 tracing::warn!(caller = %actor.caller, role = %actor.role, "Vault token is gone (revoked or expired); logging in again");
                 slot.set(None);
                 true
@@ -392,7 +392,7 @@ impl Sessions {
                 }
                 // A failed renewal falls through to a fresh login.
                 Err(e) => {
-                    count("renew_failed");
+                    self.vault.metrics().token_event("renew_failed");
                     tracing::info!(role = %who.role, error = ?e, "token renewal failed; logging in again")
                 }
             }
@@ -407,7 +407,7 @@ impl Sessions {
                     tracing::warn!(role = %who.role, reason = %m, "cannot refresh the Vault token yet; using it until it nears its end");
                     return Ok(actor_for(held));
                 }
-                count("login_failed");
+                self.vault.metrics().token_event("login_failed");
                 tracing::info!(caller = %who.caller, role = %who.role, error = ?err, "login refused");
                 if matches!(err, Error::Unauthenticated(_) | Error::PermissionDenied(_)) {
                     self.remember_failure(who.key.clone(), err.clone());
@@ -418,7 +418,7 @@ impl Sessions {
                 return Err(err);
             }
         };
-        count("login");
+        self.vault.metrics().token_event("login");
         tracing::info!(caller = %who.caller, role = %who.role, policies = ?login.policies, ttl = login.ttl, renewable = login.renewable, "logged in to Vault");
         let actor = Actor {
             caller: who.caller.clone(),
@@ -452,7 +452,7 @@ impl Sessions {
         let ask = held.period.max(needed);
         let renewal = self.vault.renew_self_full(&held.actor.token, ask.as_secs().max(1), deadline).await?;
         self.stats.renewals.fetch_add(1, Ordering::Relaxed);
-        count("renewed");
+        self.vault.metrics().token_event("renewed");
         let ttl = Duration::from_secs(renewal.ttl);
         // Vault capped the TTL below what was asked: the max TTL is near. Keep using the token
         // for two thirds of what is left, then log in again instead of renewing.
@@ -618,10 +618,6 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn count(event: &str) {
-    crate::metrics::get().token_events.get_or_create(&crate::metrics::NameLabel { name: event.into() }).inc();
-}
-
 /// Reads a credential file (trimmed); its content never reaches a log or an error.
 async fn read_secret_file(path: &std::path::Path, role: &str, key: &str) -> Result<String, Error> {
     match tokio::fs::read_to_string(path).await {
@@ -670,7 +666,7 @@ mod tests {
     async fn a_full_cache_evicts_the_least_recently_used_idle_callers() {
         let text = "listen = \"127.0.0.1:0\"\ntoken_cache_size = 32\n[vault]\naddress = \"http://127.0.0.1:1\"\n";
         let config = crate::config::Config::parse(text).unwrap();
-        let sessions = Sessions::new(Client::new(&config.vault).unwrap(), &config);
+        let sessions = Sessions::new(Client::new(&config.vault, Default::default()).unwrap(), &config);
         let now = Instant::now();
         let key = |i: u8| SlotKey::Jwt([i; 32]);
         let role = SlotKey::Role("r".into());

@@ -223,94 +223,78 @@ fn take_out(doc: &mut Table, path: &[Seg]) -> bool {
     }
 }
 
+/// An entry of a table or an element of an array of a parsed document.
+struct Child<'a, 'i> {
+    seg: Seg,
+    /// The key's span (none for an array element).
+    key_span: Option<Range<usize>>,
+    value: &'a Spanned<DeValue<'i>>,
+}
+
+fn children<'a, 'i>(value: &'a DeValue<'i>) -> Vec<Child<'a, 'i>> {
+    match value {
+        DeValue::Table(t) => t
+            .iter()
+            .map(|(k, v)| Child { seg: Seg::Key(k.get_ref().to_string()), key_span: Some(k.span()), value: v })
+            .collect(),
+        DeValue::Array(items) => {
+            items.iter().enumerate().map(|(i, v)| Child { seg: Seg::Index(i), key_span: None, value: v }).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// The deepest key path whose key or value covers `offset` (for the TOML deserializer's errors,
 /// which carry a span but no key). Tables are searched whatever their own span: a `[table]`'s
 /// span may cover its header only.
-fn path_at(table: &toml::de::DeTable<'_>, offset: usize) -> KeyPath {
-    fn entries<'a, 'i>(value: &'a DeValue<'i>) -> Vec<(Seg, Option<Range<usize>>, &'a Spanned<DeValue<'i>>)> {
-        match value {
-            DeValue::Table(t) => {
-                t.iter().map(|(k, v)| (Seg::Key(k.get_ref().to_string()), Some(k.span()), v)).collect()
-            }
-            DeValue::Array(items) => items.iter().enumerate().map(|(i, v)| (Seg::Index(i), None, v)).collect(),
-            _ => Vec::new(),
+fn path_at(root: &DeValue<'_>, offset: usize) -> Option<KeyPath> {
+    for child in children(root) {
+        if let Some(mut deeper) = path_at(child.value.get_ref(), offset) {
+            deeper.insert(0, child.seg);
+            return Some(deeper);
+        }
+        if child.key_span.is_some_and(|s| contains(&s, offset)) || contains(&child.value.span(), offset) {
+            return Some(vec![child.seg]);
         }
     }
-    fn find(value: &DeValue<'_>, offset: usize) -> Option<KeyPath> {
-        for (seg, key_span, v) in entries(value) {
-            if let Some(mut deeper) = find(v.get_ref(), offset) {
-                deeper.insert(0, seg);
-                return Some(deeper);
-            }
-            if key_span.is_some_and(|s| contains(&s, offset)) || contains(&v.span(), offset) {
-                return Some(vec![seg]);
-            }
-        }
-        None
-    }
-    find(&DeValue::Table(table.clone()), offset).unwrap_or_default()
+    None
 }
 
-/// The path of the table or array element whose span is exactly `span`.
-fn table_at(table: &toml::de::DeTable<'_>, span: &Range<usize>) -> Option<KeyPath> {
-    fn find(value: &Spanned<DeValue<'_>>, span: &Range<usize>) -> Option<KeyPath> {
-        let children: Vec<(Seg, &Spanned<DeValue<'_>>)> = match value.get_ref() {
-            DeValue::Table(t) => t.iter().map(|(k, v)| (Seg::Key(k.get_ref().to_string()), v)).collect(),
-            DeValue::Array(items) => items.iter().enumerate().map(|(i, v)| (Seg::Index(i), v)).collect(),
-            _ => return None,
-        };
-        for (seg, v) in children {
-            if matches!(v.get_ref(), DeValue::Table(_)) && v.span() == *span {
-                return Some(vec![seg]);
-            }
-            if let Some(mut deeper) = find(v, span) {
-                deeper.insert(0, seg);
-                return Some(deeper);
-            }
+/// The path of the table whose span is exactly `span` (a table a `missing field` error names).
+fn table_at(root: &DeValue<'_>, span: &Range<usize>) -> Option<KeyPath> {
+    for child in children(root) {
+        if matches!(child.value.get_ref(), DeValue::Table(_)) && child.value.span() == *span {
+            return Some(vec![child.seg]);
         }
-        None
+        if let Some(mut deeper) = table_at(child.value.get_ref(), span) {
+            deeper.insert(0, child.seg);
+            return Some(deeper);
+        }
     }
-    find(&Spanned::new(0..0, DeValue::Table(table.clone())), span)
+    None
 }
 
 fn contains(span: &Range<usize>, offset: usize) -> bool {
     span.start <= offset && offset < span.end.max(span.start + 1)
 }
 
-/// The line of every key path of the original document (1-based), to report problems there.
-fn lines_of(text: &str, table: &toml::de::DeTable<'_>) -> BTreeMap<KeyPath, usize> {
-    fn line(text: &str, offset: usize) -> usize {
-        text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
-    }
-    fn walk(text: &str, value: &Spanned<DeValue<'_>>, path: &mut KeyPath, out: &mut BTreeMap<KeyPath, usize>) {
-        match value.get_ref() {
-            DeValue::Table(t) => {
-                for (k, v) in t.iter() {
-                    path.push(Seg::Key(k.get_ref().to_string()));
-                    out.insert(path.clone(), line(text, k.span().start));
-                    walk(text, v, path, out);
-                    path.pop();
-                }
-            }
-            DeValue::Array(items) => {
-                for (i, v) in items.iter().enumerate() {
-                    path.push(Seg::Index(i));
-                    out.insert(path.clone(), line(text, v.span().start));
-                    walk(text, v, path, out);
-                    path.pop();
-                }
-            }
-            _ => {}
+/// 1-based line of `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// The line of every key path of the original document, to report problems there.
+fn lines_of(text: &str, root: &DeValue<'_>) -> BTreeMap<KeyPath, usize> {
+    fn walk(text: &str, value: &DeValue<'_>, path: &mut KeyPath, out: &mut BTreeMap<KeyPath, usize>) {
+        for child in children(value) {
+            path.push(child.seg);
+            out.insert(path.clone(), line_of(text, child.key_span.unwrap_or(child.value.span()).start));
+            walk(text, child.value.get_ref(), path, out);
+            path.pop();
         }
     }
     let mut out = BTreeMap::new();
-    let mut path = Vec::new();
-    for (k, v) in table.iter() {
-        path.push(Seg::Key(k.get_ref().to_string()));
-        out.insert(path.clone(), line(text, k.span().start));
-        walk(text, v, &mut path, &mut out);
-        path.pop();
-    }
+    walk(text, root, &mut Vec::new(), &mut out);
     out
 }
 
@@ -349,18 +333,19 @@ fn first_problem(work: &Table) -> Result<Config, (Option<KeyPath>, String)> {
     if let Err(e) = toml::from_str::<RawConfig>(&text) {
         let why = e.message().trim().to_string();
         let missing = why.strip_prefix("missing field `").and_then(|r| r.split('`').next());
-        let path = match (e.span(), toml::de::DeTable::parse(&text), missing) {
+        let parsed = toml::de::DeTable::parse(&text).map(|t| (t.span(), DeValue::Table(t.into_inner())));
+        let path = match (e.span(), parsed, missing) {
             // `missing field `x``: the span is the table's (the whole document's for the top
             // level); the key is that table's `x`.
-            (Some(span), Ok(root), Some(field)) => {
-                let mut path = match span == root.span() {
+            (Some(span), Ok((whole, root)), Some(field)) => {
+                let mut path = match span == whole {
                     true => Vec::new(),
-                    false => table_at(root.get_ref(), &span).unwrap_or_else(|| path_at(root.get_ref(), span.start)),
+                    false => table_at(&root, &span).or_else(|| path_at(&root, span.start)).unwrap_or_default(),
                 };
                 path.push(Seg::Key(field.to_string()));
                 path
             }
-            (Some(span), Ok(root), None) => path_at(root.get_ref(), span.start),
+            (Some(span), Ok((_, root)), None) => path_at(&root, span.start).unwrap_or_default(),
             _ => Vec::new(),
         };
         return Err(((!path.is_empty()).then_some(path), why));
@@ -380,17 +365,14 @@ fn check_unsorted(text: &str) -> Result<Config, Vec<Problem>> {
     let original = match toml::de::DeTable::parse(text) {
         Ok(t) => t,
         Err(e) => {
-            let line = e
-                .span()
-                .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1);
             return Err(vec![Problem {
-                line,
+                line: e.span().map(|s| line_of(text, s.start)),
                 key: String::new(),
                 why: format!("not valid TOML: {}", e.message().trim()),
             }]);
         }
     };
-    let lines = lines_of(text, original.get_ref());
+    let lines = lines_of(text, &DeValue::Table(original.into_inner()));
     let mut work: Table = match toml::from_str(text) {
         Ok(t) => t,
         Err(e) => return Err(vec![Problem { line: None, key: String::new(), why: e.message().trim().to_string() }]),

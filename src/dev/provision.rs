@@ -31,7 +31,7 @@ impl Admin<'_> {
     /// `POST /v1/<path>` with a JSON body.
     pub async fn post(&self, path: &str, body: Value) -> Result<(), String> {
         self.vault
-            .call_empty(Call::new(Method::POST, &[path]), Some(&self.root), Some(&body), None)
+            .call_empty(Call::new(Method::POST, "setup", &[path]), Some(&self.root), Some(&body), None)
             .await
             .map_err(|e| format!("setting up Vault ({path}): {e:?}"))
     }
@@ -40,7 +40,7 @@ impl Admin<'_> {
     pub async fn get(&self, path: &str) -> Result<Value, String> {
         let env = self
             .vault
-            .call::<(), Value>(Call::new(Method::GET, &[path]), Some(&self.root), None, None)
+            .call::<(), Value>(Call::new(Method::GET, "setup", &[path]), Some(&self.root), None, None)
             .await
             .map_err(|e| format!("reading Vault ({path}): {e:?}"))?;
         Ok(env.data.unwrap_or(Value::Null))
@@ -50,7 +50,7 @@ impl Admin<'_> {
     pub async fn post_json(&self, path: &str, body: Value) -> Result<Value, String> {
         let env = self
             .vault
-            .call::<Value, Value>(Call::new(Method::POST, &[path]), Some(&self.root), Some(&body), None)
+            .call::<Value, Value>(Call::new(Method::POST, "setup", &[path]), Some(&self.root), Some(&body), None)
             .await
             .map_err(|e| format!("setting up Vault ({path}): {e:?}"))?;
         Ok(env.data.unwrap_or(Value::Null))

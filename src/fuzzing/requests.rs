@@ -144,13 +144,13 @@ fn validate_message(c: &Config, kind: u8, bytes: &[u8]) {
             }
         }
         12 => drop(checked::<RevokeLeaseRequest>(c, bytes)),
-        // The `grpc-timeout` header every call carries, read by `service::grpc_deadline`.
+        // The `grpc-timeout` header every call carries, read by `call::grpc_deadline`.
         _ => {
-            let Ok(value) = tonic::metadata::MetadataValue::try_from(bytes) else { return };
-            let mut md = tonic::metadata::MetadataMap::new();
-            md.insert("grpc-timeout", value);
+            let Ok(value) = tonic::codegen::http::HeaderValue::from_bytes(bytes) else { return };
+            let mut headers = tonic::codegen::http::HeaderMap::new();
+            headers.insert("grpc-timeout", value);
             let before = tokio::time::Instant::now();
-            if let Some(deadline) = crate::service::grpc_deadline(&md) {
+            if let Some(deadline) = crate::call::grpc_deadline(&headers) {
                 assert!(deadline >= before, "a deadline in the past");
             }
         }

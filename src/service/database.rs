@@ -1,13 +1,10 @@
 //! `vaultgate.v1.DatabaseService` over the database engine: dynamic credentials, and renewal or
 //! revocation of a lease by the caller that obtained it (see `leases.rs` for the lifetime rule).
 
-use super::{
-    validate::{self, Checked},
-    Gateway,
-};
-use crate::audit::Target;
+use super::{rpc, validate, Described, Gateway};
 use crate::rules::Resource;
 use crate::{
+    call::Rpc,
     error::{Error, Subject},
     leases::{Ownership, PARENT_SLACK},
     pb::vaultgate::v1::{database_service_server::DatabaseService, *},
@@ -158,13 +155,35 @@ fn tag_input(lease_id: &str, owner: &str, accessor: &str) -> Vec<u8> {
     format!("vaultgate-lease-owner/v1\n{lease_id}\n{owner}\n{accessor}").into_bytes()
 }
 
+impl Described for GetDbCredsRequest {
+    const RPC: &'static Rpc = rpc!("DatabaseService", "GetDbCreds", DbRole);
+    fn target(&self) -> (&str, usize) {
+        (&self.role, 1)
+    }
+    fn resource(&self) -> Option<Resource<'_>> {
+        Some(Resource::DbRole(&self.role))
+    }
+}
+
+impl Described for RenewLeaseRequest {
+    const RPC: &'static Rpc = rpc!("DatabaseService", "RenewLease", Lease);
+    fn target(&self) -> (&str, usize) {
+        (&self.lease_id, 1)
+    }
+}
+
+impl Described for RevokeLeaseRequest {
+    const RPC: &'static Rpc = rpc!("DatabaseService", "RevokeLease", Lease);
+    fn target(&self) -> (&str, usize) {
+        (&self.lease_id, 1)
+    }
+}
+
 #[tonic::async_trait]
 impl DatabaseService for Database {
     async fn get_db_creds(&self, req: Request<GetDbCredsRequest>) -> Result<Response<GetDbCredsResponse>, Status> {
         let gw = &self.0;
-        gw.handle("GetDbCreds", req, |r| Target::new(&r.role, 1), |actor, deadline, r| async move {
-            r.check(&gw.config.limits)?;
-            gw.allow(&actor, Resource::DbRole(&r.role))?;
+        gw.serve(req, |actor, deadline, r| async move {
             let mount = if r.mount.is_empty() { gw.config.mounts.database.as_str() } else { r.mount.as_str() };
             let lease = gw
                 .vault
@@ -189,12 +208,7 @@ impl DatabaseService for Database {
 
     async fn renew_lease(&self, req: Request<RenewLeaseRequest>) -> Result<Response<RenewLeaseResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "RenewLease",
-            req,
-            |r| Target::new(&r.lease_id, 1),
-            |actor, deadline, r| async move {
-                r.check(&gw.config.limits)?;
+        gw.serve(req, |actor, deadline, r| async move {
                 let increment = validate::lease_increment(r.increment.as_ref())?;
                 let proof = gw.ownership(&actor, &r.lease_id, &r.lease_token, deadline).await?;
                 let secs = gw
@@ -224,22 +238,16 @@ impl DatabaseService for Database {
 
     async fn revoke_lease(&self, req: Request<RevokeLeaseRequest>) -> Result<Response<RevokeLeaseResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "RevokeLease",
-            req,
-            |r| Target::new(&r.lease_id, 1),
-            |actor, deadline, r| async move {
-                r.check(&gw.config.limits)?;
-                gw.ownership(&actor, &r.lease_id, &r.lease_token, deadline).await?;
-                gw.vault
-                    .lease_revoke(&actor.token, &r.lease_id, deadline)
-                    .await
-                    .map_err(|e| Error::from_vault(e, Subject::Lease(&r.lease_id)))?;
-                gw.leases.remove(&r.lease_id);
-                tracing::info!(caller = %actor.caller, lease_id = %r.lease_id, "lease revoked");
-                Ok(RevokeLeaseResponse {})
-            },
-        )
+        gw.serve(req, |actor, deadline, r| async move {
+            gw.ownership(&actor, &r.lease_id, &r.lease_token, deadline).await?;
+            gw.vault
+                .lease_revoke(&actor.token, &r.lease_id, deadline)
+                .await
+                .map_err(|e| Error::from_vault(e, Subject::Lease(&r.lease_id)))?;
+            gw.leases.remove(&r.lease_id);
+            tracing::info!(caller = %actor.caller, lease_id = %r.lease_id, "lease revoked");
+            Ok(RevokeLeaseResponse {})
+        })
         .await
     }
 }

@@ -1,14 +1,11 @@
 //! `vaultgate.v1.EncryptionService` over Transit: single calls go through the coalescer, explicit
 //! batches are split to fit Vault's limits and answered in order, one result per item.
 
-use super::{
-    validate::{self, Checked},
-    Gateway,
-};
-use crate::audit::Target;
+use super::{rpc, validate, Described, Gateway};
 use crate::rules::Resource;
 use crate::{
     batch::{self, Budget, LaneKey},
+    call::Rpc,
     error::{Error, Subject},
     pb::vaultgate::v1::{encryption_service_server::EncryptionService, *},
     session::Actor,
@@ -114,7 +111,7 @@ impl Gateway {
             let answer = self.vault.transit_batch(&actor.token, mount, op, key, &valid[range.clone()], deadline).await;
             match answer {
                 // Vault refused the first request whole (403): nothing was done yet, so the call
-                // fails whole and Gateway::handle can check whether the token is gone and retry.
+                // fails whole and Gateway::serve can check whether the token is gone and retry.
                 Err(e) if n == 0 && matches!(e, VaultError::Api { status: 403, .. }) => {
                     return Err(Error::from_vault(e, Subject::Key(key)));
                 }
@@ -156,173 +153,202 @@ fn item_status(err: &Error) -> Option<crate::pb::google::rpc::Status> {
     Some(err.into())
 }
 
+impl Described for EncryptRequest {
+    const RPC: &'static Rpc = rpc!("EncryptionService", "Encrypt", Key);
+    fn target(&self) -> (&str, usize) {
+        (&self.key, 1)
+    }
+    fn resource(&self) -> Option<Resource<'_>> {
+        Some(Resource::Key(&self.key))
+    }
+}
+
+impl Described for DecryptRequest {
+    const RPC: &'static Rpc = rpc!("EncryptionService", "Decrypt", Key);
+    fn target(&self) -> (&str, usize) {
+        (&self.key, 1)
+    }
+    fn resource(&self) -> Option<Resource<'_>> {
+        Some(Resource::Key(&self.key))
+    }
+}
+
+impl Described for EncryptBatchRequest {
+    const RPC: &'static Rpc = rpc!("EncryptionService", "EncryptBatch", Key);
+    fn target(&self) -> (&str, usize) {
+        (&self.key, self.items.len())
+    }
+    fn resource(&self) -> Option<Resource<'_>> {
+        Some(Resource::Key(&self.key))
+    }
+}
+
+impl Described for DecryptBatchRequest {
+    const RPC: &'static Rpc = rpc!("EncryptionService", "DecryptBatch", Key);
+    fn target(&self) -> (&str, usize) {
+        (&self.key, self.items.len())
+    }
+    fn resource(&self) -> Option<Resource<'_>> {
+        Some(Resource::Key(&self.key))
+    }
+}
+
+impl Described for RewrapRequest {
+    const RPC: &'static Rpc = rpc!("EncryptionService", "Rewrap", Key);
+    fn target(&self) -> (&str, usize) {
+        (&self.key, 1)
+    }
+    fn resource(&self) -> Option<Resource<'_>> {
+        Some(Resource::Key(&self.key))
+    }
+}
+
+impl Described for RotateRequest {
+    const RPC: &'static Rpc = rpc!("EncryptionService", "Rotate", Key);
+    fn target(&self) -> (&str, usize) {
+        (&self.key, 1)
+    }
+    fn resource(&self) -> Option<Resource<'_>> {
+        Some(Resource::Key(&self.key))
+    }
+}
+
+impl Described for GetKeyRequest {
+    const RPC: &'static Rpc = rpc!("EncryptionService", "GetKey", Key);
+    fn target(&self) -> (&str, usize) {
+        (&self.key, 1)
+    }
+    fn resource(&self) -> Option<Resource<'_>> {
+        Some(Resource::Key(&self.key))
+    }
+}
+
+impl Described for GenerateDataKeyRequest {
+    const RPC: &'static Rpc = rpc!("EncryptionService", "GenerateDataKey", Key);
+    fn target(&self) -> (&str, usize) {
+        (&self.key, 1)
+    }
+    fn resource(&self) -> Option<Resource<'_>> {
+        Some(Resource::Key(&self.key))
+    }
+}
+
 #[tonic::async_trait]
 impl EncryptionService for Encryption {
     async fn encrypt(&self, req: Request<EncryptRequest>) -> Result<Response<EncryptResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "Encrypt",
-            req,
-            |r| Target::new(&r.key, 1),
-            |actor, deadline, r| async move {
-                r.check(&gw.config.limits)?;
-                gw.allow(&actor, Resource::Key(&r.key))?;
-                let item = gw.encrypt_item(None, &r.plaintext, &r.context, &r.associated_data, r.key_version)?;
-                let (ciphertext, key_version) =
-                    ciphertext_of(gw.transit_one(&actor, Op::Encrypt, &r.key, item, deadline).await?)?;
-                Ok(EncryptResponse { ciphertext, key_version })
-            },
-        )
+        gw.serve(req, |actor, deadline, r| async move {
+            let item = gw.encrypt_item(None, &r.plaintext, &r.context, &r.associated_data, r.key_version)?;
+            let (ciphertext, key_version) =
+                ciphertext_of(gw.transit_one(&actor, Op::Encrypt, &r.key, item, deadline).await?)?;
+            Ok(EncryptResponse { ciphertext, key_version })
+        })
         .await
     }
 
     async fn decrypt(&self, req: Request<DecryptRequest>) -> Result<Response<DecryptResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "Decrypt",
-            req,
-            |r| Target::new(&r.key, 1),
-            |actor, deadline, r| async move {
-                r.check(&gw.config.limits)?;
-                gw.allow(&actor, Resource::Key(&r.key))?;
-                let item = gw.decrypt_item(None, &r.ciphertext, &r.context, &r.associated_data)?;
-                let key_version = validate::ciphertext_version(&r.ciphertext).unwrap_or(0);
-                let plaintext = plaintext_of(gw.transit_one(&actor, Op::Decrypt, &r.key, item, deadline).await?)?;
-                Ok(DecryptResponse { plaintext, key_version })
-            },
-        )
+        gw.serve(req, |actor, deadline, r| async move {
+            let item = gw.decrypt_item(None, &r.ciphertext, &r.context, &r.associated_data)?;
+            let key_version = validate::ciphertext_version(&r.ciphertext).unwrap_or(0);
+            let plaintext = plaintext_of(gw.transit_one(&actor, Op::Decrypt, &r.key, item, deadline).await?)?;
+            Ok(DecryptResponse { plaintext, key_version })
+        })
         .await
     }
 
     async fn encrypt_batch(&self, req: Request<EncryptBatchRequest>) -> Result<Response<EncryptBatchResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "EncryptBatch",
-            req,
-            |r| Target::new(&r.key, r.items.len()),
-            |actor, deadline, r| async move {
-                r.check(&gw.config.limits)?;
-                gw.allow(&actor, Resource::Key(&r.key))?;
-                let items = r
-                    .items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, it)| gw.encrypt_item(Some(i), &it.plaintext, &it.context, &it.associated_data, 0))
-                    .collect();
-                let results = gw
-                    .transit_many(&actor, Op::Encrypt, &r.key, items, deadline)
-                    .await?
-                    .into_iter()
-                    .map(|res| match res.and_then(ciphertext_of) {
-                        Ok((ciphertext, key_version)) => EncryptBatchResult { ciphertext, key_version, error: None },
-                        Err(e) => {
-                            EncryptBatchResult { ciphertext: String::new(), key_version: 0, error: item_status(&e) }
-                        }
-                    })
-                    .collect();
-                Ok(EncryptBatchResponse { results })
-            },
-        )
+        gw.serve(req, |actor, deadline, r| async move {
+            let items = r
+                .items
+                .iter()
+                .enumerate()
+                .map(|(i, it)| gw.encrypt_item(Some(i), &it.plaintext, &it.context, &it.associated_data, 0))
+                .collect();
+            let results = gw
+                .transit_many(&actor, Op::Encrypt, &r.key, items, deadline)
+                .await?
+                .into_iter()
+                .map(|res| match res.and_then(ciphertext_of) {
+                    Ok((ciphertext, key_version)) => EncryptBatchResult { ciphertext, key_version, error: None },
+                    Err(e) => EncryptBatchResult { ciphertext: String::new(), key_version: 0, error: item_status(&e) },
+                })
+                .collect();
+            Ok(EncryptBatchResponse { results })
+        })
         .await
     }
 
     async fn decrypt_batch(&self, req: Request<DecryptBatchRequest>) -> Result<Response<DecryptBatchResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "DecryptBatch",
-            req,
-            |r| Target::new(&r.key, r.items.len()),
-            |actor, deadline, r| async move {
-                r.check(&gw.config.limits)?;
-                gw.allow(&actor, Resource::Key(&r.key))?;
-                let items = r
-                    .items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, it)| gw.decrypt_item(Some(i), &it.ciphertext, &it.context, &it.associated_data))
-                    .collect();
-                let results = gw
-                    .transit_many(&actor, Op::Decrypt, &r.key, items, deadline)
-                    .await?
-                    .into_iter()
-                    .map(|res| match res.and_then(plaintext_of) {
-                        Ok(plaintext) => DecryptBatchResult { plaintext, error: None },
-                        Err(e) => DecryptBatchResult { plaintext: Vec::new(), error: item_status(&e) },
-                    })
-                    .collect();
-                Ok(DecryptBatchResponse { results })
-            },
-        )
+        gw.serve(req, |actor, deadline, r| async move {
+            let items = r
+                .items
+                .iter()
+                .enumerate()
+                .map(|(i, it)| gw.decrypt_item(Some(i), &it.ciphertext, &it.context, &it.associated_data))
+                .collect();
+            let results = gw
+                .transit_many(&actor, Op::Decrypt, &r.key, items, deadline)
+                .await?
+                .into_iter()
+                .map(|res| match res.and_then(plaintext_of) {
+                    Ok(plaintext) => DecryptBatchResult { plaintext, error: None },
+                    Err(e) => DecryptBatchResult { plaintext: Vec::new(), error: item_status(&e) },
+                })
+                .collect();
+            Ok(DecryptBatchResponse { results })
+        })
         .await
     }
 
     async fn rewrap(&self, req: Request<RewrapRequest>) -> Result<Response<RewrapResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "Rewrap",
-            req,
-            |r| Target::new(&r.key, 1),
-            |actor, deadline, r| async move {
-                r.check(&gw.config.limits)?;
-                gw.allow(&actor, Resource::Key(&r.key))?;
-                let mount = &gw.config.mounts.transit;
-                let out = gw
-                    .vault
-                    .transit_rewrap(&actor.token, mount, &r.key, &r.ciphertext, opt_b64(&r.context), deadline)
-                    .await
-                    .map_err(|e| Error::from_vault(e, Subject::Key(&r.key)))?;
-                Ok(RewrapResponse { key_version: out.key_version, ciphertext: out.ciphertext })
-            },
-        )
+        gw.serve(req, |actor, deadline, r| async move {
+            let mount = &gw.config.mounts.transit;
+            let out = gw
+                .vault
+                .transit_rewrap(&actor.token, mount, &r.key, &r.ciphertext, opt_b64(&r.context), deadline)
+                .await
+                .map_err(|e| Error::from_vault(e, Subject::Key(&r.key)))?;
+            Ok(RewrapResponse { key_version: out.key_version, ciphertext: out.ciphertext })
+        })
         .await
     }
 
     async fn rotate(&self, req: Request<RotateRequest>) -> Result<Response<RotateResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "Rotate",
-            req,
-            |r| Target::new(&r.key, 1),
-            |actor, deadline, r| async move {
-                r.check(&gw.config.limits)?;
-                let key = &r.key;
-                gw.allow(&actor, Resource::Key(key))?;
-                let info = gw
-                    .vault
-                    .transit_rotate(&actor.token, &gw.config.mounts.transit, key, deadline)
-                    .await
-                    .map_err(|e| Error::from_vault(e, Subject::Key(key)))?;
-                tracing::info!(caller = %actor.caller, key = %key, version = info.latest_version, "key rotated");
-                Ok(RotateResponse { latest_version: info.latest_version })
-            },
-        )
+        gw.serve(req, |actor, deadline, r| async move {
+            let key = &r.key;
+            let info = gw
+                .vault
+                .transit_rotate(&actor.token, &gw.config.mounts.transit, key, deadline)
+                .await
+                .map_err(|e| Error::from_vault(e, Subject::Key(key)))?;
+            tracing::info!(caller = %actor.caller, key = %key, version = info.latest_version, "key rotated");
+            Ok(RotateResponse { latest_version: info.latest_version })
+        })
         .await
     }
 
     async fn get_key(&self, req: Request<GetKeyRequest>) -> Result<Response<GetKeyResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "GetKey",
-            req,
-            |r| Target::new(&r.key, 1),
-            |actor, deadline, r| async move {
-                r.check(&gw.config.limits)?;
-                let key = &r.key;
-                gw.allow(&actor, Resource::Key(key))?;
-                let info = gw
-                    .vault
-                    .transit_read_key(&actor.token, &gw.config.mounts.transit, key, deadline)
-                    .await
-                    .map_err(|e| Error::from_vault(e, Subject::Key(key)))?;
-                Ok(GetKeyResponse {
-                    r#type: info.key_type,
-                    latest_version: info.latest_version,
-                    min_decryption_version: info.min_decryption_version,
-                    min_encryption_version: info.min_encryption_version,
-                    derived: info.derived,
-                })
-            },
-        )
+        gw.serve(req, |actor, deadline, r| async move {
+            let key = &r.key;
+            let info = gw
+                .vault
+                .transit_read_key(&actor.token, &gw.config.mounts.transit, key, deadline)
+                .await
+                .map_err(|e| Error::from_vault(e, Subject::Key(key)))?;
+            Ok(GetKeyResponse {
+                r#type: info.key_type,
+                latest_version: info.latest_version,
+                min_decryption_version: info.min_decryption_version,
+                min_encryption_version: info.min_encryption_version,
+                derived: info.derived,
+            })
+        })
         .await
     }
 
@@ -331,36 +357,22 @@ impl EncryptionService for Encryption {
         req: Request<GenerateDataKeyRequest>,
     ) -> Result<Response<GenerateDataKeyResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "GenerateDataKey",
-            req,
-            |r| Target::new(&r.key, 1),
-            |actor, deadline, r| async move {
-                r.check(&gw.config.limits)?;
-                gw.allow(&actor, Resource::Key(&r.key))?;
-                let bits = validate::data_key_bits(r.bits)?;
-                let out = gw
-                    .vault
-                    .transit_datakey(
-                        &actor.token,
-                        &gw.config.mounts.transit,
-                        &r.key,
-                        opt_b64(&r.context),
-                        bits,
-                        deadline,
-                    )
-                    .await
-                    .map_err(|e| Error::from_vault(e, Subject::Key(&r.key)))?;
-                let plaintext = out
-                    .plaintext
-                    .as_deref()
-                    .map(unb64)
-                    .transpose()
-                    .map_err(|_| Error::Internal("datakey plaintext is not base64".into()))?
-                    .ok_or_else(|| Error::Internal("datakey answer without plaintext".into()))?;
-                Ok(GenerateDataKeyResponse { plaintext, ciphertext: out.ciphertext, key_version: out.key_version })
-            },
-        )
+        gw.serve(req, |actor, deadline, r| async move {
+            let bits = validate::data_key_bits(r.bits)?;
+            let out = gw
+                .vault
+                .transit_datakey(&actor.token, &gw.config.mounts.transit, &r.key, opt_b64(&r.context), bits, deadline)
+                .await
+                .map_err(|e| Error::from_vault(e, Subject::Key(&r.key)))?;
+            let plaintext = out
+                .plaintext
+                .as_deref()
+                .map(unb64)
+                .transpose()
+                .map_err(|_| Error::Internal("datakey plaintext is not base64".into()))?
+                .ok_or_else(|| Error::Internal("datakey answer without plaintext".into()))?;
+            Ok(GenerateDataKeyResponse { plaintext, ciphertext: out.ciphertext, key_version: out.key_version })
+        })
         .await
     }
 }

@@ -2,9 +2,9 @@
 //! Vault token's policies and TTL) and what it may do on the paths it asks about, as Vault's
 //! `sys/capabilities-self` and the gateway's own rules say. Never returns the token itself.
 
-use super::{validate, Gateway};
-use crate::audit::Target;
+use super::{rpc, Described, Gateway};
 use crate::{
+    call::Rpc,
     error::{Error, Subject},
     pb::vaultgate::v1::{identity_service_server::IdentityService, *},
     rules::{self, Resource},
@@ -15,84 +15,72 @@ use tonic::{Request, Response, Status};
 /// The identity service.
 pub struct Identity(pub Arc<Gateway>);
 
-/// Most names one WhoAmI may ask about (each costs a few paths in one Vault request).
-const MAX_NAMES: usize = 64;
+impl Described for WhoAmIRequest {
+    const RPC: &'static Rpc = rpc!("IdentityService", "WhoAmI", Names);
+    fn target(&self) -> (&str, usize) {
+        ("", self.keys.len() + self.secret_paths.len() + self.db_roles.len())
+    }
+}
 
 #[tonic::async_trait]
 impl IdentityService for Identity {
     async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "WhoAmI",
-            req,
-            |r| Target::new("", r.keys.len() + r.secret_paths.len() + r.db_roles.len()),
-            |actor, deadline, r| async move {
-                if r.keys.len() + r.secret_paths.len() + r.db_roles.len() > MAX_NAMES {
-                    return Err(Error::InvalidArgument(format!("ask about at most {MAX_NAMES} names in one call")));
-                }
-                let m = &gw.config.mounts;
-                let mut asked: Vec<(&str, &str, Resource<'_>, Vec<String>)> = Vec::new();
-                for (i, key) in r.keys.iter().enumerate() {
-                    validate::name(&format!("keys[{i}]"), key)?;
-                    let paths = ["encrypt", "decrypt", "rewrap", "datakey/plaintext", "datakey/wrapped", "keys"]
-                        .iter()
-                        .map(|op| format!("{}/{op}/{key}", m.transit))
-                        .chain([format!("{}/keys/{key}/rotate", m.transit)])
-                        .collect();
-                    asked.push(("key", key, Resource::Key(key), paths));
-                }
-                for (i, path) in r.secret_paths.iter().enumerate() {
-                    validate::secret_path(&format!("secret_paths[{i}]"), path, true)?;
-                    let paths = vec![format!("{}/data/{path}", m.kv), format!("{}/metadata/{path}", m.kv)];
-                    asked.push(("secret", path, Resource::Secret(path), paths));
-                }
-                for (i, role) in r.db_roles.iter().enumerate() {
-                    validate::name(&format!("db_roles[{i}]"), role)?;
-                    asked.push(("db_role", role, Resource::DbRole(role), vec![format!("{}/creds/{role}", m.database)]));
-                }
-                let token = gw
-                    .vault
-                    .lookup_self(&actor.token, deadline)
-                    .await
-                    .map_err(|e| Error::from_vault(e, Subject::Token))?;
-                let all: Vec<String> = asked.iter().flat_map(|(_, _, _, p)| p.iter().cloned()).collect();
-                let caps = if all.is_empty() {
-                    Default::default()
-                } else {
-                    gw.vault
-                        .capabilities_self(&actor.token, &all, deadline)
-                        .await
-                        .map_err(|e| Error::from_vault(e, Subject::Token))?
-                };
-                let role_rules = gw.config.roles.get(&*actor.role);
-                let capabilities = asked
+        gw.serve(req, |actor, deadline, r| async move {
+            let m = &gw.config.mounts;
+            let mut asked: Vec<(&str, &str, Resource<'_>, Vec<String>)> = Vec::new();
+            for key in &r.keys {
+                let paths = ["encrypt", "decrypt", "rewrap", "datakey/plaintext", "datakey/wrapped", "keys"]
                     .iter()
-                    .flat_map(|(kind, name, resource, paths)| {
-                        let allowed = rules::allowed(role_rules, *resource);
-                        paths.iter().map(move |path| (kind, name, allowed, path))
-                    })
-                    .map(|(kind, name, allowed, path)| PathCapabilities {
-                        kind: kind.to_string(),
-                        name: name.to_string(),
-                        path: path.clone(),
-                        capabilities: caps.get(path).cloned().unwrap_or_default(),
-                        allowed_by_gateway: allowed,
-                    })
+                    .map(|op| format!("{}/{op}/{key}", m.transit))
+                    .chain([format!("{}/keys/{key}/rotate", m.transit)])
                     .collect();
-                Ok(WhoAmIResponse {
-                    identity_kind: actor.kind.to_string(),
-                    identity: actor.name.to_string(),
-                    role: actor.role.to_string(),
-                    policies: token.policies,
-                    token_ttl: (token.ttl > 0).then(|| prost_types::Duration {
-                        seconds: i64::try_from(token.ttl).unwrap_or(i64::MAX),
-                        nanos: 0,
-                    }),
-                    token_shared: !matches!(actor.kind, "jwt" | "kubernetes"),
-                    capabilities,
+                asked.push(("key", key, Resource::Key(key), paths));
+            }
+            for path in &r.secret_paths {
+                let paths = vec![format!("{}/data/{path}", m.kv), format!("{}/metadata/{path}", m.kv)];
+                asked.push(("secret", path, Resource::Secret(path), paths));
+            }
+            for role in &r.db_roles {
+                asked.push(("db_role", role, Resource::DbRole(role), vec![format!("{}/creds/{role}", m.database)]));
+            }
+            let token =
+                gw.vault.lookup_self(&actor.token, deadline).await.map_err(|e| Error::from_vault(e, Subject::Token))?;
+            let all: Vec<String> = asked.iter().flat_map(|(_, _, _, p)| p.iter().cloned()).collect();
+            let caps = if all.is_empty() {
+                Default::default()
+            } else {
+                gw.vault
+                    .capabilities_self(&actor.token, &all, deadline)
+                    .await
+                    .map_err(|e| Error::from_vault(e, Subject::Token))?
+            };
+            let role_rules = gw.config.roles.get(&*actor.role);
+            let capabilities = asked
+                .iter()
+                .flat_map(|(kind, name, resource, paths)| {
+                    let allowed = rules::allowed(role_rules, *resource);
+                    paths.iter().map(move |path| (kind, name, allowed, path))
                 })
-            },
-        )
+                .map(|(kind, name, allowed, path)| PathCapabilities {
+                    kind: kind.to_string(),
+                    name: name.to_string(),
+                    path: path.clone(),
+                    capabilities: caps.get(path).cloned().unwrap_or_default(),
+                    allowed_by_gateway: allowed,
+                })
+                .collect();
+            Ok(WhoAmIResponse {
+                identity_kind: actor.kind.to_string(),
+                identity: actor.name.to_string(),
+                role: actor.role.to_string(),
+                policies: token.policies,
+                token_ttl: (token.ttl > 0)
+                    .then(|| prost_types::Duration { seconds: i64::try_from(token.ttl).unwrap_or(i64::MAX), nanos: 0 }),
+                token_shared: !matches!(actor.kind, "jwt" | "kubernetes"),
+                capabilities,
+            })
+        })
         .await
     }
 }

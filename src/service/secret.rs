@@ -1,9 +1,9 @@
 //! `vaultgate.v1.SecretService` over KV version 2: read a secret version, list a folder.
 
-use super::{validate::Checked, Gateway};
-use crate::audit::Target;
+use super::{rpc, Described, Gateway};
 use crate::rules::Resource;
 use crate::{
+    call::Rpc,
     error::{Error, Subject},
     pb::vaultgate::v1::{secret_service_server::SecretService, *},
 };
@@ -47,55 +47,60 @@ fn to_timestamp(rfc3339: &str) -> Option<Timestamp> {
     Some(Timestamp { seconds: i64::try_from(d.as_secs()).ok()?, nanos: i32::try_from(d.subsec_nanos()).ok()? })
 }
 
+impl Described for GetSecretRequest {
+    const RPC: &'static Rpc = rpc!("SecretService", "GetSecret", Secret);
+    fn target(&self) -> (&str, usize) {
+        (&self.path, 1)
+    }
+    fn resource(&self) -> Option<Resource<'_>> {
+        Some(Resource::Secret(&self.path))
+    }
+}
+
+impl Described for ListSecretsRequest {
+    const RPC: &'static Rpc = rpc!("SecretService", "ListSecrets", Secret);
+    fn target(&self) -> (&str, usize) {
+        (&self.path, 1)
+    }
+    fn resource(&self) -> Option<Resource<'_>> {
+        Some(Resource::Secret(&self.path))
+    }
+}
+
 #[tonic::async_trait]
 impl SecretService for Secrets {
     async fn get_secret(&self, req: Request<GetSecretRequest>) -> Result<Response<GetSecretResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "GetSecret",
-            req,
-            |r| Target::new(&r.path, 1),
-            |actor, deadline, r| async move {
-                r.check(&gw.config.limits)?;
-                gw.allow(&actor, Resource::Secret(&r.path))?;
-                let mount = gw.kv_mount(&r.mount);
-                let secret =
-                    gw.vault.kv_read(&actor.token, mount, &r.path, r.version, deadline).await.map_err(|e| {
-                        match Error::from_vault(e, Subject::Secret(&r.path)) {
-                            Error::NotFound(_) if r.version > 0 => {
-                                Error::NotFound(format!("secret {:?} has no readable version {}", r.path, r.version))
-                            }
-                            other => other,
-                        }
-                    })?;
-                Ok(GetSecretResponse {
-                    data: secret.data.map(to_struct),
-                    version: secret.metadata.version,
-                    created_time: to_timestamp(&secret.metadata.created_time),
-                })
-            },
-        )
+        gw.serve(req, |actor, deadline, r| async move {
+            let mount = gw.kv_mount(&r.mount);
+            let secret = gw.vault.kv_read(&actor.token, mount, &r.path, r.version, deadline).await.map_err(|e| {
+                match Error::from_vault(e, Subject::Secret(&r.path)) {
+                    Error::NotFound(_) if r.version > 0 => {
+                        Error::NotFound(format!("secret {:?} has no readable version {}", r.path, r.version))
+                    }
+                    other => other,
+                }
+            })?;
+            Ok(GetSecretResponse {
+                data: secret.data.map(to_struct),
+                version: secret.metadata.version,
+                created_time: to_timestamp(&secret.metadata.created_time),
+            })
+        })
         .await
     }
 
     async fn list_secrets(&self, req: Request<ListSecretsRequest>) -> Result<Response<ListSecretsResponse>, Status> {
         let gw = &self.0;
-        gw.handle(
-            "ListSecrets",
-            req,
-            |r| Target::new(&r.path, 1),
-            |actor, deadline, r| async move {
-                r.check(&gw.config.limits)?;
-                gw.allow(&actor, Resource::Secret(&r.path))?;
-                let mount = gw.kv_mount(&r.mount);
-                let keys = gw
-                    .vault
-                    .kv_list(&actor.token, mount, &r.path, deadline)
-                    .await
-                    .map_err(|e| Error::from_vault(e, Subject::Secret(&r.path)))?;
-                Ok(ListSecretsResponse { keys })
-            },
-        )
+        gw.serve(req, |actor, deadline, r| async move {
+            let mount = gw.kv_mount(&r.mount);
+            let keys = gw
+                .vault
+                .kv_list(&actor.token, mount, &r.path, deadline)
+                .await
+                .map_err(|e| Error::from_vault(e, Subject::Secret(&r.path)))?;
+            Ok(ListSecretsResponse { keys })
+        })
         .await
     }
 }

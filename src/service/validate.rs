@@ -160,8 +160,8 @@ pub fn lease_increment(increment: Option<&prost_types::Duration>) -> Result<Opti
     }
 }
 
-/// The checks of one RPC's request that need no Vault, as its handler runs them before anything
-/// else; the fuzz target and the fuzz smoke test call the same ones. Batch items are checked one
+/// The checks of one RPC's request that need no Vault, run by `Gateway::serve` before the
+/// handler; the fuzz target and the fuzz smoke test call the same ones. Batch items are checked one
 /// by one by the handler ([`encrypt_item`], [`decrypt_item`]): a bad item fails alone.
 pub trait Checked {
     /// `INVALID_ARGUMENT` naming the first wrong field, or `Ok`.
@@ -254,6 +254,27 @@ impl Checked for RenewLeaseRequest {
 impl Checked for RevokeLeaseRequest {
     fn check(&self, _: &Limits) -> Result<(), Error> {
         lease_id("lease_id", &self.lease_id)
+    }
+}
+
+/// Most names one WhoAmI may ask about (each costs a few paths in one Vault request).
+pub const MAX_WHOAMI_NAMES: usize = 64;
+
+impl Checked for WhoAmIRequest {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        if self.keys.len() + self.secret_paths.len() + self.db_roles.len() > MAX_WHOAMI_NAMES {
+            return Err(Error::InvalidArgument(format!("ask about at most {MAX_WHOAMI_NAMES} names in one call")));
+        }
+        for (i, key) in self.keys.iter().enumerate() {
+            name(&format!("keys[{i}]"), key)?;
+        }
+        for (i, path) in self.secret_paths.iter().enumerate() {
+            secret_path(&format!("secret_paths[{i}]"), path, true)?;
+        }
+        for (i, role) in self.db_roles.iter().enumerate() {
+            name(&format!("db_roles[{i}]"), role)?;
+        }
+        Ok(())
     }
 }
 

@@ -121,7 +121,7 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<Login, VaultError> {
         // Idempotent enough: a repeated login only leaves an unused token that expires on its own.
-        let call = Call::new(Method::POST, &["auth", mount, "login"]).idempotent();
+        let call = Call::new(Method::POST, "auth/login", &["auth", mount, "login"]).idempotent();
         login_from(self.call(call, None, Some(&JwtLogin { role, jwt }), deadline).await?)
     }
 
@@ -134,7 +134,7 @@ impl Client {
         secret_id: &str,
         deadline: Option<Instant>,
     ) -> Result<Login, VaultError> {
-        let call = Call::new(Method::POST, &["auth", mount, "login"]).idempotent();
+        let call = Call::new(Method::POST, "auth/login", &["auth", mount, "login"]).idempotent();
         login_from(self.call(call, None, Some(&AppRoleLogin { role_id, secret_id }), deadline).await?)
     }
 
@@ -156,7 +156,7 @@ impl Client {
         increment: u64,
         deadline: Option<Instant>,
     ) -> Result<Renewal, VaultError> {
-        let call = Call::new(Method::POST, &["auth/token/renew-self"]);
+        let call = Call::new(Method::POST, "auth/token/renew-self", &["auth/token/renew-self"]);
         let env: Envelope<serde_json::Value> =
             self.call(call, Some(token), Some(&Increment { increment }), deadline).await?;
         let auth = env.auth.ok_or_else(|| VaultError::Decode("renew-self answer without auth".into()))?;
@@ -177,7 +177,7 @@ impl Client {
             accessor: &'a str,
             increment: u64,
         }
-        let call = Call::new(Method::POST, &["auth/token/renew-accessor"]);
+        let call = Call::new(Method::POST, "auth/token/renew-accessor", &["auth/token/renew-accessor"]);
         let env: Envelope<serde_json::Value> =
             self.call(call, Some(token), Some(&Body { accessor, increment }), deadline).await?;
         Ok(env.auth.map(|a| a.lease_duration).unwrap_or(0))
@@ -188,7 +188,7 @@ impl Client {
     pub async fn lookup_self(&self, token: &VaultToken, deadline: Option<Instant>) -> Result<TokenInfo, VaultError> {
         let env: Envelope<TokenInfo> = self
             .call::<(), _>(
-                Call::new(Method::GET, &["auth/token/lookup-self"]).idempotent(),
+                Call::new(Method::GET, "auth/token/lookup-self", &["auth/token/lookup-self"]).idempotent(),
                 Some(token),
                 None,
                 deadline,
@@ -205,7 +205,7 @@ impl Client {
         paths: &[String],
         deadline: Option<Instant>,
     ) -> Result<std::collections::HashMap<String, Vec<String>>, VaultError> {
-        let call = Call::new(Method::POST, &["sys/capabilities-self"]).idempotent();
+        let call = Call::new(Method::POST, "sys/capabilities-self", &["sys/capabilities-self"]).idempotent();
         let env: Envelope<serde_json::Map<String, serde_json::Value>> =
             self.call(call, Some(token), Some(&Paths { paths }), deadline).await?;
         let data = env.data.unwrap_or_default();
@@ -224,6 +224,12 @@ impl Client {
 
     /// `POST auth/token/revoke-self`: ends the token and every lease it parents.
     pub async fn revoke_self(&self, token: &VaultToken, deadline: Option<Instant>) -> Result<(), VaultError> {
-        self.call_empty::<()>(Call::new(Method::POST, &["auth/token/revoke-self"]), Some(token), None, deadline).await
+        self.call_empty::<()>(
+            Call::new(Method::POST, "auth/token/revoke-self", &["auth/token/revoke-self"]),
+            Some(token),
+            None,
+            deadline,
+        )
+        .await
     }
 }

@@ -52,8 +52,14 @@ impl Client {
         role: &str,
         deadline: Option<Instant>,
     ) -> Result<Lease, VaultError> {
-        let env: Envelope<Credentials> =
-            self.call::<(), _>(Call::new(Method::GET, &[mount, "creds", role]), Some(token), None, deadline).await?;
+        let env: Envelope<Credentials> = self
+            .call::<(), _>(
+                Call::new(Method::GET, "database/creds", &[mount, "creds", role]),
+                Some(token),
+                None,
+                deadline,
+            )
+            .await?;
         let credentials = env.data.ok_or_else(|| VaultError::Decode("creds answer without data".into()))?;
         Ok(Lease { credentials, lease_id: env.lease_id, lease_duration: env.lease_duration, renewable: env.renewable })
     }
@@ -68,8 +74,9 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<u64, VaultError> {
         let body = LeaseBody { lease_id, increment };
-        let env: Envelope<serde_json::Value> =
-            self.call(Call::new(Method::PUT, &["sys/leases/renew"]), Some(token), Some(&body), deadline).await?;
+        let env: Envelope<serde_json::Value> = self
+            .call(Call::new(Method::PUT, "sys/leases/renew", &["sys/leases/renew"]), Some(token), Some(&body), deadline)
+            .await?;
         Ok(env.lease_duration)
     }
 
@@ -81,7 +88,13 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<(), VaultError> {
         let body = LeaseBody { lease_id, increment: None };
-        self.call_empty(Call::new(Method::PUT, &["sys/leases/revoke"]), Some(token), Some(&body), deadline).await
+        self.call_empty(
+            Call::new(Method::PUT, "sys/leases/revoke", &["sys/leases/revoke"]),
+            Some(token),
+            Some(&body),
+            deadline,
+        )
+        .await
     }
 
     /// `PUT sys/leases/lookup`: whether a lease exists, and its remaining TTL in seconds.
@@ -96,8 +109,14 @@ impl Client {
             ttl: u64,
         }
         let body = LeaseBody { lease_id, increment: None };
-        let env: Envelope<Info> =
-            self.call(Call::new(Method::PUT, &["sys/leases/lookup"]), Some(token), Some(&body), deadline).await?;
+        let env: Envelope<Info> = self
+            .call(
+                Call::new(Method::PUT, "sys/leases/lookup", &["sys/leases/lookup"]),
+                Some(token),
+                Some(&body),
+                deadline,
+            )
+            .await?;
         Ok(env.data.map(|i| i.ttl).unwrap_or(0))
     }
 }

@@ -38,7 +38,12 @@ impl Client {
     ) -> Result<String, VaultError> {
         let body = HmacBody { input: b64(input), hmac: None };
         let env: Envelope<HmacData> = self
-            .call(Call::new(Method::POST, &[mount, "hmac", key]).idempotent(), Some(token), Some(&body), deadline)
+            .call(
+                Call::new(Method::POST, "transit/hmac", &[mount, "hmac", key]).idempotent(),
+                Some(token),
+                Some(&body),
+                deadline,
+            )
             .await?;
         match env.data.map(|d| d.hmac) {
             Some(h) if h.starts_with("vault:") => Ok(h),
@@ -59,7 +64,12 @@ impl Client {
     ) -> Result<bool, VaultError> {
         let body = HmacBody { input: b64(input), hmac: Some(hmac) };
         let env: Envelope<VerifyData> = self
-            .call(Call::new(Method::POST, &[mount, "verify", key]).idempotent(), Some(token), Some(&body), deadline)
+            .call(
+                Call::new(Method::POST, "transit/verify", &[mount, "verify", key]).idempotent(),
+                Some(token),
+                Some(&body),
+                deadline,
+            )
             .await?;
         Ok(env.data.is_some_and(|d| d.valid))
     }

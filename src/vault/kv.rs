@@ -42,7 +42,7 @@ impl Client {
         version: u32,
         deadline: Option<Instant>,
     ) -> Result<Secret, VaultError> {
-        let mut call = Call::new(Method::GET, &[mount, "data", path]).idempotent();
+        let mut call = Call::new(Method::GET, "kv/read", &[mount, "data", path]).idempotent();
         if version > 0 {
             call = call.query("version", version);
         }
@@ -62,7 +62,7 @@ impl Client {
         path: &str,
         deadline: Option<Instant>,
     ) -> Result<Vec<String>, VaultError> {
-        let call = Call::new(Method::GET, &[mount, "metadata", path]).query("list", "true").idempotent();
+        let call = Call::new(Method::GET, "kv/list", &[mount, "metadata", path]).query("list", "true").idempotent();
         let (status, bytes) = self.send::<()>(call, Some(token), None, deadline).await?;
         let env: Envelope<Keys> = decode(status, &bytes)?;
         Ok(env.data.map(|k| k.keys).unwrap_or_default())

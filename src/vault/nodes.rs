@@ -196,11 +196,12 @@ impl AllFailing {
 pub struct Nodes {
     nodes: Vec<Node>,
     config: BreakerConfig,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Nodes {
     /// The nodes at `addresses` (each a base URL ending in `/`), all unknown and closed.
-    pub fn new(addresses: Vec<Url>, config: BreakerConfig) -> Nodes {
+    pub fn new(addresses: Vec<Url>, config: BreakerConfig, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Nodes {
         let nodes = addresses
             .into_iter()
             .map(|base| Node {
@@ -210,7 +211,7 @@ impl Nodes {
                 breaker: Mutex::new(Breaker::Closed { failures: 0 }),
             })
             .collect();
-        let nodes = Nodes { nodes, config };
+        let nodes = Nodes { nodes, config, metrics };
         for (i, node) in nodes.nodes.iter().enumerate() {
             nodes.publish(i, &lock(&node.breaker));
         }
@@ -346,7 +347,7 @@ impl Nodes {
 
     fn publish(&self, index: usize, breaker: &Breaker) {
         if let Some(node) = self.nodes.get(index) {
-            crate::metrics::get().breaker(&node.label, breaker.gauge());
+            self.metrics.breaker(&node.label, breaker.gauge());
         }
     }
 }
@@ -405,7 +406,7 @@ mod tests {
 
     fn nodes(n: usize) -> Nodes {
         let urls = (0..n).map(|i| Url::parse(&format!("http://127.0.0.1:{}/", 8200 + i)).unwrap()).collect();
-        Nodes::new(urls, CONFIG)
+        Nodes::new(urls, CONFIG, Default::default())
     }
 
     #[test]

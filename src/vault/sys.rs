@@ -33,7 +33,7 @@ impl Client {
     /// `GET sys/health?standbyok=true` on whichever node answers: 200 ready, 503 sealed, 501
     /// uninitialised; anything else or no answer is an error.
     pub async fn health(&self, deadline: Option<Instant>) -> Result<NodeHealth, VaultError> {
-        let call = Call::new(Method::GET, &["sys/health"]).query("standbyok", "true").idempotent();
+        let call = Call::new(Method::GET, "sys/health", &["sys/health"]).query("standbyok", "true").idempotent();
         let (status, bytes) = self.send::<()>(call, None, None, deadline).await?;
         health_of(status.as_u16(), &bytes)
     }
@@ -41,7 +41,7 @@ impl Client {
     /// The same probe of configured node `index` only (no retry, no breaker): the health
     /// watcher's view of each node.
     pub async fn probe(&self, index: usize, deadline: Option<Instant>) -> Result<NodeHealth, VaultError> {
-        let call = Call::new(Method::GET, &["sys/health"]).query("standbyok", "true").at_node(index);
+        let call = Call::new(Method::GET, "sys/health", &["sys/health"]).query("standbyok", "true").at_node(index);
         let (status, bytes) = self.send::<()>(call, None, None, deadline).await?;
         health_of(status.as_u16(), &bytes)
     }

@@ -27,6 +27,14 @@ impl Op {
             Op::Decrypt => "decrypt",
         }
     }
+
+    /// The metric label of its Vault endpoint.
+    fn kind(self) -> &'static str {
+        match self {
+            Op::Encrypt => "transit/encrypt",
+            Op::Decrypt => "transit/decrypt",
+        }
+    }
 }
 
 /// One item of a `batch_input`, already base64-encoded; fields that are `None` are not sent.
@@ -162,7 +170,7 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<Vec<BatchResult>, VaultError> {
         // Idempotent: sending an encryption or decryption twice changes nothing in Vault.
-        let call = Call::new(Method::POST, &[mount, op.path(), key]).idempotent();
+        let call = Call::new(Method::POST, op.kind(), &[mount, op.path(), key]).idempotent();
         let (status, bytes) = self.send(call, Some(token), Some(&BatchBody { batch_input: items }), deadline).await?;
         let code = status.as_u16();
         // 200 all ok (or item errors without a flag), 400 some/all items failed, 207 partial override.
@@ -190,7 +198,7 @@ impl Client {
         item: &BatchItem,
         deadline: Option<Instant>,
     ) -> Result<BatchResult, VaultError> {
-        let call = Call::new(Method::POST, &[mount, op.path(), key]).idempotent();
+        let call = Call::new(Method::POST, op.kind(), &[mount, op.path(), key]).idempotent();
         let env: Envelope<BatchResult> = self.call(call, Some(token), Some(item), deadline).await?;
         env.data.ok_or_else(|| VaultError::Decode("transit answer without data".into()))
     }
@@ -207,7 +215,12 @@ impl Client {
     ) -> Result<Ciphertext, VaultError> {
         let body = RewrapBody { ciphertext, context };
         let env: Envelope<Ciphertext> = self
-            .call(Call::new(Method::POST, &[mount, "rewrap", key]).idempotent(), Some(token), Some(&body), deadline)
+            .call(
+                Call::new(Method::POST, "transit/rewrap", &[mount, "rewrap", key]).idempotent(),
+                Some(token),
+                Some(&body),
+                deadline,
+            )
             .await?;
         env.data.ok_or_else(|| VaultError::Decode("rewrap answer without data".into()))
     }
@@ -223,7 +236,7 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<Ciphertext, VaultError> {
         let body = DatakeyBody { context, bits };
-        let call = Call::new(Method::POST, &[mount, "datakey/plaintext", key]);
+        let call = Call::new(Method::POST, "transit/datakey", &[mount, "datakey/plaintext", key]);
         let env: Envelope<Ciphertext> = self.call(call, Some(token), Some(&body), deadline).await?;
         env.data.ok_or_else(|| VaultError::Decode("datakey answer without data".into()))
     }
@@ -237,7 +250,12 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<KeyInfo, VaultError> {
         let (status, bytes) = self
-            .send::<()>(Call::new(Method::GET, &[mount, "keys", key]).idempotent(), Some(token), None, deadline)
+            .send::<()>(
+                Call::new(Method::GET, "transit/keys", &[mount, "keys", key]).idempotent(),
+                Some(token),
+                None,
+                deadline,
+            )
             .await?;
         let env: Envelope<KeyInfo> = decode(status, &bytes)?;
         env.data.ok_or_else(|| VaultError::Decode("key answer without data".into()))
@@ -252,7 +270,7 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<KeyInfo, VaultError> {
         // Not idempotent: a second send would add a second version.
-        let call = Call::new(Method::POST, &[mount, "keys", key, "rotate"]);
+        let call = Call::new(Method::POST, "transit/rotate", &[mount, "keys", key, "rotate"]);
         let (status, bytes) = self.send::<()>(call, Some(token), None, deadline).await?;
         if status == reqwest::StatusCode::NO_CONTENT {
             // Older servers answer 204; read the key to learn the new version.

@@ -567,7 +567,7 @@ pub async fn standby_redirects_are_followed(env: &'static Env) {
     let own = gateway(&format!("address = {:?}", cluster.nodes[1].addr), "").await;
     let mut health = HealthClient::new(own.channel.clone());
     wait_for(&mut health, "", ServingStatus::Serving, Duration::from_secs(10)).await;
-    let redirects = || vaultgate::metrics::get().vault_redirects.get();
+    let redirects = || own.gateway.metrics.vault_redirects.get();
     let before = redirects();
     let jwt = env.jwt("ha", 3600);
     let mut c = EncryptionServiceClient::new(own.channel.clone());

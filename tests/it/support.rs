@@ -88,7 +88,7 @@ impl Env {
             dev::issuer::ISSUER
         ));
         let config = Arc::new(Config::parse(&toml).expect("gateway config"));
-        let gateway = Gateway::new(config).expect("gateway");
+        let gateway = Gateway::new(config, Default::default()).expect("gateway");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let served = gateway.clone();
         tokio::spawn(async move {
@@ -305,7 +305,7 @@ pub async fn serve_gateway(config_after_listen: &str) -> TestGateway {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let toml = format!("listen = \"{addr}\"\n{config_after_listen}");
-    let gateway = Gateway::new(Arc::new(Config::parse(&toml).expect("config"))).expect("gateway");
+    let gateway = Gateway::new(Arc::new(Config::parse(&toml).expect("config")), Default::default()).expect("gateway");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(vaultgate::server::serve(listener, gateway.clone(), async {
         let _ = rx.await;
