@@ -13,9 +13,12 @@ tools:
 dev: tools
 	cargo run --bin vaultgate -- dev --dir .dev --metrics-listen 127.0.0.1:9464
 
+# cargo deny (deny.toml): licenses, banned crates and sources. Not `advisories`: that needs the
+# RustSec database from the network, which this machine cannot reach (docs/contributing.md).
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	cargo deny --log-level error check bans licenses sources
 	cargo check --quiet --manifest-path fuzz/Cargo.toml
 
 # Alerting rules (promtool check + unit tests) and the dashboard's queries; seconds, no server.

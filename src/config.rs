@@ -51,6 +51,132 @@ pub struct Config {
     /// How long a refused login is remembered, so a caller with bad credentials cannot make the
     /// gateway hammer Vault with logins.
     pub login_failure_cache: Duration,
+    /// Issuers whose JWTs the gateway verifies itself before any login (`[issuers.<name>]`),
+    /// referenced by `[[callers]] verify_with`.
+    pub issuers: std::collections::HashMap<String, crate::jwt::IssuerConfig>,
+    /// Bounds on logins with JWTs that were not verified locally (rules without `verify_with`).
+    pub unverified_logins: UnverifiedLogins,
+}
+
+/// What a stranger can cost Vault through callers rules that rely on Vault alone to verify the
+/// JWT (no `verify_with`): logins in flight and logins per peer address are capped; past either
+/// the call is answered RESOURCE_EXHAUSTED without a login.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnverifiedLogins {
+    /// Most such logins in flight at once, all peers together.
+    #[serde(default = "default_unverified_in_flight")]
+    pub max_in_flight: usize,
+    /// Logins per second one peer address may cause, sustained.
+    #[serde(default = "default_unverified_rate")]
+    pub per_peer_per_second: f64,
+    /// Logins one peer address may cause at once after a quiet period.
+    #[serde(default = "default_unverified_burst")]
+    pub per_peer_burst: f64,
+}
+
+fn default_unverified_in_flight() -> usize {
+    16
+}
+fn default_unverified_rate() -> f64 {
+    5.0
+}
+fn default_unverified_burst() -> f64 {
+    20.0
+}
+
+/// `[issuers.<name>]` as written; see [`crate::jwt::IssuerConfig`].
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: String,
+    #[serde(default)]
+    audiences: Vec<String>,
+    jwt_validation_pubkeys: Option<Vec<String>>,
+    jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    jwks_ca_cert: Option<PathBuf>,
+    jwks_bearer_token_file: Option<PathBuf>,
+    #[serde(default = "default_jwks_refresh_ms")]
+    jwks_refresh_ms: u64,
+    #[serde(default = "default_jwks_timeout_ms")]
+    jwks_timeout_ms: u64,
+    #[serde(default = "default_leeway_ms")]
+    leeway_ms: u64,
+}
+
+fn default_jwks_refresh_ms() -> u64 {
+    300_000
+}
+fn default_jwks_timeout_ms() -> u64 {
+    5_000
+}
+fn default_leeway_ms() -> u64 {
+    30_000
+}
+
+fn issuer_config(name: &str, raw: RawIssuer) -> Result<crate::jwt::IssuerConfig, String> {
+    use crate::jwt::{keys_from_jwks, keys_from_pem, KeySource};
+    let key = |k: &str| format!("issuers.{name}.{k}");
+    if raw.issuer.is_empty() {
+        return Err(format!("{}: the `iss` this issuer's JWTs carry", key("issuer")));
+    }
+    if raw.audiences.iter().any(String::is_empty) {
+        return Err(format!("{}: entries must not be empty", key("audiences")));
+    }
+    if raw.leeway_ms > 300_000 {
+        return Err(format!("{}: at most 300000 (5 minutes)", key("leeway_ms")));
+    }
+    if raw.jwks_url.is_none() && (raw.jwks_ca_cert.is_some() || raw.jwks_bearer_token_file.is_some()) {
+        return Err(format!("{}: only with jwks_url", key("jwks_ca_cert")));
+    }
+    let keys = match (raw.jwt_validation_pubkeys, raw.jwks_file, raw.jwks_url) {
+        (Some(pems), None, None) => {
+            KeySource::Static(keys_from_pem(&pems).map_err(|e| format!("{}: {e}", key("jwt_validation_pubkeys")))?)
+        }
+        (None, Some(path), None) => {
+            let text = std::fs::read(&path)
+                .map_err(|e| format!("{}: cannot read {}: {e}", key("jwks_file"), path.display()))?;
+            KeySource::Static(
+                keys_from_jwks(&text).map_err(|e| format!("{}: {}: {e}", key("jwks_file"), path.display()))?,
+            )
+        }
+        (None, None, Some(url)) => {
+            let parsed =
+                reqwest::Url::parse(&url).map_err(|e| format!("{}: {url:?} is not a URL ({e})", key("jwks_url")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(format!("{}: scheme must be http or https", key("jwks_url")));
+            }
+            positive(&key("jwks_refresh_ms"), raw.jwks_refresh_ms as usize)?;
+            positive(&key("jwks_timeout_ms"), raw.jwks_timeout_ms as usize)?;
+            let ca_pem = match &raw.jwks_ca_cert {
+                Some(p) => Some(
+                    std::fs::read(p)
+                        .map_err(|e| format!("{}: cannot read {}: {e}", key("jwks_ca_cert"), p.display()))?,
+                ),
+                None => None,
+            };
+            KeySource::Url {
+                url: parsed,
+                ca_pem,
+                bearer_file: raw.jwks_bearer_token_file,
+                refresh: Duration::from_millis(raw.jwks_refresh_ms),
+                timeout: Duration::from_millis(raw.jwks_timeout_ms),
+            }
+        }
+        _ => {
+            return Err(format!(
+                "{}: set exactly one of jwt_validation_pubkeys, jwks_file, jwks_url",
+                key("jwt_validation_pubkeys")
+            ))
+        }
+    };
+    Ok(crate::jwt::IssuerConfig {
+        issuer: raw.issuer,
+        audiences: raw.audiences,
+        leeway: Duration::from_millis(raw.leeway_ms),
+        keys,
+    })
 }
 
 /// Lease ownership that every replica can verify: GetDbCreds returns a `lease_token` signed with a
@@ -147,10 +273,17 @@ pub struct RoleConfig {
     pub login: Option<RoleLogin>,
     /// Transit keys the role may use (`name` or `prefix*`); `None`: not limited by the gateway.
     pub transit_keys: Option<Vec<String>>,
-    /// KV path prefixes the role may read or list; `None`: not limited by the gateway.
+    /// KV path prefixes the role may read or list, matched by whole path segments; `None`: not
+    /// limited by the gateway.
     pub kv_prefixes: Option<Vec<String>>,
+    /// KV mounts `kv_prefixes` apply to: a role with `kv_prefixes` may name no other mount
+    /// (default: `mounts.kv` alone).
+    pub kv_mounts: Vec<String>,
     /// Database roles the role may get credentials of (`name` or `prefix*`); `None`: not limited.
     pub db_roles: Option<Vec<String>>,
+    /// Database mounts `db_roles` apply to: a role with `db_roles` may name no other mount
+    /// (default: `mounts.database` alone).
+    pub db_mounts: Vec<String>,
 }
 
 /// Where audit lines go and what happens when they cannot be written.
@@ -220,6 +353,10 @@ pub struct CallerRule {
     /// Auth mount; default: the method's name (`jwt` or `kubernetes`).
     #[serde(default)]
     pub auth_mount: String,
+    /// Optional: the `[issuers.<name>]` whose keys verify the JWT locally before any login (the
+    /// rule then also requires that issuer's `iss`). Without it Vault alone verifies the JWT, and
+    /// `[unverified_logins]` bounds what unverified JWTs can cost.
+    pub verify_with: Option<String>,
 }
 
 /// Limits and knobs of the Transit coalescer.
@@ -374,6 +511,10 @@ struct RawConfig {
     login_failure_cache_ms: u64,
     #[serde(default)]
     leases: Option<LeaseConfig>,
+    #[serde(default)]
+    issuers: std::collections::HashMap<String, RawIssuer>,
+    #[serde(default)]
+    unverified_logins: Option<UnverifiedLogins>,
 }
 
 impl RawConfig {
@@ -384,6 +525,7 @@ impl RawConfig {
         self.limits.get_or_insert_with(empty);
         self.log.get_or_insert_with(empty);
         self.shutdown.get_or_insert_with(empty);
+        self.unverified_logins.get_or_insert_with(empty);
     }
 }
 
@@ -432,7 +574,9 @@ struct RawRole {
     jwt_mount: String,
     transit_keys: Option<Vec<String>>,
     kv_prefixes: Option<Vec<String>>,
+    kv_mounts: Option<Vec<String>>,
     db_roles: Option<Vec<String>>,
+    db_mounts: Option<Vec<String>>,
 }
 
 fn default_approle_mount() -> String {
@@ -591,14 +735,24 @@ impl Config {
         {
             valid_mount(key, value)?;
         }
+        let issuers = raw
+            .issuers
+            .into_iter()
+            .map(|(name, issuer)| issuer_config(&name, issuer).map(|i| (name, i)))
+            .collect::<Result<std::collections::HashMap<_, _>, _>>()?;
         let mut callers = raw.callers;
         for (i, rule) in callers.iter_mut().enumerate() {
-            validate_rule(i, rule)?;
+            validate_rule(i, rule, &issuers)?;
+        }
+        let unverified_logins: UnverifiedLogins = raw.unverified_logins.unwrap_or_else(empty);
+        positive("unverified_logins.max_in_flight", unverified_logins.max_in_flight)?;
+        if !(unverified_logins.per_peer_per_second > 0.0 && unverified_logins.per_peer_burst >= 1.0) {
+            return Err("unverified_logins.per_peer_per_second: must be > 0, and per_peer_burst >= 1".into());
         }
         let roles = raw
             .roles
             .into_iter()
-            .map(|(name, role)| role_config(&name, role).map(|r| (name, r)))
+            .map(|(name, role)| role_config(&name, role, &mounts).map(|r| (name, r)))
             .collect::<Result<std::collections::HashMap<_, _>, _>>()?;
         let cert_callers = raw
             .cert_callers
@@ -688,6 +842,8 @@ impl Config {
             cert_callers,
             roles,
             login_failure_cache: Duration::from_millis(raw.login_failure_cache_ms),
+            issuers,
+            unverified_logins,
             leases: raw.leases,
             token_cache_size: raw.token_cache_size.max(1),
             batch,
@@ -712,7 +868,11 @@ fn valid_mount(key: &str, value: &str) -> Result<(), String> {
     crate::service::validate::mount(value).map_err(|why| format!("{key}: {why}"))
 }
 
-fn validate_rule(i: usize, rule: &mut CallerRule) -> Result<(), String> {
+fn validate_rule(
+    i: usize,
+    rule: &mut CallerRule,
+    issuers: &std::collections::HashMap<String, crate::jwt::IssuerConfig>,
+) -> Result<(), String> {
     let key = |k: &str| format!("callers[{i}].{k}");
     if rule.role.trim().is_empty() {
         return Err(format!("{}: must name a Vault role", key("role")));
@@ -731,10 +891,23 @@ fn validate_rule(i: usize, rule: &mut CallerRule) -> Result<(), String> {
     if rule.auth_mount.is_empty() {
         rule.auth_mount = rule.method.clone();
     }
+    if let Some(name) = &rule.verify_with {
+        let issuer = issuers.get(name).ok_or_else(|| format!("{}: no [issuers.{name}] table", key("verify_with")))?;
+        match &rule.issuer {
+            Some(iss) if *iss != issuer.issuer => {
+                return Err(format!(
+                    "{}: {iss:?} differs from issuers.{name}.issuer {:?} (leave it out: verify_with implies it)",
+                    key("issuer"),
+                    issuer.issuer
+                ))
+            }
+            _ => rule.issuer = Some(issuer.issuer.clone()),
+        }
+    }
     valid_mount(&key("auth_mount"), &rule.auth_mount)
 }
 
-fn role_config(name: &str, raw: RawRole) -> Result<RoleConfig, String> {
+fn role_config(name: &str, raw: RawRole, mounts: &Mounts) -> Result<RoleConfig, String> {
     let key = |k: &str| format!("roles.{name}.{k}");
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b)) {
         return Err(format!("roles.{name:?}: a role name is letters, digits and - _ . @"));
@@ -755,14 +928,30 @@ fn role_config(name: &str, raw: RawRole) -> Result<RoleConfig, String> {
         }
         _ => return Err(format!("{}: set one login: AppRole files, token_file or jwt_file", key("token_file"))),
     };
-    for (field, list) in
-        [("transit_keys", &raw.transit_keys), ("kv_prefixes", &raw.kv_prefixes), ("db_roles", &raw.db_roles)]
-    {
-        if list.iter().flatten().any(|v| v.is_empty()) {
+    for (field, list) in [
+        ("transit_keys", &raw.transit_keys),
+        ("kv_prefixes", &raw.kv_prefixes),
+        ("db_roles", &raw.db_roles),
+        ("kv_mounts", &raw.kv_mounts),
+        ("db_mounts", &raw.db_mounts),
+    ] {
+        if list.iter().flatten().any(|v| v.trim_matches('/').is_empty()) {
             return Err(format!("{}: entries must not be empty", key(field)));
         }
     }
-    Ok(RoleConfig { login, transit_keys: raw.transit_keys, kv_prefixes: raw.kv_prefixes, db_roles: raw.db_roles })
+    let mount_list = |field: &str, list: Option<Vec<String>>, default: &str| -> Result<Vec<String>, String> {
+        let list = list.unwrap_or_else(|| vec![default.to_string()]);
+        list.iter().try_for_each(|m| valid_mount(&key(field), m))?;
+        Ok(list.iter().map(|m| m.trim_matches('/').to_string()).collect())
+    };
+    Ok(RoleConfig {
+        login,
+        transit_keys: raw.transit_keys,
+        kv_prefixes: raw.kv_prefixes,
+        kv_mounts: mount_list("kv_mounts", raw.kv_mounts, &mounts.kv)?,
+        db_roles: raw.db_roles,
+        db_mounts: mount_list("db_mounts", raw.db_mounts, &mounts.database)?,
+    })
 }
 
 fn cert_rule(
@@ -830,8 +1019,12 @@ mod tests {
         let text = include_str!("../deploy/kubernetes/base/vaultgate.toml");
         // The CA file exists only in the pod; everything else must parse as shipped.
         let text = text.replace("ca_cert = \"/etc/vaultgate/openbao-ca.crt\"", "");
+        let text = text.replace("jwks_ca_cert = \"/etc/vaultgate/kube-ca.crt\"", "");
         let c = Config::parse(&text).unwrap();
         assert_eq!(c.callers.len(), 2);
+        // Callers' service-account tokens are verified locally, with the cluster's JWKS.
+        assert!(c.callers.iter().all(|r| r.verify_with.as_deref() == Some("k8s")));
+        assert!(matches!(c.issuers["k8s"].keys, crate::jwt::KeySource::Url { .. }));
         assert_eq!(c.log.format, "json");
         assert!(c.metrics_listen.is_some() && c.audit.is_some());
         assert_eq!(c.shutdown.drain_timeout_ms, 20_000);

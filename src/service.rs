@@ -70,7 +70,7 @@ impl Gateway {
             audit,
             rate_limits: RateLimits::new(config.rate_limits.clone()),
             in_flight: Arc::new(Semaphore::new(config.limits.max_concurrent_calls)),
-            sessions: Arc::new(Sessions::new(vault.clone(), &config)),
+            sessions: Arc::new(Sessions::new(vault.clone(), &config)?),
             vault,
             coalescer,
             leases: Leases::default(),
@@ -128,8 +128,9 @@ impl Gateway {
         Fut: Future<Output = Result<T, Error>>,
     {
         let deadline = call.deadline;
+        let peer = call.peer.map(|a| a.ip());
         let creds = Credentials::from_call(metadata, leaf)?;
-        let actor = self.sessions.authenticate(&creds, deadline).await?;
+        let actor = self.sessions.authenticate(&creds, peer, deadline).await?;
         call.identified(actor.caller.clone(), actor.role.clone());
         if let Err(wait) = self.rate_limits.take(&actor.caller, &actor.role) {
             self.metrics.rate_limit(&actor.role);
@@ -150,7 +151,7 @@ impl Gateway {
                     if !self.sessions.token_dead(&actor, deadline).await {
                         return Err(denied);
                     }
-                    let actor = self.sessions.authenticate(&creds, deadline).await?;
+                    let actor = self.sessions.authenticate(&creds, peer, deadline).await?;
                     handler(actor, deadline, message).await
                 })
                 .await

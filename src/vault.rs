@@ -4,7 +4,10 @@
 //! `{"data": …}` envelope and turns `{"errors": […]}` and status codes into [`VaultError`].
 //! Engine-specific calls live in `vault/`.
 //!
-//! Invariant: this module knows nothing of gRPC. Request and response bodies are never logged.
+//! Invariants: this module knows nothing of gRPC. Request and response bodies are never logged.
+//! A token goes only to a configured Vault node: a 307 is followed only to one of
+//! `vault.addresses` (and never from https down to http), and with `vault.ca_cert` set, that CA
+//! alone is trusted (not the public web roots as well).
 
 pub mod auth;
 pub mod database;
@@ -73,8 +76,9 @@ pub enum VaultError {
     Decode(String),
 }
 
-/// The envelope every Vault answer shares; `T` is the engine-specific `data`.
-#[derive(Debug, Deserialize)]
+/// The envelope every Vault answer shares; `T` is the engine-specific `data` (`Debug` never
+/// prints it: it may be a secret's values, credentials or a plaintext).
+#[derive(Deserialize)]
 pub struct Envelope<T> {
     /// Lease id of dynamic secrets ("" otherwise).
     #[serde(default)]
@@ -92,6 +96,19 @@ pub struct Envelope<T> {
     /// Vault's warnings (e.g. a TTL capped at max_ttl).
     #[serde(default)]
     pub warnings: Option<Vec<String>>,
+}
+
+impl<T> fmt::Debug for Envelope<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Envelope")
+            .field("lease_id", &self.lease_id)
+            .field("lease_duration", &self.lease_duration)
+            .field("renewable", &self.renewable)
+            .field("data", &self.data.as_ref().map(|_| "<redacted>"))
+            .field("auth", &self.auth)
+            .field("warnings", &self.warnings)
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -188,6 +205,10 @@ impl<'a> Call<'a> {
 /// Most 307 redirects followed by one attempt (a standby points at the active node: one hop).
 const MAX_REDIRECTS: usize = 2;
 
+/// The error of a redirect to a host outside `vault.addresses` (not followed).
+pub const FOREIGN_REDIRECT: &str =
+    "Vault redirected to a host that is not one of vault.addresses; not followed (list every node there)";
+
 /// One HTTP answer and the node that gave it.
 struct Answer {
     status: StatusCode,
@@ -207,6 +228,8 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true);
         if let Some(pem) = &config.ca_pem {
+            // Only the configured CA: a certificate from any public CA must not pass for Vault's.
+            builder = builder.tls_built_in_root_certs(false);
             for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("vault.ca_cert: {e}"))? {
                 builder = builder.add_root_certificate(cert);
             }
@@ -357,8 +380,8 @@ impl Client {
         Some(wait)
     }
 
-    /// One attempt on node `first`, following up to [`MAX_REDIRECTS`] 307s; returns the node
-    /// that gave the last answer (a redirect target that is not a configured node counts as `first`).
+    /// One attempt on node `first`, following up to [`MAX_REDIRECTS`] 307s to configured nodes
+    /// only; returns the node that gave the last answer.
     async fn attempt(
         &self,
         first: usize,
@@ -397,9 +420,17 @@ impl Client {
             let status = resp.status();
             if matches!(status.as_u16(), 307 | 308) && hop < MAX_REDIRECTS {
                 if let Some(target) = redirect_target(&resp, &url) {
+                    let Some(next) = self.nodes.by_origin(&target) else {
+                        // The request carries a token: it goes to no host the operator did not list.
+                        tracing::warn!(to = %target.origin().ascii_serialization(), "vault redirect to a host that is not a configured node: not followed");
+                        return (
+                            node,
+                            Err(VaultError::Api { status: status.as_u16(), errors: vec![FOREIGN_REDIRECT.into()] }),
+                        );
+                    };
                     self.metrics.vault_redirects.inc();
                     tracing::debug!(to = %target.origin().ascii_serialization(), "following vault redirect");
-                    node = self.nodes.by_origin(&target).unwrap_or(first);
+                    node = next;
                     url = target;
                     continue;
                 }

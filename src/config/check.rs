@@ -345,7 +345,16 @@ fn first_problem(work: &Table) -> Result<Config, (Option<KeyPath>, String)> {
                 path.push(Seg::Key(field.to_string()));
                 path
             }
-            (Some(span), Ok((_, root)), None) => path_at(&root, span.start).unwrap_or_default(),
+            (Some(span), Ok((_, root)), None) => {
+                let mut path = path_at(&root, span.start).unwrap_or_default();
+                // `unknown field `x``: the key is `x`, even when the span also covers what is
+                // inside it (a dotted header such as `[x.y]`).
+                let unknown = why.strip_prefix("unknown field `").and_then(|r| r.split('`').next());
+                if let Some(at) = unknown.and_then(|x| path.iter().rposition(|s| *s == Seg::Key(x.to_string()))) {
+                    path.truncate(at + 1);
+                }
+                path
+            }
             _ => Vec::new(),
         };
         return Err(((!path.is_empty()).then_some(path), why));
@@ -506,6 +515,10 @@ mod tests {
             assert!(got.iter().any(|g| g.starts_with(w)), "{w:?} not among {got:#?}");
         }
         assert_eq!(got.len(), want.len(), "{got:#?}");
+        // An unknown table named by a dotted header is one problem, at the table.
+        let got = problems(&format!("{MINIMAL}[nope.inner]\nx = 1\n"));
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert!(got[0].starts_with("4: nope: unknown field `nope`"), "{got:#?}");
         let lines: Vec<usize> = check(text).unwrap_err().iter().filter_map(|p| p.line).collect();
         assert!(lines.is_sorted(), "in file order: {lines:?}");
     }

@@ -53,7 +53,7 @@ impl Described for GetSecretRequest {
         (&self.path, 1)
     }
     fn resource(&self) -> Option<Resource<'_>> {
-        Some(Resource::Secret(&self.path))
+        Some(Resource::Secret { mount: &self.mount, path: &self.path })
     }
 }
 
@@ -63,7 +63,7 @@ impl Described for ListSecretsRequest {
         (&self.path, 1)
     }
     fn resource(&self) -> Option<Resource<'_>> {
-        Some(Resource::Secret(&self.path))
+        Some(Resource::Secret { mount: &self.mount, path: &self.path })
     }
 }
 

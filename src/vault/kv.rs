@@ -9,13 +9,22 @@ use reqwest::Method;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-/// One version of a secret: its data and metadata.
-#[derive(Debug, Clone, Deserialize)]
+/// One version of a secret: its data and metadata (`Debug` shows how many fields, never a value).
+#[derive(Clone, Deserialize)]
 pub struct Secret {
     /// The key/value data; `None` when the version is deleted or destroyed.
     pub data: Option<serde_json::Map<String, serde_json::Value>>,
     /// Version metadata.
     pub metadata: SecretMetadata,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("data", &self.data.as_ref().map(|d| format!("<redacted: {} fields>", d.len())))
+            .field("metadata", &self.metadata)
+            .finish()
+    }
 }
 
 /// Metadata of one secret version.

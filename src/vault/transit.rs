@@ -38,7 +38,8 @@ impl Op {
 }
 
 /// One item of a `batch_input`, already base64-encoded; fields that are `None` are not sent.
-#[derive(Debug, Clone, Serialize, Default)]
+/// `Debug` shows the lengths of plaintext, context and associated data, never their bytes.
+#[derive(Clone, Serialize, Default)]
 pub struct BatchItem {
     /// Base64 plaintext (encrypt). Always sent for encrypt, even when empty (VAULT-API §1.3 a).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -55,6 +56,19 @@ pub struct BatchItem {
     /// Key version to encrypt with (encrypt only; 0/None = latest).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_version: Option<u32>,
+}
+
+impl std::fmt::Debug for BatchItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::redact::opt_len;
+        f.debug_struct("BatchItem")
+            .field("plaintext", &opt_len(&self.plaintext))
+            .field("ciphertext", &self.ciphertext)
+            .field("context", &opt_len(&self.context))
+            .field("associated_data", &opt_len(&self.associated_data))
+            .field("key_version", &self.key_version)
+            .finish()
+    }
 }
 
 impl BatchItem {
@@ -76,8 +90,8 @@ impl BatchItem {
     }
 }
 
-/// One entry of `batch_results`: either a value or an `error`.
-#[derive(Debug, Clone, Deserialize, Default)]
+/// One entry of `batch_results`: either a value or an `error` (`Debug` redacts the plaintext).
+#[derive(Clone, Deserialize, Default)]
 pub struct BatchResult {
     /// Encrypt: the ciphertext.
     #[serde(default)]
@@ -91,6 +105,17 @@ pub struct BatchResult {
     /// Set when this item failed.
     #[serde(default)]
     pub error: Option<String>,
+}
+
+impl std::fmt::Debug for BatchResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchResult")
+            .field("ciphertext", &self.ciphertext)
+            .field("plaintext", &crate::redact::opt_len(&self.plaintext))
+            .field("key_version", &self.key_version)
+            .field("error", &self.error)
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -134,8 +159,8 @@ pub struct KeyInfo {
     pub derived: bool,
 }
 
-/// Answer of encrypt/rewrap/datakey: a ciphertext and the key version.
-#[derive(Debug, Clone, Deserialize)]
+/// Answer of encrypt/rewrap/datakey: a ciphertext and the key version (`Debug` redacts the data key).
+#[derive(Clone, Deserialize)]
 pub struct Ciphertext {
     /// `vault:vN:…`.
     pub ciphertext: String,
@@ -145,6 +170,16 @@ pub struct Ciphertext {
     /// Datakey only: the base64 plaintext data key.
     #[serde(default)]
     pub plaintext: Option<String>,
+}
+
+impl std::fmt::Debug for Ciphertext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ciphertext")
+            .field("ciphertext", &self.ciphertext)
+            .field("key_version", &self.key_version)
+            .field("plaintext", &crate::redact::opt_len(&self.plaintext))
+            .finish()
+    }
 }
 
 /// Encodes bytes as Vault expects binary inputs (standard base64).

@@ -7,6 +7,7 @@
 //! A custom runner (not libtest) so the stack starts once and is always stopped, and so the log
 //! check sees the whole run. `cargo test --test it -- NAME` runs the tests whose name contains NAME.
 
+mod attacks_auth;
 mod badinput;
 mod batching;
 mod callers;
@@ -71,6 +72,8 @@ const TESTS: &[(&str, TestFn)] = tests![
     identity::certificate_files_reload_without_dropping_connections,
     identity::kubernetes_callers_log_in,
     identity::token_file_roles_and_revocation_at_shutdown,
+    attacks_auth::unknown_kid_flood_refetches_the_jwks_at_most_once_per_ten_seconds,
+    attacks_auth::vault_redirect_to_a_foreign_host_is_not_followed,
 ];
 
 /// Tests that measure time or load the machine on purpose: run one at a time after the others,
@@ -78,6 +81,8 @@ const TESTS: &[(&str, TestFn)] = tests![
 const ALONE: &[(&str, TestFn)] = tests![
     lifecycle::a_noisy_caller_is_throttled_alone,
     overload::ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right,
+    attacks_auth::forged_jwts_cost_vault_nothing,
+    attacks_auth::forged_jwts_without_local_verification_are_capped,
 ];
 
 /// Upper bound of one test, so a hang fails instead of blocking CI.

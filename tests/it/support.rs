@@ -84,8 +84,8 @@ impl Env {
         let audit = dir.join("main-gateway-audit.log");
         let mut toml = stack.config_toml(addr, &audit, Some(metrics_addr));
         toml.push_str(&format!(
-            "[[callers]]\nrole = \"qa\"\nclaim = \"sub\"\nequals = \"qa\"\nissuer = \"{0}\"\n\n[[callers]]\nrole = \"qa2\"\nequals = \"qa2\"\nissuer = \"{0}\"\n\n[[callers]]\nrole = \"qashort\"\nequals = \"qashort\"\nissuer = \"{0}\"\n\n[limits]\nmax_item_bytes = 65536\nmax_batch_items = 2000\n",
-            dev::issuer::ISSUER
+            "[[callers]]\nrole = \"qa\"\nclaim = \"sub\"\nequals = \"qa\"\nverify_with = \"{0}\"\n\n[[callers]]\nrole = \"qa2\"\nequals = \"qa2\"\nverify_with = \"{0}\"\n\n[[callers]]\nrole = \"qashort\"\nequals = \"qashort\"\nverify_with = \"{0}\"\n\n[limits]\nmax_item_bytes = 65536\nmax_batch_items = 2000\n",
+            dev::DEV_ISSUER
         ));
         let config = Arc::new(Config::parse(&toml).expect("gateway config"));
         let gateway = Gateway::new(config, Default::default()).expect("gateway");
