@@ -488,7 +488,8 @@ mod tests {
     fn a_valid_config_has_no_problem() {
         assert!(check(MINIMAL).is_ok());
         let k8s = include_str!("../../deploy/kubernetes/base/vaultgate.toml")
-            .replace("ca_cert = \"/etc/vaultgate/openbao-ca.crt\"", "");
+            .replace("ca_cert = \"/etc/vaultgate/openbao-ca.crt\"", "")
+            .replace("jwks_ca_cert = \"/etc/vaultgate/kube-ca.crt\"", "");
         assert_eq!(problems(&k8s), Vec::<String>::new());
     }
 
