@@ -28,6 +28,11 @@ pub struct Config {
     pub callers: Vec<CallerRule>,
     /// Most caller tokens kept in the cache.
     pub token_cache_size: usize,
+    /// Caller tokens used within this long are renewed in the background before they expire, so
+    /// a caller back from a quiet spell pays no login; zero renews only on use.
+    pub token_keep_warm: Duration,
+    /// The read cache of GetSecret, ListSecrets and GetKey answers, and serving them stale.
+    pub cache: CacheConfig,
     /// Coalescing of Transit calls.
     pub batch: BatchConfig,
     /// Request size limits.
@@ -284,6 +289,54 @@ pub struct RoleConfig {
     /// Database mounts `db_roles` apply to: a role with `db_roles` may name no other mount
     /// (default: `mounts.database` alone).
     pub db_mounts: Vec<String>,
+    /// How long this role's read answers are cached (`cache_ttl_ms`, zero: not at all);
+    /// `None`: `cache.ttl_ms`.
+    pub cache_ttl: Option<Duration>,
+    /// Whether this role's callers get cached answers marked stale while Vault cannot answer
+    /// (`serve_stale`, default true); false: they get the failure.
+    pub serve_stale: Option<bool>,
+}
+
+/// The read cache (`[cache]`): GetSecret, ListSecrets and GetKey answers, per Vault token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Milliseconds an answer is served without asking Vault again (zero: no cache, no
+    /// coalescing, no stale answers); per role `roles.<name>.cache_ttl_ms`.
+    #[serde(default = "default_cache_ttl_ms")]
+    pub ttl_ms: u64,
+    /// Milliseconds an explicitly requested KV version (`version = N`, immutable) is served.
+    #[serde(default = "default_version_ttl_ms")]
+    pub version_ttl_ms: u64,
+    /// Oldest answer (milliseconds since Vault confirmed it) served, marked stale, while Vault
+    /// cannot answer; zero: never serve stale.
+    #[serde(default = "default_max_stale_ms")]
+    pub max_stale_ms: u64,
+    /// Most answers held.
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: usize,
+    /// Most bytes of answers held (estimated); larger single answers are not cached.
+    #[serde(default = "default_cache_bytes")]
+    pub max_bytes: usize,
+}
+
+fn default_cache_ttl_ms() -> u64 {
+    2_000
+}
+fn default_version_ttl_ms() -> u64 {
+    60_000
+}
+fn default_max_stale_ms() -> u64 {
+    300_000
+}
+fn default_cache_entries() -> usize {
+    10_000
+}
+fn default_cache_bytes() -> usize {
+    32 << 20
+}
+fn default_keep_warm_ms() -> u64 {
+    900_000
 }
 
 /// Where audit lines go and what happens when they cannot be written.
@@ -489,6 +542,10 @@ struct RawConfig {
     callers: Vec<CallerRule>,
     #[serde(default = "default_cache")]
     token_cache_size: usize,
+    #[serde(default = "default_keep_warm_ms")]
+    token_keep_warm_ms: u64,
+    #[serde(default)]
+    cache: Option<CacheConfig>,
     #[serde(default)]
     batch: Option<BatchConfig>,
     #[serde(default)]
@@ -576,6 +633,8 @@ struct RawRole {
     kv_prefixes: Option<Vec<String>>,
     kv_mounts: Option<Vec<String>>,
     db_roles: Option<Vec<String>>,
+    cache_ttl_ms: Option<u64>,
+    serve_stale: Option<bool>,
     db_mounts: Option<Vec<String>>,
 }
 
@@ -594,8 +653,15 @@ struct RawVault {
     addresses: Option<Vec<String>>,
     ca_cert: Option<String>,
     namespace: Option<String>,
-    #[serde(default = "default_timeout_ms")]
-    timeout_ms: u64,
+    timeout_ms: Option<u64>,
+    transit_timeout_ms: Option<u64>,
+    kv_timeout_ms: Option<u64>,
+    login_timeout_ms: Option<u64>,
+    database_timeout_ms: Option<u64>,
+    #[serde(default = "default_silent_after_ms")]
+    silent_after_ms: u64,
+    #[serde(default = "default_hedge_min_ms")]
+    hedge_min_ms: u64,
     #[serde(default = "default_health_ms")]
     health_interval_ms: u64,
     #[serde(default = "default_max_attempts")]
@@ -635,6 +701,36 @@ fn default_breaker_failures() -> u32 {
 }
 fn default_breaker_cool_down_ms() -> u64 {
     vault::nodes::DEFAULT_BREAKER.cool_down.as_millis() as u64
+}
+fn default_silent_after_ms() -> u64 {
+    vault::nodes::DEFAULT_BREAKER.silent_after.as_millis() as u64
+}
+fn default_hedge_min_ms() -> u64 {
+    50
+}
+
+/// Per-kind timeouts: each `vault.<kind>_timeout_ms`, by default the documented figure, but
+/// never more than `vault.timeout_ms` when that is set (it also bounds everything else).
+fn timeouts(raw: &RawVault) -> Result<vault::Timeouts, String> {
+    let d = vault::DEFAULT_TIMEOUTS;
+    let cap = match raw.timeout_ms {
+        Some(0) => return Err("vault.timeout_ms: must be greater than 0".into()),
+        Some(ms) => Duration::from_millis(ms),
+        None => Duration::MAX,
+    };
+    let other = if cap == Duration::MAX { d.other } else { cap };
+    let pick = |key: &str, set: Option<u64>, default: Duration| match set {
+        Some(0) => Err(format!("vault.{key}: must be greater than 0")),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Ok(default.min(cap)),
+    };
+    Ok(vault::Timeouts {
+        transit: pick("transit_timeout_ms", raw.transit_timeout_ms, d.transit)?,
+        kv: pick("kv_timeout_ms", raw.kv_timeout_ms, d.kv)?,
+        login: pick("login_timeout_ms", raw.login_timeout_ms, d.login)?,
+        database: pick("database_timeout_ms", raw.database_timeout_ms, d.database)?,
+        other,
+    })
 }
 
 /// The Vault node URLs: exactly one of `vault.address` and `vault.addresses`, each http(s).
@@ -676,6 +772,9 @@ fn resilience(raw: &RawVault) -> Result<(vault::retry::RetryConfig, vault::nodes
     }
     positive("vault.breaker_failures", raw.breaker_failures as usize)?;
     positive("vault.breaker_cool_down_ms", raw.breaker_cool_down_ms as usize)?;
+    if !(50..=60_000).contains(&raw.silent_after_ms) {
+        return Err("vault.silent_after_ms: must be between 50 and 60000".into());
+    }
     Ok((
         vault::retry::RetryConfig {
             max_attempts: raw.retry_max_attempts,
@@ -687,13 +786,11 @@ fn resilience(raw: &RawVault) -> Result<(vault::retry::RetryConfig, vault::nodes
         vault::nodes::BreakerConfig {
             failures: raw.breaker_failures,
             cool_down: Duration::from_millis(raw.breaker_cool_down_ms),
+            silent_after: Duration::from_millis(raw.silent_after_ms),
         },
     ))
 }
 
-fn default_timeout_ms() -> u64 {
-    10_000
-}
 fn default_health_ms() -> u64 {
     1_000
 }
@@ -727,7 +824,7 @@ impl Config {
             Some(p) => Some(std::fs::read(p).map_err(|e| format!("vault.ca_cert: cannot read {p}: {e}"))?),
             None => None,
         };
-        positive("vault.timeout_ms", raw.vault.timeout_ms as usize)?;
+        let timeouts = timeouts(&raw.vault)?;
         positive("vault.health_interval_ms", raw.vault.health_interval_ms as usize)?;
         let mounts: Mounts = raw.mounts.unwrap_or_else(empty);
         for (key, value) in
@@ -820,6 +917,16 @@ impl Config {
                 return Err(format!("rate_limits.{role}: per_second must be > 0 and burst >= 1"));
             }
         }
+        let cache: CacheConfig = raw.cache.unwrap_or_else(empty);
+        if cache.ttl_ms > 0 {
+            positive("cache.max_entries", cache.max_entries)?;
+            if cache.max_bytes < 4096 {
+                return Err("cache.max_bytes: must be at least 4096".into());
+            }
+        }
+        if cache.max_stale_ms > 0 && cache.max_stale_ms < cache.ttl_ms {
+            return Err("cache.max_stale_ms: must be 0 (never stale) or at least cache.ttl_ms".into());
+        }
         let log: LogConfig = raw.log.unwrap_or_else(empty);
         if !matches!(log.format.as_str(), "human" | "json") {
             return Err(format!("log.format: must be \"human\" or \"json\", not {:?}", log.format));
@@ -829,7 +936,11 @@ impl Config {
             metrics_listen,
             vault: crate::vault::ClientConfig {
                 addresses,
-                timeout: Duration::from_millis(raw.vault.timeout_ms),
+                timeouts,
+                hedge: vault::hedge::HedgeConfig {
+                    min: Duration::from_millis(raw.vault.hedge_min_ms),
+                    max: breaker.silent_after,
+                },
                 namespace: raw.vault.namespace.filter(|n| !n.is_empty()),
                 ca_pem,
                 retry,
@@ -846,6 +957,8 @@ impl Config {
             unverified_logins,
             leases: raw.leases,
             token_cache_size: raw.token_cache_size.max(1),
+            token_keep_warm: Duration::from_millis(raw.token_keep_warm_ms),
+            cache,
             batch,
             limits,
             log,
@@ -951,6 +1064,8 @@ fn role_config(name: &str, raw: RawRole, mounts: &Mounts) -> Result<RoleConfig, 
         kv_mounts: mount_list("kv_mounts", raw.kv_mounts, &mounts.kv)?,
         db_roles: raw.db_roles,
         db_mounts: mount_list("db_mounts", raw.db_mounts, &mounts.database)?,
+        cache_ttl: raw.cache_ttl_ms.map(Duration::from_millis),
+        serve_stale: raw.serve_stale,
     })
 }
 
@@ -999,7 +1114,24 @@ mod tests {
         assert_eq!(c.mounts.kv, "secret");
         assert_eq!(c.batch.max_json_strings, 1000);
         assert!(c.batch.enabled);
-        assert_eq!(c.vault.timeout, Duration::from_secs(10));
+        assert_eq!(c.vault.timeouts, vault::DEFAULT_TIMEOUTS);
+        assert_eq!(c.vault.hedge.min, Duration::from_millis(50));
+        assert_eq!(c.cache.ttl_ms, 2_000);
+        assert_eq!(c.cache.max_stale_ms, 300_000);
+        assert_eq!(c.token_keep_warm, Duration::from_secs(900));
+        let short = Config::parse(&format!("{MINIMAL}timeout_ms = 2000\nkv_timeout_ms = 500\n")).unwrap();
+        let t = short.vault.timeouts;
+        assert_eq!(
+            (t.transit, t.kv, t.login, t.database, t.other),
+            (
+                Duration::from_secs(2),
+                Duration::from_millis(500),
+                Duration::from_secs(2),
+                Duration::from_secs(2),
+                Duration::from_secs(2)
+            ),
+            "vault.timeout_ms bounds the defaults"
+        );
         assert_eq!(c.vault.addresses.len(), 1);
         assert_eq!(c.vault.retry, vault::retry::DEFAULT);
         assert_eq!(c.vault.breaker, vault::nodes::DEFAULT_BREAKER);
@@ -1049,6 +1181,11 @@ mod tests {
             (&format!("{MINIMAL}retry_max_attempts = 0\n"), "vault.retry_max_attempts"),
             (&format!("{MINIMAL}retry_backoff_max_ms = 1\n"), "vault.retry_backoff_max_ms"),
             (&format!("{MINIMAL}breaker_failures = 0\n"), "vault.breaker_failures"),
+            (&format!("{MINIMAL}silent_after_ms = 10\n"), "vault.silent_after_ms"),
+            (&format!("{MINIMAL}transit_timeout_ms = 0\n"), "vault.transit_timeout_ms"),
+            (&format!("{MINIMAL}[cache]\nmax_entries = 0\n"), "cache.max_entries"),
+            (&format!("{MINIMAL}[cache]\nttl_ms = 5000\nmax_stale_ms = 1000\n"), "cache.max_stale_ms"),
+            (&format!("{MINIMAL}[cache]\nttl = 5\n"), "ttl"),
             (&format!("{MINIMAL}typo = 1\n"), "typo"),
             (&format!("{MINIMAL}[batch]\nmax_in_flight = 0\n"), "batch.max_in_flight"),
             (&format!("{MINIMAL}[batch]\nmax_json_strings = 2\n"), "batch.max_json_strings"),

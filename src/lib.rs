@@ -31,6 +31,7 @@
 
 pub mod audit;
 pub mod batch;
+pub mod cache;
 pub mod call;
 pub mod codec;
 pub mod config;

@@ -80,6 +80,8 @@ impl fmt::Debug for pb::GetSecretResponse {
             .field("data", &self.data.as_ref().map(|d| format!("<redacted: {} fields>", d.fields.len())))
             .field("version", &self.version)
             .field("created_time", &self.created_time)
+            .field("stale", &self.stale)
+            .field("age", &self.age)
             .finish()
     }
 }
@@ -168,7 +170,7 @@ mod tests {
             ),
             (
                 "pb::GetSecretResponse",
-                format!("{:?}", pb::GetSecretResponse { data: Some(data), version: 1, created_time: None }),
+                format!("{:?}", pb::GetSecretResponse { data: Some(data), version: 1, ..Default::default() }),
             ),
             (
                 "pb::GetDbCredsResponse",

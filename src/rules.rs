@@ -118,6 +118,7 @@ mod tests {
             kv_mounts: vec!["secret".into(), "kv2".into()],
             db_roles: Some(vec!["billing".into()]),
             db_mounts: vec!["database".into()],
+            ..RoleConfig::default()
         };
         let cases: &[(Resource<'_>, bool)] = &[
             (Resource::Key("billing"), true),

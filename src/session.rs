@@ -105,6 +105,9 @@ enum SlotKey {
     Role(Arc<str>),
 }
 
+/// Most caller tokens renewed in the background per tick (4 ticks a second): bounded work.
+const WARM_RENEWALS_PER_TICK: usize = 16;
+
 /// Longest a token is used without a renewal, even if Vault gave it no TTL.
 const MAX_HOLD: Duration = Duration::from_secs(3600);
 
@@ -200,6 +203,8 @@ pub struct Sessions {
     roles: HashMap<String, RoleConfig>,
     capacity: usize,
     failure_ttl: Duration,
+    /// Caller tokens used within this long are renewed in the background (zero: only on use).
+    keep_warm: Duration,
     epoch: Instant,
     slots: Mutex<HashMap<SlotKey, Arc<Slot>>>,
     failures: Mutex<HashMap<SlotKey, (Instant, Error)>>,
@@ -220,6 +225,7 @@ impl Sessions {
             roles: config.roles.clone(),
             capacity: config.token_cache_size.max(1),
             failure_ttl: config.login_failure_cache,
+            keep_warm: config.token_keep_warm,
             epoch: Instant::now(),
             slots: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
@@ -351,10 +357,12 @@ impl Sessions {
     }
 
     /// Keeps role tokens fresh in the background (so an idle role's token and the leases it
-    /// parents do not lapse). Runs until the task is dropped.
+    /// parents do not lapse), and renews the tokens of callers active within `token_keep_warm`
+    /// (see [`Sessions::keep_callers_warm`]). Runs until the task is dropped.
     pub async fn keep_roles_fresh(self: Arc<Self>) {
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
+            self.keep_callers_warm().await;
             let now = Instant::now();
             let due: Vec<Held> = {
                 let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -380,6 +388,45 @@ impl Sessions {
                 let deadline = Some(Instant::now() + Duration::from_secs(10));
                 if let Err(e) = self.acquire(&who, None, deadline).await {
                     tracing::warn!(role = %a.role, error = ?e, "could not refresh the role's Vault token");
+                }
+            }
+        }
+    }
+
+    /// Renews, before it is due, the token of each caller that used it within `token_keep_warm`
+    /// (at most [`WARM_RENEWALS_PER_TICK`] per call, those due first), so a caller back from a
+    /// quiet spell longer than its token's TTL is served without a login. Only renewals: the
+    /// gateway never keeps a caller's JWT, so it cannot log in for it. A failed or capped renewal
+    /// is not tried again in the background; the caller's next call logs in.
+    async fn keep_callers_warm(&self) {
+        if self.keep_warm.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let used_since = self.epoch.elapsed().saturating_sub(self.keep_warm).as_millis() as u64;
+        let mut due: Vec<(Instant, Arc<Slot>)> = {
+            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots
+                .iter()
+                .filter(|(k, s)| matches!(k, SlotKey::Jwt(_)) && s.last_used.load(Ordering::Relaxed) >= used_since)
+                .filter_map(|(_, s)| s.held().map(|h| (h, s)))
+                .filter(|(h, _)| h.renewable && now >= h.refresh_at && now < h.use_until)
+                .map(|(h, s)| (h.refresh_at, s.clone()))
+                .collect()
+        };
+        due.sort_by_key(|(at, _)| *at);
+        for (_, slot) in due.into_iter().take(WARM_RENEWALS_PER_TICK) {
+            let _guard = slot.refresh.lock().await;
+            let now = Instant::now();
+            let Some(held) = slot.held().filter(|h| h.renewable && now >= h.refresh_at && now < h.use_until) else {
+                continue; // A call renewed or replaced it meanwhile.
+            };
+            let deadline = Some(now + Duration::from_secs(5));
+            match self.renew(held.clone(), deadline).await {
+                Ok(renewed) => slot.set(Some(renewed)),
+                Err(e) => {
+                    tracing::debug!(role = %held.actor.role, error = ?e, "background renewal of a caller token failed");
+                    slot.set(Some(Held { renewable: false, ..held }));
                 }
             }
         }

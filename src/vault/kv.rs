@@ -4,7 +4,7 @@
 //! A missing path answers 404 `{"errors":[]}`; a deleted or destroyed version answers 404 with a
 //! full body whose `data` is null (VAULT-API.md §2). Both become `VaultError::Api { status: 404 }`.
 
-use super::{decode, Call, Client, Envelope, VaultError, VaultToken};
+use super::{decode, Call, Class, Client, Envelope, VaultError, VaultToken};
 use reqwest::Method;
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -36,9 +36,10 @@ pub struct SecretMetadata {
     pub version: u32,
 }
 
+/// `data` of a KV list (crate-visible: the fuzz target decodes this very type).
 #[derive(Deserialize)]
-struct Keys {
-    keys: Vec<String>,
+pub(crate) struct Keys {
+    pub(crate) keys: Vec<String>,
 }
 
 impl Client {
@@ -51,7 +52,7 @@ impl Client {
         version: u32,
         deadline: Option<Instant>,
     ) -> Result<Secret, VaultError> {
-        let mut call = Call::new(Method::GET, "kv/read", &[mount, "data", path]).idempotent();
+        let mut call = Call::new(Method::GET, "kv/read", &[mount, "data", path]).class(Class::Kv).read();
         if version > 0 {
             call = call.query("version", version);
         }
@@ -71,7 +72,8 @@ impl Client {
         path: &str,
         deadline: Option<Instant>,
     ) -> Result<Vec<String>, VaultError> {
-        let call = Call::new(Method::GET, "kv/list", &[mount, "metadata", path]).query("list", "true").idempotent();
+        let call =
+            Call::new(Method::GET, "kv/list", &[mount, "metadata", path]).query("list", "true").class(Class::Kv).read();
         let (status, bytes) = self.send::<()>(call, Some(token), None, deadline).await?;
         let env: Envelope<Keys> = decode(status, &bytes)?;
         Ok(env.data.map(|k| k.keys).unwrap_or_default())

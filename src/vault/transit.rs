@@ -5,7 +5,7 @@
 //! HTTP 400 *and* a normal `batch_results` body, so [`Client::transit_batch`] accepts any status
 //! whose body carries `batch_results` and reports errors per item.
 
-use super::{api_error, decode, Call, Client, Envelope, VaultError, VaultToken};
+use super::{api_error, decode, Call, Class, Client, Envelope, VaultError, VaultToken};
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
@@ -118,9 +118,10 @@ impl std::fmt::Debug for BatchResult {
     }
 }
 
+/// `data` of a Transit batch answer (crate-visible: the fuzz target decodes this very type).
 #[derive(Deserialize)]
-struct BatchData {
-    batch_results: Vec<BatchResult>,
+pub(crate) struct BatchData {
+    pub(crate) batch_results: Vec<BatchResult>,
 }
 
 #[derive(Serialize)]
@@ -205,7 +206,7 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<Vec<BatchResult>, VaultError> {
         // Idempotent: sending an encryption or decryption twice changes nothing in Vault.
-        let call = Call::new(Method::POST, op.kind(), &[mount, op.path(), key]).idempotent();
+        let call = Call::new(Method::POST, op.kind(), &[mount, op.path(), key]).class(Class::Transit).idempotent();
         let (status, bytes) = self.send(call, Some(token), Some(&BatchBody { batch_input: items }), deadline).await?;
         let code = status.as_u16();
         // 200 all ok (or item errors without a flag), 400 some/all items failed, 207 partial override.
@@ -233,7 +234,7 @@ impl Client {
         item: &BatchItem,
         deadline: Option<Instant>,
     ) -> Result<BatchResult, VaultError> {
-        let call = Call::new(Method::POST, op.kind(), &[mount, op.path(), key]).idempotent();
+        let call = Call::new(Method::POST, op.kind(), &[mount, op.path(), key]).class(Class::Transit).idempotent();
         let env: Envelope<BatchResult> = self.call(call, Some(token), Some(item), deadline).await?;
         env.data.ok_or_else(|| VaultError::Decode("transit answer without data".into()))
     }
@@ -251,7 +252,7 @@ impl Client {
         let body = RewrapBody { ciphertext, context };
         let env: Envelope<Ciphertext> = self
             .call(
-                Call::new(Method::POST, "transit/rewrap", &[mount, "rewrap", key]).idempotent(),
+                Call::new(Method::POST, "transit/rewrap", &[mount, "rewrap", key]).class(Class::Transit).idempotent(),
                 Some(token),
                 Some(&body),
                 deadline,
@@ -271,7 +272,7 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<Ciphertext, VaultError> {
         let body = DatakeyBody { context, bits };
-        let call = Call::new(Method::POST, "transit/datakey", &[mount, "datakey/plaintext", key]);
+        let call = Call::new(Method::POST, "transit/datakey", &[mount, "datakey/plaintext", key]).class(Class::Transit);
         let env: Envelope<Ciphertext> = self.call(call, Some(token), Some(&body), deadline).await?;
         env.data.ok_or_else(|| VaultError::Decode("datakey answer without data".into()))
     }
@@ -286,7 +287,7 @@ impl Client {
     ) -> Result<KeyInfo, VaultError> {
         let (status, bytes) = self
             .send::<()>(
-                Call::new(Method::GET, "transit/keys", &[mount, "keys", key]).idempotent(),
+                Call::new(Method::GET, "transit/keys", &[mount, "keys", key]).class(Class::Transit).read(),
                 Some(token),
                 None,
                 deadline,
@@ -305,7 +306,7 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<KeyInfo, VaultError> {
         // Not idempotent: a second send would add a second version.
-        let call = Call::new(Method::POST, "transit/rotate", &[mount, "keys", key, "rotate"]);
+        let call = Call::new(Method::POST, "transit/rotate", &[mount, "keys", key, "rotate"]).class(Class::Transit);
         let (status, bytes) = self.send::<()>(call, Some(token), None, deadline).await?;
         if status == reqwest::StatusCode::NO_CONTENT {
             // Older servers answer 204; read the key to learn the new version.
