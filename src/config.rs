@@ -298,7 +298,7 @@ pub struct RoleConfig {
 }
 
 /// The read cache (`[cache]`): GetSecret, ListSecrets and GetKey answers, per Vault token.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// Milliseconds an answer is served without asking Vault again (zero: no cache, no
@@ -583,6 +583,7 @@ impl RawConfig {
         self.log.get_or_insert_with(empty);
         self.shutdown.get_or_insert_with(empty);
         self.unverified_logins.get_or_insert_with(empty);
+        self.cache.get_or_insert_with(empty);
     }
 }
 
