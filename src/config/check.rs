@@ -556,7 +556,7 @@ mod tests {
         let printed: Table = toml::from_str(&out).unwrap();
         assert_eq!(printed["mounts"]["transit"].as_str(), Some("transit"));
         assert_eq!(printed["limits"]["max_concurrent_calls"].as_integer(), Some(4096));
-        assert_eq!(printed["vault"]["timeout_ms"].as_integer(), Some(10_000));
+        assert_eq!(printed["vault"]["retry_max_attempts"].as_integer(), Some(3));
         let mut secret = Value::Table(toml::toml! { token = "s.abc" password = "pw" token_file = "/t" });
         redact(&mut secret, "");
         assert_eq!(secret["token"].as_str(), Some("<redacted>"));
