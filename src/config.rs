@@ -1,8 +1,10 @@
 //! The typed configuration, parsed from TOML and validated once at start-up. Every error names
 //! the key and says why it is wrong. Invariant: only this module reads files and the environment.
 
+pub mod check;
+
 use crate::vault;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -69,7 +71,7 @@ pub struct Config {
 /// What a stranger can cost Vault through callers rules that rely on Vault alone to verify the
 /// JWT (no `verify_with`): logins in flight and logins per peer address are capped; past either
 /// the call is answered RESOURCE_EXHAUSTED without a login.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnverifiedLogins {
     /// Most such logins in flight at once, all peers together.
@@ -94,7 +96,7 @@ fn default_unverified_burst() -> f64 {
 }
 
 /// `[issuers.<name>]` as written; see [`crate::jwt::IssuerConfig`].
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawIssuer {
     issuer: String,
@@ -189,7 +191,7 @@ fn issuer_config(name: &str, raw: RawIssuer) -> Result<crate::jwt::IssuerConfig,
 
 /// Lease ownership that every replica can verify: GetDbCreds returns a `lease_token` signed with a
 /// Transit HMAC key by the gateway's own token of `role`; RenewLease/RevokeLease verify it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseConfig {
     /// Transit key (in `mounts.transit`) that signs ownership tags; the gateway's role needs
@@ -304,7 +306,7 @@ pub struct RoleConfig {
 }
 
 /// The read cache (`[cache]`): GetSecret, ListSecrets and GetKey answers, per Vault token.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// Milliseconds an answer is served without asking Vault again (zero: no cache, no
@@ -346,7 +348,7 @@ fn default_keep_warm_ms() -> u64 {
 }
 
 /// Where audit lines go and what happens when they cannot be written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// `stdout` or a file path.
@@ -358,7 +360,7 @@ pub struct AuditConfig {
 
 /// How the gateway stops on SIGTERM: health NOT_SERVING for `grace`, then no new connections,
 /// then calls in flight get up to `drain_timeout` to finish.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// Milliseconds of NOT_SERVING (still serving) so load balancers stop routing first.
@@ -397,7 +399,7 @@ fn default_max_age_grace_ms() -> u64 {
 }
 
 /// Default mount paths of the three engines.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mounts {
     /// Transit mount.
@@ -415,7 +417,7 @@ pub struct Mounts {
 }
 
 /// Maps callers whose JWT claim matches to one Vault JWT-auth role.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallerRule {
     /// Vault role to log in with (a role of the JWT auth method at `auth_mount`).
@@ -442,7 +444,7 @@ pub struct CallerRule {
 }
 
 /// Limits and knobs of the Transit coalescer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Coalesce concurrent Encrypt/Decrypt calls; when false each call is its own Vault request.
@@ -469,7 +471,7 @@ pub struct BatchConfig {
 }
 
 /// Size limits on what callers send.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Largest plaintext or ciphertext of one item, in bytes.
@@ -488,7 +490,7 @@ pub struct Limits {
 }
 
 /// Log settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `human` or `json`.
@@ -562,7 +564,7 @@ fn default_log_level() -> String {
     "info".into()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: String,
@@ -609,11 +611,24 @@ struct RawConfig {
     unverified_logins: Option<UnverifiedLogins>,
 }
 
+impl RawConfig {
+    /// Fills every optional table that has defaults (for `check-config --print`).
+    fn fill_defaults(&mut self) {
+        self.mounts.get_or_insert_with(empty);
+        self.batch.get_or_insert_with(empty);
+        self.limits.get_or_insert_with(empty);
+        self.log.get_or_insert_with(empty);
+        self.shutdown.get_or_insert_with(empty);
+        self.unverified_logins.get_or_insert_with(empty);
+        self.cache.get_or_insert_with(empty);
+    }
+}
+
 fn default_login_failure_ms() -> u64 {
     5_000
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
     cert: PathBuf,
@@ -629,7 +644,7 @@ fn default_reload_ms() -> u64 {
     10_000
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawCertRule {
     role: String,
@@ -641,7 +656,7 @@ struct RawCertRule {
     cn_prefix: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawRole {
     #[serde(default = "default_approle_mount")]
@@ -670,7 +685,7 @@ fn default_cache() -> usize {
     10_000
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawVault {
     address: Option<String>,
@@ -733,8 +748,8 @@ fn default_hedge_min_ms() -> u64 {
     50
 }
 
-/// Per-kind timeouts: each `vault.<kind>_timeout_ms`, by default the documented figure, but
-/// never more than `vault.timeout_ms` when that is set (it also bounds everything else).
+/// Per-kind timeouts: each `vault.<kind>_timeout_ms`; by default the documented figure, or
+/// `vault.timeout_ms` when that is set (its meaning before the kinds: every attempt's bound).
 fn timeouts(raw: &RawVault) -> Result<vault::Timeouts, String> {
     let d = vault::DEFAULT_TIMEOUTS;
     let cap = match raw.timeout_ms {
@@ -746,7 +761,8 @@ fn timeouts(raw: &RawVault) -> Result<vault::Timeouts, String> {
     let pick = |key: &str, set: Option<u64>, default: Duration| match set {
         Some(0) => Err(format!("vault.{key}: must be greater than 0")),
         Some(ms) => Ok(Duration::from_millis(ms)),
-        None => Ok(default.min(cap)),
+        None if cap == Duration::MAX => Ok(default),
+        None => Ok(cap),
     };
     Ok(vault::Timeouts {
         transit: pick("transit_timeout_ms", raw.transit_timeout_ms, d.transit)?,
@@ -1166,7 +1182,7 @@ mod tests {
                 Duration::from_secs(2),
                 Duration::from_secs(2)
             ),
-            "vault.timeout_ms bounds the defaults"
+            "vault.timeout_ms is every kind's default"
         );
         assert_eq!(c.vault.addresses.len(), 1);
         assert_eq!(c.vault.retry, vault::retry::DEFAULT);

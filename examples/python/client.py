@@ -15,9 +15,11 @@ callers/*.jwt) to $VAULTGATE_DEV_DIR or .dev.
 import argparse
 import base64
 import importlib
+import json
 import os
 import pathlib
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -28,6 +30,9 @@ from grpc_tools import protoc
 from google.protobuf import json_format
 
 PROTO_ROOT = pathlib.Path(__file__).resolve().parents[2] / "proto"
+# The recommended gRPC service config (retries of UNAVAILABLE and RESOURCE_EXHAUSTED on the
+# idempotent RPCs, honouring the gateway's retry pushback; per-method timeouts).
+SERVICE_CONFIG = (PROTO_ROOT / "vaultgate" / "v1" / "service_config.json").read_text()
 TIMEOUT = 10.0  # seconds: the deadline of every call
 
 
@@ -87,6 +92,18 @@ def expect_code(call, code, what):
     raise CheckFailed(f"{what}: expected {code.name}, but the call succeeded")
 
 
+def check_service_config(modules):
+    """The service config names every unary RPC of proto/ exactly once, and nothing else."""
+    config = json.loads(SERVICE_CONFIG)
+    named = [(n["service"], n["method"]) for m in config["methodConfig"] for n in m["name"]]
+    unary = [(s.full_name, m.name) for mod in modules for s in mod.DESCRIPTOR.services_by_name.values()
+             for m in s.methods if not m.client_streaming and not m.server_streaming]
+    ours = [n for n in named if n[0].startswith("vaultgate.")]
+    check(sorted(ours) == sorted(set(unary)) and len(ours) == len(set(ours)),
+          f"service_config.json names each of the {len(unary)} unary RPCs once: got {sorted(set(ours) ^ set(unary))} "
+          f"differing, {len(ours) - len(set(ours))} twice")
+
+
 def run(addr, dev_dir):
     billing_jwt = (dev_dir / "callers" / "billing.jwt").read_text().strip()
     reports_jwt = (dev_dir / "callers" / "reports.jwt").read_text().strip()
@@ -98,8 +115,11 @@ def run(addr, dev_dir):
     sec_grpc = importlib.import_module("vaultgate.v1.secret_pb2_grpc")
     db = importlib.import_module("vaultgate.v1.database_pb2")
     db_grpc = importlib.import_module("vaultgate.v1.database_pb2_grpc")
+    pki = importlib.import_module("vaultgate.v1.pki_pb2")
+    pki_grpc = importlib.import_module("vaultgate.v1.pki_pb2_grpc")
 
-    with grpc.insecure_channel(addr) as channel:
+    check_service_config([enc, sec, db, importlib.import_module("vaultgate.v1.identity_pb2")])
+    with grpc.insecure_channel(addr, options=[("grpc.service_config", SERVICE_CONFIG)]) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
         except grpc.FutureTimeoutError:
@@ -166,6 +186,43 @@ def run(addr, dev_dir):
                         metadata=billing, timeout=TIMEOUT)
         ok, out = pg_login(dev_dir, c.username, c.password)
         check(not ok, f"RevokeLease dropped the database user (its login is refused): got {out!r}")
+
+        # Sign / Verify with the ed25519 key billing-signing: a changed input does not verify.
+        sig = crypto.Sign(enc.SignRequest(key="billing-signing", input=b"invoice 42"), metadata=billing,
+                          timeout=TIMEOUT)
+        check(sig.signature.startswith("vault:v") and sig.key_version >= 1,
+              f"Sign returns a vault:vN: signature: got {sig.signature!r}")
+        ok = crypto.Verify(enc.VerifyRequest(key="billing-signing", input=b"invoice 42", signature=sig.signature),
+                           metadata=billing, timeout=TIMEOUT)
+        check(ok.valid, "Verify of that signature is valid: got valid=False")
+        bad = crypto.Verify(enc.VerifyRequest(key="billing-signing", input=b"invoice 43", signature=sig.signature),
+                            metadata=billing, timeout=TIMEOUT)
+        check(not bad.valid, "Verify of a changed input is valid=False: got valid=True")
+
+        # IssueCertificate: a certificate and its private key, which ssl accepts as a pair.
+        certs = pki_grpc.PkiServiceStub(channel)
+        issued = certs.IssueCertificate(
+            pki.IssueCertificateRequest(role="billing", common_name="api.billing.svc.cluster.local"),
+            metadata=billing, timeout=TIMEOUT)
+        check(issued.certificate.startswith("-----BEGIN CERTIFICATE-----") and issued.ca_chain
+              and issued.serial_number and issued.expiration.seconds > 0,
+              f"IssueCertificate returns a certificate, its CA chain, serial and expiry: got serial "
+              f"{issued.serial_number!r}, {len(issued.ca_chain)} CA certificates")
+        with tempfile.TemporaryDirectory() as tmp:
+            cert_file, key_file = pathlib.Path(tmp) / "cert.pem", pathlib.Path(tmp) / "key.pem"
+            cert_file.write_text(issued.certificate)
+            key_file.write_text(issued.private_key)
+            key_file.chmod(0o600)
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert_file, key_file)
+                pair = "ok"
+            except ssl.SSLError as e:
+                pair = str(e)
+        check(pair == "ok", f"the private key belongs to the certificate (ssl loads them as a pair): got {pair}")
+        expect_code(lambda: certs.IssueCertificate(
+            pki.IssueCertificateRequest(role="billing", common_name="api.reports.svc.cluster.local"),
+            metadata=billing, timeout=TIMEOUT),
+            grpc.StatusCode.INVALID_ARGUMENT, "a name outside billing.svc.cluster.local refused")
 
         # Refusals.
         expect_code(lambda: crypto.Encrypt(enc.EncryptRequest(key="billing", plaintext=b"x"), metadata=reports,
