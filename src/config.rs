@@ -380,7 +380,7 @@ fn default_drain_ms() -> u64 {
 
 /// How long a client connection may live: after `max_age_ms` the server sends GOAWAY and lets its
 /// calls finish for `max_age_grace_ms`, so callers reconnect (and spread over new replicas).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionsConfig {
     /// Milliseconds a connection may live; 0: no limit.
