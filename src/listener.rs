@@ -269,7 +269,7 @@ mod tests {
         drop(s2);
         assert_eq!(a.pending(p1), (4, 0));
         assert!(
-            a.pending.lock().unwrap().by_peer.get(&peer_key(p1)).is_none(),
+            !a.pending.lock().unwrap().by_peer.contains_key(&peer_key(p1)),
             "no entry for a peer without handshakes"
         );
         // Connections: one slot, given back when the connection closes.

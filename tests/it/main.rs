@@ -7,6 +7,7 @@
 //! A custom runner (not libtest) so the stack starts once and is always stopped, and so the log
 //! check sees the whole run. `cargo test --test it -- NAME` runs the tests whose name contains NAME.
 
+mod attacks;
 mod badinput;
 mod batching;
 mod callers;
@@ -71,6 +72,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     identity::certificate_files_reload_without_dropping_connections,
     identity::kubernetes_callers_log_in,
     identity::token_file_roles_and_revocation_at_shutdown,
+    attacks::random_mounts_and_paths_grow_no_metric_series_or_audit_line,
 ];
 
 /// Tests that measure time or load the machine on purpose: run one at a time after the others,
@@ -78,6 +80,8 @@ const TESTS: &[(&str, TestFn)] = tests![
 const ALONE: &[(&str, TestFn)] = tests![
     lifecycle::a_noisy_caller_is_throttled_alone,
     overload::ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right,
+    attacks::many_streams_of_slow_megabyte_messages_stay_within_memory_bound,
+    attacks::two_thousand_idle_connections_do_not_delay_a_new_handshake,
 ];
 
 /// Upper bound of one test, so a hang fails instead of blocking CI.
