@@ -13,9 +13,12 @@ tools:
 dev: tools
 	cargo run --bin vaultgate -- dev --dir .dev
 
+# cargo deny (deny.toml): licenses, banned crates and sources. Not `advisories`: that needs the
+# RustSec database from the network, which this machine cannot reach (docs/contributing.md).
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	cargo deny --log-level error check bans licenses sources
 	cargo check --quiet --manifest-path fuzz/Cargo.toml
 
 # Every test: lint, unit tests, the integration binary against real OpenBao and PostgreSQL.

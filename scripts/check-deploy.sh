@@ -129,6 +129,13 @@ read -r C1 C1_SUB ISSUER <<<"${CALLERS[0]}"
 read -r C2 C2_SUB _ <<<"${CALLERS[1]}"
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/issuer.key" 2>/dev/null
 openssl pkey -in "$WORK/issuer.key" -pubout -out "$WORK/issuer.pub"
+# The same public key as the JWKS the cluster would publish (/openid/v1/jwks), for the gateway's
+# [issuers] table below (its jwks_url becomes this file).
+openssl rsa -in "$WORK/issuer.key" -noout -modulus 2>/dev/null | "$PY" -c 'import base64, json, sys
+n = bytes.fromhex(sys.stdin.read().strip().split("=", 1)[1])
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+print(json.dumps({"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": "deploy-test", "n": b64(n), "e": b64((65537).to_bytes(3, "big"))}]}))' \
+    >"$WORK/jwks.json"
 mint() { "$PY" "$ROOT/deploy/test/mint_jwt.py" "$WORK/issuer.key" "$@"; }
 
 pg_env=()
@@ -319,6 +326,7 @@ else
     sed -e "s#^listen = .*#listen = \"127.0.0.1:$GW_PORT\"#" -e "s#^metrics_listen = .*#metrics_listen = \"127.0.0.1:$GW_METRICS\"#" \
         -e "s#^address = .*#address = \"$RADDR\"#" -e "s#^addresses = .*#addresses = [\"$RADDR\"]#" \
         -e "s#^ca_cert = .*#ca_cert = \"$CA\"#" -e "s#^jwt_file = .*#jwt_file = \"$WORK/gateway.jwt\"#" \
+        -e "s#^jwks_url = .*#jwks_file = \"$WORK/jwks.json\"#" -e "/^jwks_ca_cert = /d" -e "/^jwks_bearer_token_file = /d" \
         "$WORK/vaultgate.toml" >"$WORK/gateway.toml"
     "$BIN" serve --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
     GW_PID=$!
@@ -340,6 +348,14 @@ else
     out="$(call "$C2")"
     grep -q 'PermissionDenied' <<<"$out" && ok "Encrypt through the gateway as $C1 with key $C2: PERMISSION_DENIED" ||
         bad "gateway Encrypt with $C2's key: $(tr '\n' ' ' <<<"$out")"
+    # A token with the caller's claims signed by another key: refused by the gateway itself
+    # ([issuers] verify_with), before any login.
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/rogue.key" 2>/dev/null
+    out="$("$GRPCURL" -plaintext -max-time 10 -H "authorization: Bearer $("$PY" "$ROOT/deploy/test/mint_jwt.py" "$WORK/rogue.key" "$ISSUER" "$C1_SUB" vaultgate)" \
+        -d "{\"key\":\"$C1\",\"plaintext\":\"aGVsbG8=\"}" "127.0.0.1:$GW_PORT" vaultgate.v1.EncryptionService/Encrypt 2>&1)"
+    grep -q 'Unauthenticated' <<<"$out" && grep -q 'signature' <<<"$out" &&
+        ok "a forged token with $C1's claims: UNAUTHENTICATED by the gateway's own check of the JWKS" ||
+        bad "forged token through the gateway: $(tr '\n' ' ' <<<"$out")"
     kill -TERM "$GW_PID"
     for _ in $(seq 200); do kill -0 "$GW_PID" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$GW_PID" 2>/dev/null; then bad "gateway still running 20 s after SIGTERM"; else

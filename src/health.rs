@@ -3,6 +3,12 @@
 //! ready node closes its circuit breaker, a sealed one opens it), and sets `grpc.health.v1` for
 //! the whole server (`""`) and each vaultgate service: SERVING while some node is reachable,
 //! unsealed and not given up on; NOT_SERVING otherwise.
+//!
+//! Each probe waits at most `vault.silent_after_ms`: a probe unanswered that long, while the node
+//! answered nothing else, finds the node silent (its breaker opens at once, `vault/nodes.rs`),
+//! so a hung node is detected within one interval plus that. While some node is not ready the
+//! nodes are probed four times as often, so one that answers again is back within ~¼ interval;
+//! only these probes close a silent node's breaker (no caller waits on a silent node).
 
 use crate::vault::{nodes::Role, sys::NodeHealth, Client};
 use std::time::Duration;
@@ -33,12 +39,14 @@ pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
 pub async fn watch(vault: Client, reporter: HealthReporter, interval: Duration) {
     let mut last: Option<bool> = None;
     let mut roles: Vec<Option<Role>> = vec![None; vault.nodes().all().len()];
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let silent_after = vault.nodes().config().silent_after;
+    let mut next = Instant::now();
     loop {
-        ticker.tick().await;
-        // A probe must end well before the next one is due, so a hung Vault is seen within ~2 intervals.
-        let deadline = Instant::now() + interval.max(Duration::from_millis(200));
+        tokio::time::sleep_until(next).await;
+        let sent = Instant::now();
+        let all_ready = roles.iter().all(|r| matches!(r, Some(Role::Active | Role::Standby)));
+        next = sent + if all_ready { interval } else { interval / 4 };
+        let deadline = sent + silent_after;
         let mut probes = tokio::task::JoinSet::new();
         for index in 0..roles.len() {
             let vault = vault.clone();
@@ -51,7 +59,7 @@ pub async fn watch(vault: Client, reporter: HealthReporter, interval: Duration) 
                 Ok(NodeHealth::Sealed | NodeHealth::Uninitialized) => Role::Sealed,
                 Err(_) => Role::Down,
             };
-            vault.nodes().observe(index, role, Instant::now());
+            vault.nodes().observe(index, role, sent, Instant::now());
             if roles[index] != Some(role) {
                 let node = vault.nodes().get(index).map_or("?", |n| n.label.as_str());
                 match &probe {

@@ -2,10 +2,13 @@
 //! client certificate of the connection (its URI/DNS names and CN), and the configured rule that
 //! maps the caller to a Vault role.
 //!
-//! The claims are read here *without* verifying the signature: only to choose the role. Vault
-//! verifies the JWT at login against that role (signature, issuer, audience, bound claims), and a
-//! token is used only after that login succeeded for these exact JWT bytes, so a forged claim can
-//! at most choose a role whose Vault-side bindings then refuse it.
+//! The claims are read here *without* verifying the signature, only to choose the rule. When the
+//! rule names an issuer (`verify_with`), `jwt.rs` then verifies the JWT locally before any login
+//! (a forged JWT costs Vault nothing); either way Vault verifies it again at login against the
+//! role's bindings, and a token is used only after that login succeeded for these exact JWT bytes.
+//!
+//! Caller ids are injective: `jwt:<iss>#<sub>` with `%` and `#` of the issuer percent-encoded, so no
+//! choice of `iss` and `sub` can name another caller (lease ownership relies on it).
 
 use crate::{
     config::{CallerRule, CertField, CertRule},
@@ -61,16 +64,37 @@ fn claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<std::borrow::
     }
 }
 
-/// The JWT's `exp` claim, in Unix seconds.
+/// The JWT's `exp` claim, in whole Unix seconds (RFC 7519 allows a fraction: it is dropped, so
+/// the token is given up no later than the JWT's end).
 pub fn expiry(claims: &Map<String, Value>) -> Option<u64> {
-    claims.get("exp").and_then(Value::as_u64)
+    let exp = claims.get("exp")?;
+    exp.as_u64().or_else(|| exp.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f.floor() as u64))
+}
+
+/// The issuer as it appears in a caller id: `%` and `#` percent-encoded, so the first `#` of an
+/// id always separates the issuer from the subject.
+pub fn escape_issuer(iss: &str) -> std::borrow::Cow<'_, str> {
+    if iss.contains(['%', '#']) {
+        iss.replace('%', "%25").replace('#', "%23").into()
+    } else {
+        iss.into()
+    }
 }
 
 /// A stable name of the caller for ownership and logs: issuer and subject (neither is secret).
+/// Two different (iss, sub) pairs never give the same id.
 pub fn caller_id(claims: &Map<String, Value>) -> String {
     let iss = claim(claims, "iss").unwrap_or_default();
     let sub = claim(claims, "sub").unwrap_or_default();
-    format!("jwt:{iss}#{sub}")
+    format!("jwt:{}#{sub}", escape_issuer(&iss))
+}
+
+/// The subject, which every JWT caller must have (its identity and lease ownership rest on it).
+pub fn subject(claims: &Map<String, Value>) -> Result<(), Error> {
+    match claim(claims, "sub") {
+        Some(sub) if !sub.is_empty() => Ok(()),
+        _ => Err(Error::Unauthenticated("the JWT has no sub claim naming the caller".into())),
+    }
 }
 
 /// The first rule that matches the claims.
@@ -185,6 +209,7 @@ mod tests {
             issuer: issuer.map(Into::into),
             method: "jwt".into(),
             auth_mount: "jwt".into(),
+            verify_with: None,
         }
     }
 
@@ -256,6 +281,36 @@ mod tests {
         let c = claims(&jwt(r#"{"sub":"billing","iss":"i","exp":5}"#)).unwrap();
         assert_eq!(expiry(&c), Some(5));
         assert_eq!(caller_id(&c), "jwt:i#billing");
+        for (exp, want) in [("5.9", Some(5)), ("-1", None), ("\"5\"", None), ("1e400", None)] {
+            let c = claims(&jwt(&format!(r#"{{"exp":{exp}}}"#)));
+            assert_eq!(c.ok().and_then(|c| expiry(&c)), want, "exp {exp}");
+        }
+    }
+
+    #[test]
+    fn caller_ids_never_collide() {
+        // Pairs that a plain `iss#sub` join would give the same id.
+        let pairs = [
+            (r#"{"iss":"a#b","sub":"c"}"#, r#"{"iss":"a","sub":"b#c"}"#),
+            (r#"{"iss":"a%23b","sub":"c"}"#, r#"{"iss":"a#b","sub":"c"}"#),
+            (r#"{"iss":"a%","sub":"23b#c"}"#, r#"{"iss":"a%23b","sub":"c"}"#),
+            (r##"{"iss":"","sub":"#x"}"##, r##"{"iss":"#","sub":"x"}"##),
+        ];
+        for (a, b) in pairs {
+            let (ia, ib) = (caller_id(&claims(&jwt(a)).unwrap()), caller_id(&claims(&jwt(b)).unwrap()));
+            assert_ne!(ia, ib, "{a} vs {b}");
+            // The issuer part never holds a '#': the first one is the separator.
+            for (id, payload) in [(&ia, a), (&ib, b)] {
+                let c = claims(&jwt(payload)).unwrap();
+                let (iss, sub) = id.trim_start_matches("jwt:").split_once('#').unwrap();
+                assert_eq!(iss.replace("%23", "#").replace("%25", "%"), c["iss"].as_str().unwrap());
+                assert_eq!(sub, c["sub"].as_str().unwrap());
+            }
+        }
+        assert_eq!(caller_id(&claims(&jwt(r#"{"iss":"https://i","sub":"s"}"#)).unwrap()), "jwt:https://i#s");
+        assert!(subject(&claims(&jwt(r#"{"iss":"i"}"#)).unwrap()).is_err());
+        assert!(subject(&claims(&jwt(r#"{"sub":""}"#)).unwrap()).is_err());
+        assert!(subject(&claims(&jwt(r#"{"sub":"x"}"#)).unwrap()).is_ok());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`service`]: one module per gRPC service; each RPC a description plus its handler;
 //!   authenticate → check → rules → Vault → response.
 //! - [`identity`]: the caller's bearer JWT or client certificate and the rule mapping it to a role.
+//! - [`jwt`]: local verification of callers' JWTs (issuer keys: PEM, JWKS file or URL) before any login.
 //! - [`rules`]: gateway-side rules per role (keys, KV prefixes, database roles), before Vault.
 //! - [`session`]: Vault tokens acting for callers: logins (JWT, Kubernetes, AppRole, token file),
 //!   renewal, re-login, cache.
@@ -32,6 +33,7 @@
 
 pub mod audit;
 pub mod batch;
+pub mod cache;
 pub mod call;
 pub mod codec;
 pub mod config;
@@ -42,11 +44,13 @@ pub mod error;
 pub mod fuzzing;
 pub mod health;
 pub mod identity;
+pub mod jwt;
 pub mod layers;
 pub mod leases;
 pub mod listener;
 pub mod metrics;
 pub mod ratelimit;
+pub(crate) mod redact;
 pub mod rules;
 pub mod server;
 pub mod service;

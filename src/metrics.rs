@@ -47,6 +47,15 @@ pub struct VaultLabels {
     pub status: String,
 }
 
+/// Labels of a read-cache event: both from fixed vocabularies.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `secret`, `list` or `key`.
+    pub read: &'static str,
+    /// `hit`, `miss`, `coalesced`, `stale` or `eviction`.
+    pub event: &'static str,
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -84,6 +93,14 @@ pub struct Metrics {
     pub vault_redirects: Counter,
     /// Circuit breaker per configured node: 0 closed, 1 half-open, 2 open.
     pub vault_breaker: Family<NameLabel, Gauge>,
+    /// Slow reads also sent to a second node.
+    pub vault_hedges: Counter,
+    /// Read-cache events by read kind.
+    pub cache_events: Family<CacheLabels, Counter>,
+    /// Answers held by the read cache.
+    pub cache_entries: Gauge,
+    /// Estimated bytes held by the read cache.
+    pub cache_bytes: Gauge,
     /// Client connections open (TLS: handshake done).
     pub connections: Gauge,
     /// Connections closed at once, by reason (`max_connections`, `handshakes`, `peer_handshakes`).
@@ -132,6 +149,10 @@ impl Metrics {
             vault_fail_fast: Counter::default(),
             vault_redirects: Counter::default(),
             vault_breaker: Family::default(),
+            vault_hedges: Counter::default(),
+            cache_events: Family::default(),
+            cache_entries: Gauge::default(),
+            cache_bytes: Gauge::default(),
             connections: Gauge::default(),
             connections_refused: Family::default(),
             request_bytes_in_flight: Gauge::default(),
@@ -174,6 +195,14 @@ impl Metrics {
             "circuit breaker per Vault node (label name = address): 0 closed, 1 half-open, 2 open",
             m.vault_breaker.clone(),
         );
+        registry.register("vault_hedges", "slow Vault reads also sent to a second node", m.vault_hedges.clone());
+        registry.register(
+            "cache_events",
+            "read cache events (read = secret, list, key; event = hit, miss, coalesced, stale, eviction)",
+            m.cache_events.clone(),
+        );
+        registry.register("cache_entries", "answers held by the read cache", m.cache_entries.clone());
+        registry.register("cache_bytes", "estimated bytes held by the read cache", m.cache_bytes.clone());
         registry.register("connections", "client connections open", m.connections.clone());
         registry.register(
             "connections_refused",
@@ -228,6 +257,11 @@ impl Metrics {
     /// Records a connection closed at once, and why.
     pub fn connection_refused(&self, reason: &'static str) {
         self.connections_refused.get_or_create(&KindLabel { name: reason }).inc();
+    }
+
+    /// Records one read-cache event.
+    pub fn cache(&self, read: &'static str, event: &'static str) {
+        self.cache_events.get_or_create(&CacheLabels { read, event }).inc();
     }
 
     /// Records the breaker state of the node at `address` (a configured address: bounded).

@@ -15,6 +15,7 @@ pub mod validate;
 use crate::{
     audit::AuditLog,
     batch::Coalescer,
+    cache::{self, ReadCache},
     call::{Call, Rpc},
     config::Config,
     error::Error,
@@ -51,6 +52,8 @@ pub struct Gateway {
     pub in_flight: Arc<Semaphore>,
     /// This gateway's metrics (its own registry).
     pub metrics: Arc<Metrics>,
+    /// Cached GetSecret, ListSecrets and GetKey answers, per Vault token (`cache.rs`).
+    pub cache: ReadCache,
 }
 
 impl Gateway {
@@ -67,7 +70,8 @@ impl Gateway {
             audit,
             rate_limits: RateLimits::new(config.rate_limits.clone()),
             in_flight: Arc::new(Semaphore::new(config.limits.max_concurrent_calls)),
-            sessions: Arc::new(Sessions::new(vault.clone(), &config)),
+            cache: ReadCache::new(&config.cache, metrics.clone()),
+            sessions: Arc::new(Sessions::new(vault.clone(), &config)?),
             vault,
             coalescer,
             leases: Leases::default(),
@@ -125,8 +129,9 @@ impl Gateway {
         Fut: Future<Output = Result<T, Error>>,
     {
         let deadline = call.deadline;
+        let peer = call.peer.map(|a| a.ip());
         let creds = Credentials::from_call(metadata, leaf)?;
-        let actor = self.sessions.authenticate(&creds, deadline).await?;
+        let actor = self.sessions.authenticate(&creds, peer, deadline).await?;
         call.identified(actor.caller.clone(), actor.role.clone());
         if let Err(wait) = self.rate_limits.take(&actor.caller, &actor.role) {
             return Err(Error::ResourceExhausted(format!(
@@ -146,7 +151,7 @@ impl Gateway {
                     if !self.sessions.token_dead(&actor, deadline).await {
                         return Err(denied);
                     }
-                    let actor = self.sessions.authenticate(&creds, deadline).await?;
+                    let actor = self.sessions.authenticate(&creds, peer, deadline).await?;
                     handler(actor, deadline, message).await
                 })
                 .await
@@ -154,6 +159,32 @@ impl Gateway {
             other => other,
         }
     }
+}
+
+impl Gateway {
+    /// Reads through the cache (`cache.rs`) as `actor`'s role allows: `key` names the read and is
+    /// made with `actor`'s token, the token `fetch` reads with.
+    pub(crate) async fn cached<F, Fut>(
+        &self,
+        actor: &Actor,
+        key: cache::Key,
+        fetch: F,
+    ) -> Result<cache::Served, crate::vault::VaultError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<cache::Value, crate::vault::VaultError>> + Send + 'static,
+    {
+        let policy = cache::Policy::of(&self.config.cache, self.config.roles.get(&*actor.role));
+        self.cache.read(key, policy, fetch).await
+    }
+}
+
+/// The `age` field of an answer that may come from the cache.
+pub(crate) fn age(age: std::time::Duration) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration {
+        seconds: i64::try_from(age.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(age.subsec_nanos()).unwrap_or(0),
+    })
 }
 
 /// The description of an RPC, carried by its request message: which RPC, what it acts on, and

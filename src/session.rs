@@ -10,9 +10,18 @@
 //! call met a 403 and `lookup-self` shows the token is gone. One login or renewal is in flight per
 //! holder; refused logins are remembered briefly (negative cache); the caller cache is bounded (LRU).
 //!
+//! Before a JWT caller's first login, a rule with `verify_with` has the JWT verified locally
+//! (`jwt.rs`): a forged JWT never reaches Vault. A rule without it relies on Vault alone, so those
+//! logins pass [`gate::LoginGate`] (a cap in flight and a rate per peer address).
+//!
 //! Invariant: every token acts for exactly one role and came from a login with that role's
 //! credentials; no root or broader token serves callers. A token is never handed out after it
-//! expires, and a renewal never shortens a token below what the leases it parents need.
+//! expires, and a renewal never shortens a token below what the leases it parents need. A JWT
+//! that is refused (locally or by Vault) never takes a real caller's place: a caller's slot joins
+//! the bounded cache (and may evict the least recently used) only once its login succeeded, and
+//! a full negative cache keeps what it holds rather than being flushed by new refusals.
+
+mod gate;
 
 use crate::{
     config::{CallerRule, CertRule, RoleConfig, RoleLogin},
@@ -23,6 +32,7 @@ use crate::{
 use sha2::{Digest, Sha256};
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -32,7 +42,8 @@ use std::{
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 
-/// A caller that passed authentication, with the token that acts for it.
+/// A caller that passed authentication, with the token that acts for it (its `Debug` shows
+/// the token redacted: [`VaultToken`]).
 #[derive(Debug, Clone)]
 pub struct Actor {
     /// Stable caller name (`jwt:<iss>#<sub>` or `cert:<field>:<value>`), for lease ownership and logs.
@@ -50,13 +61,21 @@ pub struct Actor {
     key: SlotKey,
 }
 
-/// What a call presented to prove who it is.
-#[derive(Debug)]
+/// What a call presented to prove who it is (`Debug` never shows the JWT).
 pub enum Credentials<'a> {
     /// A bearer JWT (from the `authorization` metadata), borrowed from the call's metadata.
     Bearer(&'a str),
     /// The names of the connection's verified client certificate.
     Cert(CertNames),
+}
+
+impl std::fmt::Debug for Credentials<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Bearer(jwt) => write!(f, "Bearer(<redacted JWT of {} bytes>)", jwt.len()),
+            Credentials::Cert(names) => f.debug_tuple("Cert").field(names).finish(),
+        }
+    }
 }
 
 impl<'a> Credentials<'a> {
@@ -85,6 +104,9 @@ enum SlotKey {
     Jwt([u8; 32]),
     Role(Arc<str>),
 }
+
+/// Most caller tokens renewed in the background per tick (4 ticks a second): bounded work.
+const WARM_RENEWALS_PER_TICK: usize = 16;
 
 /// Longest a token is used without a renewal, even if Vault gave it no TTL.
 const MAX_HOLD: Duration = Duration::from_secs(3600);
@@ -159,6 +181,11 @@ struct Who {
     role: Arc<str>,
     /// Unix seconds after which the credentials themselves are no longer valid (JWT exp).
     expires_unix: Option<u64>,
+    /// A JWT caller: the auth mount of the caller rule that matched (its login uses that rule,
+    /// never another rule of the same role).
+    auth_mount: Option<Arc<str>>,
+    /// A JWT caller whose JWT was not verified locally: its login passes the gate, from this peer.
+    unverified_from: Option<Option<IpAddr>>,
 }
 
 impl Who {
@@ -176,28 +203,36 @@ pub struct Sessions {
     roles: HashMap<String, RoleConfig>,
     capacity: usize,
     failure_ttl: Duration,
+    /// Caller tokens used within this long are renewed in the background (zero: only on use).
+    keep_warm: Duration,
     epoch: Instant,
     slots: Mutex<HashMap<SlotKey, Arc<Slot>>>,
     failures: Mutex<HashMap<SlotKey, (Instant, Error)>>,
+    verifier: crate::jwt::Verifier,
+    gate: gate::LoginGate,
     /// Lifecycle counters.
     pub stats: TokenStats,
 }
 
 impl Sessions {
-    /// A cache holding at most `capacity` caller tokens (role tokens are not counted).
-    pub fn new(vault: Client, config: &crate::config::Config) -> Sessions {
-        Sessions {
+    /// A cache holding at most `capacity` caller tokens (role tokens are not counted). Fails only
+    /// when a JWKS client cannot be built.
+    pub fn new(vault: Client, config: &crate::config::Config) -> Result<Sessions, String> {
+        Ok(Sessions {
             vault,
             rules: config.callers.clone(),
             cert_rules: config.cert_callers.clone(),
             roles: config.roles.clone(),
             capacity: config.token_cache_size.max(1),
             failure_ttl: config.login_failure_cache,
+            keep_warm: config.token_keep_warm,
             epoch: Instant::now(),
             slots: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            verifier: crate::jwt::Verifier::new(&config.issuers)?,
+            gate: gate::LoginGate::new(&config.unverified_logins),
             stats: TokenStats::default(),
-        }
+        })
     }
 
     /// Number of Vault logins made so far (for tests and metrics).
@@ -205,21 +240,35 @@ impl Sessions {
         self.stats.logins.load(Ordering::Relaxed)
     }
 
-    /// Authenticates the caller of a request and returns the token that acts for it.
-    pub async fn authenticate(&self, creds: &Credentials<'_>, deadline: Option<Instant>) -> Result<Actor, Error> {
-        let (who, jwt) = match creds {
+    /// Authenticates the caller of a request and returns the token that acts for it. `peer` is the
+    /// address the call came from (it bounds the logins an unverifiable JWT may cause).
+    pub async fn authenticate(
+        &self,
+        creds: &Credentials<'_>,
+        peer: Option<IpAddr>,
+        deadline: Option<Instant>,
+    ) -> Result<Actor, Error> {
+        let (key, jwt) = match creds {
             Credentials::Bearer(jwt) => {
                 let key = SlotKey::Jwt(Sha256::digest(jwt.as_bytes()).into());
                 if let Some(actor) = self.cached(&key) {
                     return Ok(actor);
                 }
-                (self.jwt_caller(key, jwt)?, Some(*jwt))
+                (Some(key), Some(*jwt))
             }
-            Credentials::Cert(names) => (self.cert_caller(names)?, None),
+            Credentials::Cert(_) => (None, None),
         };
-        // Boxed: the slow path (login, renewal) is a large future, and every call's future would
-        // otherwise reserve room for it while the cached path never uses it.
-        Box::pin(self.acquire(&who, jwt, deadline)).await
+        // Boxed: the slow path (verification, login, renewal) is a large future, and every call's
+        // future would otherwise reserve room for it while the cached path never uses it.
+        Box::pin(async move {
+            let who = match (creds, key, jwt) {
+                (Credentials::Bearer(_), Some(key), Some(jwt)) => self.jwt_caller(key, jwt, peer, deadline).await?,
+                (Credentials::Cert(names), ..) => self.cert_caller(names)?,
+                _ => return Err(Error::Internal("credentials without a JWT or a certificate".into())),
+            };
+            self.acquire(&who, jwt, deadline).await
+        })
+        .await
     }
 
     /// The gateway's own token of `role` (a `[roles]` entry with a login), for work done on no
@@ -232,8 +281,38 @@ impl Sessions {
             name: role.into(),
             role: role.into(),
             expires_unix: None,
+            auth_mount: None,
+            unverified_from: None,
         };
         self.acquire(&who, None, deadline).await
+    }
+
+    /// Runs `work` with the gateway's own token of `role`. When Vault refuses that token (403) and
+    /// `lookup-self` shows it is gone (revoked, expired behind the gateway's back), a fresh login
+    /// replaces it at once and `work` runs once more, instead of failing callers until the next
+    /// scheduled refresh. The outer error: no token could be had; the inner one: Vault's answer.
+    pub async fn with_service_token<T, F, Fut>(
+        &self,
+        role: &str,
+        deadline: Option<Instant>,
+        work: F,
+    ) -> Result<Result<T, VaultError>, Error>
+    where
+        F: Fn(VaultToken) -> Fut,
+        Fut: std::future::Future<Output = Result<T, VaultError>>,
+    {
+        let actor = self.service_actor(role, deadline).await?;
+        match work(actor.token.clone()).await {
+            Err(VaultError::Api { status: 403, errors }) => {
+                if !self.token_dead(&actor, deadline).await {
+                    return Ok(Err(VaultError::Api { status: 403, errors }));
+                }
+                tracing::warn!(role, "the gateway's own Vault token was refused and is gone; logged in again");
+                let fresh = self.service_actor(role, deadline).await?;
+                Ok(work(fresh.token).await)
+            }
+            other => Ok(other),
+        }
     }
 
     /// True when `actor`'s token is gone (expired or revoked behind the gateway's back): then it is
@@ -278,10 +357,12 @@ impl Sessions {
     }
 
     /// Keeps role tokens fresh in the background (so an idle role's token and the leases it
-    /// parents do not lapse). Runs until the task is dropped.
+    /// parents do not lapse), and renews the tokens of callers active within `token_keep_warm`
+    /// (see [`Sessions::keep_callers_warm`]). Runs until the task is dropped.
     pub async fn keep_roles_fresh(self: Arc<Self>) {
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
+            self.keep_callers_warm().await;
             let now = Instant::now();
             let due: Vec<Held> = {
                 let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -301,10 +382,51 @@ impl Sessions {
                     name: a.name.clone(),
                     role: a.role.clone(),
                     expires_unix: None,
+                    auth_mount: None,
+                    unverified_from: None,
                 };
                 let deadline = Some(Instant::now() + Duration::from_secs(10));
                 if let Err(e) = self.acquire(&who, None, deadline).await {
                     tracing::warn!(role = %a.role, error = ?e, "could not refresh the role's Vault token");
+                }
+            }
+        }
+    }
+
+    /// Renews, before it is due, the token of each caller that used it within `token_keep_warm`
+    /// (at most [`WARM_RENEWALS_PER_TICK`] per call, those due first), so a caller back from a
+    /// quiet spell longer than its token's TTL is served without a login. Only renewals: the
+    /// gateway never keeps a caller's JWT, so it cannot log in for it. A failed or capped renewal
+    /// is not tried again in the background; the caller's next call logs in.
+    async fn keep_callers_warm(&self) {
+        if self.keep_warm.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let used_since = self.epoch.elapsed().saturating_sub(self.keep_warm).as_millis() as u64;
+        let mut due: Vec<(Instant, Arc<Slot>)> = {
+            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots
+                .iter()
+                .filter(|(k, s)| matches!(k, SlotKey::Jwt(_)) && s.last_used.load(Ordering::Relaxed) >= used_since)
+                .filter_map(|(_, s)| s.held().map(|h| (h, s)))
+                .filter(|(h, _)| h.renewable && now >= h.refresh_at && now < h.use_until)
+                .map(|(h, s)| (h.refresh_at, s.clone()))
+                .collect()
+        };
+        due.sort_by_key(|(at, _)| *at);
+        for (_, slot) in due.into_iter().take(WARM_RENEWALS_PER_TICK) {
+            let _guard = slot.refresh.lock().await;
+            let now = Instant::now();
+            let Some(held) = slot.held().filter(|h| h.renewable && now >= h.refresh_at && now < h.use_until) else {
+                continue; // A call renewed or replaced it meanwhile.
+            };
+            let deadline = Some(now + Duration::from_secs(5));
+            match self.renew(held.clone(), deadline).await {
+                Ok(renewed) => slot.set(Some(renewed)),
+                Err(e) => {
+                    tracing::debug!(role = %held.actor.role, error = ?e, "background renewal of a caller token failed");
+                    slot.set(Some(Held { renewable: false, ..held }));
                 }
             }
         }
@@ -341,17 +463,39 @@ impl Sessions {
         slot.fresh(Instant::now())
     }
 
-    fn jwt_caller(&self, key: SlotKey, jwt: &str) -> Result<Who, Error> {
+    /// The JWT caller: the rule its (unverified) claims match, then, when that rule names an
+    /// issuer, the JWT verified locally with that issuer's keys (a forged one ends here).
+    async fn jwt_caller(
+        &self,
+        key: SlotKey,
+        jwt: &str,
+        peer: Option<IpAddr>,
+        deadline: Option<Instant>,
+    ) -> Result<Who, Error> {
         let claims = identity::claims(jwt)?;
+        let rule = identity::rule_for(&self.rules, &claims)?;
+        let claims = match &rule.verify_with {
+            Some(issuer) => self.verifier.verify(issuer, jwt, deadline).await?,
+            None => claims,
+        };
+        identity::subject(&claims)?;
         let expires_unix = identity::expiry(&claims);
         if expires_unix.is_some_and(|exp| exp <= unix_now()) {
             return Err(Error::Unauthenticated("the JWT has expired; get a fresh one".into()));
         }
-        let rule = identity::rule_for(&self.rules, &claims)?;
         let caller = identity::caller_id(&claims);
         let name: Arc<str> = caller.trim_start_matches("jwt:").into();
         let kind = if rule.method == "kubernetes" { "kubernetes" } else { "jwt" };
-        Ok(Who { key, caller: caller.into(), kind, name, role: rule.role.as_str().into(), expires_unix })
+        Ok(Who {
+            key,
+            caller: caller.into(),
+            kind,
+            name,
+            role: rule.role.as_str().into(),
+            expires_unix,
+            auth_mount: Some(rule.auth_mount.as_str().into()),
+            unverified_from: rule.verify_with.is_none().then_some(peer),
+        })
     }
 
     fn cert_caller(&self, names: &CertNames) -> Result<Who, Error> {
@@ -363,6 +507,8 @@ impl Sessions {
             name: value.into(),
             role: rule.role.as_str().into(),
             expires_unix: None,
+            auth_mount: None,
+            unverified_from: None,
         })
     }
 
@@ -394,8 +540,24 @@ impl Sessions {
                 Err(e) => tracing::info!(role = %who.role, error = ?e, "token renewal failed; logging in again"),
             }
         }
+        // A JWT the gateway could not verify itself: bounded logins in flight and per peer.
+        let _gate = match who.unverified_from {
+            Some(peer) => match self.gate.admit(peer, Instant::now()) {
+                Ok(permit) => Some(permit),
+                Err(err) => {
+                    if slot.held().is_none() {
+                        self.forget(&who.key);
+                    }
+                    return Err(err);
+                }
+            },
+            None => None,
+        };
         self.stats.logins.fetch_add(1, Ordering::Relaxed);
-        let login = match self.login(who, jwt, deadline).await {
+        let login = self.login(who, jwt, deadline).await;
+        let result = if login.is_ok() { "ok" } else { "refused" };
+        self.vault.metrics().logins.get_or_create(&crate::metrics::KindLabel { name: result }).inc();
+        let login = match login {
             Ok(login) => login,
             Err(err) => {
                 let usable = current.as_ref().filter(|h| Instant::now() < h.use_until);
@@ -439,6 +601,10 @@ impl Sessions {
             who.expires_unix.map(|exp| Instant::now() + Duration::from_secs(exp.saturating_sub(unix_now())));
         let held = held.capped();
         slot.set(Some(held.clone()));
+        if matches!(who.key, SlotKey::Jwt(_)) {
+            // Only now, with a token Vault issued, may this caller take a place in the cache.
+            self.make_room();
+        }
         Ok(held.actor)
     }
 
@@ -470,12 +636,9 @@ impl Sessions {
         let role = &*who.role;
         let refused = |e| Error::from_vault(e, Subject::Login(role));
         if let Some(jwt) = jwt {
-            let rule = self
-                .rules
-                .iter()
-                .find(|r| r.role == role)
-                .ok_or_else(|| Error::Internal(format!("no caller rule for role {role}")))?;
-            return self.vault.login_jwt(&rule.auth_mount, role, jwt, deadline).await.map_err(refused);
+            let mount =
+                who.auth_mount.as_deref().ok_or_else(|| Error::Internal("a JWT caller without its rule".into()))?;
+            return self.vault.login_jwt(mount, role, jwt, deadline).await.map_err(refused);
         }
         let login =
             self.roles.get(role).and_then(|r| r.login.as_ref()).ok_or_else(|| {
@@ -519,7 +682,9 @@ impl Sessions {
         if failures.len() >= self.capacity {
             failures.retain(|_, (until, _)| *until > now);
             if failures.len() >= self.capacity {
-                failures.clear();
+                // Full of live refusals: keep them (new refusals must not flush old ones; the login
+                // gate and local verification bound what an unremembered refusal can cost).
+                return;
             }
         }
         failures.insert(key, (now + self.failure_ttl, err));
@@ -529,15 +694,23 @@ impl Sessions {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
     }
 
+    /// The slot of `key`, created empty if absent. A new caller's slot evicts nobody: it is
+    /// removed again if its login fails, and makes room only once its login succeeded
+    /// ([`Sessions::make_room`]); empty slots are bounded by the logins in flight.
     fn slot(&self, key: SlotKey) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let callers = slots.keys().filter(|k| matches!(k, SlotKey::Jwt(_))).count();
-        if matches!(key, SlotKey::Jwt(_)) && !slots.contains_key(&key) && callers >= self.capacity {
-            self.evict(&mut slots);
-        }
         let slot = slots.entry(key).or_insert_with(Slot::new).clone();
         slot.last_used.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         slot
+    }
+
+    /// After a caller's successful login: when more than `capacity` callers hold tokens, evicts.
+    fn make_room(&self) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let callers = slots.iter().filter(|(k, s)| matches!(k, SlotKey::Jwt(_)) && s.held().is_some()).count();
+        if callers > self.capacity {
+            self.evict(&mut slots);
+        }
     }
 
     /// Makes room in a full cache: expired caller tokens first, then the least recently used
@@ -555,7 +728,8 @@ impl Sessions {
             .filter(|(_, s)| s.held().is_none_or(|h| h.keep_until.is_none_or(|k| k <= now)))
             .map(|(k, s)| (s.last_used.load(Ordering::Relaxed), k.clone()))
             .collect();
-        let excess = slots.len().saturating_sub(self.capacity) + 1;
+        let callers = slots.keys().filter(|k| matches!(k, SlotKey::Jwt(_))).count();
+        let excess = callers.saturating_sub(self.capacity);
         let n = excess.max(self.capacity / 16).min(idle.len());
         if n > 0 {
             idle.select_nth_unstable_by_key(n - 1, |(used, _)| *used);
@@ -663,7 +837,7 @@ mod tests {
     async fn a_full_cache_evicts_the_least_recently_used_idle_callers() {
         let text = "listen = \"127.0.0.1:0\"\ntoken_cache_size = 32\n[vault]\naddress = \"http://127.0.0.1:1\"\n";
         let config = crate::config::Config::parse(text).unwrap();
-        let sessions = Sessions::new(Client::new(&config.vault, Default::default()).unwrap(), &config);
+        let sessions = Sessions::new(Client::new(&config.vault, Default::default()).unwrap(), &config).unwrap();
         let now = Instant::now();
         let key = |i: u8| SlotKey::Jwt([i; 32]);
         let role = SlotKey::Role("r".into());
@@ -677,7 +851,13 @@ mod tests {
             slot.last_used.store(1000 + u64::from(i), Ordering::Relaxed);
         }
         let busy = sessions.slot_if_cached(&key(1)).unwrap(); // a call is using it
-        sessions.slot(key(200));
+                                                              // A newcomer whose login is in flight evicts nobody.
+        let newcomer = sessions.slot(key(200));
+        assert_eq!(sessions.slots.lock().unwrap().len(), 34);
+        // Its login succeeded: now the cache makes room.
+        newcomer.set(Some(schedule(actor(), Duration::from_secs(60), true, Duration::from_secs(60), now)));
+        sessions.make_room();
+        drop(newcomer);
         let slots = sessions.slots.lock().unwrap();
         let kept = |i: u8| slots.contains_key(&key(i));
         // 32 / 16 = 2 evicted: the least recently used idle ones (2 and 3), not the lease parent
@@ -685,6 +865,26 @@ mod tests {
         assert!(kept(0) && kept(1) && !kept(2) && !kept(3) && kept(4) && kept(31) && kept(200));
         assert!(slots.contains_key(&role));
         drop(busy);
+    }
+
+    #[tokio::test]
+    async fn new_refusals_do_not_flush_the_negative_cache() {
+        let text = "listen = \"127.0.0.1:0\"\ntoken_cache_size = 4\n[vault]\naddress = \"http://127.0.0.1:1\"\n";
+        let config = crate::config::Config::parse(text).unwrap();
+        let sessions = Sessions::new(Client::new(&config.vault, Default::default()).unwrap(), &config).unwrap();
+        let key = |i: u8| SlotKey::Jwt([i; 32]);
+        let refused = || Error::Unauthenticated("refused".into());
+        for i in 0..4 {
+            sessions.remember_failure(key(i), refused());
+        }
+        // An attacker's fresh refusals while the cache is full of live ones.
+        for i in 10..100 {
+            sessions.remember_failure(key(i), refused());
+        }
+        for i in 0..4 {
+            assert!(sessions.recent_failure(&key(i)).is_some(), "refusal {i} was flushed");
+        }
+        assert!(sessions.recent_failure(&key(50)).is_none());
     }
 
     #[test]

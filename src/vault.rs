@@ -1,13 +1,19 @@
 //! The Vault/OpenBao HTTP client: the one place that talks HTTP. It adds headers, applies a
-//! timeout to every attempt, picks the node (`vault/nodes.rs`), follows 307s, retries what may be
-//! retried (`vault/retry.rs`), records Vault's request ids for the audit line, strips the
-//! `{"data": …}` envelope and turns `{"errors": […]}` and status codes into [`VaultError`].
-//! Engine-specific calls live in `vault/`.
+//! timeout to every attempt (per kind of request: Transit and KV answer in milliseconds, logins
+//! and database credentials may take longer), picks the node (`vault/nodes.rs`), cuts requests
+//! waiting on a node found silent, hedges slow reads to another node (`vault/hedge.rs`), follows
+//! 307s, retries what may be retried (`vault/retry.rs`), records Vault's request ids for the
+//! audit line, strips the `{"data": …}` envelope and turns `{"errors": […]}` and status codes
+//! into [`VaultError`]. Engine-specific calls live in `vault/`.
 //!
-//! Invariant: this module knows nothing of gRPC. Request and response bodies are never logged.
+//! Invariants: this module knows nothing of gRPC. Request and response bodies are never logged.
+//! A token goes only to a configured Vault node: a 307 is followed only to one of
+//! `vault.addresses` (and never from https down to http), and with `vault.ca_cert` set, that CA
+//! alone is trusted (not the public web roots as well).
 
 pub mod auth;
 pub mod database;
+pub mod hedge;
 pub mod hmac;
 pub mod kv;
 pub mod nodes;
@@ -16,6 +22,7 @@ pub mod sys;
 pub mod transit;
 
 use crate::metrics::Metrics;
+use hedge::{HedgeConfig, Latency};
 use nodes::{BreakerConfig, Nodes};
 use reqwest::{Method, StatusCode, Url};
 use retry::{RetryBudget, RetryConfig, Verdict};
@@ -73,8 +80,9 @@ pub enum VaultError {
     Decode(String),
 }
 
-/// The envelope every Vault answer shares; `T` is the engine-specific `data`.
-#[derive(Debug, Deserialize)]
+/// The envelope every Vault answer shares; `T` is the engine-specific `data` (`Debug` never
+/// prints it: it may be a secret's values, credentials or a plaintext).
+#[derive(Deserialize)]
 pub struct Envelope<T> {
     /// Lease id of dynamic secrets ("" otherwise).
     #[serde(default)]
@@ -94,10 +102,84 @@ pub struct Envelope<T> {
     pub warnings: Option<Vec<String>>,
 }
 
+impl<T> fmt::Debug for Envelope<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Envelope")
+            .field("lease_id", &self.lease_id)
+            .field("lease_duration", &self.lease_duration)
+            .field("renewable", &self.renewable)
+            .field("data", &self.data.as_ref().map(|_| "<redacted>"))
+            .field("auth", &self.auth)
+            .field("warnings", &self.warnings)
+            .finish()
+    }
+}
+
 #[derive(Deserialize)]
 struct ErrorBody {
     #[serde(default)]
     errors: Vec<String>,
+}
+
+/// What a request is, for its timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Transit operations and key reads: milliseconds when Vault is well.
+    Transit,
+    /// KV v2 reads and lists: milliseconds when Vault is well.
+    Kv,
+    /// Logins: Vault may call out (JWKS, TokenReview), so slower.
+    Login,
+    /// Database credentials: Vault creates a database user, so slower still.
+    Database,
+    /// Everything else (token and lease calls, health, setup).
+    Other,
+}
+
+/// The timeout of one request attempt, per [`Class`] (`vault.*_timeout_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Transit.
+    pub transit: Duration,
+    /// KV v2.
+    pub kv: Duration,
+    /// Logins.
+    pub login: Duration,
+    /// Database credentials.
+    pub database: Duration,
+    /// Everything else (`vault.timeout_ms`).
+    pub other: Duration,
+}
+
+/// The defaults documented in docs/configuration.md.
+pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
+    transit: Duration::from_secs(5),
+    kv: Duration::from_secs(3),
+    login: Duration::from_secs(10),
+    database: Duration::from_secs(30),
+    other: Duration::from_secs(10),
+};
+
+impl Timeouts {
+    /// The same timeout for every kind.
+    pub const fn uniform(timeout: Duration) -> Timeouts {
+        Timeouts { transit: timeout, kv: timeout, login: timeout, database: timeout, other: timeout }
+    }
+
+    /// The timeout of a request of `class`.
+    pub fn of(&self, class: Class) -> Duration {
+        match class {
+            Class::Transit => self.transit,
+            Class::Kv => self.kv,
+            Class::Login => self.login,
+            Class::Database => self.database,
+            Class::Other => self.other,
+        }
+    }
+
+    fn longest(&self) -> Duration {
+        self.transit.max(self.kv).max(self.login).max(self.database).max(self.other)
+    }
 }
 
 /// Settings of the client, taken from the `[vault]` config table.
@@ -105,8 +187,10 @@ struct ErrorBody {
 pub struct ClientConfig {
     /// Base URLs of the Vault nodes (one for a single server or a load balancer).
     pub addresses: Vec<Url>,
-    /// Upper bound of every request attempt.
-    pub timeout: Duration,
+    /// Upper bound of every request attempt, per kind of request.
+    pub timeouts: Timeouts,
+    /// When a slow read is sent to a second node too.
+    pub hedge: HedgeConfig,
     /// Optional `X-Vault-Namespace`.
     pub namespace: Option<String>,
     /// Optional PEM bundle to trust for Vault's TLS certificate.
@@ -122,7 +206,8 @@ impl ClientConfig {
     pub fn single(address: Url) -> ClientConfig {
         ClientConfig {
             addresses: vec![address],
-            timeout: Duration::from_secs(30),
+            timeouts: Timeouts::uniform(Duration::from_secs(30)),
+            hedge: HedgeConfig { min: Duration::ZERO, max: nodes::DEFAULT_BREAKER.silent_after },
             namespace: None,
             ca_pem: None,
             retry: retry::DEFAULT,
@@ -138,7 +223,10 @@ pub struct Client {
     http: reqwest::Client,
     nodes: Arc<Nodes>,
     metrics: Arc<Metrics>,
-    timeout: Duration,
+    timeouts: Timeouts,
+    hedge: HedgeConfig,
+    /// Latency of answered reads, for the hedge delay.
+    reads: Arc<Mutex<Latency>>,
     namespace: Option<String>,
     retry: RetryConfig,
     budget: Arc<RetryBudget>,
@@ -153,6 +241,8 @@ pub struct Call<'a> {
     segments: Vec<&'a str>,
     query: Vec<(&'a str, String)>,
     idempotent: bool,
+    read: bool,
+    class: Class,
     node: Option<usize>,
 }
 
@@ -162,7 +252,30 @@ impl<'a> Call<'a> {
     /// It is not retried once Vault may have acted on it; see [`Call::idempotent`].
     pub fn new(method: Method, kind: &'static str, segments: &[&'a str]) -> Call<'a> {
         let segments = segments.iter().flat_map(|s| s.split('/')).filter(|s| !s.is_empty()).collect();
-        Call { method, kind, segments, query: Vec::new(), idempotent: false, node: None }
+        Call {
+            method,
+            kind,
+            segments,
+            query: Vec::new(),
+            idempotent: false,
+            read: false,
+            class: Class::Other,
+            node: None,
+        }
+    }
+
+    /// Sets the class of request, which chooses its timeout.
+    pub fn class(mut self, class: Class) -> Call<'a> {
+        self.class = class;
+        self
+    }
+
+    /// Marks the call a read (idempotent, changes nothing): when it is slow past the usual
+    /// latency of reads and several nodes are configured, it is also sent to another node.
+    pub fn read(mut self) -> Call<'a> {
+        self.idempotent = true;
+        self.read = true;
+        self
     }
 
     /// Adds a query parameter.
@@ -188,6 +301,14 @@ impl<'a> Call<'a> {
 /// Most 307 redirects followed by one attempt (a standby points at the active node: one hop).
 const MAX_REDIRECTS: usize = 2;
 
+/// One attempt's outcome: the node that gave the last answer (or failed), when it was sent, and
+/// the answer.
+type Attempted = (usize, Instant, Result<Answer, VaultError>);
+
+/// The error of a redirect to a host outside `vault.addresses` (not followed).
+pub const FOREIGN_REDIRECT: &str =
+    "Vault redirected to a host that is not one of vault.addresses; not followed (list every node there)";
+
 /// One HTTP answer and the node that gave it.
 struct Answer {
     status: StatusCode,
@@ -200,13 +321,15 @@ impl Client {
     /// bundle or no address.
     pub fn new(config: &ClientConfig, metrics: Arc<Metrics>) -> Result<Client, String> {
         let mut builder = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .timeout(config.timeouts.longest())
+            .connect_timeout(config.timeouts.longest().min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(60))
             // 307s from standbys are followed by `send`, bounded and counted, with the body re-sent.
             .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true);
         if let Some(pem) = &config.ca_pem {
+            // Only the configured CA: a certificate from any public CA must not pass for Vault's.
+            builder = builder.tls_built_in_root_certs(false);
             for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("vault.ca_cert: {e}"))? {
                 builder = builder.add_root_certificate(cert);
             }
@@ -230,7 +353,9 @@ impl Client {
             http,
             nodes: Arc::new(Nodes::new(bases, config.breaker, metrics.clone())),
             metrics,
-            timeout: config.timeout,
+            timeouts: config.timeouts,
+            hedge: config.hedge,
+            reads: Arc::new(Mutex::new(Latency::default())),
             namespace: config.namespace.clone(),
             retry: config.retry,
             budget: Arc::new(RetryBudget::new(
@@ -289,7 +414,7 @@ impl Client {
             None => None,
         };
         if let Some(node) = call.node {
-            return self.attempt(node, &call, token, body.as_ref(), deadline).await.1.map(|a| (a.status, a.bytes));
+            return self.attempt(node, &call, token, body.as_ref(), deadline).await.2.map(|a| (a.status, a.bytes));
         }
         self.budget.deposit();
         let mut tried = 0u64;
@@ -302,7 +427,11 @@ impl Client {
                     return Err(VaultError::AllNodesFailing(all.message()));
                 }
             };
-            let (answered, answer) = self.attempt(node, &call, token, body.as_ref(), deadline).await;
+            let (answered, sent, answer) = if call.read && attempts == 0 && self.nodes.all().len() > 1 {
+                self.hedged(node, tried, &call, token, body.as_ref(), deadline).await
+            } else {
+                self.attempt(node, &call, token, body.as_ref(), deadline).await
+            };
             attempts += 1;
             let verdict = verdict_of(&answer);
             let fault = match verdict {
@@ -310,10 +439,13 @@ impl Client {
                 Verdict::Retry { fault, .. } => fault,
             };
             let now = Instant::now();
-            self.nodes.report(answered, fault, now);
+            if call.read && verdict == Verdict::Done {
+                lock(&self.reads).observe(now.saturating_duration_since(sent));
+            }
+            self.nodes.report(answered, fault, sent, now);
             if answered != node {
                 // The first node answered (a redirect): it is alive whatever the target did.
-                self.nodes.report(node, None, now);
+                self.nodes.report(node, None, sent, now);
             }
             let Verdict::Retry { acted, after, reason, .. } = verdict else {
                 return answer.map(|a| (a.status, a.bytes));
@@ -326,6 +458,55 @@ impl Client {
             self.metrics.vault_retry(reason);
             tracing::debug!(reason, attempt = attempts, wait_ms = wait.as_millis() as u64, "retrying vault request");
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// A read on node `first`; when it has not answered after the usual latency of reads (and the
+    /// retry budget allows), the same read goes to another node too and the first good answer
+    /// wins. The loser is dropped; a failed attempt is reported here when the other one wins.
+    async fn hedged(
+        &self,
+        first: usize,
+        tried: u64,
+        call: &Call<'_>,
+        token: Option<&VaultToken>,
+        body: Option<&bytes::Bytes>,
+        deadline: Option<Instant>,
+    ) -> Attempted {
+        let primary = self.attempt(first, call, token, body, deadline);
+        tokio::pin!(primary);
+        let Some(after) = lock(&self.reads).hedge_after(&self.hedge) else { return primary.await };
+        tokio::select! {
+            done = &mut primary => return done,
+            _ = tokio::time::sleep(after) => {}
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| d <= now) || !self.budget.withdraw(now) {
+            return primary.await;
+        }
+        let second = match self.nodes.choose(tried | (1u64 << (first % 64)), now) {
+            Ok(second) if second != first => second,
+            _ => return primary.await,
+        };
+        self.metrics.vault_hedges.inc();
+        tracing::debug!(after_ms = after.as_millis() as u64, "read slow: hedged to another node");
+        let secondary = self.attempt(second, call, token, body, deadline);
+        tokio::pin!(secondary);
+        let (done, other) = tokio::select! {
+            done = &mut primary => (done, false),
+            done = &mut secondary => (done, true),
+        };
+        if verdict_of(&done.2) == Verdict::Done {
+            return done;
+        }
+        // The first to finish failed: report it, and take the other one's answer.
+        if let Verdict::Retry { fault, .. } = verdict_of(&done.2) {
+            self.nodes.report(done.0, fault, done.1, Instant::now());
+        }
+        if other {
+            primary.await
+        } else {
+            secondary.await
         }
     }
 
@@ -357,9 +538,32 @@ impl Client {
         Some(wait)
     }
 
-    /// One attempt on node `first`, following up to [`MAX_REDIRECTS`] 307s; returns the node
-    /// that gave the last answer (a redirect target that is not a configured node counts as `first`).
+    /// One attempt on node `first`, following up to [`MAX_REDIRECTS`] 307s to configured nodes
+    /// only; returns the node that gave the last answer and when the attempt was sent. An
+    /// attempt waiting on a node that is found silent meanwhile ends at once with
+    /// [`VaultError::Timeout`].
     async fn attempt(
+        &self,
+        first: usize,
+        call: &Call<'_>,
+        token: Option<&VaultToken>,
+        body: Option<&bytes::Bytes>,
+        deadline: Option<Instant>,
+    ) -> Attempted {
+        let sent = Instant::now();
+        let Some(node) = self.nodes.get(first) else {
+            return (first, sent, Err(VaultError::Decode(format!("no vault node {first}"))));
+        };
+        let silenced = node.silenced();
+        tokio::pin!(silenced);
+        silenced.as_mut().enable();
+        tokio::select! {
+            (node, answer) = self.hops(first, call, token, body, deadline) => (node, sent, answer),
+            _ = silenced => (first, sent, Err(VaultError::Timeout)),
+        }
+    }
+
+    async fn hops(
         &self,
         first: usize,
         call: &Call<'_>,
@@ -376,10 +580,11 @@ impl Client {
             Err(e) => return (node, Err(e)),
         };
         let endpoint = call.kind;
+        let limit = self.timeouts.of(call.class);
         for hop in 0..=MAX_REDIRECTS {
             let timeout = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()).min(self.timeout),
-                None => self.timeout,
+                Some(d) => d.saturating_duration_since(Instant::now()).min(limit),
+                None => limit,
             };
             if timeout.is_zero() {
                 return (node, Err(VaultError::Timeout));
@@ -394,12 +599,21 @@ impl Client {
                     return (node, Err(err));
                 }
             };
+            self.nodes.heard(node, Instant::now());
             let status = resp.status();
             if matches!(status.as_u16(), 307 | 308) && hop < MAX_REDIRECTS {
                 if let Some(target) = redirect_target(&resp, &url) {
+                    let Some(next) = self.nodes.by_origin(&target) else {
+                        // The request carries a token: it goes to no host the operator did not list.
+                        tracing::warn!(to = %target.origin().ascii_serialization(), "vault redirect to a host that is not a configured node: not followed");
+                        return (
+                            node,
+                            Err(VaultError::Api { status: status.as_u16(), errors: vec![FOREIGN_REDIRECT.into()] }),
+                        );
+                    };
                     self.metrics.vault_redirects.inc();
                     tracing::debug!(to = %target.origin().ascii_serialization(), "following vault redirect");
-                    node = self.nodes.by_origin(&target).unwrap_or(first);
+                    node = next;
                     url = target;
                     continue;
                 }
@@ -467,6 +681,10 @@ impl Client {
             Err(api_error(status, &bytes))
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Most Vault request ids kept for one gateway call (an explicit batch makes a few requests).

@@ -118,7 +118,8 @@ def check_pods(docs: list[dict], label: str) -> None:
         for v in spec.get("volumes", []):
             refs = [v["configMap"]["name"]] if "configMap" in v else []
             refs += [s["configMap"]["name"] for s in v.get("projected", {}).get("sources", []) if "configMap" in s]
-            missing += [r for r in refs if r not in config_maps]
+            # kube-root-ca.crt: the API server's CA, which Kubernetes publishes in every namespace.
+            missing += [r for r in refs if r not in config_maps and r != "kube-root-ca.crt"]
         report(not missing, f"{who} mounts only rendered ConfigMaps", f"missing {missing}")
 
 
@@ -170,7 +171,7 @@ def config_rs_keys(path: pathlib.Path) -> dict[str, set[str]]:
     text = path.read_text()
     fields = {}
     for struct in ("RawConfig", "RawVault", "Mounts", "CallerRule", "BatchConfig", "Limits", "LogConfig",
-                   "AuditConfig", "ShutdownConfig", "RawRole", "LeaseConfig"):
+                   "AuditConfig", "ShutdownConfig", "RawRole", "LeaseConfig", "RawIssuer", "UnverifiedLogins"):
         m = re.search(rf"struct {struct} \{{(.*?)\n\}}", text, re.S)
         if not m:
             raise SystemExit(f"validate.py: struct {struct} not found in {path}")
@@ -178,7 +179,8 @@ def config_rs_keys(path: pathlib.Path) -> dict[str, set[str]]:
     return {"": fields["RawConfig"], "vault": fields["RawVault"], "mounts": fields["Mounts"],
             "callers": fields["CallerRule"], "batch": fields["BatchConfig"], "limits": fields["Limits"],
             "log": fields["LogConfig"], "audit": fields["AuditConfig"], "shutdown": fields["ShutdownConfig"],
-            "leases": fields["LeaseConfig"], "roles.*": fields["RawRole"]}
+            "leases": fields["LeaseConfig"], "roles.*": fields["RawRole"], "issuers.*": fields["RawIssuer"],
+            "unverified_logins": fields["UnverifiedLogins"]}
 
 
 def check_vaultgate(docs: list[dict], label: str, config_rs: pathlib.Path) -> None:
@@ -215,9 +217,9 @@ def check_vaultgate(docs: list[dict], label: str, config_rs: pathlib.Path) -> No
         egress = sorted({str(p["port"]) for r in np["spec"].get("egress", []) for p in r.get("ports", [])})
         every_rule_has_peers = all(r.get("from") for r in np["spec"].get("ingress", [])) and all(
             r.get("to") for r in np["spec"].get("egress", []))
-        report(ingress == ["50051", "9090"] and egress == ["53", "8200"] and every_rule_has_peers
+        report(ingress == ["50051", "9090"] and egress == ["443", "53", "6443", "8200"] and every_rule_has_peers
                and set(np["spec"]["policyTypes"]) == {"Ingress", "Egress"},
-               f"{label}: {name_of(np)} admits only callers:50051, monitoring:9090; egress only 8200, DNS",
+               f"{label}: {name_of(np)} admits only callers:50051, monitoring:9090; egress only 8200, DNS, the API server (JWKS)",
                f"ingress {ingress}, egress {egress}, peers on every rule: {every_rule_has_peers}")
 
     # The config file: where it is mounted and what it says.
@@ -270,6 +272,16 @@ def check_vaultgate(docs: list[dict], label: str, config_rs: pathlib.Path) -> No
             report(tokens.get(role["jwt_file"]) == "vaultgate",
                    f"{label}: roles.{name}.jwt_file {role['jwt_file']} is the pod's projected token (audience vaultgate)",
                    f"projected tokens: {tokens}")
+    # Callers' tokens are verified locally: every rule names an issuer whose JWKS files are mounted.
+    issuers = conf.get("issuers", {})
+    report(all(r.get("verify_with") in issuers for r in conf.get("callers", [])),
+           f"{label}: every caller rule verifies its JWT locally (verify_with an [issuers] table)", "a rule without it")
+    for name, iss in issuers.items():
+        for key in ("jwks_ca_cert", "jwks_bearer_token_file"):
+            if key in iss:
+                path = iss[key]
+                report(path in files or path in tokens, f"{label}: issuers.{name}.{key} {path} is a mounted file",
+                       f"mounted: {sorted(files)} {sorted(tokens)}")
     leases = conf.get("leases")
     if leases:
         report(leases.get("role") in conf.get("roles", {}), f"{label}: leases.role {leases.get('role')} has a [roles] login",

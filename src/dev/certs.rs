@@ -6,13 +6,19 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 
-/// A certificate and its private key, both PEM.
-#[derive(Debug, Clone)]
+/// A certificate and its private key, both PEM (`Debug` redacts the key).
+#[derive(Clone)]
 pub struct Pair {
     /// The certificate.
     pub cert_pem: String,
     /// Its private key (PKCS#8).
     pub key_pem: String,
+}
+
+impl std::fmt::Debug for Pair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pair").field("cert_pem", &self.cert_pem).field("key_pem", &"<redacted>").finish()
+    }
 }
 
 /// A throwaway certificate authority.

@@ -10,13 +10,19 @@ use serde_json::{json, Value};
 /// The two demo callers: name, and whether it may get database credentials.
 pub const CALLERS: [(&str, bool); 2] = [("billing", true), ("reports", false)];
 
-/// Where the demo's PostgreSQL listens.
-#[derive(Debug, Clone)]
+/// Where the demo's PostgreSQL listens (`Debug` redacts the password).
+#[derive(Clone)]
 pub struct PgTarget {
     /// Port on 127.0.0.1.
     pub port: u16,
     /// Password of the `postgres` superuser, which Vault uses to create users.
     pub password: String,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTarget").field("port", &self.port).field("password", &"<redacted>").finish()
+    }
 }
 
 /// An admin session on Vault with the root token; used only to set Vault up, never to serve.

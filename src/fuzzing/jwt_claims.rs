@@ -68,12 +68,23 @@ fn check_jwt(jwt: &str) {
     // A JWT is three dot-separated parts.
     assert_eq!(jwt.split('.').count(), 3, "claims accepted {jwt:?}");
 
-    assert_eq!(identity::expiry(&claims), claims.get("exp").and_then(Value::as_u64));
+    // Whole seconds, a fraction dropped; negative or non-numeric: none.
+    let exp = claims.get("exp").and_then(Value::as_f64).filter(|f| f.is_finite() && *f >= 0.0);
+    match (identity::expiry(&claims), exp) {
+        // (Past u64::MAX a float saturates: an end that never comes is still no earlier than the JWT's.)
+        (Some(got), Some(f)) => assert!(
+            (got as f64 <= f && f - (got as f64) < 1.0 + f * 1e-15) || (got == u64::MAX && f >= u64::MAX as f64),
+            "exp {f} -> {got}"
+        ),
+        (got, f) => assert_eq!((got, f), (None, None)),
+    }
 
+    // The issuer's '%' and '#' are escaped, so the first '#' separates it from the subject.
     let id = identity::caller_id(&claims);
     let iss = claim_text(&claims, "iss").unwrap_or_default();
     let sub = claim_text(&claims, "sub").unwrap_or_default();
-    assert_eq!(id, format!("jwt:{iss}#{sub}"));
+    let (got_iss, got_sub) = id.strip_prefix("jwt:").and_then(|r| r.split_once('#')).unwrap_or_default();
+    assert_eq!((got_iss.replace("%23", "#").replace("%25", "%"), got_sub), (iss, sub.as_str()), "{id}");
 
     let rules = rules();
     let expected = rules.iter().position(|r| rule_matches(r, &claims));

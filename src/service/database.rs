@@ -68,22 +68,17 @@ impl Gateway {
             ))
         };
         let tag = OwnerTag::parse(lease_token).ok_or_else(forged)?;
-        let gateway = self.sessions.service_actor(&config.role, deadline).await?;
-        let input = tag_input(lease_id, &actor.caller, &tag.accessor);
+        let input = &tag_input(lease_id, &actor.caller, &tag.accessor);
+        let (transit, key, hmac) = (&self.config.mounts.transit, &config.owner_key, &tag.hmac);
         let valid = self
-            .vault
-            .transit_verify_hmac(
-                &gateway.token,
-                &self.config.mounts.transit,
-                &config.owner_key,
-                &input,
-                &tag.hmac,
-                deadline,
-            )
-            .await
+            .sessions
+            .with_service_token(&config.role, deadline, |token| async move {
+                self.vault.transit_verify_hmac(&token, transit, key, input, hmac, deadline).await
+            })
+            .await?
             .map_err(|e| Error::from_vault(e, Subject::Key(&config.owner_key)))?;
         if valid {
-            Ok(Proof::Tag { accessor: tag.accessor, gateway: gateway.token })
+            Ok(Proof::Tag { accessor: tag.accessor })
         } else {
             Err(forged())
         }
@@ -94,11 +89,13 @@ impl Gateway {
     async fn sign_lease(&self, actor: &Actor, lease_id: &str, deadline: Option<Instant>) -> String {
         let Some(config) = &self.config.leases else { return String::new() };
         let signed = async {
-            let gateway = self.sessions.service_actor(&config.role, deadline).await?;
-            let input = tag_input(lease_id, &actor.caller, &actor.accessor);
-            self.vault
-                .transit_hmac(&gateway.token, &self.config.mounts.transit, &config.owner_key, &input, deadline)
-                .await
+            let input = &tag_input(lease_id, &actor.caller, &actor.accessor);
+            let (transit, key) = (&self.config.mounts.transit, &config.owner_key);
+            self.sessions
+                .with_service_token(&config.role, deadline, |token| async move {
+                    self.vault.transit_hmac(&token, transit, key, input, deadline).await
+                })
+                .await?
                 .map_err(|e| Error::from_vault(e, Subject::Key(&config.owner_key)))
         };
         match signed.await {
@@ -116,7 +113,7 @@ enum Proof {
     /// This replica issued the lease; here is the token that parents it.
     Local(VaultToken),
     /// A verified tag; the parent token is known by its accessor, renewed with the gateway's token.
-    Tag { accessor: String, gateway: VaultToken },
+    Tag { accessor: String },
 }
 
 /// The content of a `lease_token`: the parent token's accessor and the Transit HMAC binding lease,
@@ -161,7 +158,7 @@ impl Described for GetDbCredsRequest {
         (&self.role, 1)
     }
     fn resource(&self) -> Option<Resource<'_>> {
-        Some(Resource::DbRole(&self.role))
+        Some(Resource::DbRole { mount: &self.mount, role: &self.role })
     }
 }
 
@@ -218,10 +215,22 @@ impl DatabaseService for Database {
                     .map_err(|e| Error::from_vault(e, Subject::Lease(&r.lease_id)))?;
                 let secs = match proof {
                     Proof::Local(parent) => gw.keep_parent(&actor, &parent, secs, deadline).await,
-                    Proof::Tag { accessor, gateway } => {
+                    Proof::Tag { accessor } => {
                         let want = secs.saturating_add(PARENT_SLACK.as_secs());
-                        match gw.vault.renew_accessor(&gateway, &accessor, want, deadline).await {
-                            Ok(token_secs) => secs.min(token_secs),
+                        let role = gw.config.leases.as_ref().map_or("", |l| l.role.as_str());
+                        let accessor = &accessor;
+                        let renewed = gw
+                            .sessions
+                            .with_service_token(role, deadline, |token| async move {
+                                gw.vault.renew_accessor(&token, accessor, want, deadline).await
+                            })
+                            .await;
+                        match renewed {
+                            Ok(Ok(token_secs)) => secs.min(token_secs),
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = ?e, "could not renew the lease's parent token by accessor; the lease ends with it");
+                                secs
+                            }
                             Err(e) => {
                                 tracing::warn!(error = ?e, "could not renew the lease's parent token by accessor; the lease ends with it");
                                 secs

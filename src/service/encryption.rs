@@ -1,7 +1,8 @@
 //! `vaultgate.v1.EncryptionService` over Transit: single calls go through the coalescer, explicit
 //! batches are split to fit Vault's limits and answered in order, one result per item.
 
-use super::{rpc, validate, Described, Gateway};
+use super::{age, rpc, validate, Described, Gateway};
+use crate::cache::{self, Read, Value as Cached};
 use crate::rules::Resource;
 use crate::{
     batch::{self, Budget, LaneKey},
@@ -326,6 +327,8 @@ impl EncryptionService for Encryption {
                 .transit_rotate(&actor.token, &gw.config.mounts.transit, key, deadline)
                 .await
                 .map_err(|e| Error::from_vault(e, Subject::Key(key)))?;
+            // Every caller's cached GetKey answer of this key is out of date now.
+            gw.cache.forget(Read::Key, &gw.config.mounts.transit, key);
             tracing::info!(caller = %actor.caller, key = %key, version = info.latest_version, "key rotated");
             Ok(RotateResponse { latest_version: info.latest_version })
         })
@@ -334,19 +337,28 @@ impl EncryptionService for Encryption {
 
     async fn get_key(&self, req: Request<GetKeyRequest>) -> Result<Response<GetKeyResponse>, Status> {
         let gw = &self.0;
-        gw.serve(req, |actor, deadline, r| async move {
+        gw.serve(req, |actor, _deadline, r| async move {
             let key = &r.key;
-            let info = gw
-                .vault
-                .transit_read_key(&actor.token, &gw.config.mounts.transit, key, deadline)
+            let mount = &gw.config.mounts.transit;
+            let cache_key = cache::Key::new(&actor.token, Read::Key, mount, key, 0);
+            let (vault, token, m, k) = (gw.vault.clone(), actor.token.clone(), mount.clone(), key.clone());
+            let served = gw
+                .cached(&actor, cache_key, move || async move {
+                    vault.transit_read_key(&token, &m, &k, None).await.map(Cached::Key)
+                })
                 .await
                 .map_err(|e| Error::from_vault(e, Subject::Key(key)))?;
+            let Cached::Key(info) = &*served.value else {
+                return Err(Error::Internal("cached answer of another kind".into()));
+            };
             Ok(GetKeyResponse {
-                r#type: info.key_type,
+                r#type: info.key_type.clone(),
                 latest_version: info.latest_version,
                 min_decryption_version: info.min_decryption_version,
                 min_encryption_version: info.min_encryption_version,
                 derived: info.derived,
+                stale: served.stale,
+                age: age(served.age),
             })
         })
         .await

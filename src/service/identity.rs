@@ -39,10 +39,15 @@ impl IdentityService for Identity {
             }
             for path in &r.secret_paths {
                 let paths = vec![format!("{}/data/{path}", m.kv), format!("{}/metadata/{path}", m.kv)];
-                asked.push(("secret", path, Resource::Secret(path), paths));
+                asked.push(("secret", path, Resource::Secret { mount: &m.kv, path }, paths));
             }
             for role in &r.db_roles {
-                asked.push(("db_role", role, Resource::DbRole(role), vec![format!("{}/creds/{role}", m.database)]));
+                asked.push((
+                    "db_role",
+                    role,
+                    Resource::DbRole { mount: &m.database, role },
+                    vec![format!("{}/creds/{role}", m.database)],
+                ));
             }
             let token =
                 gw.vault.lookup_self(&actor.token, deadline).await.map_err(|e| Error::from_vault(e, Subject::Token))?;

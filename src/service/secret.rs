@@ -1,6 +1,9 @@
-//! `vaultgate.v1.SecretService` over KV version 2: read a secret version, list a folder.
+//! `vaultgate.v1.SecretService` over KV version 2: read a secret version, list a folder. Both
+//! read through the gateway's cache (`cache.rs`: per token, singleflight, stale while Vault
+//! cannot answer).
 
-use super::{rpc, Described, Gateway};
+use super::{age, rpc, Described, Gateway};
+use crate::cache::{self, Read, Value as Cached};
 use crate::rules::Resource;
 use crate::{
     call::Rpc,
@@ -53,7 +56,7 @@ impl Described for GetSecretRequest {
         (&self.path, 1)
     }
     fn resource(&self) -> Option<Resource<'_>> {
-        Some(Resource::Secret(&self.path))
+        Some(Resource::Secret { mount: &self.mount, path: &self.path })
     }
 }
 
@@ -63,7 +66,7 @@ impl Described for ListSecretsRequest {
         (&self.path, 1)
     }
     fn resource(&self) -> Option<Resource<'_>> {
-        Some(Resource::Secret(&self.path))
+        Some(Resource::Secret { mount: &self.mount, path: &self.path })
     }
 }
 
@@ -71,20 +74,33 @@ impl Described for ListSecretsRequest {
 impl SecretService for Secrets {
     async fn get_secret(&self, req: Request<GetSecretRequest>) -> Result<Response<GetSecretResponse>, Status> {
         let gw = &self.0;
-        gw.serve(req, |actor, deadline, r| async move {
+        gw.serve(req, |actor, _deadline, r| async move {
             let mount = gw.kv_mount(&r.mount);
-            let secret = gw.vault.kv_read(&actor.token, mount, &r.path, r.version, deadline).await.map_err(|e| {
-                match Error::from_vault(e, Subject::Secret(&r.path)) {
+            let key = cache::Key::new(&actor.token, Read::Secret, mount, &r.path, r.version);
+            let (vault, token, m, path, version) =
+                (gw.vault.clone(), actor.token.clone(), mount.to_string(), r.path.clone(), r.version);
+            // The read runs for every waiter of the flight, so it is bounded by the KV timeout
+            // rather than by this caller's deadline (which still bounds this caller's wait).
+            let served = gw
+                .cached(&actor, key, move || async move {
+                    vault.kv_read(&token, &m, &path, version, None).await.map(Cached::Secret)
+                })
+                .await
+                .map_err(|e| match Error::from_vault(e, Subject::Secret(&r.path)) {
                     Error::NotFound(_) if r.version > 0 => {
                         Error::NotFound(format!("secret {:?} has no readable version {}", r.path, r.version))
                     }
                     other => other,
-                }
-            })?;
+                })?;
+            let Cached::Secret(secret) = &*served.value else {
+                return Err(Error::Internal("cached answer of another kind".into()));
+            };
             Ok(GetSecretResponse {
-                data: secret.data.map(to_struct),
+                data: secret.data.clone().map(to_struct),
                 version: secret.metadata.version,
                 created_time: to_timestamp(&secret.metadata.created_time),
+                stale: served.stale,
+                age: age(served.age),
             })
         })
         .await
@@ -92,14 +108,20 @@ impl SecretService for Secrets {
 
     async fn list_secrets(&self, req: Request<ListSecretsRequest>) -> Result<Response<ListSecretsResponse>, Status> {
         let gw = &self.0;
-        gw.serve(req, |actor, deadline, r| async move {
+        gw.serve(req, |actor, _deadline, r| async move {
             let mount = gw.kv_mount(&r.mount);
-            let keys = gw
-                .vault
-                .kv_list(&actor.token, mount, &r.path, deadline)
+            let key = cache::Key::new(&actor.token, Read::List, mount, &r.path, 0);
+            let (vault, token, m, path) = (gw.vault.clone(), actor.token.clone(), mount.to_string(), r.path.clone());
+            let served =
+                gw.cached(&actor, key, move || async move {
+                    vault.kv_list(&token, &m, &path, None).await.map(Cached::List)
+                })
                 .await
                 .map_err(|e| Error::from_vault(e, Subject::Secret(&r.path)))?;
-            Ok(ListSecretsResponse { keys })
+            let Cached::List(keys) = &*served.value else {
+                return Err(Error::Internal("cached answer of another kind".into()));
+            };
+            Ok(ListSecretsResponse { keys: keys.clone(), stale: served.stale, age: age(served.age) })
         })
         .await
     }

@@ -2,7 +2,7 @@
 //! token self-management (`lookup-self`, `renew-self`, `revoke-self`, `sys/capabilities-self`).
 //! Docs: <https://openbao.org/api-docs/auth/jwt/>, <https://openbao.org/api-docs/auth/token/>.
 
-use super::{Call, Client, Envelope, VaultError, VaultToken};
+use super::{Call, Class, Client, Envelope, VaultError, VaultToken};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -121,7 +121,7 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<Login, VaultError> {
         // Idempotent enough: a repeated login only leaves an unused token that expires on its own.
-        let call = Call::new(Method::POST, "auth/login", &["auth", mount, "login"]).idempotent();
+        let call = Call::new(Method::POST, "auth/login", &["auth", mount, "login"]).class(Class::Login).idempotent();
         login_from(self.call(call, None, Some(&JwtLogin { role, jwt }), deadline).await?)
     }
 
@@ -134,7 +134,7 @@ impl Client {
         secret_id: &str,
         deadline: Option<Instant>,
     ) -> Result<Login, VaultError> {
-        let call = Call::new(Method::POST, "auth/login", &["auth", mount, "login"]).idempotent();
+        let call = Call::new(Method::POST, "auth/login", &["auth", mount, "login"]).class(Class::Login).idempotent();
         login_from(self.call(call, None, Some(&AppRoleLogin { role_id, secret_id }), deadline).await?)
     }
 

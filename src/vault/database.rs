@@ -3,7 +3,7 @@
 //!
 //! Credentials are children of the token that requested them and die with it (VAULT-API.md §3).
 
-use super::{Call, Client, Envelope, VaultError, VaultToken};
+use super::{Call, Class, Client, Envelope, VaultError, VaultToken};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -54,7 +54,7 @@ impl Client {
     ) -> Result<Lease, VaultError> {
         let env: Envelope<Credentials> = self
             .call::<(), _>(
-                Call::new(Method::GET, "database/creds", &[mount, "creds", role]),
+                Call::new(Method::GET, "database/creds", &[mount, "creds", role]).class(Class::Database),
                 Some(token),
                 None,
                 deadline,

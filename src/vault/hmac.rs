@@ -2,7 +2,7 @@
 //! replica can check a tag without sharing memory or holding the key itself.
 //! Docs: <https://openbao.org/api-docs/secret/transit/#generate-hmac>.
 
-use super::{transit::b64, Call, Client, Envelope, VaultError, VaultToken};
+use super::{transit::b64, Call, Class, Client, Envelope, VaultError, VaultToken};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -39,7 +39,7 @@ impl Client {
         let body = HmacBody { input: b64(input), hmac: None };
         let env: Envelope<HmacData> = self
             .call(
-                Call::new(Method::POST, "transit/hmac", &[mount, "hmac", key]).idempotent(),
+                Call::new(Method::POST, "transit/hmac", &[mount, "hmac", key]).class(Class::Transit).idempotent(),
                 Some(token),
                 Some(&body),
                 deadline,
@@ -65,7 +65,7 @@ impl Client {
         let body = HmacBody { input: b64(input), hmac: Some(hmac) };
         let env: Envelope<VerifyData> = self
             .call(
-                Call::new(Method::POST, "transit/verify", &[mount, "verify", key]).idempotent(),
+                Call::new(Method::POST, "transit/verify", &[mount, "verify", key]).class(Class::Transit).idempotent(),
                 Some(token),
                 Some(&body),
                 deadline,

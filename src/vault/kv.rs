@@ -4,18 +4,27 @@
 //! A missing path answers 404 `{"errors":[]}`; a deleted or destroyed version answers 404 with a
 //! full body whose `data` is null (VAULT-API.md §2). Both become `VaultError::Api { status: 404 }`.
 
-use super::{decode, Call, Client, Envelope, VaultError, VaultToken};
+use super::{decode, Call, Class, Client, Envelope, VaultError, VaultToken};
 use reqwest::Method;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-/// One version of a secret: its data and metadata.
-#[derive(Debug, Clone, Deserialize)]
+/// One version of a secret: its data and metadata (`Debug` shows how many fields, never a value).
+#[derive(Clone, Deserialize)]
 pub struct Secret {
     /// The key/value data; `None` when the version is deleted or destroyed.
     pub data: Option<serde_json::Map<String, serde_json::Value>>,
     /// Version metadata.
     pub metadata: SecretMetadata,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("data", &self.data.as_ref().map(|d| format!("<redacted: {} fields>", d.len())))
+            .field("metadata", &self.metadata)
+            .finish()
+    }
 }
 
 /// Metadata of one secret version.
@@ -42,7 +51,7 @@ impl Client {
         version: u32,
         deadline: Option<Instant>,
     ) -> Result<Secret, VaultError> {
-        let mut call = Call::new(Method::GET, "kv/read", &[mount, "data", path]).idempotent();
+        let mut call = Call::new(Method::GET, "kv/read", &[mount, "data", path]).class(Class::Kv).read();
         if version > 0 {
             call = call.query("version", version);
         }
@@ -62,7 +71,8 @@ impl Client {
         path: &str,
         deadline: Option<Instant>,
     ) -> Result<Vec<String>, VaultError> {
-        let call = Call::new(Method::GET, "kv/list", &[mount, "metadata", path]).query("list", "true").idempotent();
+        let call =
+            Call::new(Method::GET, "kv/list", &[mount, "metadata", path]).query("list", "true").class(Class::Kv).read();
         let (status, bytes) = self.send::<()>(call, Some(token), None, deadline).await?;
         let env: Envelope<Keys> = decode(status, &bytes)?;
         Ok(env.data.map(|k| k.keys).unwrap_or_default())

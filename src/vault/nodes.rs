@@ -7,16 +7,24 @@
 //! standbys answer read-only requests locally) and writes to a standby, which forwards them or
 //! answers 307. A node whose breaker is open gets no request until its cool-down has passed
 //! (then exactly one probe) or the health watcher sees it ready again.
+//!
+//! Grey failures: a node that accepts connections but answers nothing (a frozen process, a
+//! black-holed network, a hung disk) is *silent*. A request or health probe that waited
+//! `silent_after` while the node answered nothing at all (no request, no probe) proves it: the
+//! breaker opens at once, the requests waiting on the node are cut (they are retried elsewhere
+//! when idempotent), and while the health watcher runs only it closes the breaker again, so no
+//! caller pays for probing a silent node. A node that is merely slow still answers something
+//! within `silent_after` and is only counted, as before.
 
 use reqwest::Url;
 use std::{
     sync::{
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicU64, AtomicU8, Ordering},
         Mutex,
     },
     time::Duration,
 };
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 
 /// What `sys/health` last said about a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +62,8 @@ pub enum Fault {
     Sealed,
     /// A 5xx, including a standby that cannot reach an active node.
     Failing,
+    /// No answer within the timeout: silent if the node answered nothing else meanwhile.
+    Silent,
 }
 
 /// Settings of every node's breaker.
@@ -63,10 +73,22 @@ pub struct BreakerConfig {
     pub failures: u32,
     /// How long an open breaker refuses requests before letting one probe through.
     pub cool_down: Duration,
+    /// A node that answers nothing at all while a request or probe waits this long is silent
+    /// (its breaker opens at once); also the health probe's timeout.
+    pub silent_after: Duration,
 }
 
-/// The defaults documented in the README (`vault.breaker_*`).
-pub const DEFAULT_BREAKER: BreakerConfig = BreakerConfig { failures: 5, cool_down: Duration::from_secs(1) };
+/// The defaults documented in docs/configuration.md (`vault.breaker_*`, `vault.silent_after_ms`):
+/// with the 1 s health interval a node that hangs is found silent within 1.75 s.
+pub const DEFAULT_BREAKER: BreakerConfig =
+    BreakerConfig { failures: 5, cool_down: Duration::from_secs(1), silent_after: Duration::from_millis(750) };
+
+/// Whether a request sent at `sent` that has not been answered proves its node silent: the node
+/// answered nothing since (`last_answer` is its latest answer of any kind) and the request has
+/// waited `after`. A request cut short by its caller's deadline proves nothing.
+pub fn is_silent(last_answer: Option<Instant>, sent: Instant, now: Instant, after: Duration) -> bool {
+    last_answer.is_none_or(|a| a < sent) && now.saturating_duration_since(sent) >= after
+}
 
 /// The state of one node's circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,11 +158,21 @@ impl Breaker {
 
     /// Opens at once (the node said it is sealed: no point in trying it until it is unsealed).
     pub fn trip(&mut self, now: Instant, fault: Fault, config: &BreakerConfig) {
+        self.trip_since(now, now, fault, config);
+    }
+
+    /// Opens at once, failing since `since` unless it already was (a silent node: since its last answer).
+    pub fn trip_since(&mut self, since: Instant, now: Instant, fault: Fault, config: &BreakerConfig) {
         let since = match *self {
             Breaker::Open { since, .. } | Breaker::HalfOpen { since, .. } => since,
-            Breaker::Closed { .. } => now,
+            Breaker::Closed { .. } => since.min(now),
         };
         *self = Breaker::Open { since, until: now + config.cool_down, fault };
+    }
+
+    /// Whether it is open because the node went silent (then only the health watcher closes it).
+    pub fn silent(&self) -> bool {
+        matches!(self, Breaker::Open { fault: Fault::Silent, .. } | Breaker::HalfOpen { fault: Fault::Silent, .. })
     }
 
     /// The metric value: 0 closed, 1 half-open, 2 open.
@@ -161,6 +193,17 @@ pub struct Node {
     pub label: String,
     role: AtomicU8,
     breaker: Mutex<Breaker>,
+    /// Microseconds since [`Nodes`] was made, plus one, at the node's latest answer (0: none yet).
+    last_answer: AtomicU64,
+    /// Wakes the requests waiting on the node when it is found silent.
+    silenced: Notify,
+}
+
+impl Node {
+    /// Completes when the node is found silent; create it before sending, so no trip is missed.
+    pub fn silenced(&self) -> tokio::sync::futures::Notified<'_> {
+        self.silenced.notified()
+    }
 }
 
 /// Why no node could take a request: what the caller is told.
@@ -170,6 +213,8 @@ pub struct AllFailing {
     pub nodes: usize,
     /// Of them, sealed.
     pub sealed: usize,
+    /// Of them, silent (accepting connections but answering nothing).
+    pub silent: usize,
     /// How long the first of them has been failing.
     pub since: Duration,
 }
@@ -181,6 +226,13 @@ impl AllFailing {
         let (n, s) = (self.nodes, if self.nodes == 1 { "" } else { "s" });
         if self.sealed == self.nodes {
             format!("Vault is sealed (all {n} node{s} sealed for {secs:.1} s); an operator must unseal it; retry later")
+        } else if self.silent == self.nodes {
+            format!("Vault is not answering (all {n} node{s} silent for {secs:.1} s); retry later")
+        } else if self.silent > 0 && self.sealed == 0 {
+            format!(
+                "Vault is unreachable (all {n} node{s} failing since {secs:.1} s, {} of them silent); retry later",
+                self.silent
+            )
         } else if self.sealed > 0 {
             format!(
                 "Vault is unreachable (all {n} node{s} failing since {secs:.1} s, {} of them sealed); retry later",
@@ -197,6 +249,9 @@ pub struct Nodes {
     nodes: Vec<Node>,
     config: BreakerConfig,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    epoch: Instant,
+    /// Microseconds since `epoch`, plus one, of the health watcher's latest observation (0: none).
+    watched: AtomicU64,
 }
 
 impl Nodes {
@@ -209,9 +264,11 @@ impl Nodes {
                 base,
                 role: AtomicU8::new(Role::Unknown as u8),
                 breaker: Mutex::new(Breaker::Closed { failures: 0 }),
+                last_answer: AtomicU64::new(0),
+                silenced: Notify::new(),
             })
             .collect();
-        let nodes = Nodes { nodes, config, metrics };
+        let nodes = Nodes { nodes, config, metrics, epoch: Instant::now(), watched: AtomicU64::new(0) };
         for (i, node) in nodes.nodes.iter().enumerate() {
             nodes.publish(i, &lock(&node.breaker));
         }
@@ -243,9 +300,48 @@ impl Nodes {
         self.nodes.get(index).map_or(Breaker::Closed { failures: 0 }, |n| *lock(&n.breaker))
     }
 
-    /// Records what `sys/health` said about node `index`; only a ready node closes its breaker.
-    pub fn observe(&self, index: usize, role: Role, now: Instant) {
+    /// The breaker settings.
+    pub fn config(&self) -> &BreakerConfig {
+        &self.config
+    }
+
+    fn stamp(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_micros() as u64 + 1
+    }
+
+    fn unstamp(&self, stamp: u64) -> Option<Instant> {
+        stamp.checked_sub(1).map(|us| self.epoch + Duration::from_micros(us))
+    }
+
+    /// Node `index` answered something (any HTTP status) at `now`: it is not silent.
+    pub fn heard(&self, index: usize, now: Instant) {
+        if let Some(node) = self.nodes.get(index) {
+            node.last_answer.fetch_max(self.stamp(now), Ordering::Relaxed);
+        }
+    }
+
+    /// When node `index` last answered anything.
+    pub fn last_answer(&self, index: usize) -> Option<Instant> {
+        self.nodes.get(index).and_then(|n| self.unstamp(n.last_answer.load(Ordering::Relaxed)))
+    }
+
+    /// Whether the health watcher observed the nodes lately (then it alone closes silent breakers).
+    fn watched(&self, now: Instant) -> bool {
+        self.unstamp(self.watched.load(Ordering::Relaxed)).is_some_and(|at| {
+            now.saturating_duration_since(at) < (self.config.silent_after + self.config.cool_down) * 4
+        })
+    }
+
+    /// Records what `sys/health` said about node `index` (probe sent at `sent`); only a ready
+    /// node closes its breaker; a probe that got no answer while the node answered nothing else
+    /// for `silent_after` opens it at once.
+    pub fn observe(&self, index: usize, role: Role, sent: Instant, now: Instant) {
         let Some(node) = self.nodes.get(index) else { return };
+        self.watched.fetch_max(self.stamp(now), Ordering::Relaxed);
+        if role == Role::Down {
+            node.role.store(role as u8, Ordering::Relaxed);
+            return self.report(index, Some(Fault::Silent), sent, now);
+        }
         if role == Role::Active {
             // Only one node is active: a former active that did not answer yet is a standby at best.
             for (i, other) in self.nodes.iter().enumerate() {
@@ -264,20 +360,31 @@ impl Nodes {
         match role {
             Role::Active | Role::Standby => breaker.success(),
             Role::Sealed => breaker.trip(now, Fault::Sealed, &self.config),
-            Role::Down => breaker.failure(now, Fault::Unreachable, &self.config),
-            Role::Unknown => {}
+            Role::Down | Role::Unknown => {}
         }
         self.publish(index, &breaker);
     }
 
-    /// Records the outcome of one request to node `index`: `None` for success.
-    pub fn report(&self, index: usize, fault: Option<Fault>, now: Instant) {
+    /// Records the outcome of one request to node `index`, sent at `sent`: `None` for success.
+    /// A request without an answer ([`Fault::Silent`]) opens the breaker at once when the node
+    /// answered nothing else while it waited `silent_after` ([`is_silent`]), and cuts the other
+    /// requests waiting on it; otherwise it counts as an ordinary failure.
+    pub fn report(&self, index: usize, fault: Option<Fault>, sent: Instant, now: Instant) {
         let Some(node) = self.nodes.get(index) else { return };
         let mut breaker = lock(&node.breaker);
         let before = *breaker;
         match fault {
             None if matches!(before, Breaker::Closed { failures: 0 }) => return,
             None => breaker.success(),
+            Some(Fault::Silent) => {
+                let last = self.last_answer(index);
+                if is_silent(last, sent, now, self.config.silent_after) {
+                    breaker.trip_since(last.unwrap_or(sent), now, Fault::Silent, &self.config);
+                    node.silenced.notify_waiters();
+                } else {
+                    breaker.failure(now, Fault::Unreachable, &self.config);
+                }
+            }
             Some(fault) => breaker.failure(now, fault, &self.config),
         }
         if fault.is_some() && node.role.load(Ordering::Relaxed) == Role::Active as u8 {
@@ -309,9 +416,14 @@ impl Nodes {
             let fresh = tried & (1u64 << (i % 64)) == 0;
             (!fresh, rank(self.role(i)))
         });
+        let watched = self.watched(now);
         for i in order {
             let node = &self.nodes[i];
             let mut breaker = lock(&node.breaker);
+            if watched && breaker.silent() {
+                // No caller's request probes a silent node: the health watcher's probes do.
+                continue;
+            }
             let was = breaker.gauge();
             if breaker.acquire(now, &self.config) {
                 if was != breaker.gauge() {
@@ -331,18 +443,19 @@ impl Nodes {
     }
 
     fn all_failing(&self, now: Instant) -> AllFailing {
-        let mut sealed = 0;
+        let (mut sealed, mut silent) = (0, 0);
         let mut since = now;
         for node in &self.nodes {
             match *lock(&node.breaker) {
                 Breaker::Open { since: s, fault, .. } | Breaker::HalfOpen { since: s, fault, .. } => {
                     since = since.min(s);
                     sealed += usize::from(fault == Fault::Sealed);
+                    silent += usize::from(fault == Fault::Silent);
                 }
                 Breaker::Closed { .. } => {}
             }
         }
-        AllFailing { nodes: self.nodes.len(), sealed, since: now.saturating_duration_since(since) }
+        AllFailing { nodes: self.nodes.len(), sealed, silent, since: now.saturating_duration_since(since) }
     }
 
     fn publish(&self, index: usize, breaker: &Breaker) {
@@ -373,7 +486,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    const CONFIG: BreakerConfig = BreakerConfig { failures: 3, cool_down: Duration::from_secs(2) };
+    const CONFIG: BreakerConfig =
+        BreakerConfig { failures: 3, cool_down: Duration::from_secs(2), silent_after: Duration::from_millis(500) };
 
     #[test]
     fn breaker_state_machine() {
@@ -444,24 +558,88 @@ mod tests {
         let now = Instant::now();
         let set = nodes(2);
         assert!(!set.any_usable(now), "nothing is known before the first probe");
-        set.observe(0, Role::Active, now);
-        set.observe(1, Role::Standby, now);
+        set.observe(0, Role::Active, now, now);
+        set.observe(1, Role::Standby, now, now);
         assert!(set.any_usable(now));
         for _ in 0..3 {
-            set.report(0, Some(Fault::Unreachable), now);
+            set.report(0, Some(Fault::Unreachable), now, now);
         }
         assert_eq!(set.role(0), Role::Down, "a failing active node is not chosen first any more");
         assert_eq!(set.choose(0, now), Ok(1));
-        set.observe(1, Role::Sealed, now);
+        set.observe(1, Role::Sealed, now, now);
         let err = set.choose(0, now).unwrap_err();
         assert_eq!((err.nodes, err.sealed), (2, 1));
         assert!(err.message().contains("all 2 nodes failing"), "{}", err.message());
         assert!(!set.any_usable(now));
-        set.observe(1, Role::Active, now);
+        set.observe(1, Role::Active, now, now);
         assert_eq!(set.choose(0, now), Ok(1), "the health watcher closes a breaker");
         let one = nodes(1);
-        one.observe(0, Role::Sealed, now);
+        one.observe(0, Role::Sealed, now, now);
         let msg = one.choose(0, now).unwrap_err().message();
         assert!(msg.starts_with("Vault is sealed (all 1 node sealed"), "{msg}");
+    }
+
+    #[test]
+    fn silence_table() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let after = ms(500);
+        // (last answer, sent, now) -> silent?
+        let cases: &[(Option<Duration>, Duration, Duration, bool)] = &[
+            (None, ms(0), ms(500), true),
+            (None, ms(0), ms(499), false),
+            (Some(ms(100)), ms(200), ms(900), true),
+            (Some(ms(300)), ms(200), ms(900), false),
+            (Some(ms(200)), ms(200), ms(900), false),
+            (Some(ms(100)), ms(800), ms(900), false),
+        ];
+        for (last, sent, now, want) in cases {
+            let got = is_silent(last.map(|l| t0 + l), t0 + *sent, t0 + *now, after);
+            assert_eq!(got, *want, "last {last:?} sent {sent:?} now {now:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_node_trips_at_once_cuts_its_waiters_and_only_health_closes_it() {
+        let set = nodes(2);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        set.observe(0, Role::Active, t0, t0);
+        set.observe(1, Role::Standby, t0, t0);
+        set.heard(0, t0);
+        // A request cut short after 100 ms (the caller's deadline) proves nothing: counted only.
+        set.report(0, Some(Fault::Silent), t0 + ms(10), t0 + ms(110));
+        assert_eq!(set.breaker(0), Breaker::Closed { failures: 1 });
+        // A slow node that answered something meanwhile is counted, not tripped.
+        set.observe(0, Role::Active, t0, t0);
+        set.heard(0, t0 + ms(300));
+        set.report(0, Some(Fault::Silent), t0 + ms(200), t0 + ms(800));
+        assert_eq!(set.breaker(0), Breaker::Closed { failures: 1 });
+        // Nothing heard since the request went out 600 ms ago: silent, open at once, waiters cut.
+        let waiter = set.get(0).unwrap().silenced();
+        tokio::pin!(waiter);
+        waiter.as_mut().enable();
+        set.report(0, Some(Fault::Silent), t0 + ms(400), t0 + ms(1000));
+        assert!(set.breaker(0).silent());
+        let Breaker::Open { since, .. } = set.breaker(0) else { panic!("open") };
+        assert!(since.max(t0 + ms(300)) - since.min(t0 + ms(300)) < ms(1), "silent since its last answer");
+        assert!(tokio::time::timeout(ms(50), waiter).await.is_ok(), "the requests waiting on it are cut");
+        // With the health watcher running, no caller probes it, even after the cool-down.
+        let later = t0 + ms(1000) + CONFIG.cool_down * 2;
+        set.observe(1, Role::Standby, later, later);
+        assert_eq!(set.choose(0, later), Ok(1));
+        set.observe(1, Role::Sealed, later, later);
+        let err = set.choose(0, later).unwrap_err();
+        assert_eq!((err.silent, err.sealed), (1, 1));
+        set.observe(1, Role::Standby, later, later);
+        // The health watcher hears it again: closed.
+        set.observe(0, Role::Active, later, later);
+        assert_eq!(set.choose(0, later), Ok(0));
+        // Without a health watcher (a setup client), the cool-down's probe still goes.
+        let lonely = nodes(1);
+        lonely.report(0, Some(Fault::Silent), t0, t0 + ms(600));
+        let err = lonely.choose(0, t0 + ms(700)).unwrap_err();
+        assert!(err.message().starts_with("Vault is not answering (all 1 node silent for 0.7 s)"), "{}", err.message());
+        assert_eq!(lonely.choose(0, t0 + ms(600) + CONFIG.cool_down), Ok(0));
     }
 }

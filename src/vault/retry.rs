@@ -62,7 +62,8 @@ pub fn verdict(answer: Result<(u16, &[String]), &VaultError>, retry_after: Optio
     match answer {
         Err(VaultError::Connect(_)) => retry(Some(Fault::Unreachable), false, "transport"),
         Err(VaultError::Transport(_)) => retry(Some(Fault::Unreachable), true, "transport"),
-        Err(VaultError::Timeout) => retry(Some(Fault::Unreachable), true, "timeout"),
+        // No answer in time: the node is silent if it answered nothing else meanwhile (`nodes.rs`).
+        Err(VaultError::Timeout) => retry(Some(Fault::Silent), true, "timeout"),
         Err(_) => Verdict::Done,
         Ok((503, errors)) if errors.iter().any(|e| e.contains("sealed")) => retry(Some(Fault::Sealed), false, "sealed"),
         Ok((500..=599, errors)) if errors.iter().any(|e| e.contains(NO_ACTIVE)) => {
@@ -221,7 +222,7 @@ mod tests {
             ),
             (
                 Err(VaultError::Timeout),
-                Verdict::Retry { fault: Some(Fault::Unreachable), acted: true, after: None, reason: "timeout" },
+                Verdict::Retry { fault: Some(Fault::Silent), acted: true, after: None, reason: "timeout" },
             ),
             (Err(VaultError::Decode("x".into())), Verdict::Done),
         ];

@@ -5,7 +5,7 @@
 //! HTTP 400 *and* a normal `batch_results` body, so [`Client::transit_batch`] accepts any status
 //! whose body carries `batch_results` and reports errors per item.
 
-use super::{api_error, decode, Call, Client, Envelope, VaultError, VaultToken};
+use super::{api_error, decode, Call, Class, Client, Envelope, VaultError, VaultToken};
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
@@ -38,7 +38,8 @@ impl Op {
 }
 
 /// One item of a `batch_input`, already base64-encoded; fields that are `None` are not sent.
-#[derive(Debug, Clone, Serialize, Default)]
+/// `Debug` shows the lengths of plaintext, context and associated data, never their bytes.
+#[derive(Clone, Serialize, Default)]
 pub struct BatchItem {
     /// Base64 plaintext (encrypt). Always sent for encrypt, even when empty (VAULT-API §1.3 a).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -55,6 +56,19 @@ pub struct BatchItem {
     /// Key version to encrypt with (encrypt only; 0/None = latest).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_version: Option<u32>,
+}
+
+impl std::fmt::Debug for BatchItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::redact::opt_len;
+        f.debug_struct("BatchItem")
+            .field("plaintext", &opt_len(&self.plaintext))
+            .field("ciphertext", &self.ciphertext)
+            .field("context", &opt_len(&self.context))
+            .field("associated_data", &opt_len(&self.associated_data))
+            .field("key_version", &self.key_version)
+            .finish()
+    }
 }
 
 impl BatchItem {
@@ -76,8 +90,8 @@ impl BatchItem {
     }
 }
 
-/// One entry of `batch_results`: either a value or an `error`.
-#[derive(Debug, Clone, Deserialize, Default)]
+/// One entry of `batch_results`: either a value or an `error` (`Debug` redacts the plaintext).
+#[derive(Clone, Deserialize, Default)]
 pub struct BatchResult {
     /// Encrypt: the ciphertext.
     #[serde(default)]
@@ -91,6 +105,17 @@ pub struct BatchResult {
     /// Set when this item failed.
     #[serde(default)]
     pub error: Option<String>,
+}
+
+impl std::fmt::Debug for BatchResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchResult")
+            .field("ciphertext", &self.ciphertext)
+            .field("plaintext", &crate::redact::opt_len(&self.plaintext))
+            .field("key_version", &self.key_version)
+            .field("error", &self.error)
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -134,8 +159,8 @@ pub struct KeyInfo {
     pub derived: bool,
 }
 
-/// Answer of encrypt/rewrap/datakey: a ciphertext and the key version.
-#[derive(Debug, Clone, Deserialize)]
+/// Answer of encrypt/rewrap/datakey: a ciphertext and the key version (`Debug` redacts the data key).
+#[derive(Clone, Deserialize)]
 pub struct Ciphertext {
     /// `vault:vN:…`.
     pub ciphertext: String,
@@ -145,6 +170,16 @@ pub struct Ciphertext {
     /// Datakey only: the base64 plaintext data key.
     #[serde(default)]
     pub plaintext: Option<String>,
+}
+
+impl std::fmt::Debug for Ciphertext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ciphertext")
+            .field("ciphertext", &self.ciphertext)
+            .field("key_version", &self.key_version)
+            .field("plaintext", &crate::redact::opt_len(&self.plaintext))
+            .finish()
+    }
 }
 
 /// Encodes bytes as Vault expects binary inputs (standard base64).
@@ -170,7 +205,7 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<Vec<BatchResult>, VaultError> {
         // Idempotent: sending an encryption or decryption twice changes nothing in Vault.
-        let call = Call::new(Method::POST, op.kind(), &[mount, op.path(), key]).idempotent();
+        let call = Call::new(Method::POST, op.kind(), &[mount, op.path(), key]).class(Class::Transit).idempotent();
         let (status, bytes) = self.send(call, Some(token), Some(&BatchBody { batch_input: items }), deadline).await?;
         let code = status.as_u16();
         // 200 all ok (or item errors without a flag), 400 some/all items failed, 207 partial override.
@@ -198,7 +233,7 @@ impl Client {
         item: &BatchItem,
         deadline: Option<Instant>,
     ) -> Result<BatchResult, VaultError> {
-        let call = Call::new(Method::POST, op.kind(), &[mount, op.path(), key]).idempotent();
+        let call = Call::new(Method::POST, op.kind(), &[mount, op.path(), key]).class(Class::Transit).idempotent();
         let env: Envelope<BatchResult> = self.call(call, Some(token), Some(item), deadline).await?;
         env.data.ok_or_else(|| VaultError::Decode("transit answer without data".into()))
     }
@@ -216,7 +251,7 @@ impl Client {
         let body = RewrapBody { ciphertext, context };
         let env: Envelope<Ciphertext> = self
             .call(
-                Call::new(Method::POST, "transit/rewrap", &[mount, "rewrap", key]).idempotent(),
+                Call::new(Method::POST, "transit/rewrap", &[mount, "rewrap", key]).class(Class::Transit).idempotent(),
                 Some(token),
                 Some(&body),
                 deadline,
@@ -236,7 +271,7 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<Ciphertext, VaultError> {
         let body = DatakeyBody { context, bits };
-        let call = Call::new(Method::POST, "transit/datakey", &[mount, "datakey/plaintext", key]);
+        let call = Call::new(Method::POST, "transit/datakey", &[mount, "datakey/plaintext", key]).class(Class::Transit);
         let env: Envelope<Ciphertext> = self.call(call, Some(token), Some(&body), deadline).await?;
         env.data.ok_or_else(|| VaultError::Decode("datakey answer without data".into()))
     }
@@ -251,7 +286,7 @@ impl Client {
     ) -> Result<KeyInfo, VaultError> {
         let (status, bytes) = self
             .send::<()>(
-                Call::new(Method::GET, "transit/keys", &[mount, "keys", key]).idempotent(),
+                Call::new(Method::GET, "transit/keys", &[mount, "keys", key]).class(Class::Transit).read(),
                 Some(token),
                 None,
                 deadline,
@@ -270,7 +305,7 @@ impl Client {
         deadline: Option<Instant>,
     ) -> Result<KeyInfo, VaultError> {
         // Not idempotent: a second send would add a second version.
-        let call = Call::new(Method::POST, "transit/rotate", &[mount, "keys", key, "rotate"]);
+        let call = Call::new(Method::POST, "transit/rotate", &[mount, "keys", key, "rotate"]).class(Class::Transit);
         let (status, bytes) = self.send::<()>(call, Some(token), None, deadline).await?;
         if status == reqwest::StatusCode::NO_CONTENT {
             // Older servers answer 204; read the key to learn the new version.

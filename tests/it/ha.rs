@@ -28,7 +28,7 @@ use vaultgate::{
 };
 
 /// The caller's policy: its Transit key only (rotating it is a write, not retried).
-const POLICY: &str = r#"
+pub(crate) const POLICY: &str = r#"
 path "transit/encrypt/ha" { capabilities = ["update"] }
 path "transit/decrypt/ha" { capabilities = ["update"] }
 path "transit/keys/ha" { capabilities = ["read"] }
@@ -60,11 +60,11 @@ enum Storage<'a> {
 }
 
 /// One OpenBao server.
-struct Node {
+pub(crate) struct Node {
     config: PathBuf,
     log: PathBuf,
-    addr: String,
-    child: Option<Child>,
+    pub(crate) addr: String,
+    pub(crate) child: Option<Child>,
 }
 
 impl Node {
@@ -108,7 +108,7 @@ impl Node {
     }
 
     /// SIGKILL: the harshest way for a node to go.
-    async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
         }
@@ -116,8 +116,8 @@ impl Node {
 }
 
 /// A Raft cluster of the test's own, with its unseal key and root token (setup only).
-struct Cluster {
-    nodes: Vec<Node>,
+pub(crate) struct Cluster {
+    pub(crate) nodes: Vec<Node>,
     http: reqwest::Client,
     key: String,
     root: String,
@@ -126,7 +126,7 @@ struct Cluster {
 impl Cluster {
     /// Starts `n` nodes, initialises the first, joins and unseals the others, waits until every
     /// node votes, and provisions Transit key `ha`, JWT auth and the caller role `ha`.
-    async fn start(env: &Env, dir: &Path, n: usize) -> Cluster {
+    pub(crate) async fn start(env: &Env, dir: &Path, n: usize) -> Cluster {
         Cluster::start_on(env, dir, n, Storage::Raft).await
     }
 
@@ -211,7 +211,7 @@ impl Cluster {
     }
 
     /// The index of the node whose `sys/health` says active.
-    async fn active(&self) -> Option<usize> {
+    pub(crate) async fn active(&self) -> Option<usize> {
         for i in 0..self.nodes.len() {
             if self.nodes[i].child.is_some() && self.health(i).await == 200 {
                 return Some(i);
@@ -238,7 +238,7 @@ impl Cluster {
         self.expect_ok(i, "PUT", "sys/unseal", json!({"key": self.key})).await;
     }
 
-    async fn call(&self, i: usize, method: &str, path: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn call(&self, i: usize, method: &str, path: &str, body: Value) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut r = self.http.request(method, format!("{}/v1/{path}", self.nodes[i].addr));
         if !self.root.is_empty() {
@@ -252,13 +252,13 @@ impl Cluster {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    async fn expect_ok(&self, i: usize, method: &str, path: &str, body: Value) -> Value {
+    pub(crate) async fn expect_ok(&self, i: usize, method: &str, path: &str, body: Value) -> Value {
         let (status, value) = self.call(i, method, path, body).await;
         assert!((200..300).contains(&status), "{method} {path} on node {i}: {status} {value}");
         value
     }
 
-    fn addresses(&self) -> String {
+    pub(crate) fn addresses(&self) -> String {
         self.nodes.iter().map(|n| format!("{:?}", n.addr)).collect::<Vec<_>>().join(", ")
     }
 }
@@ -272,7 +272,7 @@ async fn gateway(vault_table: &str, extra: &str) -> TestGateway {
     .await
 }
 
-fn encrypt(jwt: &str, plaintext: &[u8]) -> tonic::Request<EncryptRequest> {
+pub(crate) fn encrypt(jwt: &str, plaintext: &[u8]) -> tonic::Request<EncryptRequest> {
     let mut r = req(EncryptRequest { key: "ha".into(), plaintext: plaintext.to_vec(), ..Default::default() }, jwt);
     r.set_timeout(Duration::from_secs(5));
     r

@@ -8,6 +8,8 @@
 //! check sees the whole run. `cargo test --test it -- NAME` runs the tests whose name contains NAME.
 
 mod attacks;
+mod attacks_auth;
+mod availability;
 mod badinput;
 mod batching;
 mod callers;
@@ -72,6 +74,11 @@ const TESTS: &[(&str, TestFn)] = tests![
     identity::certificate_files_reload_without_dropping_connections,
     identity::kubernetes_callers_log_in,
     identity::token_file_roles_and_revocation_at_shutdown,
+    availability::concurrent_reads_coalesce_and_changes_show_within_the_ttl,
+    availability::cached_answers_never_cross_callers,
+    availability::idle_callers_are_served_without_a_new_login,
+    attacks_auth::unknown_kid_flood_refetches_the_jwks_at_most_once_per_ten_seconds,
+    attacks_auth::vault_redirect_to_a_foreign_host_is_not_followed,
     attacks::random_mounts_and_paths_grow_no_metric_series_or_audit_line,
 ];
 
@@ -80,6 +87,10 @@ const TESTS: &[(&str, TestFn)] = tests![
 const ALONE: &[(&str, TestFn)] = tests![
     lifecycle::a_noisy_caller_is_throttled_alone,
     overload::ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right,
+    availability::frozen_vault_fails_fast_serves_stale_and_recovers,
+    availability::black_holed_node_costs_no_more_than_detection_and_reads_hedge,
+    attacks_auth::forged_jwts_cost_vault_nothing,
+    attacks_auth::forged_jwts_without_local_verification_are_capped,
     attacks::many_streams_of_slow_megabyte_messages_stay_within_memory_bound,
     attacks::two_thousand_idle_connections_do_not_delay_a_new_handshake,
 ];

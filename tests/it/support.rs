@@ -86,8 +86,8 @@ impl Env {
             stack.config_toml(addr).replace("path = \"stdout\"", &format!("path = {:?}", audit.to_string_lossy()));
         let mut toml = format!("metrics_listen = \"{metrics_addr}\"\n{dev_toml}");
         toml.push_str(&format!(
-            "[[callers]]\nrole = \"qa\"\nclaim = \"sub\"\nequals = \"qa\"\nissuer = \"{0}\"\n\n[[callers]]\nrole = \"qa2\"\nequals = \"qa2\"\nissuer = \"{0}\"\n\n[[callers]]\nrole = \"qashort\"\nequals = \"qashort\"\nissuer = \"{0}\"\n\n[limits]\nmax_item_bytes = 65536\nmax_batch_items = 2000\n",
-            dev::issuer::ISSUER
+            "[[callers]]\nrole = \"qa\"\nclaim = \"sub\"\nequals = \"qa\"\nverify_with = \"{0}\"\n\n[[callers]]\nrole = \"qa2\"\nequals = \"qa2\"\nverify_with = \"{0}\"\n\n[[callers]]\nrole = \"qashort\"\nequals = \"qashort\"\nverify_with = \"{0}\"\n\n[limits]\nmax_item_bytes = 65536\nmax_batch_items = 2000\n",
+            dev::DEV_ISSUER
         ));
         let config = Arc::new(Config::parse(&toml).expect("gateway config"));
         let gateway = Gateway::new(config, Default::default()).expect("gateway");
