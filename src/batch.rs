@@ -585,7 +585,7 @@ mod tests {
             let c = c.clone();
             let token = if i % 2 == 0 { "a" } else { "b" };
             tasks.push(tokio::spawn(async move {
-                (token, c.submit(lane(token), text(&format!("{token}{i}")), None).await)
+                (format!("{token}{i}"), c.submit(lane(token), text(&format!("{token}{i}")), None).await)
             }));
         }
         // Wait until every call is either queued or in a (held) request.
@@ -597,9 +597,10 @@ mod tests {
             tokio::task::yield_now().await;
         }
         vault.gate.add_permits(100);
+        // Each call gets the answer to its own item: one swapped within a lane would fail here.
         for t in tasks {
-            let (token, r) = t.await.unwrap();
-            assert!(r.unwrap().ciphertext.unwrap().starts_with(&format!("ct:{token}")));
+            let (sent, r) = t.await.unwrap();
+            assert_eq!(r.unwrap().ciphertext, Some(format!("ct:{sent}")));
         }
         for request in vault.requests() {
             assert!(request.len() <= 10, "{} items over the budget", request.len());

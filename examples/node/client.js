@@ -12,6 +12,7 @@
 // callers/*.jwt) to $VAULTGATE_DEV_DIR or .dev.
 'use strict';
 
+const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
 const { parseArgs } = require('node:util');
@@ -37,6 +38,17 @@ function call(client, method, request, metadata = new grpc.Metadata()) {
   return new Promise((resolve, reject) => {
     client[method](request, metadata, deadline(), (err, response) => (err ? reject(err) : resolve(response)));
   });
+}
+
+// Logs in to dev mode's PostgreSQL with psql as user/password: {ok, out} (current_user or the error).
+function pgLogin(devDir, user, password) {
+  const addr = fs.readFileSync(path.join(devDir, 'postgres-addr'), 'utf8').trim();
+  if (!addr) throw new CheckFailed('cannot check the database user: dev mode runs without PostgreSQL (postgres-addr is empty)');
+  const at = addr.lastIndexOf(':');
+  const r = spawnSync('psql', ['-h', addr.slice(0, at), '-p', addr.slice(at + 1), '-U', user, '-d', 'postgres', '-Atc', 'select current_user'],
+    { env: { ...process.env, PGPASSWORD: password, PGCONNECT_TIMEOUT: '5' }, encoding: 'utf8', timeout: 30_000 });
+  if (r.error) throw new CheckFailed(`cannot check the database user: psql: ${r.error.message}`);
+  return { ok: r.status === 0, out: (r.status === 0 ? r.stdout : r.stderr).trim() };
 }
 
 function bearer(jwt) {
@@ -118,13 +130,16 @@ async function run(addr, devDir) {
     check(fields.stripe_key?.stringValue === 'sk_test_demo' && s.version >= 1,
       `GetSecret billing/api-keys has stripe_key == sk_test_demo: got keys ${JSON.stringify(Object.keys(fields))}, version ${s.version}`);
 
-    // GetDbCreds, then revoke the lease (the database user is dropped).
+    // GetDbCreds: the credentials log in to PostgreSQL; RevokeLease: the user is dropped.
     const c = await call(dbs, 'GetDbCreds', { role: 'billing' }, billing);
     const seconds = Number(c.lease_duration?.seconds ?? 0);
     check(c.username && c.password && c.lease_id.startsWith('database/creds/billing/') && seconds > 0,
       `GetDbCreds billing returns credentials and a lease: got username ${JSON.stringify(c.username)}, lease_id ${JSON.stringify(c.lease_id)}, lease_duration ${seconds}s`);
+    const before = pgLogin(devDir, c.username, c.password);
+    check(before.ok && before.out === c.username, `the credentials log in to PostgreSQL: got ${JSON.stringify(before.out)}`);
     await call(dbs, 'RevokeLease', { lease_id: c.lease_id }, billing);
-    check(true, 'RevokeLease of that lease');
+    const after = pgLogin(devDir, c.username, c.password);
+    check(!after.ok, `RevokeLease dropped the database user (its login is refused): got ${JSON.stringify(after.out)}`);
 
     // Refusals.
     await expectCode(call(crypto, 'Encrypt', { key: 'billing', plaintext: Buffer.from('x') }, reports),

@@ -18,6 +18,7 @@ import importlib
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -61,6 +62,19 @@ def generate_stubs(out_dir):
     import google
 
     google.__path__.append(str(pathlib.Path(out_dir) / "google"))
+
+
+def pg_login(dev_dir, user, password):
+    """Logs in to dev mode's PostgreSQL with psql as user/password: (True, current_user) or (False, error)."""
+    addr = (dev_dir / "postgres-addr").read_text().strip()
+    psql = shutil.which("psql")
+    if not addr or not psql:
+        raise CheckFailed(f"cannot check the database user: postgres-addr {addr!r}, psql on PATH: {psql}")
+    host, port = addr.rsplit(":", 1)
+    r = subprocess.run([psql, "-h", host, "-p", port, "-U", user, "-d", "postgres", "-Atc", "select current_user"],
+                       env={**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "5"},
+                       capture_output=True, text=True, timeout=30)
+    return (r.returncode == 0, (r.stdout if r.returncode == 0 else r.stderr).strip())
 
 
 def bearer(jwt):
@@ -126,7 +140,9 @@ def run(addr, dev_dir):
                                     items=[enc.DecryptBatchItem(ciphertext=res.ciphertext) for res in b.results]),
             metadata=billing, timeout=TIMEOUT)
         got = [res.plaintext for res in db_.results]
-        check(got == plaintexts, f"DecryptBatch returns the plaintexts in order: got {got!r}")
+        errors = [res.error.message for res in db_.results if res.HasField("error")]
+        check(not errors and got == plaintexts,
+              f"DecryptBatch returns the plaintexts in order: got {got!r}, item errors {errors!r}")
 
         # GetSecret.
         secrets = sec_grpc.SecretServiceStub(channel)
@@ -135,15 +151,18 @@ def run(addr, dev_dir):
         check(data.get("stripe_key") == "sk_test_demo" and s.version >= 1,
               f"GetSecret billing/api-keys has stripe_key == sk_test_demo: got keys {sorted(data)}, version {s.version}")
 
-        # GetDbCreds, then revoke the lease (the database user is dropped).
+        # GetDbCreds: the credentials log in to PostgreSQL; RevokeLease: the user is dropped.
         dbs = db_grpc.DatabaseServiceStub(channel)
         c = dbs.GetDbCreds(db.GetDbCredsRequest(role="billing"), metadata=billing, timeout=TIMEOUT)
         check(c.username and c.password and c.lease_id.startswith("database/creds/billing/")
               and c.lease_duration.seconds > 0,
               f"GetDbCreds billing returns credentials and a lease: got username {c.username!r}, "
               f"lease_id {c.lease_id!r}, lease_duration {c.lease_duration.seconds}s")
+        ok, out = pg_login(dev_dir, c.username, c.password)
+        check(ok and out == c.username, f"the credentials log in to PostgreSQL: got {out!r}")
         dbs.RevokeLease(db.RevokeLeaseRequest(lease_id=c.lease_id), metadata=billing, timeout=TIMEOUT)
-        check(True, "RevokeLease of that lease")
+        ok, out = pg_login(dev_dir, c.username, c.password)
+        check(not ok, f"RevokeLease dropped the database user (its login is refused): got {out!r}")
 
         # Refusals.
         expect_code(lambda: crypto.Encrypt(enc.EncryptRequest(key="billing", plaintext=b"x"), metadata=reports,

@@ -1,49 +1,29 @@
 //! Vault answers into the client's types: `vault::decode::<T>` for every response type the client
 //! decodes, under each HTTP status it meets, plus `vault::api_error`, then what the gateway does
 //! next with the result (error mapping, base64, ciphertext versions, KV timestamps, redaction).
-//! Never a panic; failures are `VaultError::Api` exactly when the status is not a success.
+//! Never a panic; failures are `VaultError::Api` exactly when the status is not a success. The
+//! types decoded are the client's own (never copies that could drift from them).
 
 use crate::{
     error::{vault_message, Error, Subject},
     service::validate,
-    vault::{api_error, auth::AuthInfo, database::Credentials, decode, kv::Secret, transit, Envelope, VaultError},
+    vault::{
+        api_error,
+        auth::AuthInfo,
+        database::{Credentials, LeaseInfo},
+        decode,
+        kv::{Keys, Secret},
+        sys::HealthBody,
+        transit::{self, BatchData},
+        Envelope, VaultError,
+    },
 };
 use reqwest::StatusCode;
-use serde::{de::DeserializeOwned, Deserialize};
-use std::fmt::Debug;
+use serde::de::DeserializeOwned;
 
 /// Statuses the client meets: success, Transit's 400-with-results and 207, policy, missing, rate
 /// limit, failure, sealed/standby.
 const STATUSES: [u16; 9] = [200, 204, 207, 400, 403, 404, 429, 500, 503];
-
-// Mirrors of private response shapes (same fields and serde attributes as in src/vault/).
-/// `transit::BatchData`.
-#[derive(Debug, Deserialize)]
-struct BatchData {
-    batch_results: Vec<transit::BatchResult>,
-}
-/// `kv::Keys`.
-#[derive(Debug, Deserialize)]
-struct Keys {
-    #[allow(dead_code)]
-    keys: Vec<String>,
-}
-/// `database::lease_lookup`'s `Info`.
-#[derive(Debug, Deserialize)]
-struct LeaseInfo {
-    #[allow(dead_code)]
-    ttl: u64,
-}
-/// `sys::HealthBody`.
-#[derive(Deserialize)]
-struct HealthBody {
-    #[serde(default)]
-    #[allow(dead_code)]
-    initialized: bool,
-    #[serde(default)]
-    #[allow(dead_code)]
-    sealed: bool,
-}
 
 const SUBJECTS: [Subject<'static>; 5] = [
     Subject::Key("billing"),
@@ -66,7 +46,7 @@ fn check_error(err: VaultError, subject: Subject<'_>) {
 }
 
 /// `decode::<T>` under one status, and the invariants shared by every type.
-fn decode_as<T: DeserializeOwned + Debug>(status: StatusCode, body: &[u8]) -> Option<Envelope<T>> {
+fn decode_as<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> Option<Envelope<T>> {
     match decode::<T>(status, body) {
         Ok(env) => {
             assert!(status.is_success(), "HTTP {status} decoded as a success");
@@ -184,4 +164,58 @@ pub fn run(body: &[u8]) {
     }
     // sys/health reads the body under any status.
     let _ = serde_json::from_slice::<HealthBody>(body);
+}
+
+#[cfg(test)]
+mod tests {
+    //! An oracle from outside: answers of the real OpenBao 2.7 (`bao server -dev`, captured with
+    //! curl into `fuzz/corpus/vault_json/openbao-*.json`, token values replaced) decode into the
+    //! client's own types with the values OpenBao sent. A type that drifted from OpenBao's JSON
+    //! fails here, where the fuzz target alone would only see "no panic".
+    use super::*;
+
+    fn answer(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("fuzz/corpus/vault_json/openbao-{name}.json"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn data<T: DeserializeOwned>(status: u16, name: &str) -> T {
+        let status = StatusCode::from_u16(status).unwrap();
+        decode::<T>(status, &answer(name)).unwrap_or_else(|e| panic!("{name}: {e:?}")).data.expect("data")
+    }
+
+    #[test]
+    fn real_openbao_answers_decode_into_the_clients_types() {
+        // A Transit batch with one failed item: OpenBao answers 400 with the full body.
+        let batch: Envelope<BatchData> = serde_json::from_slice(&answer("batch400")).unwrap();
+        let results = batch.data.expect("batch data").batch_results;
+        assert_eq!(results.len(), 2);
+        assert_eq!((results[0].plaintext.as_deref(), results[0].error.as_deref()), (Some("aGVsbG8="), None));
+        assert_eq!(results[1].error.as_deref(), Some("invalid ciphertext length"));
+        assert!(matches!(api_error(StatusCode::BAD_REQUEST, &answer("batch400")), VaultError::Api { status: 400, .. }));
+
+        let secret: Secret = data(200, "kv-read");
+        assert_eq!(secret.metadata.version, 1);
+        assert!(secret.data.is_some_and(|d| d.contains_key("password")));
+        assert!(humantime::parse_rfc3339_weak(secret.metadata.created_time.trim_end_matches('Z')).is_ok());
+
+        let keys: Keys = data(200, "kv-list");
+        assert_eq!(keys.keys, ["db"]);
+
+        let health: HealthBody = serde_json::from_slice(&answer("health")).unwrap();
+        assert!(health.initialized && !health.sealed && !health.standby);
+
+        let key: transit::KeyInfo = data(200, "key-read");
+        assert_eq!((key.key_type.as_str(), key.latest_version, key.min_decryption_version), ("aes256-gcm96", 1, 1));
+
+        let datakey: transit::Ciphertext = data(200, "datakey");
+        assert_eq!(validate::ciphertext_version(&datakey.ciphertext), Some(1));
+        assert_eq!(datakey.plaintext.as_deref().and_then(|p| transit::unb64(p).ok()).map(|k| k.len()), Some(32));
+
+        let login = decode::<serde_json::Value>(StatusCode::OK, &answer("login")).unwrap();
+        let auth = login.auth.expect("auth block");
+        assert!(auth.client_token.starts_with("s.") && auth.policies == ["default"]);
+        check_auth(&decode::<serde_json::Value>(StatusCode::OK, &answer("login")).unwrap());
+    }
 }

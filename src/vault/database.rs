@@ -43,6 +43,12 @@ struct LeaseBody<'a> {
     increment: Option<u64>,
 }
 
+/// `data` of `sys/leases/lookup` (crate-visible: the fuzz target decodes this very type).
+#[derive(Deserialize)]
+pub(crate) struct LeaseInfo {
+    ttl: u64,
+}
+
 impl Client {
     /// `GET <mount>/creds/:role`: new credentials under a new lease.
     pub async fn db_creds(
@@ -104,12 +110,8 @@ impl Client {
         lease_id: &str,
         deadline: Option<Instant>,
     ) -> Result<u64, VaultError> {
-        #[derive(Deserialize)]
-        struct Info {
-            ttl: u64,
-        }
         let body = LeaseBody { lease_id, increment: None };
-        let env: Envelope<Info> = self
+        let env: Envelope<LeaseInfo> = self
             .call(
                 Call::new(Method::PUT, "sys/leases/lookup", &["sys/leases/lookup"]),
                 Some(token),

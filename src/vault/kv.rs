@@ -36,9 +36,10 @@ pub struct SecretMetadata {
     pub version: u32,
 }
 
+/// `data` of a KV list (crate-visible: the fuzz target decodes this very type).
 #[derive(Deserialize)]
-struct Keys {
-    keys: Vec<String>,
+pub(crate) struct Keys {
+    pub(crate) keys: Vec<String>,
 }
 
 impl Client {

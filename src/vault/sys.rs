@@ -19,14 +19,15 @@ pub enum NodeHealth {
     Uninitialized,
 }
 
+/// The body of `sys/health` (crate-visible: the fuzz target decodes this very type).
 #[derive(Deserialize)]
-struct HealthBody {
+pub(crate) struct HealthBody {
     #[serde(default)]
-    initialized: bool,
+    pub(crate) initialized: bool,
     #[serde(default)]
-    sealed: bool,
+    pub(crate) sealed: bool,
     #[serde(default)]
-    standby: bool,
+    pub(crate) standby: bool,
 }
 
 impl Client {

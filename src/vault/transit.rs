@@ -118,9 +118,10 @@ impl std::fmt::Debug for BatchResult {
     }
 }
 
+/// `data` of a Transit batch answer (crate-visible: the fuzz target decodes this very type).
 #[derive(Deserialize)]
-struct BatchData {
-    batch_results: Vec<BatchResult>,
+pub(crate) struct BatchData {
+    pub(crate) batch_results: Vec<BatchResult>,
 }
 
 #[derive(Serialize)]

@@ -254,6 +254,10 @@ pub async fn bad_input_table(env: &'static Env) {
     // In a batch a bad item fails alone: the call succeeds and that item's error says why.
     let answer = call(&ch, env, ENCRYPT_BATCH, big_item.encode_to_vec(), None).await.expect("the batch is served");
     let results = EncryptBatchResponse::decode(answer.as_slice()).expect("EncryptBatchResponse").results;
+    assert!(
+        results.iter().enumerate().all(|(i, r)| (i == 3) == r.ciphertext.is_empty()),
+        "ciphertexts of the good items"
+    );
     let errors: Vec<_> = results.iter().map(|r| r.error.as_ref().map(|e| (e.code, e.message.as_str()))).collect();
     assert_eq!(
         errors,
@@ -273,6 +277,8 @@ pub async fn bad_input_table(env: &'static Env) {
             .await
             .expect("the batch is served");
     let results = DecryptBatchResponse::decode(answer.as_slice()).expect("DecryptBatchResponse").results;
+    assert_eq!(results.len(), 3, "one result per item");
+    assert!(results[0].error.is_none(), "{:?}", results[0].error);
     assert_eq!(results[0].plaintext, b"bad-input probe");
     for (i, r) in results.iter().enumerate().skip(1) {
         let e = r.error.as_ref().unwrap_or_else(|| panic!("item {i} of a bad ciphertext succeeded"));

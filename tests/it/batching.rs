@@ -37,6 +37,9 @@ pub async fn two_thousand_single_calls_take_ten_times_fewer_vault_requests(env: 
             let (jwt, key) = (callers[i % 2], keys[(i / 2) % 2]);
             tokio::spawn(async move {
                 let plaintext = format!("caller{}-{key}-call{i}", i % 2).into_bytes();
+                if i % 500 == 0 {
+                    env.remember_plaintext(&plaintext);
+                }
                 let r = EncryptRequest { key: key.into(), plaintext: plaintext.clone(), ..Default::default() };
                 let ct = c.encrypt(req(r, jwt)).await.expect("encrypt").into_inner().ciphertext;
                 let r = DecryptRequest { key: key.into(), ciphertext: ct, ..Default::default() };

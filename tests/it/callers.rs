@@ -107,6 +107,9 @@ pub async fn five_hundred_mixed_round_trips(env: &'static Env) {
         let mut c = EncryptionServiceClient::new(env.channel());
         tasks.push(tokio::spawn(async move {
             let plaintext = format!("{key}-payload-{i}");
+            if i % 100 == 0 {
+                env.remember_plaintext(plaintext.as_bytes());
+            }
             let ct =
                 c.encrypt(req(enc(key, plaintext.as_bytes()), jwt)).await.expect("encrypt").into_inner().ciphertext;
             let r = DecryptRequest { key: key.into(), ciphertext: ct, ..Default::default() };

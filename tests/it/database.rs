@@ -220,9 +220,12 @@ path "auth/token/renew-accessor" { capabilities = ["update"] }
     c2.revoke_lease(req(revoke(&got.lease_token), &env.qa)).await.expect("owner revokes via two");
     assert!(env.pg_login(&got.username, &got.password).await.is_err(), "the user is gone after revoke via two");
     // The replicas' own debug logs hold no secret either.
+    // Each log must be readable and at debug level: an empty or missing log would pass the scan.
     for name in ["one", "two"] {
-        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).expect("replica log");
-        assert!(log.contains("database credentials issued") || name == "two", "{name}'s log is the debug log");
+        let log = std::fs::read_to_string(dir.join(format!("{name}.log")))
+            .unwrap_or_else(|e| panic!("replica {name}'s log cannot be read: {e}"));
+        assert!(log.contains("DEBUG"), "replica {name}'s log has no debug line: {} bytes", log.len());
+        assert!(log.contains("database credentials issued") || name == "two", "{name}'s log is the gateway's log");
         for secret in env.secrets().iter().chain([&got.lease_token, &got.password]) {
             assert!(!log.contains(secret.as_str()), "replica {name}'s log holds a secret");
         }
@@ -231,7 +234,7 @@ path "auth/token/renew-accessor" { capabilities = ["update"] }
 
 /// Runs `vaultgate serve` as a child process (killed when dropped) with `toml` after its listen
 /// address; returns it and a channel once it accepts connections.
-async fn spawn_gateway(
+pub(crate) async fn spawn_gateway(
     dir: &std::path::Path,
     name: &str,
     toml: &str,
@@ -244,6 +247,7 @@ async fn spawn_gateway(
         .args(["serve", "--config"])
         .arg(&config)
         .env("RUST_LOG", "vaultgate=debug")
+        .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .kill_on_drop(true)

