@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/vaultgate/v1/secret.proto",
         "proto/vaultgate/v1/database.proto",
         "proto/vaultgate/v1/identity.proto",
+        "proto/vaultgate/v1/pki.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(files, ["proto"])?;
@@ -19,7 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .codec_path("crate::codec::GatewayCodec")
-        // Messages carrying plaintexts, data keys, secret values or passwords: their `Debug` is
+        // Messages carrying plaintexts, data keys, secret values, passwords, private keys or
+        // inputs to sign/HMAC: their `Debug` is
         // written by hand in `src/redact.rs` and never prints them.
         .skip_debug([
             ".vaultgate.v1.EncryptRequest",
@@ -29,6 +31,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".vaultgate.v1.GenerateDataKeyResponse",
             ".vaultgate.v1.GetSecretResponse",
             ".vaultgate.v1.GetDbCredsResponse",
+            ".vaultgate.v1.IssueCertificateResponse",
+            ".vaultgate.v1.RevokeCertificateRequest",
+            ".vaultgate.v1.SignRequest",
+            ".vaultgate.v1.VerifyRequest",
+            ".vaultgate.v1.HmacRequest",
+            ".vaultgate.v1.VerifyHmacRequest",
         ])
         .compile_fds(fds)?;
     Ok(())

@@ -76,7 +76,7 @@ check() {
         list)
             local s
             for s in grpc.health.v1.Health vaultgate.v1.DatabaseService vaultgate.v1.EncryptionService \
-                    vaultgate.v1.SecretService; do
+                    vaultgate.v1.SecretService vaultgate.v1.PkiService; do
                 grep -qx "$s" <<<"$out" || return 1
             done ;;
         Encrypt)
@@ -87,10 +87,12 @@ check() {
             check_json "$out" 'r["username"] and r["password"] and r["leaseId"].startswith("database/creds/billing/") and r["leaseDuration"].endswith("s")' ;;
         Check)
             check_json "$out" 'r == {"status": "SERVING"}' ;;
+        IssueCertificate)
+            check_json "$out" 'r["certificate"].startswith("-----BEGIN CERTIFICATE-----") and r["privateKey"].startswith("-----BEGIN PRIVATE KEY-----") and r["serialNumber"] and r["caChain"] and r["expiration"]' ;;
         *) return 1 ;;
     esac
 }
-EXPECTED=(list Encrypt GetSecret GetDbCreds Check)
+EXPECTED=(list Encrypt GetSecret GetDbCreds Check IssueCertificate)
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
@@ -116,7 +118,7 @@ for cmd in "${COMMANDS[@]}"; do
         passed=$((passed + 1))
     else
         echo "FAIL  grpcurl $last (exit $rc): $run"
-        sed 's/^/        /' <<<"$out" | grep -v -i -e password -e bearer | head -n 20
+        sed 's/^/        /' <<<"$out" | grep -v -i -e password -e bearer -e privateKey | head -n 20
         failed=$((failed + 1))
     fi
 done

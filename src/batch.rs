@@ -1,8 +1,10 @@
-//! Coalescing of concurrent Transit Encrypt/Decrypt calls into `batch_input` requests (group
-//! commit, no timer), and fan-out of each item's result to exactly the caller that sent it.
+//! Coalescing of concurrent Transit Encrypt/Decrypt/Sign/Verify/Hmac/VerifyHmac calls into
+//! `batch_input` requests (group commit, no timer), and fan-out of each item's result to exactly
+//! the caller that sent it.
 //!
 //! A *lane* is everything that may share one Vault request: the same Vault token, mount, key,
-//! operation and shape of optional fields. A call that finds its lane with fewer than
+//! operation and shape (optional fields present, key version, and the request-level hash
+//! algorithm of sign/verify/hmac, which Vault takes once per request, not per item). A call that finds its lane with fewer than
 //! `max_in_flight` requests out is sent at once; otherwise it queues, and each returning request
 //! sends the next batch with everything queued, up to the size budget.
 //!
@@ -18,7 +20,7 @@ use crate::{
     error::{Error, Subject},
     metrics,
     vault::{
-        transit::{BatchItem, BatchResult, Op},
+        transit::{body_strings, BatchItem, BatchResult, Endpoint, Op},
         Client, RequestIds, VaultError, VaultToken,
     },
 };
@@ -44,22 +46,58 @@ pub struct LaneKey {
     pub mount: Arc<str>,
     /// Key name.
     pub key: Arc<str>,
-    /// Encrypt or decrypt.
+    /// Encrypt, decrypt, sign, verify, hmac or HMAC verification.
     pub op: Op,
-    /// Whether items carry a context (Vault needs all or none), AAD, and which key version.
-    pub shape: (bool, bool, Option<u32>),
+    /// What items of one request must share.
+    pub shape: Shape,
+}
+
+/// What every item of one Vault request must share.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Shape {
+    /// Items carry a context (Vault needs all or none).
+    pub context: bool,
+    /// Items carry AEAD associated data.
+    pub associated_data: bool,
+    /// Key version to encrypt with.
+    pub key_version: Option<u32>,
+    /// The request-level hash algorithm (sign/verify/hmac); one of a fixed list of Vault's
+    /// names (`validate::hash_algorithm`), so lanes never multiply by caller-chosen strings.
+    pub algorithm: Option<&'static str>,
 }
 
 impl LaneKey {
-    /// The lane of one item.
-    pub fn new(token: VaultToken, mount: &str, key: &str, op: Op, item: &BatchItem) -> LaneKey {
+    /// The lane of one item; `algorithm` is the hash algorithm of sign/verify/hmac calls.
+    pub fn new(
+        token: VaultToken,
+        mount: &str,
+        key: &str,
+        op: Op,
+        algorithm: Option<&'static str>,
+        item: &BatchItem,
+    ) -> LaneKey {
         LaneKey {
             token,
             mount: mount.into(),
             key: key.into(),
             op,
-            shape: (item.context.is_some(), item.associated_data.is_some(), item.key_version),
+            shape: Shape {
+                context: item.context.is_some(),
+                associated_data: item.associated_data.is_some(),
+                key_version: item.key_version,
+                algorithm: algorithm.filter(|_| op.algorithm_field().is_some()),
+            },
         }
+    }
+
+    /// Where this lane's requests go.
+    pub fn endpoint(&self) -> Endpoint<'_> {
+        Endpoint { mount: &self.mount, op: self.op, key: &self.key, algorithm: self.shape.algorithm }
+    }
+
+    /// JSON strings of a request body besides its items.
+    fn body_strings(&self) -> usize {
+        body_strings(self.shape.algorithm)
     }
 }
 
@@ -74,7 +112,7 @@ pub trait TransitBatches: Send + Sync + 'static {
 
 impl TransitBatches for Client {
     fn send<'a>(&'a self, lane: &'a LaneKey, items: &'a [BatchItem], deadline: Option<Instant>) -> BatchFuture<'a> {
-        Box::pin(self.transit_batch(&lane.token, &lane.mount, lane.op, &lane.key, items, deadline))
+        Box::pin(self.transit_batch(&lane.token, lane.endpoint(), items, deadline))
     }
 }
 
@@ -95,10 +133,10 @@ impl From<&BatchConfig> for Budget {
     }
 }
 
-/// JSON strings every batch body has besides its items (the `batch_input` key).
+/// JSON strings an explicit batch body (no algorithm) has besides its items: `batch_input`.
 const BODY_STRINGS: usize = 1;
-/// Bytes every batch body has besides its items.
-const BODY_BYTES: usize = 32;
+/// Bytes every batch body has besides its items (including an algorithm field).
+const BODY_BYTES: usize = 64;
 
 /// Splits items into consecutive ranges that each fit the budget and share one shape (Vault
 /// refuses a batch where only some items carry a context). Every range holds at least one item.
@@ -246,7 +284,7 @@ impl Coalescer {
             if !self.linger.is_zero() {
                 tokio::time::sleep(self.linger).await;
             }
-            let batch = self.take(&lane);
+            let batch = self.take(&lane, key.body_strings());
             if !batch.is_empty() {
                 self.dispatch(&key, batch).await;
             }
@@ -259,11 +297,12 @@ impl Coalescer {
     }
 
     /// Takes the next batch from the queue: skips callers that left, stops at the budget.
-    fn take(&self, lane: &Lane) -> Vec<Waiter> {
+    /// `body_strings`: the JSON strings the request body has besides its items.
+    fn take(&self, lane: &Lane, body_strings: usize) -> Vec<Waiter> {
         let mut st = lane.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let mut batch = Vec::new();
-        let (mut strings, mut bytes) = (BODY_STRINGS, BODY_BYTES);
+        let (mut strings, mut bytes) = (body_strings, BODY_BYTES);
         while let Some(w) = st.queue.front() {
             let (s, b) = (w.item.json_strings(), w.item.json_bytes());
             let fits =
@@ -402,7 +441,7 @@ mod tests {
     }
 
     fn lane(token: &str) -> LaneKey {
-        LaneKey::new(VaultToken::new(token), "transit", "k", Op::Encrypt, &text("x"))
+        LaneKey::new(VaultToken::new(token), "transit", "k", Op::Encrypt, None, &text("x"))
     }
 
     /// Waits until the scripted Vault has seen `n` requests (the coalescer runs on spawned tasks).
@@ -607,6 +646,44 @@ mod tests {
             let tokens: std::collections::HashSet<_> = request.iter().map(|p| &p[..1]).collect();
             assert_eq!(tokens.len(), 1, "a batch mixed two tokens: {request:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_hash_algorithm_is_part_of_the_lane_and_of_the_string_budget() {
+        let sign = |algorithm: Option<&'static str>| {
+            LaneKey::new(VaultToken::new("t"), "transit", "k", Op::Sign, algorithm, &text("x"))
+        };
+        assert_ne!(sign(Some("sha2-256")), sign(Some("sha2-512")), "one request carries one algorithm");
+        assert_ne!(sign(None), sign(Some("sha2-256")));
+        assert_eq!(sign(Some("sha2-256")), sign(Some("sha2-256")));
+        // Encrypt takes no algorithm: none reaches its lane.
+        let enc = LaneKey::new(VaultToken::new("t"), "transit", "k", Op::Encrypt, Some("sha2-256"), &text("x"));
+        assert_eq!(enc, lane("t"));
+        // 1 (`batch_input`) + 2 (`hash_algorithm`: value) + 2 per item: 21 strings hold 9 items.
+        let vault = Scripted::new(false);
+        let mut cfg = config(1, 10_000);
+        cfg.max_json_strings = 21;
+        let c = Coalescer::new(vault.clone(), &cfg, Default::default());
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move { c.submit(sign(Some("sha2-512")), text(&format!("m{i}")), None).await })
+            })
+            .collect();
+        loop {
+            let queued: usize = c.lanes.lock().unwrap().values().map(|l| l.state.lock().unwrap().queue.len()).sum();
+            if queued + vault.requests().iter().map(Vec::len).sum::<usize>() == 20 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        vault.gate.add_permits(100);
+        for (i, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap().unwrap().ciphertext, Some(format!("ct:m{i}")));
+        }
+        let sizes: Vec<usize> = vault.requests().iter().map(Vec::len).collect();
+        assert!(sizes.iter().all(|n| *n <= 9), "{sizes:?}");
+        assert!(sizes.contains(&9), "the budget is used, not just respected: {sizes:?}");
     }
 
     #[test]

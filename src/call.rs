@@ -35,6 +35,12 @@ pub enum ResourceKind {
     DbRole,
     /// A lease id.
     Lease,
+    /// A PKI role name.
+    PkiRole,
+    /// A certificate serial number (RevokeCertificate; "" when the certificate itself was sent).
+    Serial,
+    /// An engine mount ("" = the configured default).
+    Mount,
     /// Several names (WhoAmI): the audit line records only how many.
     Names,
 }
@@ -46,6 +52,9 @@ impl ResourceKind {
             ResourceKind::Key | ResourceKind::DbRole => validate::name("", raw).is_ok(),
             ResourceKind::Secret => validate::secret_path("", raw, true).is_ok(),
             ResourceKind::Lease => validate::lease_id("", raw).is_ok(),
+            ResourceKind::PkiRole => validate::name("", raw).is_ok(),
+            ResourceKind::Serial => validate::serial_number("", raw).is_ok(),
+            ResourceKind::Mount => validate::mount(raw).is_ok(),
             ResourceKind::Names => false,
         };
         if valid {
@@ -84,6 +93,14 @@ pub const RPCS: &[&Rpc] = &[
     RenewLeaseRequest::RPC,
     RevokeLeaseRequest::RPC,
     WhoAmIRequest::RPC,
+    SignRequest::RPC,
+    VerifyRequest::RPC,
+    HmacRequest::RPC,
+    VerifyHmacRequest::RPC,
+    IssueCertificateRequest::RPC,
+    SignCertificateRequest::RPC,
+    RevokeCertificateRequest::RPC,
+    GetCaChainRequest::RPC,
 ];
 
 /// The RPC served at `path`, if it is one of ours.

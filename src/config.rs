@@ -381,6 +381,9 @@ pub struct Mounts {
     /// Database mount used when a request names none.
     #[serde(default = "default_database")]
     pub database: String,
+    /// PKI mount used when a request names none.
+    #[serde(default = "default_pki")]
+    pub pki: String,
 }
 
 /// Maps callers whose JWT claim matches to one Vault JWT-auth role.
@@ -498,6 +501,9 @@ fn default_kv() -> String {
 }
 fn default_database() -> String {
     "database".into()
+}
+fn default_pki() -> String {
+    "pki".into()
 }
 fn default_claim() -> String {
     "sub".into()
@@ -853,9 +859,12 @@ impl Config {
         let timeouts = timeouts(&raw.vault)?;
         positive("vault.health_interval_ms", raw.vault.health_interval_ms as usize)?;
         let mounts: Mounts = raw.mounts.unwrap_or_else(empty);
-        for (key, value) in
-            [("mounts.transit", &mounts.transit), ("mounts.kv", &mounts.kv), ("mounts.database", &mounts.database)]
-        {
+        for (key, value) in [
+            ("mounts.transit", &mounts.transit),
+            ("mounts.kv", &mounts.kv),
+            ("mounts.database", &mounts.database),
+            ("mounts.pki", &mounts.pki),
+        ] {
             valid_mount(key, value)?;
         }
         let issuers = raw
@@ -1146,6 +1155,7 @@ mod tests {
         let c = Config::parse(MINIMAL).unwrap();
         assert_eq!(c.mounts.transit, "transit");
         assert_eq!(c.mounts.kv, "secret");
+        assert_eq!(c.mounts.pki, "pki");
         assert_eq!(c.batch.max_json_strings, 1000);
         assert!(c.batch.enabled);
         assert_eq!(c.vault.timeouts, vault::DEFAULT_TIMEOUTS);

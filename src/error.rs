@@ -17,6 +17,10 @@ pub enum Subject<'a> {
     Secret(&'a str),
     /// A database role.
     DbRole(&'a str),
+    /// A PKI role.
+    PkiRole(&'a str),
+    /// A PKI mount (CA chain, revocation).
+    PkiMount(&'a str),
     /// A lease id.
     Lease(&'a str),
     /// A login to Vault with the caller's credentials.
@@ -98,6 +102,54 @@ impl Error {
         }
     }
 
+    /// Turns a failure of a PKI call into the caller-facing error. Vault refuses names its PKI role
+    /// does not allow with 400 and a sentence naming the kind of name [V: OpenBao 2.7.2]; those
+    /// become `INVALID_ARGUMENT` naming the request field. A private key that does not match the
+    /// certificate to revoke is a failed proof of possession (`PERMISSION_DENIED`), whatever the
+    /// status (OpenBao answers it with 500 [V]).
+    pub fn from_pki(err: VaultError, subject: Subject<'_>) -> Error {
+        let VaultError::Api { status: status @ (400 | 500), errors } = &err else {
+            return Error::from_vault(err, subject);
+        };
+        let msg = vault_message(errors);
+        let what = describe(subject);
+        if msg.contains("does not match certificate") {
+            return Error::PermissionDenied(
+                "the private_key does not belong to this certificate: proof of possession failed, nothing was revoked"
+                    .into(),
+            );
+        }
+        if *status == 500 {
+            return Error::from_vault(err, subject);
+        }
+        let lower = msg.to_ascii_lowercase();
+        let field = if lower.contains("common name") || lower.contains("common_name") {
+            Some("common_name")
+        } else if lower.contains("ip subject alternative name")
+            || lower.contains("ip address")
+            || lower.contains("ip san")
+        {
+            Some("ip_sans")
+        } else if lower.contains("subject alternate name") || lower.contains("alt_names") {
+            Some("alt_names")
+        } else if lower.contains("\"ttl\"") || lower.contains("ttl ") {
+            Some("ttl")
+        } else if lower.contains("csr") || lower.contains("certificate request") {
+            Some("csr")
+        } else if lower.contains("private_key") || lower.contains("private key") {
+            Some("private_key")
+        } else {
+            None
+        };
+        if lower.contains("certificate with serial") && lower.contains("not found") {
+            return Error::NotFound(format!("no certificate with this serial_number in {what}"));
+        }
+        match field {
+            Some(field) => Error::bad_field(field, format!("{what} refused it: {msg}")),
+            None => from_vault_status(400, &msg, subject),
+        }
+    }
+
     /// Maps one failed Transit batch item's error string (Vault answers per item, not per request).
     pub fn from_transit_item(message: &str, key: &str) -> Error {
         from_vault_status(400, &vault_message(&[message.to_string()]), Subject::Key(key))
@@ -148,6 +200,8 @@ fn describe(subject: Subject<'_>) -> String {
         Subject::Key(k) => format!("Transit key {k:?}"),
         Subject::Secret(p) => format!("secret {p:?}"),
         Subject::DbRole(r) => format!("database role {r:?}"),
+        Subject::PkiRole(r) => format!("PKI role {r:?}"),
+        Subject::PkiMount(m) => format!("PKI mount {m:?}"),
         Subject::Lease(l) => format!("lease {l:?}"),
         Subject::Login(r) => format!("login role {r:?}"),
         Subject::Token => "the Vault token acting for the caller".into(),
@@ -289,6 +343,48 @@ mod tests {
             let status = Status::from(Error::from_vault(err.clone(), *subject));
             assert_eq!(status.code(), *code, "{err:?} -> {status:?}");
             assert!(!status.message().is_empty());
+        }
+    }
+
+    #[test]
+    fn pki_refusals_name_the_field() {
+        let role = Subject::PkiRole("billing");
+        let cases: &[(VaultError, Result<&str, Code>)] = &[
+            // Verbatim OpenBao 2.7.2 answers.
+            (api(400, "common name api.reports.svc.cluster.local not allowed by this role"), Ok("common_name")),
+            (api(400, "subject alternate name x.reports.svc.cluster.local not allowed by this role"), Ok("alt_names")),
+            (
+                api(400, "IP Subject Alternative Names are not allowed in this role, but was provided via the API"),
+                Ok("ip_sans"),
+            ),
+            (
+                api(400, "the common_name field is required, or must be provided in a CSR with \"use_csr_common_name\" set to true, unless \"require_cn\" is set to false"),
+                Ok("common_name"),
+            ),
+            (api(400, "the IP address \"10.0.0.1\" is not allowed in this role"), Ok("ip_sans")),
+            (api(400, "csr contains no data"), Ok("csr")),
+            (
+                api(400, "Provided data for private_key was too short; perhaps a path was passed to the API rather than the contents of a PEM file?"),
+                Ok("private_key"),
+            ),
+            (
+                api(500, "1 error occurred:\n\t* provided private key does not match certificate's public key\n\n"),
+                Err(Code::PermissionDenied),
+            ),
+            (api(400, "certificate with serial 00:11:22 not found."), Err(Code::NotFound)),
+            (api(400, "unknown role: nope"), Err(Code::NotFound)),
+            (api(403, "1 error occurred:\n\t* permission denied\n\n"), Err(Code::PermissionDenied)),
+            (api(500, "internal error"), Err(Code::Unavailable)),
+            (VaultError::Timeout, Err(Code::Unavailable)),
+        ];
+        for (err, want) in cases {
+            let got = Error::from_pki(err.clone(), role);
+            match want {
+                Ok(field) => {
+                    assert!(matches!(&got, Error::BadField { field: f, .. } if f == field), "{err:?} -> {got:?}")
+                }
+                Err(code) => assert_eq!(Status::from(got.clone()).code(), *code, "{err:?} -> {got:?}"),
+            }
         }
     }
 

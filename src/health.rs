@@ -16,12 +16,13 @@ use tokio::time::Instant;
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 /// The names reported: the server as a whole, then each service.
-pub const SERVICES: [&str; 5] = [
+pub const SERVICES: [&str; 6] = [
     "",
     "vaultgate.v1.EncryptionService",
     "vaultgate.v1.SecretService",
     "vaultgate.v1.DatabaseService",
     "vaultgate.v1.IdentityService",
+    "vaultgate.v1.PkiService",
 ];
 
 /// The health name a liveness probe asks: SERVING while the process runs, whatever Vault's state.

@@ -99,6 +99,51 @@ impl fmt::Debug for pb::GetDbCredsResponse {
     }
 }
 
+impl fmt::Debug for pb::IssueCertificateResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssueCertificateResponse")
+            .field("certificate", &self.certificate)
+            .field("private_key", &Redacted(self.private_key.len()))
+            .field("ca_chain", &self.ca_chain)
+            .field("serial_number", &self.serial_number)
+            .field("expiration", &self.expiration)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::RevokeCertificateRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RevokeCertificateRequest")
+            .field("certificate", &self.certificate)
+            .field("serial_number", &self.serial_number)
+            .field("private_key", &Redacted(self.private_key.len()))
+            .field("mount", &self.mount)
+            .finish()
+    }
+}
+
+/// Inputs to sign or HMAC may be secret (an HMAC over an id makes it tamper-evident, not public).
+macro_rules! redacted_input {
+    ($($message:ident { $($field:ident),* }),* $(,)?) => {$(
+        impl fmt::Debug for pb::$message {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($message))
+                    .field("key", &self.key)
+                    .field("input", &Redacted(self.input.len()))
+                    $(.field(stringify!($field), &self.$field))*
+                    .finish()
+            }
+        }
+    )*};
+}
+
+redacted_input!(
+    SignRequest { hash_algorithm },
+    VerifyRequest { signature, hash_algorithm },
+    HmacRequest { algorithm },
+    VerifyHmacRequest { hmac, algorithm },
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +220,35 @@ mod tests {
             (
                 "pb::GetDbCredsResponse",
                 format!("{:?}", pb::GetDbCredsResponse { username: "u".into(), password: s(), ..Default::default() }),
+            ),
+            (
+                "pb::IssueCertificateResponse",
+                format!(
+                    "{:?}",
+                    pb::IssueCertificateResponse { certificate: "c".into(), private_key: s(), ..Default::default() }
+                ),
+            ),
+            (
+                "pb::RevokeCertificateRequest",
+                format!(
+                    "{:?}",
+                    pb::RevokeCertificateRequest { serial_number: "01".into(), private_key: s(), ..Default::default() }
+                ),
+            ),
+            ("pki::PrivateKey", format!("{:?}", crate::vault::pki::PrivateKey::new(S))),
+            ("pb::SignRequest", format!("{:?}", pb::SignRequest { key: "k".into(), input: b(), ..Default::default() })),
+            (
+                "pb::VerifyRequest",
+                format!("{:?}", pb::VerifyRequest { key: "k".into(), input: b(), ..Default::default() }),
+            ),
+            ("pb::HmacRequest", format!("{:?}", pb::HmacRequest { key: "k".into(), input: b(), ..Default::default() })),
+            (
+                "pb::VerifyHmacRequest",
+                format!("{:?}", pb::VerifyHmacRequest { key: "k".into(), input: b(), ..Default::default() }),
+            ),
+            (
+                "transit::BatchItem (sign)",
+                format!("{:?}", transit::BatchItem { input: Some(s()), ..Default::default() }),
             ),
             ("VaultToken", format!("{:?}", VaultToken::new(S))),
             ("auth::AuthInfo", format!("{:?}", env.auth.clone().unwrap())),

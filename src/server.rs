@@ -1,4 +1,4 @@
-//! The tonic server: the three vaultgate services, `grpc.health.v1`, and reflection (v1 and
+//! The tonic server: the vaultgate services, `grpc.health.v1`, and reflection (v1 and
 //! v1alpha, for grpcurl 1.8), all on one listener until `shutdown` resolves.
 
 use crate::{
@@ -7,9 +7,10 @@ use crate::{
     metrics::Metrics,
     pb::vaultgate::v1::{
         database_service_server::DatabaseServiceServer, encryption_service_server::EncryptionServiceServer,
-        identity_service_server::IdentityServiceServer, secret_service_server::SecretServiceServer,
+        identity_service_server::IdentityServiceServer, pki_service_server::PkiServiceServer,
+        secret_service_server::SecretServiceServer,
     },
-    service::{database::Database, encryption::Encryption, identity::Identity, secret::Secrets, Gateway},
+    service::{database::Database, encryption::Encryption, identity::Identity, pki::Pki, secret::Secrets, Gateway},
     tls,
 };
 use std::{future::Future, sync::Arc, time::Duration};
@@ -123,6 +124,7 @@ pub async fn serve(
         .add_service(EncryptionServiceServer::new(Encryption(gateway.clone())).max_decoding_message_size(max))
         .add_service(SecretServiceServer::new(Secrets(gateway.clone())).max_decoding_message_size(max))
         .add_service(DatabaseServiceServer::new(Database(gateway.clone())).max_decoding_message_size(max))
+        .add_service(PkiServiceServer::new(Pki(gateway.clone())).max_decoding_message_size(max))
         .add_service(IdentityServiceServer::new(Identity(gateway.clone())).max_decoding_message_size(max));
     let drain = drain_timeout;
     // Connections are admitted (handshake slots, timeout, connection bound) before tonic sees them.

@@ -9,6 +9,7 @@
 pub mod database;
 pub mod encryption;
 pub mod identity;
+pub mod pki;
 pub mod secret;
 pub mod validate;
 

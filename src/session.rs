@@ -362,7 +362,14 @@ impl Sessions {
     pub async fn keep_roles_fresh(self: Arc<Self>) {
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            self.keep_callers_warm().await;
+            // Side by side: a slow renewal of a caller's token never delays a role token's.
+            tokio::join!(self.keep_callers_warm(), self.refresh_roles());
+        }
+    }
+
+    /// Refreshes the role tokens that are due.
+    async fn refresh_roles(&self) {
+        {
             let now = Instant::now();
             let due: Vec<Held> = {
                 let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());

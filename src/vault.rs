@@ -17,6 +17,7 @@ pub mod hedge;
 pub mod hmac;
 pub mod kv;
 pub mod nodes;
+pub mod pki;
 pub mod retry;
 pub mod sys;
 pub mod transit;
@@ -931,6 +932,86 @@ mod tests {
         }
         let plain = Url::parse("http://n1:8200/v1/x").unwrap();
         assert!(redirect_location("http://n2:8200/v1/x", &plain).is_some());
+    }
+
+    /// A Vault that reads each request whole, then closes the connection without answering
+    /// (it may have acted); returns its address and the count of requests it got.
+    async fn hang_up_vault() -> (Url, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n @ 1..) = stream.read(&mut chunk).await {
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf);
+                        let Some(end) = text.find("\r\n\r\n") else { continue };
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            return; // drops the connection unanswered
+                        }
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    /// The real client calls, not synthetic `Call`s: a write whose connection drops after it was
+    /// sent is not sent again (Vault may have acted), a read is. Each on a fresh client so no
+    /// breaker state carries over. `tests/it/behaviours.rs` shows the same against real OpenBao.
+    #[tokio::test]
+    async fn real_calls_are_sent_again_only_when_safe_to_repeat() {
+        let token = VaultToken::new("s.test");
+        let mut sent = Vec::new();
+        let names =
+            ["rotate", "datakey", "db_creds", "lease_renew", "lease_revoke", "lease_lookup", "read_key", "kv_read"];
+        for name in names {
+            let (url, seen) = hang_up_vault().await;
+            let client = Client::new(&ClientConfig::single(url), Default::default()).unwrap();
+            let deadline = Some(Instant::now() + Duration::from_secs(10));
+            let failed = match name {
+                "rotate" => client.transit_rotate(&token, "transit", "k", deadline).await.is_err(),
+                "datakey" => client.transit_datakey(&token, "transit", "k", None, 256, deadline).await.is_err(),
+                "db_creds" => client.db_creds(&token, "database", "r", deadline).await.is_err(),
+                "lease_renew" => client.lease_renew(&token, "database/creds/r/x", Some(60), deadline).await.is_err(),
+                "lease_revoke" => client.lease_revoke(&token, "database/creds/r/x", deadline).await.is_err(),
+                "lease_lookup" => client.lease_lookup(&token, "database/creds/r/x", deadline).await.is_err(),
+                "read_key" => client.transit_read_key(&token, "transit", "k", deadline).await.is_err(),
+                _ => client.kv_read(&token, "secret", "a/b", 0, deadline).await.is_err(),
+            };
+            assert!(failed, "{name}: a Vault that never answers cannot succeed");
+            sent.push((name, seen.load(std::sync::atomic::Ordering::SeqCst)));
+        }
+        // Sent once. (The lease lookup, a PUT, is a read in effect but not marked safe to repeat.)
+        let once: Vec<_> = sent[..6].iter().map(|(n, c)| (*n, *c)).collect();
+        assert_eq!(
+            once,
+            [
+                ("rotate", 1),
+                ("datakey", 1),
+                ("db_creds", 1),
+                ("lease_renew", 1),
+                ("lease_revoke", 1),
+                ("lease_lookup", 1)
+            ]
+        );
+        for (name, count) in &sent[6..] {
+            assert!(*count >= 2, "{name}: a read is sent again after a dropped connection ({count} sent)");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Sets up a fresh Vault for the demo with its root token: Transit keys, KV seed data, the
-//! database engine on PostgreSQL, JWT auth trusting the demo issuer, and one least-privilege
-//! policy and JWT role per demo caller (contract §4). Integration tests reuse it.
+//! Sets up a fresh Vault for the demo with its root token: Transit keys (and `billing-signing`,
+//! ed25519), KV seed data, the database engine on PostgreSQL, the PKI engine with a root CA and a
+//! PKI role per caller, JWT auth trusting the demo issuer, and one least-privilege policy and JWT
+//! role per demo caller (contract §4). Integration tests reuse it.
 
 use super::issuer::{AUDIENCE, ISSUER};
 use crate::vault::{Call, Client, VaultToken};
@@ -9,6 +10,17 @@ use serde_json::{json, Value};
 
 /// The two demo callers: name, and whether it may get database credentials.
 pub const CALLERS: [(&str, bool); 2] = [("billing", true), ("reports", false)];
+
+/// The Transit key (ed25519) that only `billing` may sign and verify with.
+pub const SIGNING_KEY: &str = "billing-signing";
+
+/// Common name of the dev PKI mount's root CA.
+pub const ROOT_CA: &str = "vaultgate dev root CA";
+
+/// The DNS domain under which a demo caller's PKI role issues certificates.
+pub fn cert_domain(name: &str) -> String {
+    format!("{name}.svc.cluster.local")
+}
 
 /// Where the demo's PostgreSQL listens (`Debug` redacts the password).
 #[derive(Clone)]
@@ -74,10 +86,20 @@ path "transit/datakey/plaintext/{name}" {{ capabilities = ["update"] }}
 path "transit/datakey/wrapped/{name}" {{ capabilities = ["update"] }}
 path "transit/keys/{name}" {{ capabilities = ["read"] }}
 path "transit/keys/{name}/rotate" {{ capabilities = ["update"] }}
+path "transit/hmac/{name}" {{ capabilities = ["update"] }}
+path "transit/verify/{name}" {{ capabilities = ["update"] }}
 path "secret/data/{name}/*" {{ capabilities = ["read"] }}
 path "secret/metadata/{name}/*" {{ capabilities = ["read", "list"] }}
+path "pki/issue/{name}" {{ capabilities = ["update"] }}
+path "pki/sign/{name}" {{ capabilities = ["update"] }}
+path "pki/revoke-with-key" {{ capabilities = ["update"] }}
 "#
     );
+    if name == "billing" {
+        p.push_str(&format!(
+            "path \"transit/sign/{SIGNING_KEY}\" {{ capabilities = [\"update\"] }}\npath \"transit/verify/{SIGNING_KEY}\" {{ capabilities = [\"update\"] }}\npath \"transit/keys/{SIGNING_KEY}\" {{ capabilities = [\"read\"] }}\n"
+        ));
+    }
     if database {
         p.push_str(&format!(
             "path \"database/creds/{name}\" {{ capabilities = [\"read\"] }}\npath \"sys/leases/revoke\" {{ capabilities = [\"update\"] }}\n"
@@ -92,6 +114,8 @@ pub async fn provision(admin: &Admin<'_>, issuer_public_pem: &str, pg: Option<&P
     for (name, _) in CALLERS {
         admin.post(&format!("transit/keys/{name}"), json!({"type": "aes256-gcm96"})).await?;
     }
+    admin.post(&format!("transit/keys/{SIGNING_KEY}"), json!({"type": "ed25519"})).await?;
+    pki(admin).await?;
     admin.post("secret/data/billing/api-keys", json!({"data": {"stripe_key": "sk_test_demo"}})).await?;
     admin.post("secret/data/reports/config", json!({"data": {"schedule": "daily"}})).await?;
     if let Some(pg) = pg {
@@ -129,6 +153,37 @@ pub async fn provision(admin: &Admin<'_>, issuer_public_pem: &str, pg: Option<&P
             .post(&format!("sys/policies/acl/{name}"), json!({"policy": policy(name, database && pg.is_some())}))
             .await?;
         admin.post(&format!("auth/jwt/role/{name}"), jwt_role(name, "1h", "24h")).await?;
+    }
+    Ok(())
+}
+
+/// The PKI engine at `pki/`: a root CA (dev only: production signs an intermediate with a
+/// separate root, see deploy/openbao/setup.sh) and one role per demo caller that issues only
+/// for names under `<caller>.svc.cluster.local` (and IP SANs on loopback), EC P-256 keys, 24 h
+/// by default, 72 h at most.
+async fn pki(admin: &Admin<'_>) -> Result<(), String> {
+    admin.post("sys/mounts/pki", json!({"type": "pki", "config": {"max_lease_ttl": "87600h"}})).await?;
+    admin
+        .post_json("pki/root/generate/internal", json!({"common_name": ROOT_CA, "key_type": "ec", "ttl": "87600h"}))
+        .await?;
+    for (name, _) in CALLERS {
+        admin
+            .post(
+                &format!("pki/roles/{name}"),
+                json!({
+                    "allowed_domains": [cert_domain(name)],
+                    "allow_subdomains": true,
+                    "allow_bare_domains": false,
+                    "allow_localhost": false,
+                    "allow_ip_sans": true,
+                    "allowed_ip_sans_cidr": ["127.0.0.0/8", "::1/128"],
+                    "key_type": "ec",
+                    "key_bits": 256,
+                    "ttl": "24h",
+                    "max_ttl": "72h",
+                }),
+            )
+            .await?;
     }
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! the very checks its handler runs before anything reaches Vault (`validate::Checked`, and per
 //! batch item `validate::encrypt_item`/`decrypt_item`), the `grpc-timeout` header, and for batches
 //! the split into Vault requests (`batch::plan`). Never a panic; every failure is a caller error.
+//! The budget arithmetic restated here finds crashes, not a wrong budget: OpenBao's own limit is
+//! the judge in `tests/it/oracles.rs`.
 
 use crate::{
     batch::{plan, Budget},

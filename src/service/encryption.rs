@@ -1,5 +1,7 @@
-//! `vaultgate.v1.EncryptionService` over Transit: single calls go through the coalescer, explicit
-//! batches are split to fit Vault's limits and answered in order, one result per item.
+//! `vaultgate.v1.EncryptionService` over Transit: single calls (Encrypt, Decrypt, Sign, Verify,
+//! Hmac, VerifyHmac) go through the coalescer, explicit batches are split to fit Vault's limits
+//! and answered in order, one result per item. A signature or HMAC that does not match is
+//! `valid = false`; a malformed one is `INVALID_ARGUMENT`.
 
 use super::{age, rpc, validate, Described, Gateway};
 use crate::cache::{self, Read, Value as Cached};
@@ -10,7 +12,7 @@ use crate::{
     error::{Error, Subject},
     pb::vaultgate::v1::{encryption_service_server::EncryptionService, *},
     session::Actor,
-    vault::transit::{b64, unb64, BatchItem, BatchResult, Op},
+    vault::transit::{b64, unb64, BatchItem, BatchResult, Endpoint, Op},
     vault::VaultError,
 };
 use std::sync::Arc;
@@ -61,22 +63,30 @@ impl Gateway {
         })
     }
 
-    /// One Encrypt/Decrypt item: coalesced with concurrent ones, or alone when batching is off.
+    /// One single-call item (Encrypt, Decrypt, Sign, Verify, Hmac, VerifyHmac): coalesced with
+    /// concurrent ones of its lane, or alone when batching is off. `algorithm`: the hash
+    /// algorithm of sign/verify/hmac (part of the lane's shape).
     async fn transit_one(
         &self,
         actor: &Actor,
         op: Op,
         key: &str,
+        algorithm: Option<&'static str>,
         item: BatchItem,
         deadline: Option<Instant>,
     ) -> Result<BatchResult, Error> {
         let mount = &self.config.mounts.transit;
         let result = match &self.coalescer {
-            Some(c) => c.submit(LaneKey::new(actor.token.clone(), mount, key, op, &item), item, deadline).await?,
+            Some(c) => {
+                c.submit(LaneKey::new(actor.token.clone(), mount, key, op, algorithm, &item), item, deadline).await?
+            }
             // Boxed: only with batching off; the coalesced path should not carry its size.
-            None => Box::pin(self.vault.transit_single(&actor.token, mount, op, key, &item, deadline))
-                .await
-                .map_err(|e| Error::from_vault(e, Subject::Key(key)))?,
+            None => {
+                let at = Endpoint { mount, op, key, algorithm };
+                Box::pin(self.vault.transit_single(&actor.token, at, &item, deadline))
+                    .await
+                    .map_err(|e| Error::from_vault(e, Subject::Key(key)))?
+            }
         };
         match &result.error {
             Some(msg) => Err(Error::from_transit_item(msg, key)),
@@ -109,7 +119,8 @@ impl Gateway {
             }
         }
         for (n, range) in batch::plan(&valid, Budget::from(&self.config.batch)).into_iter().enumerate() {
-            let answer = self.vault.transit_batch(&actor.token, mount, op, key, &valid[range.clone()], deadline).await;
+            let at = Endpoint { mount, op, key, algorithm: None };
+            let answer = self.vault.transit_batch(&actor.token, at, &valid[range.clone()], deadline).await;
             match answer {
                 // Vault refused the first request whole (403): nothing was done yet, so the call
                 // fails whole and Gateway::serve can check whether the token is gone and retry.
@@ -148,6 +159,19 @@ fn ciphertext_of(result: BatchResult) -> Result<(String, u32), Error> {
 fn plaintext_of(result: BatchResult) -> Result<Vec<u8>, Error> {
     let b = result.plaintext.ok_or_else(|| Error::Internal("Transit answered without a plaintext".into()))?;
     unb64(&b).map_err(|_| Error::Internal("Transit answered with a plaintext that is not base64".into()))
+}
+
+/// A Vault signature or HMAC with its key version (Vault sends none with an HMAC: read from
+/// the `vault:vN:` prefix).
+fn signed_of(result: BatchResult, value: Option<String>, what: &str) -> Result<(String, u32), Error> {
+    let value = value.ok_or_else(|| Error::Internal(format!("Transit answered without a {what}")))?;
+    let version = result.key_version.filter(|v| *v > 0).or_else(|| validate::ciphertext_version(&value)).unwrap_or(0);
+    Ok((value, version))
+}
+
+/// The item of a sign/hmac/verify call: the base64 input (always sent, even when empty).
+fn input_item(input: &[u8], context: &[u8]) -> BatchItem {
+    BatchItem { input: Some(b64(input)), context: opt_b64(context), ..Default::default() }
 }
 
 fn item_status(err: &Error) -> Option<crate::pb::google::rpc::Status> {
@@ -234,6 +258,23 @@ impl Described for GenerateDataKeyRequest {
     }
 }
 
+/// Sign, Verify, Hmac and VerifyHmac act on a Transit key, as Encrypt does.
+macro_rules! described_by_key {
+    ($($message:ident => $name:literal),* $(,)?) => {$(
+        impl Described for $message {
+            const RPC: &'static Rpc = rpc!("EncryptionService", $name, Key);
+            fn target(&self) -> (&str, usize) {
+                (&self.key, 1)
+            }
+            fn resource(&self) -> Option<Resource<'_>> {
+                Some(Resource::Key(&self.key))
+            }
+        }
+    )*};
+}
+
+described_by_key!(SignRequest => "Sign", VerifyRequest => "Verify", HmacRequest => "Hmac", VerifyHmacRequest => "VerifyHmac");
+
 #[tonic::async_trait]
 impl EncryptionService for Encryption {
     async fn encrypt(&self, req: Request<EncryptRequest>) -> Result<Response<EncryptResponse>, Status> {
@@ -241,7 +282,7 @@ impl EncryptionService for Encryption {
         gw.serve(req, |actor, deadline, r| async move {
             let item = gw.encrypt_item(None, &r.plaintext, &r.context, &r.associated_data, r.key_version)?;
             let (ciphertext, key_version) =
-                ciphertext_of(gw.transit_one(&actor, Op::Encrypt, &r.key, item, deadline).await?)?;
+                ciphertext_of(gw.transit_one(&actor, Op::Encrypt, &r.key, None, item, deadline).await?)?;
             Ok(EncryptResponse { ciphertext, key_version })
         })
         .await
@@ -252,7 +293,7 @@ impl EncryptionService for Encryption {
         gw.serve(req, |actor, deadline, r| async move {
             let item = gw.decrypt_item(None, &r.ciphertext, &r.context, &r.associated_data)?;
             let key_version = validate::ciphertext_version(&r.ciphertext).unwrap_or(0);
-            let plaintext = plaintext_of(gw.transit_one(&actor, Op::Decrypt, &r.key, item, deadline).await?)?;
+            let plaintext = plaintext_of(gw.transit_one(&actor, Op::Decrypt, &r.key, None, item, deadline).await?)?;
             Ok(DecryptResponse { plaintext, key_version })
         })
         .await
@@ -384,6 +425,54 @@ impl EncryptionService for Encryption {
                 .map_err(|_| Error::Internal("datakey plaintext is not base64".into()))?
                 .ok_or_else(|| Error::Internal("datakey answer without plaintext".into()))?;
             Ok(GenerateDataKeyResponse { plaintext, ciphertext: out.ciphertext, key_version: out.key_version })
+        })
+        .await
+    }
+
+    async fn sign(&self, req: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
+        let gw = &self.0;
+        gw.serve(req, |actor, deadline, r| async move {
+            let algorithm = validate::hash_algorithm("hash_algorithm", &r.hash_algorithm, false)?;
+            let item = input_item(&r.input, &r.context);
+            let mut result = gw.transit_one(&actor, Op::Sign, &r.key, algorithm, item, deadline).await?;
+            let value = result.signature.take();
+            let (signature, key_version) = signed_of(result, value, "signature")?;
+            Ok(SignResponse { signature, key_version })
+        })
+        .await
+    }
+
+    async fn verify(&self, req: Request<VerifyRequest>) -> Result<Response<VerifyResponse>, Status> {
+        let gw = &self.0;
+        gw.serve(req, |actor, deadline, r| async move {
+            let algorithm = validate::hash_algorithm("hash_algorithm", &r.hash_algorithm, false)?;
+            let item = BatchItem { signature: Some(r.signature.clone()), ..input_item(&r.input, &r.context) };
+            let result = gw.transit_one(&actor, Op::Verify, &r.key, algorithm, item, deadline).await?;
+            Ok(VerifyResponse { valid: result.valid == Some(true) })
+        })
+        .await
+    }
+
+    async fn hmac(&self, req: Request<HmacRequest>) -> Result<Response<HmacResponse>, Status> {
+        let gw = &self.0;
+        gw.serve(req, |actor, deadline, r| async move {
+            let algorithm = validate::hash_algorithm("algorithm", &r.algorithm, true)?;
+            let item = input_item(&r.input, &[]);
+            let mut result = gw.transit_one(&actor, Op::Hmac, &r.key, algorithm, item, deadline).await?;
+            let value = result.hmac.take();
+            let (hmac, key_version) = signed_of(result, value, "HMAC")?;
+            Ok(HmacResponse { hmac, key_version })
+        })
+        .await
+    }
+
+    async fn verify_hmac(&self, req: Request<VerifyHmacRequest>) -> Result<Response<VerifyHmacResponse>, Status> {
+        let gw = &self.0;
+        gw.serve(req, |actor, deadline, r| async move {
+            let algorithm = validate::hash_algorithm("algorithm", &r.algorithm, true)?;
+            let item = BatchItem { hmac: Some(r.hmac.clone()), ..input_item(&r.input, &[]) };
+            let result = gw.transit_one(&actor, Op::VerifyHmac, &r.key, algorithm, item, deadline).await?;
+            Ok(VerifyHmacResponse { valid: result.valid == Some(true) })
         })
         .await
     }

@@ -1,5 +1,5 @@
-//! Transit engine calls: encrypt/decrypt (single and `batch_input`), rewrap, datakey, key read
-//! and rotate. Docs: <https://openbao.org/api-docs/secret/transit/>.
+//! Transit engine calls: encrypt/decrypt/sign/verify/hmac (single and `batch_input`), rewrap,
+//! datakey, key read and rotate. Docs: <https://openbao.org/api-docs/secret/transit/>.
 //!
 //! Batch answers are special (VAULT-API.md §1.3): OpenBao answers a batch with failed items with
 //! HTTP 400 *and* a normal `batch_results` body, so [`Client::transit_batch`] accepts any status
@@ -18,6 +18,14 @@ pub enum Op {
     Encrypt,
     /// `POST transit/decrypt/:key`.
     Decrypt,
+    /// `POST transit/sign/:key`: items carry `input`.
+    Sign,
+    /// `POST transit/verify/:key`: items carry `input` and `signature`.
+    Verify,
+    /// `POST transit/hmac/:key`: items carry `input`.
+    Hmac,
+    /// `POST transit/verify/:key`: items carry `input` and `hmac`.
+    VerifyHmac,
 }
 
 impl Op {
@@ -25,6 +33,21 @@ impl Op {
         match self {
             Op::Encrypt => "encrypt",
             Op::Decrypt => "decrypt",
+            Op::Sign => "sign",
+            Op::Verify | Op::VerifyHmac => "verify",
+            Op::Hmac => "hmac",
+        }
+    }
+
+    /// The request-level body field that names the hash algorithm. It is one per request, not per
+    /// item (so it belongs to the lane's shape), and sent in the body, not the URL, so that a
+    /// policy on `transit/sign/<key>` covers every algorithm (VAULT-API.md §6) [V: OpenBao 2.7.2
+    /// takes `hash_algorithm` for sign/verify, also for HMAC verification, and `algorithm` for hmac].
+    pub fn algorithm_field(self) -> Option<&'static str> {
+        match self {
+            Op::Sign | Op::Verify | Op::VerifyHmac => Some("hash_algorithm"),
+            Op::Hmac => Some("algorithm"),
+            Op::Encrypt | Op::Decrypt => None,
         }
     }
 
@@ -33,8 +56,25 @@ impl Op {
         match self {
             Op::Encrypt => "transit/encrypt",
             Op::Decrypt => "transit/decrypt",
+            Op::Sign => "transit/sign",
+            Op::Verify | Op::VerifyHmac => "transit/verify",
+            Op::Hmac => "transit/hmac",
         }
     }
+}
+
+/// Where one Transit request goes: mount, operation, key, and the request-level hash algorithm
+/// (sign/verify/hmac only; `None` = the key's default).
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint<'a> {
+    /// Transit mount.
+    pub mount: &'a str,
+    /// The operation.
+    pub op: Op,
+    /// Key name.
+    pub key: &'a str,
+    /// Hash algorithm, one of Vault's names (checked by the caller against a fixed list).
+    pub algorithm: Option<&'a str>,
 }
 
 /// One item of a `batch_input`, already base64-encoded; fields that are `None` are not sent.
@@ -56,6 +96,15 @@ pub struct BatchItem {
     /// Key version to encrypt with (encrypt only; 0/None = latest).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_version: Option<u32>,
+    /// Base64 input (sign, verify, hmac). Always sent for those, even when empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// Signature to verify (`vault:vN:…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// HMAC to verify (`vault:vN:…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hmac: Option<String>,
 }
 
 impl std::fmt::Debug for BatchItem {
@@ -67,6 +116,9 @@ impl std::fmt::Debug for BatchItem {
             .field("context", &opt_len(&self.context))
             .field("associated_data", &opt_len(&self.associated_data))
             .field("key_version", &self.key_version)
+            .field("input", &opt_len(&self.input))
+            .field("signature", &self.signature)
+            .field("hmac", &self.hmac)
             .finish()
     }
 }
@@ -80,13 +132,23 @@ impl BatchItem {
             + pair(&self.ciphertext)
             + pair(&self.context)
             + pair(&self.associated_data)
+            + pair(&self.input)
+            + pair(&self.signature)
+            + pair(&self.hmac)
             + usize::from(self.key_version.is_some())
     }
 
     /// Approximate JSON size of this item in bytes, for the request-size budget.
     pub fn json_bytes(&self) -> usize {
         let len = |o: &Option<String>| o.as_ref().map_or(0, |s| s.len() + 24);
-        len(&self.plaintext) + len(&self.ciphertext) + len(&self.context) + len(&self.associated_data) + 24
+        len(&self.plaintext)
+            + len(&self.ciphertext)
+            + len(&self.context)
+            + len(&self.associated_data)
+            + len(&self.input)
+            + len(&self.signature)
+            + len(&self.hmac)
+            + 24
     }
 }
 
@@ -99,9 +161,19 @@ pub struct BatchResult {
     /// Decrypt: the base64 plaintext.
     #[serde(default)]
     pub plaintext: Option<String>,
-    /// Encrypt: the key version used.
+    /// Encrypt, sign: the key version used.
     #[serde(default)]
     pub key_version: Option<u32>,
+    /// Sign: the signature (`vault:vN:…`).
+    #[serde(default)]
+    pub signature: Option<String>,
+    /// Hmac: the HMAC (`vault:vN:…`; Vault sends no `key_version` with it).
+    #[serde(default)]
+    pub hmac: Option<String>,
+    /// Verify: whether the signature or HMAC matches. Vault leaves it out of a failed HMAC
+    /// verification (`{"reference":""}`) [V], so absent means false.
+    #[serde(default)]
+    pub valid: Option<bool>,
     /// Set when this item failed.
     #[serde(default)]
     pub error: Option<String>,
@@ -113,6 +185,9 @@ impl std::fmt::Debug for BatchResult {
             .field("ciphertext", &self.ciphertext)
             .field("plaintext", &crate::redact::opt_len(&self.plaintext))
             .field("key_version", &self.key_version)
+            .field("signature", &self.signature)
+            .field("hmac", &self.hmac)
+            .field("valid", &self.valid)
             .field("error", &self.error)
             .finish()
     }
@@ -138,9 +213,38 @@ struct DatakeyBody {
     bits: u32,
 }
 
+/// A request body: the items (or the one item's fields) and the request-level algorithm field.
 #[derive(Serialize)]
-struct BatchBody<'a> {
+struct Body<'a, T: Serialize> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash_algorithm: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    algorithm: Option<&'a str>,
+    #[serde(flatten)]
+    items: T,
+}
+
+#[derive(Serialize)]
+struct BatchInput<'a> {
     batch_input: &'a [BatchItem],
+}
+
+impl<'a, T: Serialize> Body<'a, T> {
+    fn new(at: &Endpoint<'a>, items: T) -> Body<'a, T> {
+        let (mut hash_algorithm, mut algorithm) = (None, None);
+        match at.op.algorithm_field() {
+            Some("algorithm") => algorithm = at.algorithm,
+            Some(_) => hash_algorithm = at.algorithm,
+            None => {}
+        }
+        Body { hash_algorithm, algorithm, items }
+    }
+}
+
+/// JSON strings a request body adds besides its items: the `batch_input` key and, when set, the
+/// algorithm field's key and value.
+pub fn body_strings(algorithm: Option<&str>) -> usize {
+    1 + if algorithm.is_some() { 2 } else { 0 }
 }
 
 /// Key metadata as `GET transit/keys/:name` returns it (key material is never requested).
@@ -194,22 +298,25 @@ pub fn unb64(s: &str) -> Result<Vec<u8>, VaultError> {
 }
 
 impl Client {
-    /// `POST <mount>/{encrypt,decrypt}/:key` with `batch_input`; results in input order.
-    /// A whole-request failure is an `Err`; per-item failures are in each result's `error`.
+    /// `POST <mount>/{encrypt,decrypt,sign,verify,hmac}/:key` with `batch_input`; results in
+    /// input order. A whole-request failure is an `Err`; per-item failures are in each result's
+    /// `error`.
     pub async fn transit_batch(
         &self,
         token: &VaultToken,
-        mount: &str,
-        op: Op,
-        key: &str,
+        at: Endpoint<'_>,
         items: &[BatchItem],
         deadline: Option<Instant>,
     ) -> Result<Vec<BatchResult>, VaultError> {
-        // Idempotent: sending an encryption or decryption twice changes nothing in Vault.
-        let call = Call::new(Method::POST, op.kind(), &[mount, op.path(), key]).class(Class::Transit).idempotent();
-        let (status, bytes) = self.send(call, Some(token), Some(&BatchBody { batch_input: items }), deadline).await?;
+        // Idempotent: sending an encryption, decryption, signature, HMAC or verification twice
+        // changes nothing in Vault.
+        let call =
+            Call::new(Method::POST, at.op.kind(), &[at.mount, at.op.path(), at.key]).class(Class::Transit).idempotent();
+        let body = Body::new(&at, BatchInput { batch_input: items });
+        let (status, bytes) = self.send(call, Some(token), Some(&body), deadline).await?;
         let code = status.as_u16();
-        // 200 all ok (or item errors without a flag), 400 some/all items failed, 207 partial override.
+        // 200 all ok (or item errors without a flag: always so for sign/verify/hmac), 400
+        // some/all items failed, 207 partial override.
         let results = if matches!(code, 200 | 207 | 400) {
             match serde_json::from_slice::<Envelope<BatchData>>(&bytes) {
                 Ok(Envelope { data: Some(d), .. }) => d.batch_results,
@@ -224,18 +331,18 @@ impl Client {
         Ok(results)
     }
 
-    /// `POST <mount>/{encrypt,decrypt}/:key` with one item in the request body (no batch).
+    /// `POST <mount>/{encrypt,decrypt,sign,verify,hmac}/:key` with one item in the request body
+    /// (no batch).
     pub async fn transit_single(
         &self,
         token: &VaultToken,
-        mount: &str,
-        op: Op,
-        key: &str,
+        at: Endpoint<'_>,
         item: &BatchItem,
         deadline: Option<Instant>,
     ) -> Result<BatchResult, VaultError> {
-        let call = Call::new(Method::POST, op.kind(), &[mount, op.path(), key]).class(Class::Transit).idempotent();
-        let env: Envelope<BatchResult> = self.call(call, Some(token), Some(item), deadline).await?;
+        let call =
+            Call::new(Method::POST, at.op.kind(), &[at.mount, at.op.path(), at.key]).class(Class::Transit).idempotent();
+        let env: Envelope<BatchResult> = self.call(call, Some(token), Some(&Body::new(&at, item)), deadline).await?;
         env.data.ok_or_else(|| VaultError::Decode("transit answer without data".into()))
     }
 
@@ -336,6 +443,46 @@ mod tests {
         // The serialised form has exactly the counted strings.
         let json = serde_json::to_string(&full).unwrap();
         assert_eq!(json.matches('"').count() / 2, full.json_strings());
+    }
+
+    #[test]
+    fn the_algorithm_goes_in_the_body_under_the_field_of_its_operation() {
+        let item = BatchItem { input: Some("aGk=".into()), ..Default::default() };
+        let items = std::slice::from_ref(&item);
+        let cases = [
+            (Op::Sign, Some("sha2-512"), r#"{"hash_algorithm":"sha2-512","batch_input":[{"input":"aGk="}]}"#),
+            (Op::VerifyHmac, Some("sha2-512"), r#"{"hash_algorithm":"sha2-512","batch_input":[{"input":"aGk="}]}"#),
+            (Op::Hmac, Some("sha2-384"), r#"{"algorithm":"sha2-384","batch_input":[{"input":"aGk="}]}"#),
+            (Op::Hmac, None, r#"{"batch_input":[{"input":"aGk="}]}"#),
+            (Op::Encrypt, Some("ignored"), r#"{"batch_input":[{"input":"aGk="}]}"#),
+        ];
+        for (op, algorithm, want) in cases {
+            let at = Endpoint { mount: "transit", op, key: "k", algorithm };
+            let json = serde_json::to_string(&Body::new(&at, BatchInput { batch_input: items })).unwrap();
+            assert_eq!(json, want, "{op:?}");
+            // The strings counted for the body match the serialised body.
+            let counted = body_strings(at.algorithm.filter(|_| op.algorithm_field().is_some())) + item.json_strings();
+            assert_eq!(json.matches('"').count() / 2, counted, "{op:?}");
+        }
+        // A single call carries the item's fields at the top level.
+        let at = Endpoint { mount: "transit", op: Op::Hmac, key: "k", algorithm: Some("sha2-256") };
+        assert_eq!(
+            serde_json::to_string(&Body::new(&at, &item)).unwrap(),
+            r#"{"algorithm":"sha2-256","input":"aGk="}"#
+        );
+    }
+
+    #[test]
+    fn sign_verify_and_hmac_results_parse_as_openbao_answers_them() {
+        // Verbatim from OpenBao 2.7.2 (VAULT-API.md §1.2): a failed HMAC verification has no `valid`.
+        let body = br#"{"data":{"batch_results":[{"signature":"vault:v1:mRpk","key_version":1,"reference":""},{"key_version":0,"error":"unable to decode input as base64","reference":""},{"valid":true,"reference":""},{"reference":""},{"hmac":"vault:v1:0kZc","reference":""}]}}"#;
+        let env: Envelope<BatchData> = serde_json::from_slice(body).unwrap();
+        let r = env.data.unwrap().batch_results;
+        assert_eq!((r[0].signature.as_deref(), r[0].key_version), (Some("vault:v1:mRpk"), Some(1)));
+        assert!(r[1].error.is_some());
+        assert_eq!(r[2].valid, Some(true));
+        assert_eq!((r[3].valid, r[3].error.as_deref()), (None, None));
+        assert_eq!(r[4].hmac.as_deref(), Some("vault:v1:0kZc"));
     }
 
     #[test]

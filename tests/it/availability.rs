@@ -103,7 +103,10 @@ pub async fn frozen_vault_fails_fast_serves_stale_and_recovers(env: &'static Env
     let mut cluster = Cluster::start(env, &env.dir.join("avail-frozen"), 1).await;
     provision_kv(&cluster).await;
     // Default health interval, silence bound and timeouts: the figures are the defaults'.
-    let own = gateway(&format!("address = {:?}", cluster.nodes[0].addr), "[cache]\nttl_ms = 1000\n").await;
+    let ttl = Duration::from_millis(500);
+    let own =
+        gateway(&format!("address = {:?}", cluster.nodes[0].addr), &format!("[cache]\nttl_ms = {}\n", ttl.as_millis()))
+            .await;
     let mut health = HealthClient::new(own.channel.clone());
     wait_for(&mut health, "", ServingStatus::Serving, Duration::from_secs(10)).await;
     let jwt = env.jwt("ha", 3600);
@@ -144,6 +147,8 @@ pub async fn frozen_vault_fails_fast_serves_stale_and_recovers(env: &'static Env
         assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
         message = status.message().to_string();
     }
+    // Past the TTL, so that the answer cannot be a fresh cache hit.
+    tokio::time::sleep_until(read_at + ttl + Duration::from_millis(100)).await;
     let stale = sec
         .get_secret(get_secret(&jwt, "avail/one", Duration::from_secs(5)))
         .await

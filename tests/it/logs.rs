@@ -46,6 +46,9 @@ fn scan(text: &str, secrets: &[String]) -> Vec<String> {
     if text.contains("eyJ") {
         leaks.push("something shaped like a JWT (eyJ…) is in the log".into());
     }
+    if text.contains("PRIVATE KEY-----") {
+        leaks.push("something shaped like a PEM private key is in the log".into());
+    }
     if let Some(i) = vault_token_at(text) {
         leaks.push(format!("something shaped like a Vault token is in the log at byte {i}"));
     }

@@ -23,7 +23,9 @@ mod lifecycle;
 mod logs;
 mod oracles;
 mod overload;
+mod pki;
 mod secrets;
+mod signing;
 mod support;
 mod tools;
 
@@ -74,6 +76,14 @@ const TESTS: &[(&str, TestFn)] = tests![
     identity::certificate_files_reload_without_dropping_connections,
     identity::kubernetes_callers_log_in,
     identity::token_file_roles_and_revocation_at_shutdown,
+    pki::issued_certificate_chains_to_the_ca_and_serves_tls,
+    pki::signed_csr_carries_the_csr_public_key,
+    pki::revocation_needs_the_private_key,
+    pki::pki_error_table,
+    pki::audit_and_metrics_cover_certificates_and_signatures,
+    signing::sign_and_verify_agree_with_vault,
+    signing::hmac_and_verify_hmac_agree_with_vault,
+    signing::five_hundred_concurrent_signs_are_coalesced,
     availability::concurrent_reads_coalesce_and_changes_show_within_the_ttl,
     availability::cached_answers_never_cross_callers,
     availability::idle_callers_are_served_without_a_new_login,
