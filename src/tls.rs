@@ -6,7 +6,7 @@
 //! content changed and still forms a valid configuration, new handshakes use it. Connections
 //! already established keep theirs (nothing is dropped). A bad new file is logged and ignored.
 
-use crate::config::TlsConfig;
+use crate::{config::TlsConfig, metrics::Metrics};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, RwLock};
 use tokio_rustls::{
@@ -72,6 +72,16 @@ fn build(config: &TlsConfig, files: &[Vec<u8>]) -> Result<Arc<ServerConfig>, Str
     Ok(Arc::new(server))
 }
 
+/// Exports the expiry of the leaf certificate of `cert_pem` (the served chain's first), for the
+/// certificate-expiry alert; a certificate that does not parse here was refused by `build` already.
+fn publish_expiry(cert_pem: &[u8], metrics: &Metrics) {
+    let leaf = CertificateDer::pem_slice_iter(cert_pem).next().and_then(Result::ok);
+    let parsed = leaf.as_ref().and_then(|der| x509_parser::parse_x509_certificate(der).ok());
+    if let Some((_, cert)) = parsed {
+        metrics.tls_expiry(cert.validity().not_after.timestamp());
+    }
+}
+
 /// Checks the TLS files at start-up (a gateway must not start with a broken certificate).
 pub fn check(config: &TlsConfig) -> Result<(), String> {
     build(config, &read(config)?).map(|_| ())
@@ -79,18 +89,23 @@ pub fn check(config: &TlsConfig) -> Result<(), String> {
 
 /// The TLS server configuration new handshakes use, replaced when the files change.
 #[derive(Clone)]
-pub struct Certificates(Arc<RwLock<([u8; 32], Arc<ServerConfig>)>>);
+pub struct Certificates {
+    current: Arc<RwLock<([u8; 32], Arc<ServerConfig>)>>,
+    metrics: Arc<Metrics>,
+}
 
 impl Certificates {
-    /// Reads and checks the files.
-    pub fn load(config: &TlsConfig) -> Result<Certificates, String> {
+    /// Reads and checks the files; the served certificate's expiry goes to `metrics`.
+    pub fn load(config: &TlsConfig, metrics: Arc<Metrics>) -> Result<Certificates, String> {
         let files = read(config)?;
-        Ok(Certificates(Arc::new(RwLock::new((fingerprint(&files), build(config, &files)?)))))
+        let current = Arc::new(RwLock::new((fingerprint(&files), build(config, &files)?)));
+        publish_expiry(&files[0], &metrics);
+        Ok(Certificates { current, metrics })
     }
 
     /// An acceptor with the current configuration.
     pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.0.read().unwrap_or_else(|p| p.into_inner()).1.clone())
+        TlsAcceptor::from(self.current.read().unwrap_or_else(|p| p.into_inner()).1.clone())
     }
 
     /// Re-reads the files every `tls.reload_interval_ms` until dropped; a changed, valid set is
@@ -106,12 +121,13 @@ impl Certificates {
                 }
             };
             let print = fingerprint(&files);
-            if self.0.read().unwrap_or_else(|p| p.into_inner()).0 == print {
+            if self.current.read().unwrap_or_else(|p| p.into_inner()).0 == print {
                 continue;
             }
             match build(&config, &files) {
                 Ok(server) => {
-                    *self.0.write().unwrap_or_else(|p| p.into_inner()) = (print, server);
+                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = (print, server);
+                    publish_expiry(&files[0], &self.metrics);
                     tracing::info!("TLS certificate files changed: new connections use them");
                 }
                 Err(e) => tracing::warn!(error = %e, "new TLS files are not usable; keeping the current ones"),

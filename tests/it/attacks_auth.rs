@@ -151,8 +151,10 @@ fn forged_jwts(n: usize) -> Vec<String> {
 pub async fn forged_jwts_cost_vault_nothing(env: &'static Env) {
     let mount = "jwt-attack-verified";
     jwt_mount(env, mount).await;
+    // A decoy rule of the same role first: the login must use the mount of the rule that matched.
     let toml = format!(
-        "[vault]\naddress = \"{}\"\n{}[[callers]]\nrole = \"qa\"\nequals = \"qa\"\nverify_with = \"dev\"\nauth_mount = \"{mount}\"\n",
+        "[vault]\naddress = \"{}\"\n{}[[callers]]\nrole = \"qa\"\nequals = \"decoy\"\nverify_with = \"dev\"\nauth_mount = \"no-such-mount\"\n\
+         [[callers]]\nrole = \"qa\"\nequals = \"qa\"\nverify_with = \"dev\"\nauth_mount = \"{mount}\"\n",
         env.vault_addr,
         dev_issuer(env)
     );
@@ -178,6 +180,10 @@ pub async fn forged_jwts_cost_vault_nothing(env: &'static Env) {
     assert_eq!(result.codes.get(&Code::Unauthenticated).copied(), Some(FORGED), "{:?}", result.codes);
     assert_eq!(after, before, "a forged JWT reached Vault");
     assert_eq!(gw.gateway.sessions.logins(), 1);
+    // vaultgate_vault_logins_total counts real logins: the real caller's, nothing of the flood.
+    let metrics = gw.gateway.metrics.render();
+    assert!(metrics.contains("vaultgate_vault_logins_total{name=\"ok\"} 1\n"), "{metrics}");
+    assert!(!metrics.contains("vaultgate_vault_logins_total{name=\"refused\"}"), "{metrics}");
     assert_eq!(result.real_failures, 0, "the real caller was refused during the flood");
     assert!(!result.real_ms.is_empty());
 }
@@ -189,8 +195,9 @@ pub async fn forged_jwts_without_local_verification_are_capped(env: &'static Env
     let mount = "jwt-attack-unverified";
     jwt_mount(env, mount).await;
     let (burst, rate, in_flight) = (10.0, 5.0, 4);
+    // A cache of two callers: a forged JWT that took a place in it would push the real caller out.
     let toml = format!(
-        "[vault]\naddress = \"{}\"\n[unverified_logins]\nmax_in_flight = {in_flight}\nper_peer_per_second = {rate:.1}\nper_peer_burst = {burst:.1}\n\
+        "token_cache_size = 2\n[vault]\naddress = \"{}\"\n[unverified_logins]\nmax_in_flight = {in_flight}\nper_peer_per_second = {rate:.1}\nper_peer_burst = {burst:.1}\n\
          [[callers]]\nrole = \"qa\"\nequals = \"qa\"\nissuer = \"{}\"\nauth_mount = \"{mount}\"\n",
         env.vault_addr,
         issuer::ISSUER
@@ -222,6 +229,11 @@ pub async fn forged_jwts_without_local_verification_are_capped(env: &'static Env
     assert!(reached <= cap, "{reached} logins reached Vault, over the cap of {cap}");
     assert_eq!(refused, reached, "every forged JWT that reached Vault was refused by it");
     assert!(shed > 0, "the flood was never shed");
+    // The real caller kept its cached token throughout: no login of its own since the first.
+    EncryptionServiceClient::new(gw.channel.clone()).encrypt(req(encrypt(), &env.qa)).await.expect("the real caller");
+    assert_eq!(gw.gateway.sessions.logins() as usize, 1 + reached, "the real caller's token was evicted");
+    let metrics = gw.gateway.metrics.render();
+    assert!(metrics.contains(&format!("vaultgate_vault_logins_total{{name=\"refused\"}} {reached}\n")), "{metrics}");
     assert_eq!(result.real_failures, 0, "the real caller was refused during the flood");
 }
 
@@ -392,4 +404,88 @@ pub async fn vault_redirect_to_a_foreign_host_is_not_followed(env: &'static Env)
     let client = Client::new(&config, Default::default()).expect("client");
     let root = VaultToken::new(env.root_token.as_str());
     client.lookup_self(&root, deadline).await.expect("a redirect to a configured node is followed");
+}
+
+/// The gateway's own `[leases]` token revoked behind its back (an operator, a Vault incident):
+/// the next call that needs it finds it gone (403, then `lookup-self`), logs in again at once and
+/// succeeds, instead of failing callers until the next scheduled refresh.
+pub async fn the_gateways_own_token_is_replaced_at_once_when_vault_refuses_it(env: &'static Env) {
+    use vaultgate::pb::vaultgate::v1::{database_service_client::DatabaseServiceClient, *};
+    let mount = "jwt-own";
+    let dir = env.dir.join("own-token");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let policy = r#"
+path "transit/hmac/vaultgate-leases-own" { capabilities = ["update"] }
+path "transit/verify/vaultgate-leases-own" { capabilities = ["update"] }
+path "auth/token/renew-accessor" { capabilities = ["update"] }
+"#;
+    let steps = [
+        (format!("sys/auth/{mount}"), json!({"type": "jwt"})),
+        (
+            format!("auth/{mount}/config"),
+            json!({"jwt_validation_pubkeys": [env.issuer.public_pem], "bound_issuer": issuer::ISSUER}),
+        ),
+        ("transit/keys/vaultgate-leases-own".to_string(), json!({"type": "aes256-gcm96"})),
+        ("sys/policies/acl/gw-own".to_string(), json!({"policy": policy})),
+        (
+            format!("auth/{mount}/role/gw-own"),
+            json!({"role_type": "jwt", "user_claim": "sub", "bound_subject": "gw-own",
+                   "bound_audiences": [issuer::AUDIENCE], "token_policies": ["gw-own"], "token_ttl": "1h"}),
+        ),
+    ];
+    for (path, body) in steps {
+        let (status, answer) = env.vault(Method::POST, &path, Some(body)).await;
+        assert!(status == 200 || status == 204, "{path}: {status} {answer}");
+    }
+    std::fs::write(dir.join("gateway.jwt"), env.jwt("gw-own", 3600)).expect("write");
+    let toml = format!(
+        "[vault]\naddress = \"{}\"\n{}[[callers]]\nrole = \"qa\"\nequals = \"qa\"\nverify_with = \"dev\"\n\
+         [roles.gw-own]\njwt_file = {:?}\njwt_mount = \"{mount}\"\n\
+         [leases]\nowner_key = \"vaultgate-leases-own\"\nrole = \"gw-own\"\n",
+        env.vault_addr,
+        dev_issuer(env),
+        dir.join("gateway.jwt")
+    );
+    // Two replicas: the lease is issued by one and renewed through the other, which must verify its
+    // tag with the gateway's own token.
+    let (one, two) = (serve_gateway(&toml).await, serve_gateway(&toml).await);
+    let (mut c1, mut c2) =
+        (DatabaseServiceClient::new(one.channel.clone()), DatabaseServiceClient::new(two.channel.clone()));
+    let got = c1
+        .get_db_creds(req(GetDbCredsRequest { role: "qa".into(), mount: String::new() }, &env.qa))
+        .await
+        .expect("credentials")
+        .into_inner();
+    env.remember(&got.password);
+    assert!(got.lease_token.starts_with("vg1."), "{got:?}");
+    let renew = || RenewLeaseRequest {
+        lease_id: got.lease_id.clone(),
+        increment: Some(prost_types::Duration { seconds: 300, nanos: 0 }),
+        lease_token: got.lease_token.clone(),
+    };
+    c2.renew_lease(req(renew(), &env.qa)).await.expect("renewed through replica two");
+    let logins = two.gateway.sessions.logins();
+    let dead = two.gateway.sessions.stats.dead.load(Ordering::Relaxed);
+    // Every token of the gateways' own identity is revoked behind their backs.
+    let (status, body) = env
+        .vault(Method::PUT, &format!("sys/leases/revoke-prefix/auth/{mount}/login"), Some(json!({"sync": true})))
+        .await;
+    assert!(status == 200 || status == 204, "{status} {body}");
+    let started = Instant::now();
+    c2.renew_lease(req(renew(), &env.qa)).await.expect("renewed at once with a fresh own token");
+    let took = started.elapsed();
+    assert_eq!(two.gateway.sessions.stats.dead.load(Ordering::Relaxed), dead + 1, "the own token was found gone");
+    assert_eq!(two.gateway.sessions.logins(), logins + 1, "one fresh login of the gateway's own identity");
+    // Replica one signs new tags with a fresh token too.
+    let again = c1
+        .get_db_creds(req(GetDbCredsRequest { role: "qa".into(), mount: String::new() }, &env.qa))
+        .await
+        .expect("credentials")
+        .into_inner();
+    env.remember(&again.password);
+    assert!(again.lease_token.starts_with("vg1."), "a tag signed with the replaced token: {again:?}");
+    println!(
+        "attack: the gateway's own [leases] token revoked behind its back: the next RenewLease found it gone, logged in again and succeeded in {:.0} ms",
+        took.as_secs_f64() * 1e3
+    );
 }
