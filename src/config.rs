@@ -756,8 +756,8 @@ fn default_hedge_min_ms() -> u64 {
     50
 }
 
-/// Per-kind timeouts: each `vault.<kind>_timeout_ms`, by default the documented figure, but
-/// never more than `vault.timeout_ms` when that is set (it also bounds everything else).
+/// Per-kind timeouts: each `vault.<kind>_timeout_ms`; by default the documented figure, or
+/// `vault.timeout_ms` when that is set (its meaning before the kinds: every attempt's bound).
 fn timeouts(raw: &RawVault) -> Result<vault::Timeouts, String> {
     let d = vault::DEFAULT_TIMEOUTS;
     let cap = match raw.timeout_ms {
@@ -769,7 +769,8 @@ fn timeouts(raw: &RawVault) -> Result<vault::Timeouts, String> {
     let pick = |key: &str, set: Option<u64>, default: Duration| match set {
         Some(0) => Err(format!("vault.{key}: must be greater than 0")),
         Some(ms) => Ok(Duration::from_millis(ms)),
-        None => Ok(default.min(cap)),
+        None if cap == Duration::MAX => Ok(default),
+        None => Ok(cap),
     };
     Ok(vault::Timeouts {
         transit: pick("transit_timeout_ms", raw.transit_timeout_ms, d.transit)?,
@@ -1189,7 +1190,7 @@ mod tests {
                 Duration::from_secs(2),
                 Duration::from_secs(2)
             ),
-            "vault.timeout_ms bounds the defaults"
+            "vault.timeout_ms is every kind's default"
         );
         assert_eq!(c.vault.addresses.len(), 1);
         assert_eq!(c.vault.retry, vault::retry::DEFAULT);
