@@ -4,14 +4,14 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.tools/bin:$(HOME)/.cargo/bin:$(PATH)
 export VAULTGATE_BAO := $(CURDIR)/.tools/bin/bao
 
-.PHONY: tools dev test lint unit it bench fuzz
+.PHONY: tools dev test lint alerts unit it bench fuzz
 
 tools:
 	@bash scripts/tools.sh
 
 # Runs the gateway on its embedded default: local OpenBao + PostgreSQL, two demo callers.
 dev: tools
-	cargo run --bin vaultgate -- dev --dir .dev
+	cargo run --bin vaultgate -- dev --dir .dev --metrics-listen 127.0.0.1:9464
 
 # cargo deny (deny.toml): licenses, banned crates and sources. Not `advisories`: that needs the
 # RustSec database from the network, which this machine cannot reach (docs/contributing.md).
@@ -21,8 +21,12 @@ lint:
 	cargo deny --log-level error check bans licenses sources
 	cargo check --quiet --manifest-path fuzz/Cargo.toml
 
+# Alerting rules (promtool check + unit tests) and the dashboard's queries; seconds, no server.
+alerts: tools
+	bash scripts/check-alerts.sh
+
 # Every test: lint, unit tests, the integration binary against real OpenBao and PostgreSQL.
-test: tools lint
+test: tools lint alerts
 	cargo test --lib --bins --tests
 	@# The integration tests built target/debug/vaultgate (CARGO_BIN_EXE); a separate
 	@# `cargo build --bin` would rebuild tokio's dependents without the dev-dependency features.

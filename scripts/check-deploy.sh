@@ -5,7 +5,8 @@
 #   1. hadolint on deploy/Dockerfile; shellcheck on the shell scripts
 #   2. renders deploy/kubernetes (base, production) and deploy/openbao with kustomize (kubectl's)
 #      and validates every document (deploy/test/validate.py: Kubernetes schemas, strict, plus
-#      cross-checks such as selectors, security settings and vaultgate.toml's keys)
+#      cross-checks such as selectors, security settings, and vaultgate.toml through
+#      `vaultgate check-config`)
 #   3. runs deploy/openbao/setup.sh twice against a throwaway OpenBao dev server (and PostgreSQL
 #      when installed) and checks what a caller's JWT login can and cannot do
 #   4. boots the rendered openbao.hcl as a Raft node with TLS, Transit auto-unseal (against the dev
@@ -101,7 +102,7 @@ for spec in vaultgate-base:deploy/kubernetes/base vaultgate-production:deploy/ku
 done
 versions=()
 for v in "${K8S_VERSIONS[@]}"; do versions+=(--k8s "$v"); done
-"$PY" "$ROOT/deploy/test/validate.py" --config-rs "$ROOT/src/config.rs" "${versions[@]}" "${renders[@]}" >"$WORK/validate.log" 2>&1
+"$PY" "$ROOT/deploy/test/validate.py" --vaultgate "${VAULTGATE_BIN:-$ROOT/target/debug/vaultgate}" "${versions[@]}" "${renders[@]}" >"$WORK/validate.log" 2>&1
 validate_status=$?
 validate_failed=$failed validate_passed=$passed
 while read -r verdict rest; do

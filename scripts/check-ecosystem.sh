@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Ecosystem check: the example clients, the grpcurl commands of README.md and docs/ and buf, against a real
-# `vaultgate dev` (OpenBao + PostgreSQL) started on a free port in a temporary directory.
+# Ecosystem check: the example clients (Python, Node, Go, Java), the grpcurl commands of README.md
+# and docs/, the docs' "Operate it" commands and buf, against a real `vaultgate dev` (OpenBao +
+# PostgreSQL) started on a free port in a temporary directory; a real Prometheus
+# (deploy/prometheus/dev.yml) scraping `vaultgate dev --mtls` and evaluating the alerting rules
+# (scripts/check_scrape.py).
 #
 #   bash scripts/check-ecosystem.sh
 #
@@ -22,7 +25,7 @@ STOP_TIMEOUT=30  # seconds for it to exit after SIGTERM
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/vaultgate-ecosystem.XXXXXX")"
 DEV_DIR="$TMP/dev"
-DEV_PID="" DRAIN_PID=""
+DEV_PID="" DRAIN_PID="" PROM_PID=""
 passed=0 failed=0
 
 now() { date +%s.%N; }
@@ -56,6 +59,7 @@ cleanup() {
     # shellcheck disable=SC2086
     [[ -n "$pids" ]] && kill -KILL $pids 2>/dev/null
     [[ -n "$DRAIN_PID" ]] && kill "$DRAIN_PID" 2>/dev/null
+    [[ -n "$PROM_PID" ]] && kill "$PROM_PID" 2>/dev/null && wait "$PROM_PID" 2>/dev/null
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -94,7 +98,7 @@ start_dev() {
         if ((left <= 0)); then why="no ready line within ${READY_TIMEOUT}s"; break; fi
         if IFS= read -r -t "$left" line <&3; then
             printf '%s\n' "$line" >>"$TMP/dev.out"
-            if [[ "$line" =~ ^ready\ ([0-9.]+:[0-9]+)$ ]]; then ADDR="${BASH_REMATCH[1]}"; fi
+            if [[ "$line" =~ ^ready\ ([0-9.]+:[0-9]+)(\ |$) ]]; then ADDR="${BASH_REMATCH[1]}"; fi
         elif (($? > 128)); then
             why="no ready line within ${READY_TIMEOUT}s"; break
         else
@@ -129,12 +133,35 @@ node_client() {
     node "$dir/client.js" --addr "$ADDR" --dir "$DEV_DIR"
 }
 
+# Dev mode shows everything: metrics at DIR/metrics-addr (also on the ready line), its own audit
+# log at DIR/gateway-audit.log, a config that `vaultgate check-config` accepts.
+dev_files() {
+    local metrics
+    metrics="$(cat "$DEV_DIR/metrics-addr")" || return 1
+    grep -q "metrics: http://$metrics/metrics" "$TMP/dev.out" || { echo "ready line lacks the metrics address"; cat "$TMP/dev.out"; return 1; }
+    curl -sf "http://$metrics/metrics" | grep -q '^vaultgate_build_info' || { echo "no metrics at $metrics"; return 1; }
+    "$BIN" check-config "$DEV_DIR/vaultgate.toml"
+}
+# After the clients: every call is in DIR/gateway-audit.log, none in dev mode's stdout.
+dev_audit() {
+    local n
+    n="$(grep -c '"rpc":"Encrypt"' "$DEV_DIR/gateway-audit.log")" || { echo "no Encrypt in gateway-audit.log"; return 1; }
+    echo "$n Encrypt lines in gateway-audit.log"
+    ! grep -q '"request_id"' "$TMP/dev.out" || { echo "audit lines in dev mode's stdout"; return 1; }
+}
+CLIENTS=("python client" "node client" "go client" "java client" "grpcurl (README quick start)" "dev audit log"
+    "operate it (operations.md)")
 if [[ -n "$ADDR" ]]; then
+    run "dev files, metrics, check-config" dev_files
     run "python client" "$PY" examples/python/client.py --addr "$ADDR" --dir "$DEV_DIR"
     run "node client" node_client
+    run "go client" bash examples/go/run.sh --addr "$ADDR" --dir "$DEV_DIR"
+    run "java client" bash examples/java/run.sh --addr "$ADDR" --dir "$DEV_DIR"
     run "grpcurl (README quick start)" bash examples/grpcurl.sh --addr "$ADDR" --dir "$DEV_DIR"
+    run "dev audit log" dev_audit
+    run "operate it (operations.md)" env VAULTGATE_BIN="$BIN" bash scripts/check-operate.sh --dir "$DEV_DIR"
 else
-    for name in "python client" "node client" "grpcurl (README quick start)"; do
+    for name in "dev files, metrics, check-config" "${CLIENTS[@]}"; do
         fail "$name" "skipped: dev mode not ready"
     done
 fi
@@ -208,12 +235,33 @@ mtls_commands() {
     [[ "$out" == *"PermissionDenied"* && "$out" == *"roles.billing-cert.transit_keys"* ]] || { echo "$out"; return 1; }
 }
 
+# A real Prometheus with deploy/prometheus/dev.yml (its target: this dev gateway's metrics) and
+# the alerting rules; the TLS listener of --mtls exports the certificate-expiry metric too.
+start_prometheus() {
+    local port
+    port="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    sed -e "s#\"127.0.0.1:9464\"#\"$(cat "$DEV_DIR/metrics-addr")\"#" \
+        -e "s#^  scrape_interval: .*#  scrape_interval: 1s#" -e "s#^  evaluation_interval: .*#  evaluation_interval: 1s#" \
+        -e "s#- vaultgate.rules.yaml#- $ROOT/deploy/prometheus/vaultgate.rules.yaml#" \
+        deploy/prometheus/dev.yml >"$TMP/prometheus.yml"
+    prometheus --config.file="$TMP/prometheus.yml" --storage.tsdb.path="$TMP/prometheus" \
+        --web.listen-address="127.0.0.1:$port" >"$TMP/prometheus.log" 2>&1 &
+    PROM_PID=$!
+    PROM_URL="http://127.0.0.1:$port"
+}
+
 DEV_DIR="$TMP/dev-mtls"
 start_dev "dev --mtls ready" --mtls
 if [[ -n "$ADDR" ]]; then
+    start_prometheus
     run "grpcurl mTLS (identity.md)" mtls_commands
+    run "prometheus scrapes dev: rules, dashboard" "$PY" scripts/check_scrape.py "$PROM_URL"
+    sed 's/^/      /' "$TMP/prometheus-scrapes-dev:-rules,-dashboard.log" | grep '^      ok' | cut -c1-400
+    kill "$PROM_PID" 2>/dev/null && wait "$PROM_PID" 2>/dev/null
+    PROM_PID=""
 else
     fail "grpcurl mTLS (identity.md)" "skipped: dev mode not ready"
+    fail "prometheus scrapes dev: rules, dashboard" "skipped: dev mode not ready"
 fi
 stop_dev " --mtls"
 

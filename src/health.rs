@@ -70,6 +70,18 @@ pub async fn watch(vault: Client, reporter: HealthReporter, interval: Duration) 
                 roles[index] = Some(role);
             }
         }
+        let mut counts = [0i64; 4];
+        for role in roles.iter().flatten() {
+            let state = match role {
+                Role::Active => 0,
+                Role::Standby => 1,
+                Role::Sealed => 2,
+                Role::Down => 3,
+                Role::Unknown => continue,
+            };
+            counts[state] += 1;
+        }
+        vault.metrics().nodes(counts);
         let serving = vault.nodes().any_usable(Instant::now());
         vault.metrics().vault_up.set(i64::from(serving));
         if last != Some(serving) {

@@ -138,14 +138,14 @@ impl<L> Stack<L> {
         self.push_concern(Deadline)
     }
 
-    /// Load shedding ([`Shed`]).
-    pub fn push_shed(self, permits: Arc<Semaphore>, limit: usize) -> Pushed<L, Layer<Shed>> {
-        self.push_concern(Shed { permits, limit })
+    /// Load shedding ([`Shed`]); shed calls are counted in `metrics`.
+    pub fn push_shed(self, permits: Arc<Semaphore>, limit: usize, metrics: Arc<Metrics>) -> Pushed<L, Layer<Shed>> {
+        self.push_concern(Shed { permits, limit, metrics })
     }
 
-    /// The audit line ([`Audit`]).
-    pub fn push_audit(self, log: Option<Arc<AuditLog>>) -> Pushed<L, Layer<Audit>> {
-        self.push_concern(Audit { log })
+    /// The audit line ([`Audit`]); lines that cannot be written are counted in `metrics`.
+    pub fn push_audit(self, log: Option<Arc<AuditLog>>, metrics: Arc<Metrics>) -> Pushed<L, Layer<Audit>> {
+        self.push_concern(Audit { log, metrics })
     }
 
     /// Metrics and the call's last log line ([`Observe`]).
@@ -243,11 +243,13 @@ impl Concern for Observe {
 #[derive(Clone)]
 pub struct Audit {
     log: Option<Arc<AuditLog>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Concern for Audit {
     fn around<S: Next>(&self, request: HttpRequest, mut next: S) -> CallFuture {
         let (Some(log), Some(call)) = (self.log.clone(), call_of(&request)) else { return pass(request, next) };
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let ids = RequestIds::default();
             let response = ids.scope(next.call(request)).await?;
@@ -264,7 +266,11 @@ impl Concern for Audit {
                 latency_ms: call.started.elapsed().as_secs_f64() * 1e3,
                 vault_request_ids: &ids.take(),
             };
-            match log.write(&entry) {
+            let written = log.write(&entry);
+            if written.is_err() {
+                metrics.audit_failures.inc();
+            }
+            match written {
                 Err(e) if log.fail_closed => {
                     tracing::error!(error = %e, "audit log write failed: refusing the call's answer");
                     Ok(refusal(Error::Unavailable(
@@ -289,6 +295,7 @@ impl Concern for Audit {
 pub struct Shed {
     permits: Arc<Semaphore>,
     limit: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Concern for Shed {
@@ -304,6 +311,7 @@ impl Concern for Shed {
             }),
             Err(_) => {
                 let limit = self.limit;
+                self.metrics.calls_shed.inc();
                 Box::pin(async move {
                     Ok(refusal(Error::ResourceExhausted(format!(
                         "the gateway is overloaded ({limit} calls in flight, limits.max_concurrent_calls); retry with backoff"

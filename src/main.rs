@@ -6,23 +6,31 @@ use vaultgate::{config::Config, dev, server};
 
 const USAGE: &str = "usage:
   vaultgate serve --config FILE
-  vaultgate dev [--dir DIR] [--listen 127.0.0.1:50051] [--mtls]
+  vaultgate dev [--dir DIR] [--listen 127.0.0.1:50051] [--metrics-listen 127.0.0.1:0] [--mtls]
+  vaultgate check-config FILE [--print]
 
-  --mtls  serve TLS on the dev listener, with optional client certificates: the demo JWT
-          callers still work, and DIR/callers/billing-cert.pem is a demo certificate caller";
+  --mtls   serve TLS on the dev listener, with optional client certificates: the demo JWT
+           callers still work, and DIR/callers/billing-cert.pem is a demo certificate caller
+  --print  after checking, print the effective config (every default filled in), secrets redacted";
 
 enum Command {
     Serve { config: PathBuf },
-    Dev { dir: Option<PathBuf>, listen: SocketAddr, mtls: bool },
+    Dev { dir: Option<PathBuf>, listen: SocketAddr, metrics: SocketAddr, mtls: bool },
+    CheckConfig { file: PathBuf, print: bool },
 }
 
 fn parse(args: &[String]) -> Result<Command, String> {
     let mut it = args.iter();
     let sub = it.next().ok_or("missing command")?;
     let mut flags = std::collections::HashMap::new();
+    let mut positional = Vec::new();
     while let Some(flag) = it.next() {
         let value = match flag.as_str() {
-            "--mtls" => "true".to_string(),
+            "--mtls" | "--print" => "true".to_string(),
+            f if !f.starts_with("--") => {
+                positional.push(flag.clone());
+                continue;
+            }
             _ => it.next().ok_or_else(|| format!("{flag} needs a value"))?.clone(),
         };
         if flags.insert(flag.as_str(), value).is_some() {
@@ -31,23 +39,58 @@ fn parse(args: &[String]) -> Result<Command, String> {
     }
     let allowed: &[&str] = match sub.as_str() {
         "serve" => &["--config"],
-        "dev" => &["--dir", "--listen", "--mtls"],
+        "dev" => &["--dir", "--listen", "--metrics-listen", "--mtls"],
+        "check-config" => &["--print"],
         other => return Err(format!("unknown command {other:?}")),
     };
     if let Some(bad) = flags.keys().find(|k| !allowed.contains(k)) {
         return Err(format!("unknown option {bad} for {sub}"));
     }
-    match sub.as_str() {
-        "serve" => Ok(Command::Serve { config: flags.remove("--config").ok_or("serve needs --config FILE")?.into() }),
-        _ => Ok(Command::Dev {
-            dir: flags.remove("--dir").map(PathBuf::from),
-            listen: flags
-                .remove("--listen")
-                .unwrap_or_else(|| "127.0.0.1:50051".into())
-                .parse()
-                .map_err(|e| format!("--listen: {e}"))?,
-            mtls: flags.remove("--mtls").is_some(),
-        }),
+    let addr = |value: Option<String>, default: &str, flag: &str| -> Result<SocketAddr, String> {
+        value.unwrap_or_else(|| default.into()).parse().map_err(|e| format!("{flag}: {e}"))
+    };
+    match (sub.as_str(), positional.as_slice()) {
+        ("check-config", [file]) => {
+            Ok(Command::CheckConfig { file: file.into(), print: flags.contains_key("--print") })
+        }
+        ("check-config", _) => Err("check-config needs exactly one FILE".into()),
+        (_, [extra, ..]) => Err(format!("unexpected argument {extra:?} for {sub}")),
+        ("serve", []) => {
+            Ok(Command::Serve { config: flags.remove("--config").ok_or("serve needs --config FILE")?.into() })
+        }
+        _ => {
+            let listen = addr(flags.remove("--listen"), "127.0.0.1:50051", "--listen")?;
+            // Metrics on in dev mode: by default any free port on the listen address's host.
+            let metrics = addr(flags.remove("--metrics-listen"), &format!("{}:0", listen.ip()), "--metrics-listen")?;
+            Ok(Command::Dev {
+                dir: flags.remove("--dir").map(PathBuf::from),
+                listen,
+                metrics,
+                mtls: flags.remove("--mtls").is_some(),
+            })
+        }
+    }
+}
+
+/// `vaultgate check-config`: exit 0 when the config is valid (printing it with `--print`), 1 with
+/// every problem on stderr otherwise. Starts nothing and contacts nothing.
+fn check_config(file: &std::path::Path, print: bool) -> ExitCode {
+    match vaultgate::config::check::check_file(file) {
+        Ok(effective) => {
+            if print {
+                print!("{effective}");
+            } else {
+                println!("{}: ok", file.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{}:{p}", file.display());
+            }
+            eprintln!("{}: {} problem(s)", file.display(), problems.len());
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -85,10 +128,11 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
-        Command::Dev { dir, listen, mtls } => {
+        Command::Dev { dir, listen, metrics, mtls } => {
             init_tracing("human", "info");
-            dev::run(dir, listen, mtls).await
+            dev::run(dir, listen, metrics, mtls).await
         }
+        Command::CheckConfig { file, print } => return check_config(&file, print),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

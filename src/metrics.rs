@@ -107,7 +107,36 @@ pub struct Metrics {
     pub connections_refused: Family<KindLabel, Counter>,
     /// Request bytes received and held by calls in flight (`limits.max_request_bytes_in_flight`).
     pub request_bytes_in_flight: Gauge,
+    /// Configured Vault nodes by last probed state (`active`, `standby`, `sealed`, `down`).
+    pub vault_nodes: Family<StateLabel, Gauge>,
+    /// Calls refused at once because `limits.max_concurrent_calls` were in flight (load shedding).
+    pub calls_shed: Counter,
+    /// Calls refused by the per-caller rate limit, by role.
+    pub rate_limited: Family<NameLabel, Counter>,
+    /// Audit lines that could not be written.
+    pub audit_failures: Counter,
+    /// Unix time at which a TLS certificate the gateway serves expires (label name: `listener`);
+    /// a family so that nothing is exported without TLS.
+    pub tls_expiry: Family<KindLabel, Gauge>,
 }
+
+/// Labels of a state gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// The state, one of a fixed set.
+    pub state: &'static str,
+}
+
+/// Token lifecycle events (`vaultgate_vault_token_events_total{name}`), all exported from the
+/// start at 0 so that `rate()` and alerts see them before the first one happens.
+pub const TOKEN_EVENTS: [&str; 5] = ["login", "login_failed", "renewed", "renew_failed", "dead"];
+
+/// Reasons of `vaultgate_vault_retries_total{name}` (`vault/retry.rs` decides which applies), all
+/// exported from the start at 0.
+pub const RETRY_REASONS: [&str; 6] = ["transport", "timeout", "sealed", "standby", "5xx", "429"];
+
+/// States of `vaultgate_vault_nodes`.
+pub const NODE_STATES: [&str; 4] = ["active", "standby", "sealed", "down"];
 
 impl Default for Metrics {
     fn default() -> Metrics {
@@ -156,8 +185,19 @@ impl Metrics {
             connections: Gauge::default(),
             connections_refused: Family::default(),
             request_bytes_in_flight: Gauge::default(),
+            vault_nodes: Family::default(),
+            calls_shed: Counter::default(),
+            rate_limited: Family::default(),
+            audit_failures: Counter::default(),
+            tls_expiry: Family::default(),
             registry: Registry::default(),
         };
+        for name in TOKEN_EVENTS {
+            drop(m.token_events.get_or_create(&KindLabel { name }));
+        }
+        for name in RETRY_REASONS {
+            drop(m.vault_retries.get_or_create(&KindLabel { name }));
+        }
         registry.register("grpc_calls", "gRPC calls by RPC and status code", m.calls.clone());
         registry.register("grpc_call_seconds", "gRPC call latency by RPC", m.call_seconds.clone());
         registry.register("role_calls", "gRPC calls by the Vault role of the caller", m.role_calls.clone());
@@ -214,6 +254,27 @@ impl Metrics {
             "request bytes received and held by calls in flight",
             m.request_bytes_in_flight.clone(),
         );
+        registry.register(
+            "vault_nodes",
+            "configured Vault nodes by last probed state (active, standby, sealed, down)",
+            m.vault_nodes.clone(),
+        );
+        registry.register(
+            "calls_shed",
+            "calls refused at once because limits.max_concurrent_calls were in flight",
+            m.calls_shed.clone(),
+        );
+        registry.register(
+            "rate_limited_calls",
+            "calls refused by the per-caller rate limit, by role (label name)",
+            m.rate_limited.clone(),
+        );
+        registry.register("audit_write_failures", "audit lines that could not be written", m.audit_failures.clone());
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "Unix time at which the served TLS certificate expires (label name: listener)",
+            m.tls_expiry.clone(),
+        );
         registry.register("build_info", "the running version (label name)", build);
         Metrics { registry, ..m }
     }
@@ -246,17 +307,43 @@ impl Metrics {
 
     /// Records one retry of a Vault request.
     pub fn vault_retry(&self, reason: &'static str) {
+        debug_assert!(RETRY_REASONS.contains(&reason), "add {reason:?} to metrics::RETRY_REASONS");
         self.vault_retries.get_or_create(&KindLabel { name: reason }).inc();
     }
 
     /// Records one token lifecycle event (`login`, `login_failed`, `renewed`, `dead`).
     pub fn token_event(&self, event: &'static str) {
+        debug_assert!(TOKEN_EVENTS.contains(&event), "add {event:?} to metrics::TOKEN_EVENTS");
         self.token_events.get_or_create(&KindLabel { name: event }).inc();
     }
 
     /// Records a connection closed at once, and why.
     pub fn connection_refused(&self, reason: &'static str) {
         self.connections_refused.get_or_create(&KindLabel { name: reason }).inc();
+    }
+
+    /// Records how many configured nodes are in each state (`NODE_STATES`), from the last probes.
+    pub fn nodes(&self, counts: [i64; 4]) {
+        for (state, n) in NODE_STATES.into_iter().zip(counts) {
+            self.vault_nodes.get_or_create(&StateLabel { state }).set(n);
+        }
+    }
+
+    /// Exports the rate-limit counter of each configured role at 0 (a role is bounded: config).
+    pub fn roles(&self, roles: impl IntoIterator<Item = String>) {
+        for name in roles {
+            drop(self.rate_limited.get_or_create(&NameLabel { name }));
+        }
+    }
+
+    /// Records a call refused by its role's rate limit (`role`: a configured role).
+    pub fn rate_limit(&self, role: &str) {
+        self.rate_limited.get_or_create(&NameLabel { name: role.into() }).inc();
+    }
+
+    /// Records the expiry (Unix seconds) of the gRPC listener's certificate, as loaded or reloaded.
+    pub fn tls_expiry(&self, not_after_unix: i64) {
+        self.tls_expiry.get_or_create(&KindLabel { name: "listener" }).set(not_after_unix);
     }
 
     /// Records one read-cache event.
@@ -320,6 +407,11 @@ mod tests {
         m.logins.get_or_create(&KindLabel { name: "ok" }).inc();
         m.vault_retry("timeout");
         m.breaker("http://n1:8200", 2);
+        m.nodes([1, 2, 0, 0]);
+        m.roles(["billing".to_string()]);
+        m.calls_shed.inc();
+        m.audit_failures.inc();
+        m.tls_expiry(1_900_000_000);
         let text = m.render();
         for name in [
             "vaultgate_grpc_calls_total{rpc=\"Encrypt\",code=\"Ok\"}",
@@ -340,10 +432,20 @@ mod tests {
             "vaultgate_vault_breaker_state{name=\"http://n1:8200\"}",
             "vaultgate_connections ",
             "vaultgate_request_bytes_in_flight ",
+            "vaultgate_vault_nodes{state=\"standby\"} 2",
+            "vaultgate_vault_nodes{state=\"sealed\"} 0",
+            "vaultgate_rate_limited_calls_total{name=\"billing\"} 0",
+            "vaultgate_calls_shed_total 1",
+            "vaultgate_audit_write_failures_total 1",
+            "vaultgate_tls_certificate_expiry_timestamp_seconds{name=\"listener\"} 1900000000",
+            "vaultgate_vault_token_events_total{name=\"renew_failed\"} 0",
+            "vaultgate_vault_retries_total{name=\"429\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
         // Another gateway's registry is its own.
         assert!(!Metrics::new().render().contains("rpc=\"Encrypt\""));
+        // Without TLS, no certificate-expiry series (an alert on it must not see a 0).
+        assert!(!Metrics::new().render().contains("vaultgate_tls_certificate_expiry_timestamp_seconds{"));
     }
 }

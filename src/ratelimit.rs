@@ -9,7 +9,7 @@ use std::{
 use tokio::time::Instant;
 
 /// The limit of one role: a sustained rate and a burst.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limit {
     /// Calls per second, sustained.

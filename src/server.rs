@@ -97,9 +97,9 @@ pub async fn serve(
         // The deadline covers reading and decoding the request too.
         .push_deadline()
         // Past max_concurrent_calls a call is refused before any byte of its body is read.
-        .push_shed(gateway.in_flight.clone(), gateway.config.limits.max_concurrent_calls)
+        .push_shed(gateway.in_flight.clone(), gateway.config.limits.max_concurrent_calls, gateway.metrics.clone())
         // One audit line per call, whoever answered it inside; fail closed.
-        .push_audit(gateway.audit.clone())
+        .push_audit(gateway.audit.clone(), gateway.metrics.clone())
         // Metrics count what the caller got (after the audit layer's fail-closed answer).
         .push_observe(gateway.metrics.clone())
         // Outermost: the call's context (RPC, request id, deadline, peer) and the request id
@@ -123,7 +123,7 @@ pub async fn serve(
     let drain = drain_timeout;
     let result = match &gateway.config.tls {
         Some(tls) => {
-            let incoming = tls::incoming(listener, tls.clone())?;
+            let incoming = tls::incoming(listener, tls.clone(), gateway.metrics.clone())?;
             until_drained(router.serve_with_incoming_shutdown(incoming, graceful), &draining, drain).await
         }
         None => {

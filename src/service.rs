@@ -67,6 +67,9 @@ impl Gateway {
             Some(a) => Some(Arc::new(AuditLog::open(&a.path, a.fail_closed)?)),
             None => None,
         };
+        // Every configured role's rate-limit counter exists from the start (at 0).
+        let roles = config.callers.iter().map(|c| c.role.clone()).chain(config.roles.keys().cloned());
+        metrics.roles(roles.chain(config.rate_limits.keys().cloned()));
         Ok(Arc::new(Gateway {
             audit,
             rate_limits: RateLimits::new(config.rate_limits.clone()),
@@ -135,6 +138,7 @@ impl Gateway {
         let actor = self.sessions.authenticate(&creds, peer, deadline).await?;
         call.identified(actor.caller.clone(), actor.role.clone());
         if let Err(wait) = self.rate_limits.take(&actor.caller, &actor.role) {
+            self.metrics.rate_limit(&actor.role);
             return Err(Error::ResourceExhausted(format!(
                 "rate limit of role {:?} exceeded for this caller; retry in {} ms",
                 &*actor.role,

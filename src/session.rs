@@ -544,7 +544,10 @@ impl Sessions {
                     return Ok(actor_for(&renewed));
                 }
                 // A failed renewal falls through to a fresh login.
-                Err(e) => tracing::info!(role = %who.role, error = ?e, "token renewal failed; logging in again"),
+                Err(e) => {
+                    self.vault.metrics().token_event("renew_failed");
+                    tracing::info!(role = %who.role, error = ?e, "token renewal failed; logging in again")
+                }
             }
         }
         // A JWT the gateway could not verify itself: bounded logins in flight and per peer.

@@ -6,7 +6,7 @@
 //! content changed and still forms a valid configuration, new handshakes use it. Connections
 //! already established keep theirs (nothing is dropped). A bad new file is logged and ignored.
 
-use crate::config::TlsConfig;
+use crate::{config::TlsConfig, metrics::Metrics};
 use sha2::{Digest, Sha256};
 use std::{
     io,
@@ -85,19 +85,32 @@ fn build(config: &TlsConfig, files: &[Vec<u8>]) -> Result<Arc<ServerConfig>, Str
     Ok(Arc::new(server))
 }
 
+/// Exports the expiry of the leaf certificate of `cert_pem` (the served chain's first), for the
+/// certificate-expiry alert; a certificate that does not parse here was refused by `build` already.
+fn publish_expiry(cert_pem: &[u8], metrics: &Metrics) {
+    let leaf = CertificateDer::pem_slice_iter(cert_pem).next().and_then(Result::ok);
+    let parsed = leaf.as_ref().and_then(|der| x509_parser::parse_x509_certificate(der).ok());
+    if let Some((_, cert)) = parsed {
+        metrics.tls_expiry(cert.validity().not_after.timestamp());
+    }
+}
+
 /// Checks the TLS files at start-up (a gateway must not start with a broken certificate).
 pub fn check(config: &TlsConfig) -> Result<(), String> {
     build(config, &read(config)?).map(|_| ())
 }
 
 /// Accepts TLS connections on `listener` until the returned stream is dropped; reloads the files
-/// as they change. The stream's items are ready for `Server::serve_with_incoming`.
+/// as they change. The stream's items are ready for `Server::serve_with_incoming`. The served
+/// certificate's expiry goes to `metrics`.
 pub fn incoming(
     listener: TcpListener,
     config: TlsConfig,
+    metrics: Arc<Metrics>,
 ) -> Result<ReceiverStream<io::Result<TlsStream<TcpStream>>>, String> {
     let files = read(&config)?;
     let current = Arc::new(RwLock::new((fingerprint(&files), build(&config, &files)?)));
+    publish_expiry(&files[0], &metrics);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let reload = {
         let current = current.clone();
@@ -119,6 +132,7 @@ pub fn incoming(
                 match build(&config, &files) {
                     Ok(server) => {
                         *current.write().unwrap_or_else(|p| p.into_inner()) = (print, server);
+                        publish_expiry(&files[0], &metrics);
                         tracing::info!("TLS certificate files changed: new connections use them");
                     }
                     Err(e) => tracing::warn!(error = %e, "new TLS files are not usable; keeping the current ones"),

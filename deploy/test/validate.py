@@ -2,21 +2,22 @@
 """Validates rendered deploy/ manifests (the output of `kubectl kustomize`).
 
 1. Every document against the Kubernetes OpenAPI schemas of each --k8s version, strict (unknown
-   fields are errors), with kubernetes-validate's offline schemas. ServiceMonitor is a CRD that
-   package has no schema for: it is checked against deploy/test/servicemonitor.schema.json.
+   fields are errors), with kubernetes-validate's offline schemas. ServiceMonitor and PrometheusRule
+   are CRDs that package has no schema for: they are checked against deploy/test/*.schema.json.
 2. What schemas cannot see: selectors that select nothing, references to ConfigMaps that are not
    rendered, the restricted pod-security settings of every pod, probes and the shutdown budget,
-   NetworkPolicy ports, that vaultgate.toml uses only keys src/config.rs knows and paths that are
-   mounted, and that openbao.hcl's paths are mounted and its retry_join names the StatefulSet's pods.
+   NetworkPolicy ports, that vaultgate.toml passes `vaultgate check-config` and names mounted paths, and that openbao.hcl's paths are mounted and its retry_join names the StatefulSet's pods.
 
-usage: validate.py --config-rs src/config.rs --k8s 1.30.0 --k8s 1.37.0 RENDER.yaml...
+usage: validate.py --vaultgate target/debug/vaultgate --k8s 1.30.0 --k8s 1.37.0 RENDER.yaml...
 Prints one `pass …` / `fail …` line per check; exits 1 if any failed.
 """
 import argparse
 import json
 import pathlib
 import re
+import subprocess
 import sys
+import tempfile
 import tomllib
 
 import jsonschema
@@ -41,11 +42,15 @@ def name_of(doc: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 # 1. schemas
 # ---------------------------------------------------------------------------------------------
+# Prometheus Operator CRDs, checked against our own strict schemas.
+CRD_SCHEMAS = {"ServiceMonitor": "servicemonitor.schema.json", "PrometheusRule": "prometheusrule.schema.json"}
+
+
 def schema_error(doc: dict, versions: list[str]) -> str:
     """Why `doc` fails its schema, or "" when it passes."""
     try:
-        if doc["kind"] == "ServiceMonitor":
-            schema = json.loads((HERE / "servicemonitor.schema.json").read_text())
+        if doc["kind"] in CRD_SCHEMAS:
+            schema = json.loads((HERE / CRD_SCHEMAS[doc["kind"]]).read_text())
             jsonschema.Draft202012Validator(schema).validate(doc)
         else:
             for v in versions:
@@ -60,10 +65,10 @@ def schema_error(doc: dict, versions: list[str]) -> str:
 def check_schemas(docs: list[dict], versions: list[str], label: str) -> None:
     """One line per render: every document, strict, against every version (CRDs: our schema)."""
     errors = [f"{name_of(d)}: {why}" for d in docs if (why := schema_error(d, versions))]
-    crds = [name_of(d) for d in docs if d["kind"] == "ServiceMonitor"]
+    crds = [d for d in docs if d["kind"] in CRD_SCHEMAS]
     what = f"{label}: {len(docs) - len(crds)} documents match the Kubernetes {', '.join(versions)} schemas (strict)"
-    if crds:
-        what += f"; {', '.join(crds)} matches deploy/test/servicemonitor.schema.json"
+    for d in crds:
+        what += f"; {name_of(d)} matches deploy/test/{CRD_SCHEMAS[d['kind']]}"
     report(not errors, what, "; ".join(errors))
 
 
@@ -166,24 +171,25 @@ def check_selectors(docs: list[dict], label: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # 3. vaultgate
 # ---------------------------------------------------------------------------------------------
-def config_rs_keys(path: pathlib.Path) -> dict[str, set[str]]:
-    """Field names of the TOML structs of src/config.rs, per table."""
-    text = path.read_text()
-    fields = {}
-    for struct in ("RawConfig", "RawVault", "Mounts", "CallerRule", "BatchConfig", "Limits", "LogConfig",
-                   "AuditConfig", "ShutdownConfig", "RawRole", "LeaseConfig", "RawIssuer", "UnverifiedLogins"):
-        m = re.search(rf"struct {struct} \{{(.*?)\n\}}", text, re.S)
-        if not m:
-            raise SystemExit(f"validate.py: struct {struct} not found in {path}")
-        fields[struct] = set(re.findall(r"^\s*(?:pub\s+)?([a-z_][a-z0-9_]*)\s*:", m.group(1), re.M))
-    return {"": fields["RawConfig"], "vault": fields["RawVault"], "mounts": fields["Mounts"],
-            "callers": fields["CallerRule"], "batch": fields["BatchConfig"], "limits": fields["Limits"],
-            "log": fields["LogConfig"], "audit": fields["AuditConfig"], "shutdown": fields["ShutdownConfig"],
-            "leases": fields["LeaseConfig"], "roles.*": fields["RawRole"], "issuers.*": fields["RawIssuer"],
-            "unverified_logins": fields["UnverifiedLogins"]}
+def check_config(text: str, vaultgate: pathlib.Path, files: dict) -> tuple[bool, str]:
+    """Runs `vaultgate check-config` on the rendered vaultgate.toml. Files it names that exist only
+    in the pod (mounted Secrets such as vault.ca_cert) are replaced by stand-ins first: that they are
+    mounted is checked separately."""
+    if not vaultgate.is_file():
+        return False, f"{vaultgate} missing (cargo build --bin vaultgate)"
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in files:
+            if f'"{path}"' in text:
+                stand_in = pathlib.Path(tmp) / pathlib.PurePosixPath(path).name
+                stand_in.write_text("stand-in for the file mounted in the pod\n")
+                text = text.replace(f'"{path}"', f'"{stand_in}"')
+        config = pathlib.Path(tmp) / "vaultgate.toml"
+        config.write_text(text)
+        run = subprocess.run([str(vaultgate), "check-config", str(config)], capture_output=True, text=True, timeout=60)
+        return run.returncode == 0, (run.stdout + run.stderr).replace(str(config), "vaultgate.toml").strip()
 
 
-def check_vaultgate(docs: list[dict], label: str, config_rs: pathlib.Path) -> None:
+def check_vaultgate(docs: list[dict], label: str, vaultgate: pathlib.Path) -> None:
     deploy = next((d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "vaultgate"), None)
     if deploy is None:
         return
@@ -247,16 +253,8 @@ def check_vaultgate(docs: list[dict], label: str, config_rs: pathlib.Path) -> No
     except tomllib.TOMLDecodeError as e:
         report(False, f"{label}: vaultgate.toml parses", str(e))
         return
-    known = config_rs_keys(config_rs)
-    unknown = [k for k in conf if k not in known[""]]
-    for table, value in conf.items():
-        if f"{table}.*" in known:  # a table of named tables, e.g. [roles.<name>]
-            unknown += [f"{table}.{n}.{k}" for n, entry in value.items() for k in entry if k not in known[f"{table}.*"]]
-            continue
-        for entry in value if isinstance(value, list) else [value]:
-            if isinstance(entry, dict):
-                unknown += [f"{table}.{k}" for k in entry if k not in known.get(table, set())]
-    report(not unknown, f"{label}: vaultgate.toml uses only keys of {config_rs.name}", f"unknown {unknown}")
+    valid, why = check_config(text, vaultgate, files)
+    report(valid, f"{label}: vaultgate.toml passes `vaultgate check-config`", why.replace("\n", "; "))
     listen = int(conf["listen"].rsplit(":", 1)[1])
     metrics = int(conf.get("metrics_listen", ":0").rsplit(":", 1)[1])
     report(listen == ports.get("grpc") and metrics == ports.get("metrics"),
@@ -340,7 +338,7 @@ def check_openbao(docs: list[dict], label: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config-rs", type=pathlib.Path, required=True)
+    ap.add_argument("--vaultgate", type=pathlib.Path, required=True, help="the vaultgate binary (check-config)")
     ap.add_argument("--k8s", action="append", required=True)
     ap.add_argument("renders", nargs="+", type=pathlib.Path)
     args = ap.parse_args()
@@ -353,7 +351,7 @@ def main() -> None:
         check_schemas(docs, args.k8s, label)
         check_pods(docs, label)
         check_selectors(docs, label)
-        check_vaultgate(docs, label, args.config_rs)
+        check_vaultgate(docs, label, args.vaultgate)
         check_openbao(docs, label)
     sys.exit(1 if failed else 0)
 

@@ -21,6 +21,9 @@ const protoLoader = require('@grpc/proto-loader');
 const healthCheck = require('grpc-health-check');
 
 const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'proto');
+// The recommended gRPC service config (retries of UNAVAILABLE and RESOURCE_EXHAUSTED on the
+// idempotent RPCs, honouring the gateway's retry pushback; per-method timeouts).
+const SERVICE_CONFIG = fs.readFileSync(path.join(PROTO_ROOT, 'vaultgate', 'v1', 'service_config.json'), 'utf8');
 const TIMEOUT_MS = 10_000; // the deadline of every call
 
 class CheckFailed extends Error {}
@@ -101,7 +104,7 @@ async function run(addr, devDir) {
   }
 
   // Encrypt / Decrypt round trip (one channel shared by all three service clients).
-  const crypto = new v1.EncryptionService(addr, creds);
+  const crypto = new v1.EncryptionService(addr, creds, { 'grpc.service_config': SERVICE_CONFIG });
   const secrets = new v1.SecretService(addr, creds, { channelOverride: crypto.getChannel() });
   const dbs = new v1.DatabaseService(addr, creds, { channelOverride: crypto.getChannel() });
   try {

@@ -15,6 +15,7 @@ callers/*.jwt) to $VAULTGATE_DEV_DIR or .dev.
 import argparse
 import base64
 import importlib
+import json
 import os
 import pathlib
 import shutil
@@ -28,6 +29,9 @@ from grpc_tools import protoc
 from google.protobuf import json_format
 
 PROTO_ROOT = pathlib.Path(__file__).resolve().parents[2] / "proto"
+# The recommended gRPC service config (retries of UNAVAILABLE and RESOURCE_EXHAUSTED on the
+# idempotent RPCs, honouring the gateway's retry pushback; per-method timeouts).
+SERVICE_CONFIG = (PROTO_ROOT / "vaultgate" / "v1" / "service_config.json").read_text()
 TIMEOUT = 10.0  # seconds: the deadline of every call
 
 
@@ -90,6 +94,18 @@ def expect_code(call, code, what):
     raise CheckFailed(f"{what}: expected {code.name}, but the call succeeded")
 
 
+def check_service_config(modules):
+    """The service config names every unary RPC of proto/ exactly once, and nothing else."""
+    config = json.loads(SERVICE_CONFIG)
+    named = [(n["service"], n["method"]) for m in config["methodConfig"] for n in m["name"]]
+    unary = [(s.full_name, m.name) for mod in modules for s in mod.DESCRIPTOR.services_by_name.values()
+             for m in s.methods if not m.client_streaming and not m.server_streaming]
+    ours = [n for n in named if n[0].startswith("vaultgate.")]
+    check(sorted(ours) == sorted(set(unary)) and len(ours) == len(set(ours)),
+          f"service_config.json names each of the {len(unary)} unary RPCs once: got {sorted(set(ours) ^ set(unary))} "
+          f"differing, {len(ours) - len(set(ours))} twice")
+
+
 def run(addr, dev_dir):
     billing_jwt = (dev_dir / "callers" / "billing.jwt").read_text().strip()
     reports_jwt = (dev_dir / "callers" / "reports.jwt").read_text().strip()
@@ -102,7 +118,8 @@ def run(addr, dev_dir):
     db = importlib.import_module("vaultgate.v1.database_pb2")
     db_grpc = importlib.import_module("vaultgate.v1.database_pb2_grpc")
 
-    with grpc.insecure_channel(addr) as channel:
+    check_service_config([enc, sec, db, importlib.import_module("vaultgate.v1.identity_pb2")])
+    with grpc.insecure_channel(addr, options=[("grpc.service_config", SERVICE_CONFIG)]) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
         except grpc.FutureTimeoutError:

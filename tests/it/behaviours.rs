@@ -405,31 +405,55 @@ pub async fn invalid_request_ids_are_replaced(env: &'static Env) {
 }
 
 /// KV v2: a deleted or destroyed version, and a secret whose latest version is deleted, are
-/// NOT_FOUND naming the version; the live version is still served.
+/// NOT_FOUND naming the version; the live version is still served. On a KV mount and caller of
+/// the test's own (the `qa/` folder's listing is asserted elsewhere).
 pub async fn deleted_and_destroyed_kv_versions_are_not_found(env: &'static Env) {
-    for v in ["one", "two", "three"] {
-        let (status, body) = env.vault(Method::POST, "secret/data/qa/versions", Some(json!({"data": {"v": v}}))).await;
-        assert_eq!(status, 200, "{body}");
+    let policy = "path \"kvver/data/*\" { capabilities = [\"read\"] }\n";
+    for (path, body) in [
+        ("sys/mounts/kvver", json!({"type": "kv", "options": {"version": "2"}})),
+        ("sys/policies/acl/qakv", json!({"policy": policy})),
+        ("auth/jwt/role/qakv", vaultgate::dev::provision::jwt_role("qakv", "1h", "24h")),
+    ] {
+        let (status, body) = env.vault(Method::POST, path, Some(body)).await;
+        assert!((200..300).contains(&status), "{path}: {status} {body}");
     }
-    let (status, body) = env.vault(Method::POST, "secret/delete/qa/versions", Some(json!({"versions": [2]}))).await;
+    // A new KV v2 mount may refuse writes for a moment while it sets itself up.
+    let until = Instant::now() + Duration::from_secs(15);
+    for v in ["one", "two", "three"] {
+        loop {
+            let (status, body) = env.vault(Method::POST, "kvver/data/versions", Some(json!({"data": {"v": v}}))).await;
+            if status == 200 {
+                break;
+            }
+            assert!(Instant::now() < until, "write kvver/versions: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (status, body) = env.vault(Method::POST, "kvver/delete/versions", Some(json!({"versions": [2]}))).await;
     assert_eq!(status, 204, "{body}");
-    let (status, body) = env.vault(Method::POST, "secret/destroy/qa/versions", Some(json!({"versions": [1]}))).await;
+    let (status, body) = env.vault(Method::POST, "kvver/destroy/versions", Some(json!({"versions": [1]}))).await;
     assert_eq!(status, 204, "{body}");
-    env.vault(Method::POST, "secret/data/qa/deleted-latest", Some(json!({"data": {"v": "gone"}}))).await;
-    let (status, body) = env.vault(Method::DELETE, "secret/data/qa/deleted-latest", None).await;
+    env.vault(Method::POST, "kvver/data/deleted-latest", Some(json!({"data": {"v": "gone"}}))).await;
+    let (status, body) = env.vault(Method::DELETE, "kvver/data/deleted-latest", None).await;
     assert_eq!(status, 204, "{body}");
 
-    let mut c = SecretServiceClient::new(env.channel());
-    let get = |path: &str, version: u32| GetSecretRequest { path: path.into(), version, mount: String::new() };
-    let live = c.get_secret(req(get("qa/versions", 3), &env.qa)).await.expect("version 3 is live").into_inner();
+    let own = serve_gateway(&format!(
+        "[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"qakv\"\nequals = \"qakv\"\n",
+        env.vault_addr
+    ))
+    .await;
+    let jwt = env.jwt("qakv", 3600);
+    let mut c = SecretServiceClient::new(own.channel.clone());
+    let get = |path: &str, version: u32| GetSecretRequest { path: path.into(), version, mount: "kvver".into() };
+    let live = c.get_secret(req(get("versions", 3), &jwt)).await.expect("version 3 is live").into_inner();
     assert_eq!(live.data.map(|d| d.fields.contains_key("v")), Some(true));
     let mut said = Vec::new();
     for (what, r) in [
-        ("deleted version 2", get("qa/versions", 2)),
-        ("destroyed version 1", get("qa/versions", 1)),
-        ("deleted latest version", get("qa/deleted-latest", 0)),
+        ("deleted version 2", get("versions", 2)),
+        ("destroyed version 1", get("versions", 1)),
+        ("deleted latest version", get("deleted-latest", 0)),
     ] {
-        let err = c.get_secret(req(r, &env.qa)).await.expect_err(what);
+        let err = c.get_secret(req(r, &jwt)).await.expect_err(what);
         assert_eq!(err.code(), Code::NotFound, "{what}: {err:?}");
         said.push(format!("{what}: {:?}", err.message()));
     }

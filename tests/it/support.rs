@@ -83,9 +83,7 @@ impl Env {
         let metrics_addr: SocketAddr =
             format!("127.0.0.1:{}", dev::process::free_port().expect("port")).parse().expect("addr");
         let audit = dir.join("main-gateway-audit.log");
-        let dev_toml =
-            stack.config_toml(addr).replace("path = \"stdout\"", &format!("path = {:?}", audit.to_string_lossy()));
-        let mut toml = format!("metrics_listen = \"{metrics_addr}\"\n{dev_toml}");
+        let mut toml = stack.config_toml(addr, &audit, Some(metrics_addr));
         toml.push_str(&format!(
             "[[callers]]\nrole = \"qa\"\nclaim = \"sub\"\nequals = \"qa\"\nverify_with = \"{0}\"\n\n[[callers]]\nrole = \"qa2\"\nequals = \"qa2\"\nverify_with = \"{0}\"\n\n[[callers]]\nrole = \"qashort\"\nequals = \"qashort\"\nverify_with = \"{0}\"\n\n[limits]\nmax_item_bytes = 65536\nmax_batch_items = 2000\n",
             dev::DEV_ISSUER
