@@ -306,6 +306,26 @@ if wait_http "$RADDR/v1/sys/health" 501 "$CA"; then
     check "setup.sh over TLS (BAO_CACERT) against the Raft node" env BAO_ADDR="$RADDR" BAO_TOKEN="$RAFT_ROOT" \
         BAO_CACERT="$CA" CALLER="$C1" CALLER_SUBJECT="$C1_SUB" JWT_PUBKEY_FILE="$WORK/issuer.pub" \
         JWT_BOUND_ISSUER="$ISSUER" bash "$ROOT/deploy/openbao/setup.sh"
+    # PKI (issue 13): an intermediate CA at pki/ signed by the separate root at pki-root/, CRL and
+    # issuing URLs set, and the caller's token may issue with its own PKI role only.
+    api "$RADDR" "" GET pki/cert/ca "" "$CA" | cut -d' ' -f2- | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["data"]["certificate"])' >"$WORK/pki-int.pem" 2>/dev/null
+    api "$RADDR" "" GET pki-root/cert/ca "" "$CA" | cut -d' ' -f2- | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["data"]["certificate"])' >"$WORK/pki-root.pem" 2>/dev/null
+    if openssl verify -CAfile "$WORK/pki-root.pem" "$WORK/pki-int.pem" >/dev/null 2>&1 &&
+        ! openssl verify -CAfile "$WORK/pki-int.pem" "$WORK/pki-int.pem" >/dev/null 2>&1; then
+        ok "pki/ issues from an intermediate CA signed by the separate root at pki-root/ (openssl verify)"
+    else
+        bad "pki/ intermediate not signed by pki-root/: $(openssl x509 -noout -subject -issuer -in "$WORK/pki-int.pem" 2>&1 | tr '\n' ' ')"
+    fi
+    r="$(api "$RADDR" "$RAFT_ROOT" GET pki/config/urls "" "$CA")"
+    [[ "$(jget '(d["data"]["issuing_certificates"], d["data"]["crl_distribution_points"])' <<<"$r" 2>/dev/null)" == "(['$RADDR/v1/pki/ca'], ['$RADDR/v1/pki/crl'])" ]] &&
+        ok "pki/ CRL and issuing URLs point at the node" || bad "pki/config/urls: ${r:0:300}"
+    r="$(login "$RADDR" "$C1" "$(mint "$ISSUER" "$C1_SUB" vaultgate)" "$CA")"
+    C1_TOKEN="$(jget 'd["auth"]["client_token"]' <<<"$r" 2>/dev/null)"
+    r="$(api "$RADDR" "$C1_TOKEN" POST sys/capabilities-self \
+        "{\"paths\":[\"pki/issue/$C1\",\"pki/sign/$C1\",\"pki/revoke-with-key\",\"pki/issue/$C2\",\"pki-root/root/sign-intermediate\",\"transit/hmac/$C1\"]}" "$CA")"
+    [[ "$(jget '[d["data"][p] for p in ("pki/issue/'"$C1"'", "pki/sign/'"$C1"'", "pki/revoke-with-key", "pki/issue/'"$C2"'", "pki-root/root/sign-intermediate", "transit/hmac/'"$C1"'")]' <<<"$r" 2>/dev/null)" == "[['update'], ['update'], ['update'], ['deny'], ['deny'], ['update']]" ]] &&
+        ok "$C1's token: issue/sign with PKI role $C1, revoke-with-key, HMAC; not role $C2, not the root CA" ||
+        bad "$C1's PKI capabilities: ${r:0:300}"
     # The gateway's own identity ([leases] in vaultgate.toml): its projected token logs in as
     # vaultgate-gateway, which may sign/verify with vaultgate-leases and renew by accessor, nothing else.
     mint "$ISSUER" system:serviceaccount:vaultgate:vaultgate vaultgate | tr -d '\n' >"$WORK/gateway.jwt"
@@ -377,6 +397,22 @@ else
     out="$(call "$C2")"
     grep -q 'PermissionDenied' <<<"$out" && ok "Encrypt through the gateway as $C1 with key $C2: PERMISSION_DENIED" ||
         bad "gateway Encrypt with $C2's key: $(tr '\n' ' ' <<<"$out")"
+    # IssueCertificate through the gateway: the certificate verifies up to the root (openssl, the
+    # chain as GetCaChain's), and a name of another caller is INVALID_ARGUMENT naming the field.
+    issue() { "$GRPCURL" -plaintext -max-time 20 -H "authorization: Bearer $(mint "$ISSUER" "$C1_SUB" vaultgate)" \
+        -d "{\"role\":\"$C1\",\"common_name\":\"$1\"}" "127.0.0.1:$GW_PORT" vaultgate.v1.PkiService/IssueCertificate 2>&1; }
+    out="$(issue "api.$C1.svc.cluster.local")"
+    if "$PY" -c 'import json,sys; r=json.loads(sys.argv[1]); open(sys.argv[2],"w").write(r["certificate"]); open(sys.argv[3],"w").write("".join(r["caChain"][:-1])); open(sys.argv[4],"w").write(r["caChain"][-1])' \
+        "$out" "$WORK/leaf.pem" "$WORK/chain.pem" "$WORK/root.pem" 2>/dev/null &&
+        openssl verify -CAfile "$WORK/root.pem" -untrusted "$WORK/chain.pem" -verify_hostname "api.$C1.svc.cluster.local" "$WORK/leaf.pem" >/dev/null 2>&1; then
+        ok "IssueCertificate through the gateway as $C1: api.$C1.svc.cluster.local verifies up to the root (openssl verify)"
+    else
+        bad "gateway IssueCertificate: $(grep -v -i -e privateKey -e 'PRIVATE KEY' <<<"$out" | head -c 300 | tr '\n' ' ')"
+    fi
+    out="$(issue "api.$C2.svc.cluster.local")"
+    grep -q 'InvalidArgument' <<<"$out" && grep -q 'common_name' <<<"$out" &&
+        ok "IssueCertificate as $C1 for api.$C2.svc.cluster.local: INVALID_ARGUMENT naming common_name" ||
+        bad "gateway IssueCertificate for $C2's name: $(tr '\n' ' ' <<<"$out")"
     # A token with the caller's claims signed by another key: refused by the gateway itself
     # ([issuers] verify_with), before any login.
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/rogue.key" 2>/dev/null

@@ -454,13 +454,35 @@ pub struct Limits {
     /// Most items in one EncryptBatch/DecryptBatch call.
     #[serde(default = "default_max_batch_items")]
     pub max_batch_items: usize,
-    /// Largest gRPC request message, in bytes.
+    /// Largest gRPC request message, in bytes (gRPC's usual 4 MiB).
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
     /// Most calls the gateway works on at once, all callers together; past it a call is answered
     /// RESOURCE_EXHAUSTED at once (load shedding keeps memory and latency bounded under overload).
     #[serde(default = "default_max_concurrent_calls")]
     pub max_concurrent_calls: usize,
+    /// Request bytes that calls in flight may hold, all callers together, counted as they
+    /// arrive; a call whose bytes would pass it is answered RESOURCE_EXHAUSTED before decoding.
+    #[serde(default = "default_max_request_bytes_in_flight")]
+    pub max_request_bytes_in_flight: usize,
+    /// Most concurrent calls (HTTP/2 streams) on one client connection.
+    #[serde(default = "default_max_streams_per_connection")]
+    pub max_streams_per_connection: u32,
+    /// Most client connections open at once; past it a new connection is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Longest a new connection may take to finish its TLS handshake (plaintext: to send its
+    /// first bytes), in milliseconds.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Most handshakes in progress at once, all peers together; past it a new connection is
+    /// closed at once.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// Most handshakes in progress from one peer address (an IPv6 peer: its /64), so idle
+    /// half-open connections from one peer cannot lock others out.
+    #[serde(default = "default_max_handshakes_per_peer")]
+    pub max_handshakes_per_peer: usize,
 }
 
 /// Log settings.
@@ -520,7 +542,25 @@ fn default_max_batch_items() -> usize {
     10_000
 }
 fn default_max_message_bytes() -> usize {
-    16 << 20
+    4 << 20
+}
+fn default_max_request_bytes_in_flight() -> usize {
+    64 << 20
+}
+fn default_max_streams_per_connection() -> u32 {
+    100
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_handshake_timeout_ms() -> u64 {
+    3000
+}
+fn default_max_handshakes() -> usize {
+    256
+}
+fn default_max_handshakes_per_peer() -> usize {
+    16
 }
 /// Highest `limits.max_concurrent_calls` accepted: far above what one process can serve, and
 /// within what a semaphore and an HTTP/2 stream limit (u32) can hold.
@@ -718,8 +758,8 @@ fn default_hedge_min_ms() -> u64 {
     50
 }
 
-/// Per-kind timeouts: each `vault.<kind>_timeout_ms`, by default the documented figure, but
-/// never more than `vault.timeout_ms` when that is set (it also bounds everything else).
+/// Per-kind timeouts: each `vault.<kind>_timeout_ms`; by default the documented figure, or
+/// `vault.timeout_ms` when that is set (its meaning before the kinds: every attempt's bound).
 fn timeouts(raw: &RawVault) -> Result<vault::Timeouts, String> {
     let d = vault::DEFAULT_TIMEOUTS;
     let cap = match raw.timeout_ms {
@@ -731,7 +771,8 @@ fn timeouts(raw: &RawVault) -> Result<vault::Timeouts, String> {
     let pick = |key: &str, set: Option<u64>, default: Duration| match set {
         Some(0) => Err(format!("vault.{key}: must be greater than 0")),
         Some(ms) => Ok(Duration::from_millis(ms)),
-        None => Ok(default.min(cap)),
+        None if cap == Duration::MAX => Ok(default),
+        None => Ok(cap),
     };
     Ok(vault::Timeouts {
         transit: pick("transit_timeout_ms", raw.transit_timeout_ms, d.transit)?,
@@ -921,6 +962,14 @@ impl Config {
         if limits.max_message_bytes < 1024 {
             return Err("limits.max_message_bytes: must be at least 1024".into());
         }
+        if limits.max_request_bytes_in_flight < limits.max_message_bytes {
+            return Err("limits.max_request_bytes_in_flight: must be at least limits.max_message_bytes".into());
+        }
+        positive("limits.max_streams_per_connection", limits.max_streams_per_connection as usize)?;
+        positive("limits.max_connections", limits.max_connections)?;
+        positive("limits.handshake_timeout_ms", limits.handshake_timeout_ms as usize)?;
+        positive("limits.max_handshakes", limits.max_handshakes)?;
+        positive("limits.max_handshakes_per_peer", limits.max_handshakes_per_peer)?;
         if raw.audit.as_ref().is_some_and(|a| a.path.is_empty()) {
             return Err("audit.path: must be \"stdout\" or a file path".into());
         }
@@ -1143,7 +1192,7 @@ mod tests {
                 Duration::from_secs(2),
                 Duration::from_secs(2)
             ),
-            "vault.timeout_ms bounds the defaults"
+            "vault.timeout_ms is every kind's default"
         );
         assert_eq!(c.vault.addresses.len(), 1);
         assert_eq!(c.vault.retry, vault::retry::DEFAULT);
@@ -1157,6 +1206,12 @@ mod tests {
         assert_eq!(c.vault.retry.max_attempts, 1);
         assert_eq!(c.log.format, "human");
         assert_eq!(c.limits.max_concurrent_calls, 4096);
+        // The limits in front of decoding (docs/attacks.md lists them with these defaults).
+        let l = &c.limits;
+        assert_eq!(l.max_message_bytes, 4 << 20);
+        assert_eq!(l.max_request_bytes_in_flight, 64 << 20);
+        assert_eq!((l.max_streams_per_connection, l.max_connections), (100, 1024));
+        assert_eq!((l.handshake_timeout_ms, l.max_handshakes, l.max_handshakes_per_peer), (3000, 256, 16));
     }
 
     #[test]
@@ -1230,6 +1285,12 @@ mod tests {
                 "limits.max_concurrent_calls",
             ),
             (&format!("{MINIMAL}[limits]\nmax_item_bytes = 4611686018427387904\n"), "limits.max_item_bytes"),
+            (
+                &format!("{MINIMAL}[limits]\nmax_request_bytes_in_flight = 1048576\n"),
+                "limits.max_request_bytes_in_flight",
+            ),
+            (&format!("{MINIMAL}[limits]\nmax_streams_per_connection = 0\n"), "limits.max_streams_per_connection"),
+            (&format!("{MINIMAL}[limits]\nmax_handshakes_per_peer = 0\n"), "limits.max_handshakes_per_peer"),
             (
                 &format!("{MINIMAL}[rate_limits]\nbilling = {{ per_second = 0.0, burst = 5.0 }}\n"),
                 "rate_limits.billing",

@@ -29,6 +29,14 @@
 #     PG_HOST, PG_PORT (5432), PG_DATABASE (postgres), PG_USER, PG_PASSWORD, PG_SSLMODE (require)
 #     DB_CONNECTION (postgres), DB_DEFAULT_TTL (1h), DB_MAX_TTL (24h)
 #     DB_CREATION_SQL   (CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';)
+#   PKI (PKI=false skips it): an intermediate CA at PKI_MOUNT (pki) signed by a root CA kept in a
+#     separate mount PKI_ROOT_MOUNT (pki-root; in production, take that root offline or sign the
+#     intermediate's CSR elsewhere and pass PKI_INTERMEDIATE_CERT_FILE, the signed PEM + its chain),
+#     CRL and issuing URLs under PKI_URL_BASE (BAO_ADDR), and the caller's PKI role issuing EC
+#     P-256 certificates for names under PKI_DOMAINS (comma-separated; $CALLER.svc.cluster.local),
+#     PKI_TTL (24h), PKI_MAX_TTL (72h). PKI_ROOT_CN, PKI_INTERMEDIATE_CN (vaultgate root CA, vaultgate
+#     intermediate CA). The caller may issue/sign with its own PKI role and revoke with proof of
+#     possession (revoke-with-key), HMAC and verify with its own Transit key.
 #   SNAPSHOT_SUBJECT    subject of the snapshot job (system:serviceaccount:openbao:openbao-snapshot);
 #                       empty: no snapshot role. SNAPSHOT_AUDIENCE (openbao)
 #   GATEWAY_SUBJECT     subject of the gateway's own service account (system:serviceaccount:vaultgate:vaultgate);
@@ -66,13 +74,22 @@ SNAPSHOT_SUBJECT="${SNAPSHOT_SUBJECT-system:serviceaccount:openbao:openbao-snaps
 SNAPSHOT_AUDIENCE="${SNAPSHOT_AUDIENCE:-openbao}"
 GATEWAY_SUBJECT="${GATEWAY_SUBJECT-system:serviceaccount:vaultgate:vaultgate}"
 GATEWAY_AUDIENCE="${GATEWAY_AUDIENCE:-vaultgate}"
+PKI="${PKI:-true}"
+PKI_MOUNT="${PKI_MOUNT:-pki}"
+PKI_ROOT_MOUNT="${PKI_ROOT_MOUNT:-pki-root}"
+PKI_DOMAINS="${PKI_DOMAINS:-$CALLER.svc.cluster.local}"
+PKI_TTL="${PKI_TTL:-24h}"
+PKI_MAX_TTL="${PKI_MAX_TTL:-72h}"
+PKI_ROOT_CN="${PKI_ROOT_CN:-vaultgate root CA}"
+PKI_INTERMEDIATE_CN="${PKI_INTERMEDIATE_CN:-vaultgate intermediate CA}"
 
 # --- input checks, before anything is written -------------------------------------------------
 name_ok() { [[ "$2" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] || die "$1: ${2@Q} must match [A-Za-z0-9][A-Za-z0-9_.-]*"; }
 mount_ok() { [[ "$2" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*$ ]] || die "$1: ${2@Q} is not a mount path"; }
 name_ok CALLER "$CALLER"
 name_ok DB_CONNECTION "$DB_CONNECTION"
-for m in TRANSIT_MOUNT KV_MOUNT DB_MOUNT JWT_MOUNT; do mount_ok "$m" "${!m}"; done
+for m in TRANSIT_MOUNT KV_MOUNT DB_MOUNT JWT_MOUNT PKI_MOUNT PKI_ROOT_MOUNT; do mount_ok "$m" "${!m}"; done
+[[ "$PKI" == true || "$PKI" == false ]] || die "PKI: ${PKI@Q} must be true or false"
 
 # Duration ("90", "90s", "30m", "24h", "7d", "1h30m") -> seconds.
 seconds() {
@@ -101,7 +118,7 @@ sources=0
 ((sources == 1)) || JWT_OIDC_DISCOVERY_URL="https://kubernetes.default.svc.cluster.local"
 if [[ -n "${JWT_OIDC_DISCOVERY_URL:-}" ]]; then JWT_BOUND_ISSUER="${JWT_BOUND_ISSUER-$JWT_OIDC_DISCOVERY_URL}"; fi
 JWT_BOUND_ISSUER="${JWT_BOUND_ISSUER:-}"
-for f in BAO_CACERT JWT_OIDC_DISCOVERY_CA_FILE JWT_JWKS_CA_FILE JWT_PUBKEY_FILE; do
+for f in BAO_CACERT JWT_OIDC_DISCOVERY_CA_FILE JWT_JWKS_CA_FILE JWT_PUBKEY_FILE PKI_INTERMEDIATE_CERT_FILE; do
     if [[ -n "${!f:-}" && ! -r "${!f}" ]]; then die "$f: cannot read ${!f}"; fi
 done
 
@@ -203,6 +220,53 @@ else
     say "ok   key $TRANSIT_MOUNT/keys/$CALLER (created, $TRANSIT_KEY_TYPE)"
 fi
 
+# PKI: the issuing (intermediate) CA at PKI_MOUNT, signed by a separate root; each is set up once.
+if $PKI; then
+    PKI_URL_BASE="${PKI_URL_BASE:-$BAO_ADDR}"
+    # pem_field NAME: the string value of "NAME" in RESP, JSON-unescaped (PEM spans lines).
+    pem_field() { local v; v="$(field "$1")"; printf '%s\n' "${v//\\n/$'\n'}"; }
+    # ca_urls MOUNT: where relying parties fetch the CA and its CRL.
+    ca_urls() {
+        must POST "$1/config/urls" "{\"issuing_certificates\":[$(json "$PKI_URL_BASE/v1/$1/ca")],\
+\"crl_distribution_points\":[$(json "$PKI_URL_BASE/v1/$1/crl")]}"
+    }
+    enable mounts "$PKI_MOUNT" pki
+    must POST "sys/mounts/$PKI_MOUNT/tune" '{"max_lease_ttl":"43800h"}'
+    request GET "$PKI_MOUNT/cert/ca"
+    if [[ "$STATUS" == 200 ]]; then
+        say "ok   $PKI_MOUNT/ has its issuing CA (kept)"
+    else
+        must POST "$PKI_MOUNT/intermediate/generate/internal" \
+            "{\"common_name\":$(json "$PKI_INTERMEDIATE_CN"),\"key_type\":\"ec\",\"key_bits\":384}"
+        pem_field csr >"$work/intermediate.csr"
+        if [[ -n "${PKI_INTERMEDIATE_CERT_FILE:-}" ]]; then
+            die "PKI_INTERMEDIATE_CERT_FILE is set but $PKI_MOUNT/ had no CA: sign $work/intermediate.csr offline first (it was just generated: rerun with the signed certificate)"
+        fi
+        enable mounts "$PKI_ROOT_MOUNT" pki
+        must POST "sys/mounts/$PKI_ROOT_MOUNT/tune" '{"max_lease_ttl":"87600h"}'
+        request GET "$PKI_ROOT_MOUNT/cert/ca"
+        if [[ "$STATUS" != 200 ]]; then
+            must POST "$PKI_ROOT_MOUNT/root/generate/internal" \
+                "{\"common_name\":$(json "$PKI_ROOT_CN"),\"key_type\":\"ec\",\"key_bits\":384,\"ttl\":\"87600h\"}"
+            say "ok   root CA \"$PKI_ROOT_CN\" at $PKI_ROOT_MOUNT/ (created; its key never leaves that mount)"
+        fi
+        ca_urls "$PKI_ROOT_MOUNT"
+        must POST "$PKI_ROOT_MOUNT/root/sign-intermediate" "{\"csr\":$(json "$(cat "$work/intermediate.csr")"),\
+\"common_name\":$(json "$PKI_INTERMEDIATE_CN"),\"ttl\":\"43800h\",\"format\":\"pem\"}"
+        pem_field certificate >"$work/intermediate.pem"
+        request GET "$PKI_ROOT_MOUNT/cert/ca"
+        pem_field certificate >>"$work/intermediate.pem"
+        must POST "$PKI_MOUNT/intermediate/set-signed" "{\"certificate\":$(json "$(cat "$work/intermediate.pem")")}"
+        say "ok   intermediate CA \"$PKI_INTERMEDIATE_CN\" at $PKI_MOUNT/ (signed by $PKI_ROOT_MOUNT/)"
+    fi
+    ca_urls "$PKI_MOUNT"
+    say "ok   $PKI_MOUNT/ CRL and issuing URLs under $PKI_URL_BASE/v1/$PKI_MOUNT/"
+    must POST "$PKI_MOUNT/roles/$CALLER" "{\"allowed_domains\":$(json_list "$PKI_DOMAINS"),\
+\"allow_subdomains\":true,\"allow_bare_domains\":false,\"allow_localhost\":false,\"allow_ip_sans\":false,\
+\"key_type\":\"ec\",\"key_bits\":256,\"ttl\":$(json "$PKI_TTL"),\"max_ttl\":$(json "$PKI_MAX_TTL")}"
+    say "ok   $PKI_MOUNT/roles/$CALLER: names under $PKI_DOMAINS (ttl $PKI_TTL, max $PKI_MAX_TTL)"
+fi
+
 database=false
 if [[ -n "${PG_HOST:-}" ]]; then
     database=true
@@ -236,7 +300,15 @@ path \"$TRANSIT_MOUNT/keys/$CALLER\" { capabilities = [\"read\"] }
 path \"$TRANSIT_MOUNT/keys/$CALLER/rotate\" { capabilities = [\"update\"] }
 path \"$KV_MOUNT/data/$CALLER/*\" { capabilities = [\"read\"] }
 path \"$KV_MOUNT/metadata/$CALLER/*\" { capabilities = [\"read\", \"list\"] }
+path \"$TRANSIT_MOUNT/hmac/$CALLER\" { capabilities = [\"update\"] }
+path \"$TRANSIT_MOUNT/verify/$CALLER\" { capabilities = [\"update\"] }
 "
+if $PKI; then
+    policy+="path \"$PKI_MOUNT/issue/$CALLER\" { capabilities = [\"update\"] }
+path \"$PKI_MOUNT/sign/$CALLER\" { capabilities = [\"update\"] }
+path \"$PKI_MOUNT/revoke-with-key\" { capabilities = [\"update\"] }
+"
+fi
 if $database; then
     policy+="path \"$DB_MOUNT/creds/$CALLER\" { capabilities = [\"read\"] }
 path \"sys/leases/revoke\" { capabilities = [\"update\"] }

@@ -13,6 +13,7 @@
 'use strict';
 
 const { spawnSync } = require('node:child_process');
+const nodeCrypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
 const { parseArgs } = require('node:util');
@@ -74,7 +75,8 @@ async function expectCode(promise, code, what) {
 }
 
 function loadServices() {
-  const files = ['vaultgate/v1/encryption.proto', 'vaultgate/v1/secret.proto', 'vaultgate/v1/database.proto'];
+  const files = ['vaultgate/v1/encryption.proto', 'vaultgate/v1/secret.proto', 'vaultgate/v1/database.proto',
+    'vaultgate/v1/pki.proto'];
   const definition = protoLoader.loadSync(files, {
     includeDirs: [PROTO_ROOT],
     keepCase: true, // field names as in the .proto (lease_id, not leaseId)
@@ -107,6 +109,7 @@ async function run(addr, devDir) {
   const crypto = new v1.EncryptionService(addr, creds, { 'grpc.service_config': SERVICE_CONFIG });
   const secrets = new v1.SecretService(addr, creds, { channelOverride: crypto.getChannel() });
   const dbs = new v1.DatabaseService(addr, creds, { channelOverride: crypto.getChannel() });
+  const certs = new v1.PkiService(addr, creds, { channelOverride: crypto.getChannel() });
   try {
     const e = await call(crypto, 'Encrypt', { key: 'billing', plaintext: Buffer.from('hello') }, billing);
     check(e.ciphertext.startsWith('vault:v') && e.key_version >= 1,
@@ -143,6 +146,31 @@ async function run(addr, devDir) {
     await call(dbs, 'RevokeLease', { lease_id: c.lease_id }, billing);
     const after = pgLogin(devDir, c.username, c.password);
     check(!after.ok, `RevokeLease dropped the database user (its login is refused): got ${JSON.stringify(after.out)}`);
+
+    // Sign / Verify with the ed25519 key billing-signing: a changed input does not verify.
+    const sig = await call(crypto, 'Sign', { key: 'billing-signing', input: Buffer.from('invoice 42') }, billing);
+    check(sig.signature.startsWith('vault:v') && sig.key_version >= 1,
+      `Sign returns a vault:vN: signature: got ${JSON.stringify(sig.signature)}`);
+    const good = await call(crypto, 'Verify',
+      { key: 'billing-signing', input: Buffer.from('invoice 42'), signature: sig.signature }, billing);
+    check(good.valid === true, `Verify of that signature is valid: got ${good.valid}`);
+    const changed = await call(crypto, 'Verify',
+      { key: 'billing-signing', input: Buffer.from('invoice 43'), signature: sig.signature }, billing);
+    check(changed.valid === false, `Verify of a changed input is valid=false: got ${changed.valid}`);
+
+    // IssueCertificate: Node's own X.509 code checks the CA's signature and the key pair.
+    const issued = await call(certs, 'IssueCertificate',
+      { role: 'billing', common_name: 'api.billing.svc.cluster.local' }, billing);
+    const leaf = new nodeCrypto.X509Certificate(issued.certificate);
+    const issuing = new nodeCrypto.X509Certificate(issued.ca_chain[0]);
+    check(leaf.checkIssued(issuing) && leaf.verify(issuing.publicKey) && issuing.ca,
+      `IssueCertificate's certificate is signed by the first CA of its chain: got issuer ${JSON.stringify(leaf.issuer)}`);
+    check(leaf.checkHost('api.billing.svc.cluster.local') === 'api.billing.svc.cluster.local',
+      `the certificate names api.billing.svc.cluster.local: got ${JSON.stringify(leaf.subjectAltName)}`);
+    check(leaf.checkPrivateKey(nodeCrypto.createPrivateKey(issued.private_key)),
+      'the private key belongs to the certificate');
+    await expectCode(call(certs, 'IssueCertificate', { role: 'billing', common_name: 'api.reports.svc.cluster.local' }, billing),
+      grpc.status.INVALID_ARGUMENT, 'a name outside billing.svc.cluster.local refused');
 
     // Refusals.
     await expectCode(call(crypto, 'Encrypt', { key: 'billing', plaintext: Buffer.from('x') }, reports),
