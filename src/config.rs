@@ -80,14 +80,16 @@ pub struct UnverifiedLogins {
     pub per_peer_burst: f64,
 }
 
+// Sized for real bursts of first calls (32 new callers at once during a failover, all behind one
+// sidecar address) while a stranger still cannot make more than ~10 logins a second.
 fn default_unverified_in_flight() -> usize {
-    16
+    64
 }
 fn default_unverified_rate() -> f64 {
-    5.0
+    10.0
 }
 fn default_unverified_burst() -> f64 {
-    20.0
+    100.0
 }
 
 /// `[issuers.<name>]` as written; see [`crate::jwt::IssuerConfig`].
