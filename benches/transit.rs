@@ -346,7 +346,7 @@ fn gateway_config(listen: u16, metrics: u16, bao_addr: &str, batching: bool, set
          [[callers]]\nrole = \"{ROLE}\"\nclaim = \"sub\"\nequals = \"{ROLE}\"\nissuer = \"{ISSUER}\"\n\n\
          [batch]\nenabled = {batching}\n{extra}\n\n[log]\nlevel = \"{log}\"\n\n\
          # The mem case holds 10,000 calls in flight on purpose: no load shedding below that.\n\
-         [limits]\nmax_concurrent_calls = 20000\n"
+         [limits]\nmax_concurrent_calls = 20000\nmax_streams_per_connection = 20000\n"
     )
 }
 

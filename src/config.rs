@@ -85,14 +85,16 @@ pub struct UnverifiedLogins {
     pub per_peer_burst: f64,
 }
 
+// Sized for real bursts of first calls (32 new callers at once during a failover, all behind one
+// sidecar address) while a stranger still cannot make more than ~10 logins a second.
 fn default_unverified_in_flight() -> usize {
-    16
+    64
 }
 fn default_unverified_rate() -> f64 {
-    5.0
+    10.0
 }
 fn default_unverified_burst() -> f64 {
-    20.0
+    100.0
 }
 
 /// `[issuers.<name>]` as written; see [`crate::jwt::IssuerConfig`].
@@ -480,13 +482,35 @@ pub struct Limits {
     /// Most items in one EncryptBatch/DecryptBatch call.
     #[serde(default = "default_max_batch_items")]
     pub max_batch_items: usize,
-    /// Largest gRPC request message, in bytes.
+    /// Largest gRPC request message, in bytes (gRPC's usual 4 MiB).
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
     /// Most calls the gateway works on at once, all callers together; past it a call is answered
     /// RESOURCE_EXHAUSTED at once (load shedding keeps memory and latency bounded under overload).
     #[serde(default = "default_max_concurrent_calls")]
     pub max_concurrent_calls: usize,
+    /// Request bytes that calls in flight may hold, all callers together, counted as they
+    /// arrive; a call whose bytes would pass it is answered RESOURCE_EXHAUSTED before decoding.
+    #[serde(default = "default_max_request_bytes_in_flight")]
+    pub max_request_bytes_in_flight: usize,
+    /// Most concurrent calls (HTTP/2 streams) on one client connection.
+    #[serde(default = "default_max_streams_per_connection")]
+    pub max_streams_per_connection: u32,
+    /// Most client connections open at once; past it a new connection is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Longest a new connection may take to finish its TLS handshake (plaintext: to send its
+    /// first bytes), in milliseconds.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Most handshakes in progress at once, all peers together; past it a new connection is
+    /// closed at once.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// Most handshakes in progress from one peer address (an IPv6 peer: its /64), so idle
+    /// half-open connections from one peer cannot lock others out.
+    #[serde(default = "default_max_handshakes_per_peer")]
+    pub max_handshakes_per_peer: usize,
 }
 
 /// Log settings.
@@ -546,7 +570,25 @@ fn default_max_batch_items() -> usize {
     10_000
 }
 fn default_max_message_bytes() -> usize {
-    16 << 20
+    4 << 20
+}
+fn default_max_request_bytes_in_flight() -> usize {
+    64 << 20
+}
+fn default_max_streams_per_connection() -> u32 {
+    100
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_handshake_timeout_ms() -> u64 {
+    3000
+}
+fn default_max_handshakes() -> usize {
+    256
+}
+fn default_max_handshakes_per_peer() -> usize {
+    16
 }
 /// Highest `limits.max_concurrent_calls` accepted: far above what one process can serve, and
 /// within what a semaphore and an HTTP/2 stream limit (u32) can hold.
@@ -956,6 +998,14 @@ impl Config {
         if limits.max_message_bytes < 1024 {
             return Err("limits.max_message_bytes: must be at least 1024".into());
         }
+        if limits.max_request_bytes_in_flight < limits.max_message_bytes {
+            return Err("limits.max_request_bytes_in_flight: must be at least limits.max_message_bytes".into());
+        }
+        positive("limits.max_streams_per_connection", limits.max_streams_per_connection as usize)?;
+        positive("limits.max_connections", limits.max_connections)?;
+        positive("limits.handshake_timeout_ms", limits.handshake_timeout_ms as usize)?;
+        positive("limits.max_handshakes", limits.max_handshakes)?;
+        positive("limits.max_handshakes_per_peer", limits.max_handshakes_per_peer)?;
         if raw.audit.as_ref().is_some_and(|a| a.path.is_empty()) {
             return Err("audit.path: must be \"stdout\" or a file path".into());
         }
@@ -1198,6 +1248,12 @@ mod tests {
         assert_eq!(c.limits.max_concurrent_calls, 4096);
         assert_eq!((c.connections.max_age_ms, c.connections.max_age_grace_ms), (300_000, 30_000));
         assert!(c.health_listen.is_none());
+        // The limits in front of decoding (docs/attacks.md lists them with these defaults).
+        let l = &c.limits;
+        assert_eq!(l.max_message_bytes, 4 << 20);
+        assert_eq!(l.max_request_bytes_in_flight, 64 << 20);
+        assert_eq!((l.max_streams_per_connection, l.max_connections), (100, 1024));
+        assert_eq!((l.handshake_timeout_ms, l.max_handshakes, l.max_handshakes_per_peer), (3000, 256, 16));
     }
 
     #[test]
@@ -1277,6 +1333,12 @@ mod tests {
                 "limits.max_concurrent_calls",
             ),
             (&format!("{MINIMAL}[limits]\nmax_item_bytes = 4611686018427387904\n"), "limits.max_item_bytes"),
+            (
+                &format!("{MINIMAL}[limits]\nmax_request_bytes_in_flight = 1048576\n"),
+                "limits.max_request_bytes_in_flight",
+            ),
+            (&format!("{MINIMAL}[limits]\nmax_streams_per_connection = 0\n"), "limits.max_streams_per_connection"),
+            (&format!("{MINIMAL}[limits]\nmax_handshakes_per_peer = 0\n"), "limits.max_handshakes_per_peer"),
             (
                 &format!("{MINIMAL}[rate_limits]\nbilling = {{ per_second = 0.0, burst = 5.0 }}\n"),
                 "rate_limits.billing",

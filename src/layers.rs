@@ -3,7 +3,7 @@
 //! `server.rs` stacks them (innermost first, each `.push_*` wraps the ones before):
 //!
 //! ```text
-//! request ─▶ context ─▶ observe ─▶ audit ─▶ shed ─▶ deadline ─▶ budget ─▶ transport answer ─▶ tonic: decode ─▶ handler
+//! request ─▶ context ─▶ observe ─▶ audit ─▶ shed ─▶ deadline ─▶ budget ─▶ transport ─▶ tonic: decode ─▶ handler
 //! ```
 //!
 //! A layer answers with a status of its own (shed, deadline, budget, audit failure) by building
@@ -21,12 +21,17 @@ use crate::{
     metrics::Metrics,
     vault::RequestIds,
 };
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{ready, Context, Poll},
 };
 use tokio::sync::Semaphore;
 use tonic::{
@@ -131,6 +136,11 @@ impl<L> Stack<L> {
     /// Tonic's own refusals rewritten to the contract's codes ([`TransportAnswer`]).
     pub fn push_transport_answer(self) -> Pushed<L, Layer<TransportAnswer>> {
         self.push_concern(TransportAnswer)
+    }
+
+    /// The global budget of request bytes in flight ([`Budget`]).
+    pub fn push_budget(self, bytes: Arc<ByteBudget>) -> Pushed<L, Layer<Budget>> {
+        self.push_concern(Budget { bytes })
     }
 
     /// The caller's deadline ([`Deadline`]).
@@ -354,5 +364,210 @@ impl Concern for TransportAnswer {
     fn around<S: Next>(&self, request: HttpRequest, mut next: S) -> CallFuture {
         let answer = next.call(request);
         Box::pin(async move { answer.await.map(crate::error::transport_answer) })
+    }
+}
+
+/// The global budget of request bytes in flight (`limits.max_request_bytes_in_flight`): every
+/// request's body bytes are taken from it as they arrive from the connection, before tonic
+/// buffers and decodes them, and given back when the call is answered. So what requests hold
+/// in memory, raw and decoded, is bounded by configuration whatever the callers send.
+pub struct ByteBudget {
+    max: usize,
+    used: AtomicUsize,
+    metrics: Arc<Metrics>,
+}
+
+impl ByteBudget {
+    /// A budget of `max` bytes, its use shown in `metrics`.
+    pub fn new(max: usize, metrics: Arc<Metrics>) -> ByteBudget {
+        ByteBudget { max, used: AtomicUsize::new(0), metrics }
+    }
+
+    /// Takes `n` bytes; false (and nothing taken) when that would pass the budget.
+    pub fn take(&self, n: usize) -> bool {
+        let taken = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            used.checked_add(n).filter(|&after| after <= self.max)
+        });
+        if taken.is_ok() {
+            self.metrics.request_bytes_in_flight.inc_by(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        taken.is_ok()
+    }
+
+    /// Gives back `n` bytes taken before.
+    pub fn give_back(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+        self.metrics.request_bytes_in_flight.dec_by(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Bytes taken now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// One call's share of the budget: what its body took, given back when the call is answered
+/// (or when the last holder drops it). After the answer (a streaming request's later messages)
+/// bytes are only checked against the budget, not held: the handler consumes them one by one.
+struct Charge {
+    budget: Arc<ByteBudget>,
+    held: AtomicUsize,
+    answered: AtomicBool,
+}
+
+impl Charge {
+    fn take(&self, n: usize) -> bool {
+        if !self.budget.take(n) {
+            return false;
+        }
+        if self.answered.load(Ordering::Acquire) {
+            self.budget.give_back(n);
+        } else {
+            self.held.fetch_add(n, Ordering::AcqRel);
+        }
+        true
+    }
+
+    fn answered(&self) {
+        self.answered.store(true, Ordering::Release);
+        self.budget.give_back(self.held.swap(0, Ordering::AcqRel));
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.give_back(self.held.swap(0, Ordering::AcqRel));
+    }
+}
+
+/// A request body whose data frames are taken from the budget as they arrive; past it the body
+/// fails with RESOURCE_EXHAUSTED, which tonic's decoder answers with before decoding anything.
+struct Budgeted {
+    inner: Body,
+    charge: Arc<Charge>,
+}
+
+impl http_body::Body for Budgeted {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+            let n = data.map_or(0, Bytes::len);
+            if !self.charge.take(n) {
+                let max = self.charge.budget.max;
+                return Poll::Ready(Some(Err(Status::from(Error::ResourceExhausted(format!(
+                    "the gateway holds too many request bytes ({max} in flight, limits.max_request_bytes_in_flight); retry with backoff"
+                ))))));
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Counts every request's body bytes against the global [`ByteBudget`] as they arrive, for
+/// every path (health and reflection too). Inside shedding (a shed call reads nothing), right
+/// in front of tonic's decoding (so a refused request is never decoded).
+#[derive(Clone)]
+pub struct Budget {
+    bytes: Arc<ByteBudget>,
+}
+
+impl Concern for Budget {
+    fn around<S: Next>(&self, request: HttpRequest, mut next: S) -> CallFuture {
+        let charge = Arc::new(Charge {
+            budget: self.bytes.clone(),
+            held: AtomicUsize::new(0),
+            answered: AtomicBool::new(false),
+        });
+        let request = request.map(|inner| Body::new(Budgeted { inner, charge: charge.clone() }));
+        let answer = next.call(request);
+        Box::pin(async move {
+            let answer = answer.await;
+            charge.answered();
+            answer
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn budget(max: usize) -> Arc<ByteBudget> {
+        Arc::new(ByteBudget::new(max, Arc::new(Metrics::new())))
+    }
+
+    #[test]
+    fn the_budget_never_passes_its_maximum() {
+        let b = budget(100);
+        assert!(b.take(60));
+        assert!(!b.take(41), "60 + 41 > 100");
+        assert_eq!(b.used(), 60, "a refused take takes nothing");
+        assert!(b.take(40));
+        assert!(!b.take(1));
+        b.give_back(100);
+        assert_eq!(b.used(), 0);
+        assert!(!b.take(usize::MAX), "no overflow");
+        assert!(b.take(100));
+    }
+
+    /// A body of `chunks` data frames, through the budget layer's wrapper.
+    fn body(chunks: &[usize], charge: &Arc<Charge>) -> Budgeted {
+        let frames: Vec<Result<Frame<Bytes>, Status>> =
+            chunks.iter().map(|&n| Ok(Frame::data(Bytes::from(vec![7u8; n])))).collect();
+        let inner = Body::new(http_body_util::StreamBody::new(tokio_stream::iter(frames)));
+        Budgeted { inner, charge: charge.clone() }
+    }
+
+    fn charge(budget: &Arc<ByteBudget>) -> Arc<Charge> {
+        Arc::new(Charge { budget: budget.clone(), held: AtomicUsize::new(0), answered: AtomicBool::new(false) })
+    }
+
+    #[tokio::test]
+    async fn bytes_are_held_until_the_answer_and_refused_past_the_budget() {
+        let b = budget(1000);
+        let first = charge(&b);
+        let read = body(&[300, 300], &first).collect().await.expect("within the budget");
+        assert_eq!(read.to_bytes().len(), 600);
+        assert_eq!(b.used(), 600, "held after reading: the decoded request still lives");
+        // A second call arrives while the first is in flight: its third frame passes the budget.
+        let second = charge(&b);
+        let mut frames = body(&[200, 150, 100], &second);
+        assert!(frames.frame().await.expect("frame").is_ok());
+        assert!(frames.frame().await.expect("frame").is_ok());
+        let refused = frames.frame().await.expect("frame").expect_err("past the budget");
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        assert!(refused.message().contains("limits.max_request_bytes_in_flight"), "{}", refused.message());
+        assert_eq!(b.used(), 950, "the refused frame took nothing");
+        // Answers give everything back, whether the body is still alive or not.
+        first.answered();
+        assert_eq!(b.used(), 350);
+        drop(frames);
+        drop(second);
+        assert_eq!(b.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn after_the_answer_a_stream_is_checked_but_holds_nothing() {
+        let b = budget(100);
+        let c = charge(&b);
+        c.answered();
+        let read = body(&[80, 80, 80], &c).collect().await.expect("each frame fits on its own");
+        assert_eq!(read.to_bytes().len(), 240);
+        assert_eq!(b.used(), 0);
+        assert!(b.take(90));
+        let refused = body(&[20], &c).collect().await.expect_err("the budget is full");
+        assert_eq!(refused.code(), Code::ResourceExhausted);
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Code map, in the order a request meets it:
 //! - [`server`]: the tonic server, health and reflection; `run(listener, config, shutdown)`.
-//! - [`tls`]: the TLS listener (mTLS client certificates; certificate files reloaded as they change).
+//! - [`listener`]: admits connections (handshake slots per peer and overall, handshake timeout,
+//!   a bound on open connections) before tonic sees them.
+//! - [`tls`]: TLS of the listener (mTLS client certificates; certificate files reloaded as they change).
 //! - [`layers`]: the tower layers in front of decoding (request id, metrics, audit, load
 //!   shedding, deadline); [`call`]: what they know of a call (its RPC's description, its context).
 //! - [`codec`]: protobuf decoding of requests; a message that does not decode is the caller's error.
@@ -45,6 +47,7 @@ pub mod identity;
 pub mod jwt;
 pub mod layers;
 pub mod leases;
+pub mod listener;
 pub mod metrics;
 pub mod ratelimit;
 pub(crate) mod redact;

@@ -3,7 +3,7 @@
 
 use crate::{
     config::Config,
-    health, layers,
+    health, layers, listener,
     metrics::Metrics,
     pb::vaultgate::v1::{
         database_service_server::DatabaseServiceServer, encryption_service_server::EncryptionServiceServer,
@@ -16,7 +16,7 @@ use crate::{
 use std::{future::Future, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tonic::transport::{server::TcpIncoming, Server};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 /// The encoded descriptor set of `proto/`, served by reflection.
@@ -74,7 +74,7 @@ pub async fn serve(
             let listener =
                 TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} (health_listen): {e}"))?;
             let health_only = Server::builder().add_service(health_service.clone());
-            Some(tokio::spawn(health_only.serve_with_incoming(TcpIncoming::from(listener))))
+            Some(tokio::spawn(health_only.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))))
         }
         None => None,
     };
@@ -104,6 +104,11 @@ pub async fn serve(
         // On the services: tonic's OUT_OF_RANGE (message too large) becomes INVALID_ARGUMENT
         // before any layer counts or audits it.
         .push_transport_answer()
+        // Request bytes are counted against the global budget as they arrive, before decoding.
+        .push_budget(Arc::new(layers::ByteBudget::new(
+            gateway.config.limits.max_request_bytes_in_flight,
+            gateway.metrics.clone(),
+        )))
         // The deadline covers reading and decoding the request too.
         .push_deadline()
         // Past max_concurrent_calls a call is refused before any byte of its body is read.
@@ -127,9 +132,10 @@ pub async fn serve(
         .layer(layers.into_inner())
         // HTTP/2 keepalive detects dead client connections behind load balancers.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        // tonic leaves streams per connection unlimited: one connection gets no more streams
-        // than the whole gateway works on (`limits.max_concurrent_calls`).
-        .max_concurrent_streams(u32::try_from(gateway.config.limits.max_concurrent_calls).unwrap_or(u32::MAX))
+        // tonic leaves streams per connection unlimited: one connection gets a small number.
+        .max_concurrent_streams(gateway.config.limits.max_streams_per_connection)
+        // Header blocks are bounded too (a JWT or a certificate chain fits many times over).
+        .http2_max_header_list_size(64 << 10)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -137,15 +143,21 @@ pub async fn serve(
         .add_service(SecretServiceServer::new(Secrets(gateway.clone())).max_decoding_message_size(max))
         .add_service(DatabaseServiceServer::new(Database(gateway.clone())).max_decoding_message_size(max))
         .add_service(PkiServiceServer::new(Pki(gateway.clone())).max_decoding_message_size(max))
-        .add_service(IdentityServiceServer::new(Identity(gateway.clone())));
+        .add_service(IdentityServiceServer::new(Identity(gateway.clone())).max_decoding_message_size(max));
     let drain = drain_timeout;
+    // Connections are admitted (handshake slots, timeout, connection bound) before tonic sees them.
+    let admission = listener::Admission::new(&gateway.config.limits, gateway.metrics.clone());
     let result = match &gateway.config.tls {
         Some(tls) => {
-            let incoming = tls::incoming(listener, tls.clone(), gateway.metrics.clone())?;
-            until_drained(router.serve_with_incoming_shutdown(incoming, graceful), &draining, drain).await
+            let certificates = tls::Certificates::load(tls, gateway.metrics.clone())?;
+            let reload = tokio::spawn(certificates.clone().reload(tls.clone()));
+            let incoming = listener::incoming(listener, admission, move |tcp| certificates.acceptor().accept(tcp));
+            let served = until_drained(router.serve_with_incoming_shutdown(incoming, graceful), &draining, drain).await;
+            reload.abort();
+            served
         }
         None => {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = listener::incoming(listener, admission, listener::first_bytes);
             until_drained(router.serve_with_incoming_shutdown(incoming, graceful), &draining, drain).await
         }
     };

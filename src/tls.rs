@@ -1,6 +1,6 @@
-//! The TLS listener: accepts TCP connections, runs the rustls handshake (verifying client
-//! certificates against `tls.client_ca` when set) and hands finished TLS streams to tonic, which
-//! exposes the verified peer certificates to the handlers.
+//! TLS of the gRPC listener: the rustls configuration (verifying client certificates against
+//! `tls.client_ca` when set) that `listener.rs` runs handshakes with; tonic exposes the verified
+//! peer certificates to the handlers.
 //!
 //! Certificate, key and client CA files are re-read every `tls.reload_interval_ms`; when their
 //! content changed and still forms a valid configuration, new handshakes use it. Connections
@@ -8,12 +8,7 @@
 
 use crate::{config::TlsConfig, metrics::Metrics};
 use sha2::{Digest, Sha256};
-use std::{
-    io,
-    sync::{Arc, RwLock},
-    time::Duration,
-};
-use tokio::net::{TcpListener, TcpStream};
+use std::sync::{Arc, RwLock};
 use tokio_rustls::{
     rustls::{
         self,
@@ -21,16 +16,8 @@ use tokio_rustls::{
         server::WebPkiClientVerifier,
         RootCertStore, ServerConfig,
     },
-    server::TlsStream,
     TlsAcceptor,
 };
-use tokio_stream::wrappers::ReceiverStream;
-
-/// Longest a client may take to finish the TLS handshake (slow or idle clients hold a task).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Handshakes that may run at once; past it, new connections wait in the kernel's backlog.
-const MAX_HANDSHAKES: usize = 1024;
 
 /// The files' content, so a reload happens only when something changed.
 fn fingerprint(files: &[Vec<u8>]) -> [u8; 32] {
@@ -100,83 +87,51 @@ pub fn check(config: &TlsConfig) -> Result<(), String> {
     build(config, &read(config)?).map(|_| ())
 }
 
-/// Accepts TLS connections on `listener` until the returned stream is dropped; reloads the files
-/// as they change. The stream's items are ready for `Server::serve_with_incoming`. The served
-/// certificate's expiry goes to `metrics`.
-pub fn incoming(
-    listener: TcpListener,
-    config: TlsConfig,
+/// The TLS server configuration new handshakes use, replaced when the files change.
+#[derive(Clone)]
+pub struct Certificates {
+    current: Arc<RwLock<([u8; 32], Arc<ServerConfig>)>>,
     metrics: Arc<Metrics>,
-) -> Result<ReceiverStream<io::Result<TlsStream<TcpStream>>>, String> {
-    let files = read(&config)?;
-    let current = Arc::new(RwLock::new((fingerprint(&files), build(&config, &files)?)));
-    publish_expiry(&files[0], &metrics);
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let reload = {
-        let current = current.clone();
-        let config = config.clone();
-        async move {
-            loop {
-                tokio::time::sleep(config.reload_interval).await;
-                let files = match read(&config) {
-                    Ok(files) => files,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "TLS files unreadable; keeping the current certificate");
-                        continue;
-                    }
-                };
-                let print = fingerprint(&files);
-                if current.read().unwrap_or_else(|p| p.into_inner()).0 == print {
+}
+
+impl Certificates {
+    /// Reads and checks the files; the served certificate's expiry goes to `metrics`.
+    pub fn load(config: &TlsConfig, metrics: Arc<Metrics>) -> Result<Certificates, String> {
+        let files = read(config)?;
+        let current = Arc::new(RwLock::new((fingerprint(&files), build(config, &files)?)));
+        publish_expiry(&files[0], &metrics);
+        Ok(Certificates { current, metrics })
+    }
+
+    /// An acceptor with the current configuration.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.read().unwrap_or_else(|p| p.into_inner()).1.clone())
+    }
+
+    /// Re-reads the files every `tls.reload_interval_ms` until dropped; a changed, valid set is
+    /// used by the handshakes that start after it.
+    pub async fn reload(self, config: TlsConfig) {
+        loop {
+            tokio::time::sleep(config.reload_interval).await;
+            let files = match read(&config) {
+                Ok(files) => files,
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS files unreadable; keeping the current certificate");
                     continue;
                 }
-                match build(&config, &files) {
-                    Ok(server) => {
-                        *current.write().unwrap_or_else(|p| p.into_inner()) = (print, server);
-                        publish_expiry(&files[0], &metrics);
-                        tracing::info!("TLS certificate files changed: new connections use them");
-                    }
-                    Err(e) => tracing::warn!(error = %e, "new TLS files are not usable; keeping the current ones"),
+            };
+            let print = fingerprint(&files);
+            if self.current.read().unwrap_or_else(|p| p.into_inner()).0 == print {
+                continue;
+            }
+            match build(&config, &files) {
+                Ok(server) => {
+                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = (print, server);
+                    publish_expiry(&files[0], &self.metrics);
+                    tracing::info!("TLS certificate files changed: new connections use them");
                 }
+                Err(e) => tracing::warn!(error = %e, "new TLS files are not usable; keeping the current ones"),
             }
         }
-    };
-    tokio::spawn(async move {
-        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-        let accept = async {
-            loop {
-                let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let acceptor = TlsAcceptor::from(current.read().unwrap_or_else(|p| p.into_inner()).1.clone());
-                let sender = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            drop(permit);
-                            let _ = sender.send(Ok(stream)).await;
-                        }
-                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
-                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-                    }
-                });
-                if tx.is_closed() {
-                    return;
-                }
-            }
-        };
-        tokio::select! {
-            () = accept => {}
-            () = reload => {}
-            () = tx.closed() => {}
-        }
-    });
-    Ok(ReceiverStream::new(rx))
+    }
 }

@@ -118,7 +118,8 @@ def run(addr, dev_dir):
     pki = importlib.import_module("vaultgate.v1.pki_pb2")
     pki_grpc = importlib.import_module("vaultgate.v1.pki_pb2_grpc")
 
-    check_service_config([enc, sec, db, importlib.import_module("vaultgate.v1.identity_pb2")])
+    check_service_config([importlib.import_module(f"vaultgate.v1.{p.stem}_pb2")
+                          for p in sorted((PROTO_ROOT / "vaultgate" / "v1").glob("*.proto"))])
     with grpc.insecure_channel(addr, options=[("grpc.service_config", SERVICE_CONFIG)]) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=TIMEOUT)

@@ -55,6 +55,8 @@ pub async fn audit_log_has_one_line_per_call_and_fails_closed(env: &'static Env)
     let status = Client::new(own.channel.clone()).encrypt(req(enc(b"x"), &env.billing)).await.expect_err("fail closed");
     assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
     assert!(status.message().contains("audit"));
+    // Counted for the audit-log alert.
+    assert_eq!(own.gateway.metrics.audit_failures.get(), 1, "vaultgate_audit_write_failures_total");
 }
 
 pub async fn shutdown_goes_not_serving_first_and_finishes_calls_in_flight(env: &'static Env) {
@@ -170,6 +172,11 @@ pub async fn a_noisy_caller_is_throttled_alone(env: &'static Env) {
         (ok, throttled, 100),
         "audit lines of the noisy caller: (Ok, ResourceExhausted, all)"
     );
+    // And counted, by role (the rate-limit alert's numerator); the quiet role's counter exists at 0.
+    let metrics = own.gateway.metrics.render();
+    let limited = format!("vaultgate_rate_limited_calls_total{{name=\"billing\"}} {throttled}\n");
+    assert!(metrics.contains(&limited), "{limited:?} missing from the gateway's metrics");
+    assert!(metrics.contains("vaultgate_rate_limited_calls_total{name=\"reports\"} 0\n"));
 
     // The noisy caller floods (4 callers' worth of back-to-back calls) while the quiet one is
     // measured again: its latency must not suffer from the other's throttled calls.

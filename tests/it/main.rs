@@ -7,6 +7,7 @@
 //! A custom runner (not libtest) so the stack starts once and is always stopped, and so the log
 //! check sees the whole run. `cargo test --test it -- NAME` runs the tests whose name contains NAME.
 
+mod attacks;
 mod attacks_auth;
 mod availability;
 mod badinput;
@@ -100,6 +101,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     behaviours::deleted_and_destroyed_kv_versions_are_not_found,
     oracles::batch_budget_meets_openbao_at_its_limit,
     oracles::vault_judges_ciphertext_forms,
+    attacks::random_mounts_and_paths_grow_no_metric_series_or_audit_line,
     contract::transit_requests_name_their_mount,
     contract::batch_items_carry_key_versions,
     contract::old_connections_are_closed_without_failing_calls,
@@ -117,6 +119,8 @@ const ALONE: &[(&str, TestFn)] = tests![
     // Their bounds (longest gap without a success, failing fast, recovery) are timings.
     ha::leader_failover_under_load_loses_no_answer,
     ha::vault_stopped_then_started_fails_fast_and_recovers,
+    attacks::many_streams_of_slow_megabyte_messages_stay_within_memory_bound,
+    attacks::two_thousand_idle_connections_do_not_delay_a_new_handshake,
 ];
 
 /// Upper bound of one test, so a hang fails instead of blocking CI.

@@ -20,8 +20,8 @@ const CALLS: usize = 10_000;
 const DECRYPTS: usize = 1_000;
 /// HTTP/2 connections they share.
 const CONNECTIONS: usize = 16;
-/// The gateway's `limits.max_concurrent_calls` (also its streams per connection: all 10,000
-/// calls reach it at once).
+/// The gateway's `limits.max_concurrent_calls` (also its `max_streams_per_connection`: all
+/// 10,000 calls reach it at once).
 const MAX_CONCURRENT: usize = 2_000;
 /// Peak RSS that would reveal unbounded growth (the benchmark's 10,000 in flight: 111 MiB).
 const MAX_PEAK_RSS_KIB: u64 = 300 << 10;
@@ -55,7 +55,8 @@ async fn start_gateway(env: &Env, vault: &str) -> (Process, String) {
         format!(
             "listen = \"127.0.0.1:{port}\"\n[vault]\naddress = \"{vault}\"\ntimeout_ms = 30000\n\
              [[callers]]\nrole = \"billing\"\nequals = \"billing\"\n\
-             [limits]\nmax_concurrent_calls = {MAX_CONCURRENT}\n[audit]\npath = {audit:?}\n"
+             [limits]\nmax_concurrent_calls = {MAX_CONCURRENT}\nmax_streams_per_connection = {MAX_CONCURRENT}\n\
+             [audit]\npath = {audit:?}\n"
         ),
     )
     .expect("write the config");
