@@ -427,7 +427,7 @@ else:
         bad "gateway Encrypt with $C2's key: $(tr '\n' ' ' <<<"$out")"
     # IssueCertificate through the gateway: the certificate verifies up to the root (openssl, the
     # chain as GetCaChain's), and a name of another caller is INVALID_ARGUMENT naming the field.
-    issue() { "$GRPCURL" -plaintext -max-time 20 -H "authorization: Bearer $(mint "$ISSUER" "$C1_SUB" vaultgate)" \
+    issue() { "$GRPCURL" -cacert "$RAFT/tls/ca.crt" -max-time 20 -H "authorization: Bearer $(mint "$ISSUER" "$C1_SUB" vaultgate)" \
         -d "{\"role\":\"$C1\",\"common_name\":\"$1\"}" "127.0.0.1:$GW_PORT" vaultgate.v1.PkiService/IssueCertificate 2>&1; }
     out="$(issue "api.$C1.svc.cluster.local")"
     if "$PY" -c 'import json,sys; r=json.loads(sys.argv[1]); open(sys.argv[2],"w").write(r["certificate"]); open(sys.argv[3],"w").write("".join(r["caChain"][:-1])); open(sys.argv[4],"w").write(r["caChain"][-1])' \
