@@ -56,9 +56,9 @@ pub async fn two_thousand_single_calls_take_ten_times_fewer_vault_requests(env: 
     assert_eq!(items, 4000, "every call is one item");
     assert!(requests * 10 <= items, "{requests} Vault requests for {items} calls: less than 10x coalescing");
     // OpenBao's own audit log is the judge: it must hold no request the gateway did not count,
-    // and show the same coalescing. Alone the two counts agree; in the full concurrent suite the
-    // log has held 2-4 fewer than the counter (73 vs 71), not yet explained, so the difference is
-    // printed and bounded rather than required to be zero.
+    // and show the same coalescing. (The keys are this test's alone: the shutdown-drain test used
+    // them too and added requests here.) In full concurrent runs the log has also held 2-4 fewer
+    // than the counter (71 vs 73), not yet explained, so that side is bounded and printed.
     let audited = audited_requests(env, &keys) as u64;
     assert!(audited <= requests, "OpenBao logged {audited} batch requests, the gateway sent {requests}");
     assert!(audited * 10 >= requests * 9, "OpenBao logged only {audited} of the gateway's {requests} requests");

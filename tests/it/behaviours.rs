@@ -71,7 +71,7 @@ pub async fn shutdown_drains_held_calls_drops_late_ones_and_keeps_leases(env: &'
 
     proxy.set_delay(held);
     // One call per key: each its own coalescer lane, so Vault gets (and the proxy holds) all at once.
-    let keys = ["qa-aes", "qa-b1", "qa-b2"];
+    let keys = ["qa-aes", "qa-drain1", "qa-drain2"];
     let calls: Vec<_> = keys
         .into_iter()
         .map(|key| {

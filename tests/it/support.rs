@@ -266,6 +266,9 @@ async fn provision_qa(admin: &provision::Admin<'_>, pg_port: u16, pg_password: &
         ),
         ("transit/keys/qa-b1", json!({"type": "aes256-gcm96"})),
         ("transit/keys/qa-b2", json!({"type": "aes256-gcm96"})),
+        // The shutdown-drain test's own keys: the batching test counts every request to qa-b1/qa-b2.
+        ("transit/keys/qa-drain1", json!({"type": "aes256-gcm96"})),
+        ("transit/keys/qa-drain2", json!({"type": "aes256-gcm96"})),
         ("transit/keys/qa-aes", json!({"type": "aes256-gcm96"})),
         ("transit/keys/qa-derived", json!({"type": "aes256-gcm96", "derived": true})),
         ("transit/keys/qa-rotate", json!({"type": "aes256-gcm96"})),
