@@ -48,6 +48,8 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// Server-streaming RPCs (WatchSecret, WatchDbCreds, WatchKey): bounds, keepalives, polling.
+    pub watch: WatchConfig,
     /// Per-caller rate limits by role name; roles not listed are not limited.
     pub rate_limits: std::collections::HashMap<String, crate::ratelimit::Limit>,
     /// TLS of the gRPC listener; `None` serves plaintext (behind a mesh or for dev).
@@ -380,6 +382,52 @@ fn default_drain_ms() -> u64 {
     20_000
 }
 
+/// Server-streaming RPCs (`stream.rs`): how many may be open, keepalives, KV polling, and the
+/// grace before a replaced or abandoned database lease is revoked.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    /// Streams open at once on this replica, all callers together.
+    #[serde(default = "default_watch_max_streams")]
+    pub max_streams: usize,
+    /// Streams one caller may hold open at once.
+    #[serde(default = "default_watch_max_per_caller")]
+    pub max_streams_per_caller: usize,
+    /// Milliseconds between heartbeat messages on a stream (keep idle streams alive through
+    /// proxies that time out silent streams); 0: none.
+    #[serde(default = "default_watch_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Milliseconds between KV metadata polls of a watched secret right after a change.
+    #[serde(default = "default_watch_poll_min_ms")]
+    pub poll_min_ms: u64,
+    /// Longest interval between polls: the interval grows by half while nothing changes, up to this.
+    #[serde(default = "default_watch_poll_max_ms")]
+    pub poll_max_ms: u64,
+    /// Milliseconds a replaced (rotated) or abandoned database lease lives on before it is revoked,
+    /// so connections opened with it can drain.
+    #[serde(default = "default_watch_rotation_grace_ms")]
+    pub rotation_grace_ms: u64,
+}
+
+fn default_watch_max_streams() -> usize {
+    10_000
+}
+fn default_watch_max_per_caller() -> usize {
+    100
+}
+fn default_watch_heartbeat_ms() -> u64 {
+    20_000
+}
+fn default_watch_poll_min_ms() -> u64 {
+    1_000
+}
+fn default_watch_poll_max_ms() -> u64 {
+    3_000
+}
+fn default_watch_rotation_grace_ms() -> u64 {
+    30_000
+}
+
 /// How long a client connection may live: after `max_age_ms` the server sends GOAWAY and lets its
 /// calls finish for `max_age_grace_ms`, so callers reconnect (and spread over new replicas).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -636,6 +684,8 @@ struct RawConfig {
     #[serde(default)]
     shutdown: Option<ShutdownConfig>,
     #[serde(default)]
+    watch: Option<WatchConfig>,
+    #[serde(default)]
     rate_limits: std::collections::HashMap<String, crate::ratelimit::Limit>,
     #[serde(default)]
     tls: Option<RawTls>,
@@ -661,6 +711,7 @@ impl RawConfig {
         self.limits.get_or_insert_with(empty);
         self.log.get_or_insert_with(empty);
         self.shutdown.get_or_insert_with(empty);
+        self.watch.get_or_insert_with(empty);
         self.unverified_logins.get_or_insert_with(empty);
         self.cache.get_or_insert_with(empty);
     }
@@ -1024,6 +1075,12 @@ impl Config {
         if cache.max_stale_ms > 0 && cache.max_stale_ms < cache.ttl_ms {
             return Err("cache.max_stale_ms: must be 0 (never stale) or at least cache.ttl_ms".into());
         }
+        let watch: WatchConfig = raw.watch.unwrap_or_else(empty);
+        positive("watch.max_streams", watch.max_streams)?;
+        positive("watch.max_streams_per_caller", watch.max_streams_per_caller)?;
+        if watch.poll_min_ms < 100 || watch.poll_max_ms < watch.poll_min_ms {
+            return Err("watch.poll_min_ms: must be at least 100, and watch.poll_max_ms at least it".into());
+        }
         let log: LogConfig = raw.log.unwrap_or_else(empty);
         if !matches!(log.format.as_str(), "human" | "json") {
             return Err(format!("log.format: must be \"human\" or \"json\", not {:?}", log.format));
@@ -1063,6 +1120,7 @@ impl Config {
             log,
             audit: raw.audit,
             shutdown: raw.shutdown.unwrap_or_else(empty),
+            watch,
             rate_limits: raw.rate_limits,
         })
     }
@@ -1221,6 +1279,12 @@ mod tests {
         assert_eq!(c.cache.ttl_ms, 2_000);
         assert_eq!(c.cache.max_stale_ms, 300_000);
         assert_eq!(c.token_keep_warm, Duration::from_secs(900));
+        let w = &c.watch;
+        assert_eq!((w.max_streams, w.max_streams_per_caller, w.heartbeat_ms), (10_000, 100, 20_000));
+        assert_eq!((w.poll_min_ms, w.poll_max_ms, w.rotation_grace_ms), (1_000, 3_000, 30_000));
+        for bad in ["max_streams_per_caller = 0", "poll_min_ms = 10", "poll_min_ms = 5000"] {
+            assert!(Config::parse(&format!("{MINIMAL}[watch]\n{bad}\n")).is_err(), "{bad}");
+        }
         let short = Config::parse(&format!("{MINIMAL}timeout_ms = 2000\nkv_timeout_ms = 500\n")).unwrap();
         let t = short.vault.timeouts;
         assert_eq!(

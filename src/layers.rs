@@ -10,6 +10,11 @@
 //! the gRPC answer itself; every layer outside it still sees that answer, so a refused call is
 //! counted, audited and carries its request id like any other.
 //!
+//! A server-streaming RPC (`stream.rs`) passes the same layers: its head is the answer they see
+//! (so it is shed, audited and refused like any call, and its audit line is written when it
+//! opens, before its first message), and the observe layer counts it when it ends, with the
+//! status it ended with ([`at_end`]).
+//!
 //! Invariants: calls to paths that are not vaultgate RPCs (health, reflection) pass untouched
 //! except for the byte budget; a call is shed before a byte of its body is read; a layer never
 //! decodes the body.
@@ -237,12 +242,69 @@ impl Concern for Observe {
         let metrics = self.metrics.clone();
         Box::pin(async move {
             let response = next.call(request).await?;
-            let (code, took) = (code_of(&response), call.started.elapsed());
-            let role = call.who().map(|(_, role)| role);
-            metrics.call(call.rpc.name, code, role, took);
-            tracing::debug!(?code, role, ms = took.as_secs_f64() * 1e3, "call done");
+            let streaming = call.rpc.streaming;
+            let done = move |code: Code| {
+                let took = call.started.elapsed();
+                let role = call.who().map(|(_, role)| role);
+                metrics.call(call.rpc.name, code, role, took);
+                tracing::debug!(?code, role, ms = took.as_secs_f64() * 1e3, "call done");
+            };
+            // A stream that opened is counted when it ends, with the status it ended with.
+            if streaming && code_of(&response) == Code::Ok {
+                return Ok(at_end(response, done));
+            }
+            done(code_of(&response));
             Ok(response)
         })
+    }
+}
+
+/// `response` whose body calls `done` once with the code its stream ended with: the
+/// `grpc-status` of its trailers, or CANCELLED when the body is dropped before them (the caller
+/// went away).
+pub fn at_end(response: HttpResponse, done: impl FnOnce(Code) + Send + 'static) -> HttpResponse {
+    response.map(|inner| Body::new(Ending { inner, done: Some(Box::new(done)) }))
+}
+
+/// A response body that reports how its stream ended ([`at_end`]).
+struct Ending {
+    inner: Body,
+    done: Option<Box<dyn FnOnce(Code) + Send>>,
+}
+
+impl http_body::Body for Ending {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let ended = match &frame {
+            Some(Ok(f)) => {
+                f.trailers_ref().map(|t| t.get("grpc-status").map_or(Code::Unknown, |v| Code::from_bytes(v.as_bytes())))
+            }
+            Some(Err(e)) => Some(e.code()),
+            None => Some(Code::Unknown),
+        };
+        if let (Some(code), Some(done)) = (ended, self.done.take()) {
+            done(code);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(Code::Cancelled);
+        }
     }
 }
 

@@ -55,6 +55,7 @@ pub mod rules;
 pub mod server;
 pub mod service;
 pub mod session;
+pub mod stream;
 pub mod tls;
 pub mod vault;
 

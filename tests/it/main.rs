@@ -27,6 +27,7 @@ mod overload;
 mod pki;
 mod secrets;
 mod signing;
+mod streams;
 mod support;
 mod tools;
 
@@ -105,6 +106,12 @@ const TESTS: &[(&str, TestFn)] = tests![
     contract::transit_requests_name_their_mount,
     contract::batch_items_carry_key_versions,
     contract::old_connections_are_closed_without_failing_calls,
+    streams::watch_secret_new_versions_reach_two_watchers_and_deletion_ends_them,
+    streams::two_hundred_watchers_of_one_path_cost_one_poller,
+    streams::watch_db_creds_renews_rotates_and_revokes_after_the_grace,
+    streams::callers_ending_watch_db_creds_early_leave_no_lease,
+    streams::shutdown_ends_a_hundred_streams_unavailable_and_leaves_no_lease,
+    streams::stream_bounds_attack_table,
 ];
 
 /// Tests that measure time or load the machine on purpose: run one at a time after the others,
