@@ -232,7 +232,8 @@ mod tests {
         odd.extend([0x1d, 1, 2, 3, 4]); // 3: fixed32
         odd.extend([0x23, 0x08, 0x01, 0x12, 0x01, b'x', 0x24]); // 4: group { 1: 1, 2: "x" }
         odd.extend([0xa2, 0x06, 0x03, 1, 2, 3]); // 100: packed
-        let cases: Vec<(&str, Vec<Vec<u8>>, Vec<(u32, usize)>)> = vec![
+        type Case = (&'static str, Vec<Vec<u8>>, Vec<(u32, usize)>);
+        let cases: Vec<Case> = vec![
             ("empty message", vec![vec![]], vec![(0, 0)]),
             ("1,000 empty items", vec![batch(1000, b"")], vec![(2003, 1001)]),
             ("items with bytes", vec![batch(3, &[7; 300])], vec![(3 + 3 * 306, 4)]),
@@ -277,7 +278,12 @@ mod tests {
         bytes[0] = 1;
         let mut frames = Frames::default();
         let mut seen = Vec::new();
-        frames.feed(&bytes, |e| Ok::<(), ()>(seen.push(e))).expect("never refused");
+        frames
+            .feed(&bytes, |e| {
+                seen.push(e);
+                Ok::<(), ()>(())
+            })
+            .expect("never refused");
         assert_eq!(seen, vec![Event::Message { declared: 13, compressed: true }]);
     }
 
