@@ -41,6 +41,7 @@ pub mod codec;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod frames;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;

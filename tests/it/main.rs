@@ -124,6 +124,7 @@ const ALONE: &[(&str, TestFn)] = tests![
     ha::vault_stopped_then_started_fails_fast_and_recovers,
     attacks::many_streams_of_slow_megabyte_messages_stay_within_memory_bound,
     attacks::two_thousand_idle_connections_do_not_delay_a_new_handshake,
+    attacks::four_mebibytes_of_empty_batch_items_are_refused_before_decoding,
 ];
 
 /// Upper bound of one test, so a hang fails instead of blocking CI.
