@@ -20,6 +20,7 @@ use crate::{
     call::{Call, Rpc},
     config::Config,
     error::Error,
+    key_versions::KeyVersions,
     leases::Leases,
     metrics::Metrics,
     ratelimit::RateLimits,
@@ -60,6 +61,8 @@ pub struct Gateway {
     pub streams: Arc<Streams>,
     /// The shared KV metadata pollers of WatchSecret, per token, mount and path.
     pub watched: secret::Watched,
+    /// Each Transit key's versions per Vault token, kept fresh by pollers (`key_versions.rs`).
+    pub(crate) key_versions: KeyVersions,
 }
 
 impl Gateway {
@@ -82,6 +85,11 @@ impl Gateway {
             cache: ReadCache::new(&config.cache, metrics.clone()),
             streams: Streams::new(&config.watch),
             watched: Default::default(),
+            key_versions: KeyVersions::new(
+                Arc::new(vault.clone()),
+                &config.key_versions,
+                config.vault.timeouts.transit,
+            ),
             sessions: Arc::new(Sessions::new(vault.clone(), &config)?),
             vault,
             coalescer,

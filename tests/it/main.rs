@@ -25,6 +25,7 @@ mod logs;
 mod oracles;
 mod overload;
 mod pki;
+mod rotation;
 mod secrets;
 mod signing;
 mod streams;
@@ -112,6 +113,8 @@ const TESTS: &[(&str, TestFn)] = tests![
     streams::callers_ending_watch_db_creds_early_leave_no_lease,
     streams::shutdown_ends_a_hundred_streams_unavailable_and_leaves_no_lease,
     streams::stream_bounds_attack_table,
+    rotation::decrypt_after_rotation_recommends_rewrap_without_a_key_read_per_call,
+    rotation::rewrap_batch_of_a_thousand_takes_few_vault_requests,
 ];
 
 /// Tests that measure time or load the machine on purpose: run one at a time after the others,
