@@ -292,13 +292,10 @@ fn connections_closed(metrics: &str, reason: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Idle TCP connections that never start TLS, and the source addresses they come from.
-const IDLE: usize = 2000;
-const IDLE_PEERS: u8 = 8;
-
-pub async fn two_thousand_idle_connections_do_not_delay_a_new_handshake(env: &'static Env) {
-    use tonic::transport::{Certificate, ClientTlsConfig};
-    let dir = env.dir.join("attack-tls");
+/// A gateway serving TLS with a certificate of a CA of its own (in `env.dir/<name>`), the
+/// `billing` caller and `more` config; the CA for clients.
+async fn tls_gateway(env: &Env, name: &str, more: &str) -> (vaultgate::dev::certs::Ca, crate::support::TestGateway) {
+    let dir = env.dir.join(name);
     std::fs::create_dir_all(&dir).expect("dir");
     let ca = vaultgate::dev::certs::Ca::new("attack test CA").expect("CA");
     let server = ca.server().expect("server cert");
@@ -306,10 +303,20 @@ pub async fn two_thousand_idle_connections_do_not_delay_a_new_handshake(env: &'s
     std::fs::write(&cert, &server.cert_pem).expect("cert");
     std::fs::write(&key, &server.key_pem).expect("key");
     let own = serve_gateway(&format!(
-        "[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"billing\"\nequals = \"billing\"\n[tls]\ncert = {cert:?}\nkey = {key:?}\n",
+        "[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"billing\"\nequals = \"billing\"\n[tls]\ncert = {cert:?}\nkey = {key:?}\n{more}",
         env.vault_addr
     ))
     .await;
+    (ca, own)
+}
+
+/// Idle TCP connections that never start TLS, and the source addresses they come from.
+const IDLE: usize = 2000;
+const IDLE_PEERS: u8 = 8;
+
+pub async fn two_thousand_idle_connections_do_not_delay_a_new_handshake(env: &'static Env) {
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let (ca, own) = tls_gateway(env, "attack-tls", "").await;
     // 2,000 connections from 127.0.0.2..=9 that send nothing (the kernel completes TCP).
     let mut idle = Vec::with_capacity(IDLE);
     for i in 0..IDLE {
@@ -404,20 +411,9 @@ const FIRST_STREAM: Duration = Duration::from_millis(1000);
 
 pub async fn idle_tls_connections_do_not_hold_the_connection_slots(env: &'static Env) {
     use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
-    let dir = env.dir.join("attack-idle");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let ca = vaultgate::dev::certs::Ca::new("idle attack CA").expect("CA");
-    let server = ca.server().expect("server cert");
-    let (cert, key) = (dir.join("server.pem"), dir.join("server-key.pem"));
-    std::fs::write(&cert, &server.cert_pem).expect("cert");
-    std::fs::write(&key, &server.key_pem).expect("key");
-    let own = serve_gateway(&format!(
-        "[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"billing\"\nequals = \"billing\"\n[tls]\ncert = {cert:?}\nkey = {key:?}\n\
-         [limits]\nmax_connections = {IDLE_SLOTS}\nfirst_stream_timeout_ms = {}\n",
-        env.vault_addr,
-        FIRST_STREAM.as_millis()
-    ))
-    .await;
+    let limits =
+        format!("[limits]\nmax_connections = {IDLE_SLOTS}\nfirst_stream_timeout_ms = {}\n", FIRST_STREAM.as_millis());
+    let (ca, own) = tls_gateway(env, "attack-idle", &limits).await;
     // The attacker: every slot taken by a connection that completes TLS (half also the HTTP/2
     // handshake) and then opens no stream.
     let mut roots = rustls::RootCertStore::empty();
