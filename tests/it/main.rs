@@ -25,6 +25,7 @@ mod logs;
 mod oracles;
 mod overload;
 mod pki;
+mod rotation;
 mod secrets;
 mod signing;
 mod support;
@@ -106,6 +107,8 @@ const TESTS: &[(&str, TestFn)] = tests![
     contract::transit_requests_name_their_mount,
     contract::batch_items_carry_key_versions,
     contract::old_connections_are_closed_without_failing_calls,
+    rotation::decrypt_after_rotation_recommends_rewrap_without_a_key_read_per_call,
+    rotation::rewrap_batch_of_a_thousand_takes_few_vault_requests,
 ];
 
 /// Tests that measure time or load the machine on purpose: run one at a time after the others,
