@@ -741,8 +741,9 @@ mod tests {
 
     #[test]
     fn a_field_cost_covers_what_a_request_element_decodes_into() {
-        use crate::pb::vaultgate::v1::{DecryptBatchItem, EncryptBatchItem};
+        use crate::pb::vaultgate::v1::{DecryptBatchItem, EncryptBatchItem, RewrapBatchItem};
         for (name, size) in [
+            ("RewrapBatchItem", std::mem::size_of::<RewrapBatchItem>()),
             ("EncryptBatchItem", std::mem::size_of::<EncryptBatchItem>()),
             ("DecryptBatchItem", std::mem::size_of::<DecryptBatchItem>()),
             ("String", std::mem::size_of::<String>()),
