@@ -103,7 +103,8 @@ pub struct Metrics {
     pub cache_bytes: Gauge,
     /// Client connections open (TLS: handshake done).
     pub connections: Gauge,
-    /// Connections closed at once, by reason (`max_connections`, `handshakes`, `peer_handshakes`).
+    /// Connections closed by admission, by reason (`max_connections`, `handshakes`,
+    /// `peer_handshakes` at once; `idle` after the idle timeouts).
     pub connections_refused: Family<KindLabel, Counter>,
     /// Request bytes received and held by calls in flight (`limits.max_request_bytes_in_flight`).
     pub request_bytes_in_flight: Gauge,
@@ -246,7 +247,7 @@ impl Metrics {
         registry.register("connections", "client connections open", m.connections.clone());
         registry.register(
             "connections_refused",
-            "client connections closed at once, by reason (max_connections, handshakes, peer_handshakes)",
+            "client connections closed by admission, by reason (max_connections, handshakes, peer_handshakes: at once; idle: no stream for the idle timeouts)",
             m.connections_refused.clone(),
         );
         registry.register(
