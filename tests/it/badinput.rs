@@ -330,7 +330,8 @@ pub async fn bad_input_table(env: &'static Env) {
         row(
             "101 alt names",
             ISSUE_CERT,
-            [field(1, b"web"), field(2, b"a.example"), (0..101).flat_map(|_| field(3, b"b.example")).collect()].concat(),
+            [field(1, b"web"), field(2, b"a.example"), (0..101).flat_map(|_| field(3, b"b.example")).collect()]
+                .concat(),
             INVALID,
             "alt_names: 101 names is over the limit of 100",
         ),
