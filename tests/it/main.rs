@@ -29,6 +29,7 @@ mod secrets;
 mod signing;
 mod support;
 mod tools;
+mod traces;
 
 use std::{future::Future, pin::Pin, time::Duration};
 use support::Env;
@@ -105,6 +106,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     contract::transit_requests_name_their_mount,
     contract::batch_items_carry_key_versions,
     contract::old_connections_are_closed_without_failing_calls,
+    traces::encrypt_is_traced_from_the_callers_traceparent_to_vault,
 ];
 
 /// Tests that measure time or load the machine on purpose: run one at a time after the others,
