@@ -1,4 +1,4 @@
-//! Coalescing of concurrent Transit Encrypt/Decrypt/Sign/Verify/Hmac/VerifyHmac calls into
+//! Coalescing of concurrent Transit Encrypt/Decrypt/Rewrap/Sign/Verify/Hmac/VerifyHmac calls into
 //! `batch_input` requests (group commit, no timer), and fan-out of each item's result to exactly
 //! the caller that sent it.
 //!

@@ -84,6 +84,7 @@ pub const RPCS: &[&Rpc] = &[
     EncryptBatchRequest::RPC,
     DecryptBatchRequest::RPC,
     RewrapRequest::RPC,
+    RewrapBatchRequest::RPC,
     RotateRequest::RPC,
     GetKeyRequest::RPC,
     GenerateDataKeyRequest::RPC,

@@ -40,6 +40,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Coalescing of Transit calls.
     pub batch: BatchConfig,
+    /// The key-version cache behind Decrypt's `rewrap_recommended` and WatchKey (`[key_versions]`).
+    pub key_versions: KeyVersionsConfig,
     /// Request size limits.
     pub limits: Limits,
     /// Log output.
@@ -307,6 +309,44 @@ pub struct RoleConfig {
     /// Whether this role's callers get cached answers marked stale while Vault cannot answer
     /// (`serve_stale`, default true); false: they get the failure.
     pub serve_stale: Option<bool>,
+}
+
+/// The key-version cache (`[key_versions]`, `key_versions.rs`): one poller per (mount, key,
+/// Vault token) in use.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyVersionsConfig {
+    /// Milliseconds between two reads of a key's versions by one poller (at least 100).
+    #[serde(default = "default_key_poll_ms")]
+    pub poll_ms: u64,
+    /// A poller no call used for this long (and no WatchKey stream watches) stops.
+    #[serde(default = "default_key_idle_ms")]
+    pub idle_ms: u64,
+    /// Most pollers (mount, key, token) at once.
+    #[serde(default = "default_key_entries")]
+    pub max_entries: usize,
+}
+
+impl KeyVersionsConfig {
+    /// `poll_ms` as a duration.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.poll_ms)
+    }
+
+    /// `idle_ms` as a duration.
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms)
+    }
+}
+
+fn default_key_poll_ms() -> u64 {
+    5_000
+}
+fn default_key_idle_ms() -> u64 {
+    120_000
+}
+fn default_key_entries() -> usize {
+    4096
 }
 
 /// The read cache (`[cache]`): GetSecret, ListSecrets and GetKey answers, per Vault token.
@@ -682,6 +722,8 @@ struct RawConfig {
     #[serde(default)]
     batch: Option<BatchConfig>,
     #[serde(default)]
+    key_versions: Option<KeyVersionsConfig>,
+    #[serde(default)]
     limits: Option<Limits>,
     #[serde(default)]
     log: Option<LogConfig>,
@@ -719,6 +761,7 @@ impl RawConfig {
         self.shutdown.get_or_insert_with(empty);
         self.unverified_logins.get_or_insert_with(empty);
         self.cache.get_or_insert_with(empty);
+        self.key_versions.get_or_insert_with(empty);
     }
 }
 
@@ -1080,6 +1123,14 @@ impl Config {
         if cache.max_stale_ms > 0 && cache.max_stale_ms < cache.ttl_ms {
             return Err("cache.max_stale_ms: must be 0 (never stale) or at least cache.ttl_ms".into());
         }
+        let key_versions: KeyVersionsConfig = raw.key_versions.unwrap_or_else(empty);
+        if key_versions.poll_ms < 100 {
+            return Err("key_versions.poll_ms: must be at least 100".into());
+        }
+        if key_versions.idle_ms < key_versions.poll_ms {
+            return Err("key_versions.idle_ms: must be at least key_versions.poll_ms".into());
+        }
+        positive("key_versions.max_entries", key_versions.max_entries)?;
         let log: LogConfig = raw.log.unwrap_or_else(empty);
         if !matches!(log.format.as_str(), "human" | "json") {
             return Err(format!("log.format: must be \"human\" or \"json\", not {:?}", log.format));
@@ -1118,6 +1169,7 @@ impl Config {
             token_keep_warm: Duration::from_millis(raw.token_keep_warm_ms),
             cache,
             batch,
+            key_versions,
             limits,
             log,
             traces: raw.traces,
@@ -1364,6 +1416,9 @@ mod tests {
             (&format!("{MINIMAL}silent_after_ms = 10\n"), "vault.silent_after_ms"),
             (&format!("{MINIMAL}transit_timeout_ms = 0\n"), "vault.transit_timeout_ms"),
             (&format!("{MINIMAL}[cache]\nmax_entries = 0\n"), "cache.max_entries"),
+            (&format!("{MINIMAL}[key_versions]\npoll_ms = 10\n"), "key_versions.poll_ms"),
+            (&format!("{MINIMAL}[key_versions]\nidle_ms = 200\n"), "key_versions.idle_ms"),
+            (&format!("{MINIMAL}[key_versions]\nmax_entries = 0\n"), "key_versions.max_entries"),
             (&format!("{MINIMAL}[cache]\nttl_ms = 5000\nmax_stale_ms = 1000\n"), "cache.max_stale_ms"),
             (&format!("{MINIMAL}[cache]\nttl = 5\n"), "ttl"),
             (&format!("{MINIMAL}typo = 1\n"), "typo"),

@@ -17,7 +17,9 @@
 use crate::{
     audit::{self, AuditLog},
     call::{self, Call, REQUEST_ID},
+    config::Limits,
     error::Error,
+    frames::{Event, Frames},
     metrics::Metrics,
     vault::RequestIds,
 };
@@ -138,9 +140,10 @@ impl<L> Stack<L> {
         self.push_concern(TransportAnswer)
     }
 
-    /// The global budget of request bytes in flight ([`Budget`]).
-    pub fn push_budget(self, bytes: Arc<ByteBudget>) -> Pushed<L, Layer<Budget>> {
-        self.push_concern(Budget { bytes })
+    /// The global budget of request bytes in flight and the per-message bounds of `limits`
+    /// ([`Budget`]).
+    pub fn push_budget(self, bytes: Arc<ByteBudget>, limits: &Limits) -> Pushed<L, Layer<Budget>> {
+        self.push_concern(Budget::new(bytes, limits))
     }
 
     /// The caller's deadline ([`Deadline`]).
@@ -415,14 +418,28 @@ impl Concern for TransportAnswer {
 }
 
 /// The global budget of request bytes in flight (`limits.max_request_bytes_in_flight`): every
-/// request's body bytes are taken from it as they arrive from the connection, before tonic
-/// buffers and decodes them, and given back when the call is answered. So what requests hold
-/// in memory, raw and decoded, is bounded by configuration whatever the callers send.
+/// request message is charged what its header declares as soon as the 5-byte header arrives,
+/// before tonic buffers its body, and [`FIELD_COST`] per top-level field as its fields arrive,
+/// before tonic decodes it; the charge is given back when the call is answered. So what
+/// requests hold in memory, raw and decoded, is bounded by configuration whatever the callers
+/// send, declare or trickle.
 pub struct ByteBudget {
     max: usize,
     used: AtomicUsize,
     metrics: Arc<Metrics>,
 }
+
+/// What one top-level field of a request message may decode into beyond its own bytes: the
+/// largest element a repeated field of a request holds (a batch item, a `String`), twice (a
+/// `Vec` grows by doubling). 4 MiB of empty batch items (2 bytes each) would otherwise decode
+/// to about 150 MB of structs.
+pub const FIELD_COST: usize = 256;
+
+/// Top-level fields a request message may have on top of `limits.max_batch_items`: the other
+/// fields of a batch, and the largest other request (IssueCertificate: 100 `alt_names` and 100
+/// `ip_sans` plus its own fields) with room to spare. Past it the message is refused before it
+/// is decoded; below it each handler's own count check names the field.
+pub const MORE_FIELDS: usize = 256;
 
 impl ByteBudget {
     /// A budget of `max` bytes, its use shown in `metrics`.
@@ -453,9 +470,10 @@ impl ByteBudget {
     }
 }
 
-/// One call's share of the budget: what its body took, given back when the call is answered
-/// (or when the last holder drops it). After the answer (a streaming request's later messages)
-/// bytes are only checked against the budget, not held: the handler consumes them one by one.
+/// One call's share of the budget: what its messages took, given back when the call is
+/// answered (or when the last holder drops it). After the answer (a streaming request's later
+/// messages) a message is only checked against the budget, not held: the handler consumes them
+/// one by one.
 struct Charge {
     budget: Arc<ByteBudget>,
     held: AtomicUsize,
@@ -463,6 +481,10 @@ struct Charge {
 }
 
 impl Charge {
+    fn new(budget: Arc<ByteBudget>) -> Arc<Charge> {
+        Arc::new(Charge { budget, held: AtomicUsize::new(0), answered: AtomicBool::new(false) })
+    }
+
     fn take(&self, n: usize) -> bool {
         if !self.budget.take(n) {
             return false;
@@ -487,11 +509,71 @@ impl Drop for Charge {
     }
 }
 
-/// A request body whose data frames are taken from the budget as they arrive; past it the body
-/// fails with RESOURCE_EXHAUSTED, which tonic's decoder answers with before decoding anything.
+/// The per-message bounds the budget layer applies as a body arrives.
+#[derive(Clone, Copy)]
+struct Bounds {
+    max_message: usize,
+    max_fields: usize,
+}
+
+/// A request body walked as it arrives ([`Frames`]): each message is charged by its declared
+/// length at its header and by [`FIELD_COST`] per top-level field; a message over
+/// `limits.max_message_bytes` or with more fields than allowed fails the body with
+/// INVALID_ARGUMENT, a charge past the budget with RESOURCE_EXHAUSTED, which tonic's decoder
+/// answers with before buffering the rest or decoding anything.
 struct Budgeted {
     inner: Body,
     charge: Arc<Charge>,
+    frames: Frames,
+    bounds: Bounds,
+    /// Top-level fields of the current message so far.
+    fields: usize,
+}
+
+impl Budgeted {
+    fn new(inner: Body, charge: Arc<Charge>, bounds: Bounds) -> Budgeted {
+        Budgeted { inner, charge, frames: Frames::default(), bounds, fields: 0 }
+    }
+
+    /// Walks `data`: the first refusal of one of its messages, if any.
+    fn walk(&mut self, data: &[u8]) -> Result<(), Error> {
+        let Budgeted { charge, frames, bounds, fields, .. } = self;
+        frames.feed(data, |event| {
+            let cost = match event {
+                Event::Message { declared, .. } => {
+                    let declared = usize::try_from(declared).unwrap_or(usize::MAX);
+                    if declared > bounds.max_message {
+                        return Err(Error::InvalidArgument(format!(
+                            "the request message is over limits.max_message_bytes; send less per call \
+                             (it declares {declared} bytes, the limit is {})",
+                            bounds.max_message
+                        )));
+                    }
+                    *fields = 0;
+                    declared.saturating_add(5)
+                }
+                Event::Fields(n) => {
+                    *fields = fields.saturating_add(n);
+                    if *fields > bounds.max_fields {
+                        return Err(Error::InvalidArgument(format!(
+                            "the request message has more than {} top-level fields (limits.max_batch_items + {MORE_FIELDS}); \
+                             send fewer items per call",
+                            bounds.max_fields
+                        )));
+                    }
+                    n.saturating_mul(FIELD_COST)
+                }
+            };
+            if charge.take(cost) {
+                Ok(())
+            } else {
+                Err(Error::ResourceExhausted(format!(
+                    "the gateway holds too many request bytes ({} in flight, limits.max_request_bytes_in_flight); retry with backoff",
+                    charge.budget.max
+                )))
+            }
+        })
+    }
 }
 
 impl http_body::Body for Budgeted {
@@ -501,12 +583,8 @@ impl http_body::Body for Budgeted {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-            let n = data.map_or(0, Bytes::len);
-            if !self.charge.take(n) {
-                let max = self.charge.budget.max;
-                return Poll::Ready(Some(Err(Status::from(Error::ResourceExhausted(format!(
-                    "the gateway holds too many request bytes ({max} in flight, limits.max_request_bytes_in_flight); retry with backoff"
-                ))))));
+            if let Err(refused) = self.walk(data.map_or(&[][..], |d| &d[..])) {
+                return Poll::Ready(Some(Err(Status::from(refused))));
             }
         }
         Poll::Ready(frame)
@@ -521,22 +599,28 @@ impl http_body::Body for Budgeted {
     }
 }
 
-/// Counts every request's body bytes against the global [`ByteBudget`] as they arrive, for
-/// every path (health and reflection too). Inside shedding (a shed call reads nothing), right
-/// in front of tonic's decoding (so a refused request is never decoded).
+/// Charges every request against the global [`ByteBudget`] and bounds each of its messages as
+/// its bytes arrive ([`Budgeted`]), for every path (health and reflection too). Inside shedding
+/// (a shed call reads nothing), right in front of tonic's decoding (so a refused request is
+/// never decoded).
 #[derive(Clone)]
 pub struct Budget {
     bytes: Arc<ByteBudget>,
+    bounds: Bounds,
+}
+
+impl Budget {
+    fn new(bytes: Arc<ByteBudget>, limits: &Limits) -> Budget {
+        let max_fields = limits.max_batch_items.saturating_add(MORE_FIELDS);
+        Budget { bytes, bounds: Bounds { max_message: limits.max_message_bytes, max_fields } }
+    }
 }
 
 impl Concern for Budget {
     fn around<S: Next>(&self, request: HttpRequest, mut next: S) -> CallFuture {
-        let charge = Arc::new(Charge {
-            budget: self.bytes.clone(),
-            held: AtomicUsize::new(0),
-            answered: AtomicBool::new(false),
-        });
-        let request = request.map(|inner| Body::new(Budgeted { inner, charge: charge.clone() }));
+        let charge = Charge::new(self.bytes.clone());
+        let bounds = self.bounds;
+        let request = request.map(|inner| Body::new(Budgeted::new(inner, charge.clone(), bounds)));
         let answer = next.call(request);
         Box::pin(async move {
             let answer = answer.await;
@@ -569,52 +653,108 @@ mod tests {
         assert!(b.take(100));
     }
 
-    /// A body of `chunks` data frames, through the budget layer's wrapper.
-    fn body(chunks: &[usize], charge: &Arc<Charge>) -> Budgeted {
+    /// A body of these data frames, through the budget layer's wrapper.
+    fn body(chunks: Vec<Vec<u8>>, charge: &Arc<Charge>, max_fields: usize) -> Budgeted {
         let frames: Vec<Result<Frame<Bytes>, Status>> =
-            chunks.iter().map(|&n| Ok(Frame::data(Bytes::from(vec![7u8; n])))).collect();
+            chunks.into_iter().map(|c| Ok(Frame::data(Bytes::from(c)))).collect();
         let inner = Body::new(http_body_util::StreamBody::new(tokio_stream::iter(frames)));
-        Budgeted { inner, charge: charge.clone() }
+        Budgeted::new(inner, charge.clone(), Bounds { max_message: 1000, max_fields })
     }
 
-    fn charge(budget: &Arc<ByteBudget>) -> Arc<Charge> {
-        Arc::new(Charge { budget: budget.clone(), held: AtomicUsize::new(0), answered: AtomicBool::new(false) })
+    /// A gRPC message header declaring `n` bytes.
+    fn header(n: u32) -> Vec<u8> {
+        let mut h = vec![0];
+        h.extend_from_slice(&n.to_be_bytes());
+        h
     }
 
     #[tokio::test]
-    async fn bytes_are_held_until_the_answer_and_refused_past_the_budget() {
+    async fn messages_are_charged_by_their_declared_length_before_their_bytes_arrive() {
         let b = budget(1000);
-        let first = charge(&b);
-        let read = body(&[300, 300], &first).collect().await.expect("within the budget");
-        assert_eq!(read.to_bytes().len(), 600);
-        assert_eq!(b.used(), 600, "held after reading: the decoded request still lives");
-        // A second call arrives while the first is in flight: its third frame passes the budget.
-        let second = charge(&b);
-        let mut frames = body(&[200, 150, 100], &second);
-        assert!(frames.frame().await.expect("frame").is_ok());
-        assert!(frames.frame().await.expect("frame").is_ok());
-        let refused = frames.frame().await.expect("frame").expect_err("past the budget");
+        let first = Charge::new(b.clone());
+        let mut trickle = body(vec![header(595), vec![0x0a, 0x01], vec![b'k'; 1]], &first, 10);
+        assert!(trickle.frame().await.expect("frame").is_ok());
+        assert_eq!(b.used(), 600, "the whole declared message is charged at its header");
+        // A second call declares more than is left: refused at its header, taking nothing.
+        let second = Charge::new(b.clone());
+        let mut greedy = body(vec![header(400), vec![0; 400]], &second, 10);
+        let refused = greedy.frame().await.expect("frame").expect_err("past the budget");
         assert_eq!(refused.code(), Code::ResourceExhausted);
         assert!(refused.message().contains("limits.max_request_bytes_in_flight"), "{}", refused.message());
-        assert_eq!(b.used(), 950, "the refused frame took nothing");
+        assert_eq!(b.used(), 600, "the refused header took nothing");
+        // Fields are charged as they arrive: one field of the first message.
+        assert!(trickle.frame().await.expect("frame").is_ok());
+        assert_eq!(b.used(), 600 + FIELD_COST);
+        // Over limits.max_message_bytes: refused by its header, whatever the budget.
+        let third = Charge::new(b.clone());
+        let refused = body(vec![header(1001)], &third, 10).collect().await.expect_err("over the message limit");
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(refused.message().contains("declares 1001 bytes, the limit is 1000"), "{}", refused.message());
+        assert_eq!(b.used(), 600 + FIELD_COST);
         // Answers give everything back, whether the body is still alive or not.
         first.answered();
-        assert_eq!(b.used(), 350);
-        drop(frames);
-        drop(second);
         assert_eq!(b.used(), 0);
+        let fourth = Charge::new(b.clone());
+        let mut held = body(vec![header(100)], &fourth, 10);
+        assert!(held.frame().await.expect("frame").is_ok());
+        assert_eq!(b.used(), 105);
+        drop(held);
+        drop(fourth);
+        assert_eq!(b.used(), 0, "dropped calls give back too");
+    }
+
+    #[tokio::test]
+    async fn many_tiny_fields_are_refused_before_decoding() {
+        use crate::pb::vaultgate::v1::{EncryptBatchItem, EncryptBatchRequest};
+        use prost::Message;
+        let items = |n| {
+            let m = EncryptBatchRequest {
+                key: "k".into(),
+                items: vec![EncryptBatchItem::default(); n],
+                ..Default::default()
+            };
+            [header(m.encoded_len() as u32), m.encode_to_vec()].concat()
+        };
+        let b = budget(100_000);
+        let c = Charge::new(b.clone());
+        body(vec![items(9)], &c, 10).collect().await.expect("10 fields (key + 9 items) are allowed");
+        assert_eq!(b.used(), 5 + 3 + 9 * 2 + 10 * FIELD_COST, "bytes plus a field cost each");
+        let c = Charge::new(b.clone());
+        let refused = body(vec![items(10)], &c, 10).collect().await.expect_err("11 fields");
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(refused.message().contains("more than 10 top-level fields"), "{}", refused.message());
+        // Field costs pass the budget before the bytes do: 4 MiB of empty items would decode to
+        // ~150 MB of structs.
+        let c = Charge::new(budget(2_000));
+        let refused = body(vec![items(9)], &c, 1000).collect().await.expect_err("past the budget");
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn a_field_cost_covers_what_a_request_element_decodes_into() {
+        use crate::pb::vaultgate::v1::{DecryptBatchItem, EncryptBatchItem};
+        for (name, size) in [
+            ("EncryptBatchItem", std::mem::size_of::<EncryptBatchItem>()),
+            ("DecryptBatchItem", std::mem::size_of::<DecryptBatchItem>()),
+            ("String", std::mem::size_of::<String>()),
+        ] {
+            assert!(2 * size <= FIELD_COST, "{name} is {size} bytes: raise FIELD_COST");
+        }
     }
 
     #[tokio::test]
     async fn after_the_answer_a_stream_is_checked_but_holds_nothing() {
         let b = budget(100);
-        let c = charge(&b);
+        let c = Charge::new(b.clone());
         c.answered();
-        let read = body(&[80, 80, 80], &c).collect().await.expect("each frame fits on its own");
-        assert_eq!(read.to_bytes().len(), 240);
+        let read = body(vec![header(70), vec![0; 70], header(70), vec![0; 70]], &c, 10)
+            .collect()
+            .await
+            .expect("each message fits on its own");
+        assert_eq!(read.to_bytes().len(), 150);
         assert_eq!(b.used(), 0);
         assert!(b.take(90));
-        let refused = body(&[20], &c).collect().await.expect_err("the budget is full");
+        let refused = body(vec![header(20)], &c, 10).collect().await.expect_err("the budget is full");
         assert_eq!(refused.code(), Code::ResourceExhausted);
     }
 }

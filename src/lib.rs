@@ -16,6 +16,8 @@
 //! - [`session`]: Vault tokens acting for callers: logins (JWT, Kubernetes, AppRole, token file),
 //!   renewal, re-login, cache.
 //! - [`batch`]: coalescing of concurrent Transit calls into `batch_input` requests.
+//! - `key_versions`: each Transit key's versions per Vault token, kept fresh by a poller
+//!   (Decrypt's `rewrap_recommended`, WatchKey).
 //! - [`leases`]: who owns each database lease, and keeping its parent token alive.
 //! - [`vault`]: the Vault HTTP client (node choice, breakers, retries); knows nothing of gRPC.
 //! - [`error`]: the one mapping from failures to gRPC status codes.
@@ -40,12 +42,14 @@ pub mod codec;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod frames;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
 pub mod identity;
 pub mod jwt;
+pub(crate) mod key_versions;
 pub mod layers;
 pub mod leases;
 pub mod listener;

@@ -41,6 +41,8 @@ impl fmt::Debug for pb::DecryptResponse {
         f.debug_struct("DecryptResponse")
             .field("plaintext", &Redacted(self.plaintext.len()))
             .field("key_version", &self.key_version)
+            .field("rewrap_recommended", &self.rewrap_recommended)
+            .field("latest_version", &self.latest_version)
             .finish()
     }
 }
@@ -60,6 +62,9 @@ impl fmt::Debug for pb::DecryptBatchResult {
         f.debug_struct("DecryptBatchResult")
             .field("plaintext", &Redacted(self.plaintext.len()))
             .field("error", &self.error)
+            .field("key_version", &self.key_version)
+            .field("rewrap_recommended", &self.rewrap_recommended)
+            .field("latest_version", &self.latest_version)
             .finish()
     }
 }
@@ -185,7 +190,10 @@ mod tests {
                     }
                 ),
             ),
-            ("pb::DecryptResponse", format!("{:?}", pb::DecryptResponse { plaintext: b(), key_version: 1 })),
+            (
+                "pb::DecryptResponse",
+                format!("{:?}", pb::DecryptResponse { plaintext: b(), key_version: 1, ..Default::default() }),
+            ),
             (
                 "pb::EncryptBatchItem",
                 format!(
@@ -198,7 +206,7 @@ mod tests {
                 format!(
                     "{:?}",
                     pb::DecryptBatchResponse {
-                        results: vec![pb::DecryptBatchResult { plaintext: b(), key_version: 1, error: None }]
+                        results: vec![pb::DecryptBatchResult { plaintext: b(), key_version: 1, ..Default::default() }]
                     }
                 ),
             ),

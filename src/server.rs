@@ -19,6 +19,10 @@ use tokio::sync::Notify;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
+/// HTTP/2 flow-control window of a client connection (and of each of its streams), in bytes:
+/// what a connection can have sent that the gateway has not read yet (docs/security.md).
+pub const CONNECTION_WINDOW: u32 = 1 << 20;
+
 /// The encoded descriptor set of `proto/`, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vaultgate_descriptor");
 
@@ -104,11 +108,15 @@ pub async fn serve(
         // On the services: tonic's OUT_OF_RANGE (message too large) becomes INVALID_ARGUMENT
         // before any layer counts or audits it.
         .push_transport_answer()
-        // Request bytes are counted against the global budget as they arrive, before decoding.
-        .push_budget(Arc::new(layers::ByteBudget::new(
-            gateway.config.limits.max_request_bytes_in_flight,
-            gateway.metrics.clone(),
-        )))
+        // Request messages are charged to the global budget by their declared length and
+        // fields as their bytes arrive, before tonic buffers and decodes them.
+        .push_budget(
+            Arc::new(layers::ByteBudget::new(
+                gateway.config.limits.max_request_bytes_in_flight,
+                gateway.metrics.clone(),
+            )),
+            &gateway.config.limits,
+        )
         // The deadline covers reading and decoding the request too.
         .push_deadline()
         // Past max_concurrent_calls a call is refused before any byte of its body is read.
@@ -138,6 +146,11 @@ pub async fn serve(
         .max_concurrent_streams(gateway.config.limits.max_streams_per_connection)
         // Header blocks are bounded too (a JWT or a certificate chain fits many times over).
         .http2_max_header_list_size(64 << 10)
+        // Flow control bounds what a client can push before the gateway reads it (the byte
+        // budget counts from there): 1 MiB per connection, all its streams together, stated
+        // rather than left to hyper's defaults.
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(CONNECTION_WINDOW)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -20,6 +20,7 @@ use crate::{
     call::{Call, Rpc},
     config::Config,
     error::Error,
+    key_versions::KeyVersions,
     leases::Leases,
     metrics::Metrics,
     ratelimit::RateLimits,
@@ -55,6 +56,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Cached GetSecret, ListSecrets and GetKey answers, per Vault token (`cache.rs`).
     pub cache: ReadCache,
+    /// Each Transit key's versions per Vault token, kept fresh by pollers (`key_versions.rs`).
+    pub(crate) key_versions: KeyVersions,
 }
 
 impl Gateway {
@@ -75,6 +78,11 @@ impl Gateway {
             rate_limits: RateLimits::new(config.rate_limits.clone()),
             in_flight: Arc::new(Semaphore::new(config.limits.max_concurrent_calls)),
             cache: ReadCache::new(&config.cache, metrics.clone()),
+            key_versions: KeyVersions::new(
+                Arc::new(vault.clone()),
+                &config.key_versions,
+                config.vault.timeouts.transit,
+            ),
             sessions: Arc::new(Sessions::new(vault.clone(), &config)?),
             vault,
             coalescer,

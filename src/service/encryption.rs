@@ -1,6 +1,8 @@
-//! `vaultgate.v1.EncryptionService` over Transit: single calls (Encrypt, Decrypt, Sign, Verify,
-//! Hmac, VerifyHmac) go through the coalescer, explicit batches are split to fit Vault's limits
-//! and answered in order, one result per item. A signature or HMAC that does not match is
+//! `vaultgate.v1.EncryptionService` over Transit: single calls (Encrypt, Decrypt, Rewrap, Sign,
+//! Verify, Hmac, VerifyHmac) go through the coalescer, explicit batches (EncryptBatch,
+//! DecryptBatch, RewrapBatch) are split to fit Vault's limits and answered in order, one result
+//! per item. Decrypt answers say whether the ciphertext's key version is behind the key's latest,
+//! from the key-version cache (`key_versions.rs`), never from an extra Vault call per call. A signature or HMAC that does not match is
 //! `valid = false`; a malformed one is `INVALID_ARGUMENT`.
 
 use super::{age, rpc, validate, Described, Gateway};
@@ -10,6 +12,7 @@ use crate::{
     batch::{self, Budget, LaneKey},
     call::Rpc,
     error::{Error, Subject},
+    key_versions,
     pb::vaultgate::v1::{encryption_service_server::EncryptionService, *},
     session::Actor,
     vault::transit::{b64, unb64, BatchItem, BatchResult, Endpoint, Op},
@@ -61,6 +64,23 @@ impl Gateway {
             associated_data: opt_b64(aad),
             ..Default::default()
         })
+    }
+
+    /// One ciphertext to rewrap (a Rewrap call or a RewrapBatch item); `item` as for
+    /// [`Gateway::encrypt_item`]. Transit's rewrap takes no associated data.
+    fn rewrap_item(&self, item: Option<usize>, ciphertext: &str, context: &[u8]) -> Result<BatchItem, Error> {
+        validate::decrypt_item(&self.config.limits, ciphertext, context, &[]).map_err(|e| e.in_item(item))?;
+        Ok(BatchItem { ciphertext: Some(ciphertext.to_string()), context: opt_b64(context), ..Default::default() })
+    }
+
+    /// What a decryption with `actor`'s token of a ciphertext of `version` says about rotation,
+    /// given the latest version its key-version entry knew (`known`): (`rewrap_recommended`,
+    /// `latest_version`). A version newer than `known` tells the entry the key moved.
+    fn advice(&self, actor: &Actor, mount: &str, key: &str, version: u32, known: Option<u32>) -> (bool, u32) {
+        if known.is_some_and(|latest| version > latest) {
+            self.key_versions.saw(&actor.token, mount, key, version);
+        }
+        key_versions::advice(version, known)
     }
 
     /// The Transit mount a request names, or the configured default (`mounts.transit`).
@@ -239,6 +259,16 @@ impl Described for RewrapRequest {
     }
 }
 
+impl Described for RewrapBatchRequest {
+    const RPC: &'static Rpc = rpc!("EncryptionService", "RewrapBatch", Key);
+    fn target(&self) -> (&str, usize) {
+        (&self.key, self.items.len())
+    }
+    fn resource(&self) -> Option<Resource<'_>> {
+        Some(Resource::Key { mount: &self.mount, key: &self.key })
+    }
+}
+
 impl Described for RotateRequest {
     const RPC: &'static Rpc = rpc!("EncryptionService", "Rotate", Key);
     fn target(&self) -> (&str, usize) {
@@ -306,9 +336,15 @@ impl EncryptionService for Encryption {
             let item = gw.decrypt_item(None, &r.ciphertext, &r.context, &r.associated_data)?;
             let key_version = validate::ciphertext_version(&r.ciphertext).unwrap_or(0);
             let mount = gw.transit_mount(&r.mount);
-            let plaintext =
-                plaintext_of(gw.transit_one(&actor, mount, Op::Decrypt, &r.key, None, item, deadline).await?)?;
-            Ok(DecryptResponse { plaintext, key_version })
+            // The key's versions come from the cache; only an entry's first read is waited for,
+            // and it runs alongside the decryption.
+            let (result, known) = tokio::join!(
+                gw.transit_one(&actor, mount, Op::Decrypt, &r.key, None, item, deadline),
+                gw.key_versions.latest(&actor.token, mount, &r.key, deadline),
+            );
+            let plaintext = plaintext_of(result?)?;
+            let (rewrap_recommended, latest_version) = gw.advice(&actor, mount, &r.key, key_version, known);
+            Ok(DecryptResponse { plaintext, key_version, rewrap_recommended, latest_version })
         })
         .await
     }
@@ -347,19 +383,26 @@ impl EncryptionService for Encryption {
                 .enumerate()
                 .map(|(i, it)| gw.decrypt_item(Some(i), &it.ciphertext, &it.context, &it.associated_data))
                 .collect();
-            let results = gw
-                .transit_many(&actor, gw.transit_mount(&r.mount), Op::Decrypt, &r.key, items, deadline)
-                .await?
+            let mount = gw.transit_mount(&r.mount);
+            let (results, known) = tokio::join!(
+                gw.transit_many(&actor, mount, Op::Decrypt, &r.key, items, deadline),
+                gw.key_versions.latest(&actor.token, mount, &r.key, deadline),
+            );
+            // The version that encrypted each item, as Decrypt answers (the item passed the check).
+            let versions: Vec<u32> =
+                r.items.iter().map(|item| validate::ciphertext_version(&item.ciphertext).unwrap_or(0)).collect();
+            let results: Vec<_> = results?.into_iter().map(|res| res.and_then(plaintext_of)).collect();
+            let newest = results.iter().zip(&versions).filter(|(res, _)| res.is_ok()).map(|(_, v)| *v).max();
+            gw.advice(&actor, mount, &r.key, newest.unwrap_or(0), known);
+            let results = results
                 .into_iter()
-                .zip(&r.items)
-                .map(|(res, item)| match res.and_then(plaintext_of) {
-                    // The version that encrypted it, as Decrypt answers (the item passed the check).
-                    Ok(plaintext) => DecryptBatchResult {
-                        plaintext,
-                        key_version: validate::ciphertext_version(&item.ciphertext).unwrap_or(0),
-                        error: None,
-                    },
-                    Err(e) => DecryptBatchResult { plaintext: Vec::new(), key_version: 0, error: item_status(&e) },
+                .zip(versions)
+                .map(|(res, key_version)| match res {
+                    Ok(plaintext) => {
+                        let (rewrap_recommended, latest_version) = key_versions::advice(key_version, known);
+                        DecryptBatchResult { plaintext, key_version, error: None, rewrap_recommended, latest_version }
+                    }
+                    Err(e) => DecryptBatchResult { error: item_status(&e), ..Default::default() },
                 })
                 .collect();
             Ok(DecryptBatchResponse { results })
@@ -370,13 +413,29 @@ impl EncryptionService for Encryption {
     async fn rewrap(&self, req: Request<RewrapRequest>) -> Result<Response<RewrapResponse>, Status> {
         let gw = &self.0;
         gw.serve(req, |actor, deadline, r| async move {
-            let mount = gw.transit_mount(&r.mount);
-            let out = gw
-                .vault
-                .transit_rewrap(&actor.token, mount, &r.key, &r.ciphertext, opt_b64(&r.context), deadline)
-                .await
-                .map_err(|e| Error::from_vault(e, Subject::Key(&r.key)))?;
-            Ok(RewrapResponse { key_version: out.key_version, ciphertext: out.ciphertext })
+            let item = gw.rewrap_item(None, &r.ciphertext, &r.context)?;
+            let (ciphertext, key_version) = ciphertext_of(
+                gw.transit_one(&actor, gw.transit_mount(&r.mount), Op::Rewrap, &r.key, None, item, deadline).await?,
+            )?;
+            Ok(RewrapResponse { ciphertext, key_version })
+        })
+        .await
+    }
+
+    async fn rewrap_batch(&self, req: Request<RewrapBatchRequest>) -> Result<Response<RewrapBatchResponse>, Status> {
+        let gw = &self.0;
+        gw.serve(req, |actor, deadline, r| async move {
+            let items = r.items.iter().enumerate().map(|(i, it)| gw.rewrap_item(Some(i), &it.ciphertext, &it.context));
+            let results = gw
+                .transit_many(&actor, gw.transit_mount(&r.mount), Op::Rewrap, &r.key, items.collect(), deadline)
+                .await?
+                .into_iter()
+                .map(|res| match res.and_then(ciphertext_of) {
+                    Ok((ciphertext, key_version)) => RewrapBatchResult { ciphertext, key_version, error: None },
+                    Err(e) => RewrapBatchResult { error: item_status(&e), ..Default::default() },
+                })
+                .collect();
+            Ok(RewrapBatchResponse { results })
         })
         .await
     }
@@ -390,8 +449,10 @@ impl EncryptionService for Encryption {
                 .transit_rotate(&actor.token, gw.transit_mount(&r.mount), key, deadline)
                 .await
                 .map_err(|e| Error::from_vault(e, Subject::Key(key)))?;
-            // Every caller's cached GetKey answer of this key is out of date now.
+            // Every caller's cached GetKey answer of this key is out of date now, and every
+            // key-version poller of it reads again (each with its own token).
             gw.cache.forget(Read::Key, gw.transit_mount(&r.mount), key);
+            gw.key_versions.rotated(gw.transit_mount(&r.mount), key);
             tracing::info!(caller = %actor.caller, key = %key, version = info.latest_version, "key rotated");
             Ok(RotateResponse { latest_version: info.latest_version })
         })

@@ -234,7 +234,7 @@ pub fn requested_mount(value: &str) -> Result<(), Error> {
     mount(value).map_err(|why| invalid("mount", &why))
 }
 
-/// The item count of an EncryptBatch/DecryptBatch call: 1 to `limits.max_batch_items`.
+/// The item count of an EncryptBatch/DecryptBatch/RewrapBatch call: 1 to `limits.max_batch_items`.
 pub fn batch_len(limits: &Limits, len: usize) -> Result<(), Error> {
     let max = limits.max_batch_items;
     if len == 0 {
@@ -325,6 +325,14 @@ impl Checked for RewrapRequest {
         name("key", &self.key)?;
         requested_mount(&self.mount)?;
         decrypt_item(limits, &self.ciphertext, &self.context, &[])
+    }
+}
+
+impl Checked for RewrapBatchRequest {
+    fn check(&self, limits: &Limits) -> Result<(), Error> {
+        name("key", &self.key)?;
+        requested_mount(&self.mount)?;
+        batch_len(limits, self.items.len())
     }
 }
 

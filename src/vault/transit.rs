@@ -1,4 +1,4 @@
-//! Transit engine calls: encrypt/decrypt/sign/verify/hmac (single and `batch_input`), rewrap,
+//! Transit engine calls: encrypt/decrypt/sign/verify/hmac/rewrap (single and `batch_input`),
 //! datakey, key read and rotate. Docs: <https://openbao.org/api-docs/secret/transit/>.
 //!
 //! Batch answers are special (VAULT-API.md §1.3): OpenBao answers a batch with failed items with
@@ -26,6 +26,9 @@ pub enum Op {
     Hmac,
     /// `POST transit/verify/:key`: items carry `input` and `hmac`.
     VerifyHmac,
+    /// `POST transit/rewrap/:key`: items carry `ciphertext` (and `context`); no associated data
+    /// (Transit's rewrap takes none, VAULT-API.md §1.1).
+    Rewrap,
 }
 
 impl Op {
@@ -36,6 +39,7 @@ impl Op {
             Op::Sign => "sign",
             Op::Verify | Op::VerifyHmac => "verify",
             Op::Hmac => "hmac",
+            Op::Rewrap => "rewrap",
         }
     }
 
@@ -47,7 +51,7 @@ impl Op {
         match self {
             Op::Sign | Op::Verify | Op::VerifyHmac => Some("hash_algorithm"),
             Op::Hmac => Some("algorithm"),
-            Op::Encrypt | Op::Decrypt => None,
+            Op::Encrypt | Op::Decrypt | Op::Rewrap => None,
         }
     }
 
@@ -59,6 +63,7 @@ impl Op {
             Op::Sign => "transit/sign",
             Op::Verify | Op::VerifyHmac => "transit/verify",
             Op::Hmac => "transit/hmac",
+            Op::Rewrap => "transit/rewrap",
         }
     }
 }
@@ -155,13 +160,13 @@ impl BatchItem {
 /// One entry of `batch_results`: either a value or an `error` (`Debug` redacts the plaintext).
 #[derive(Clone, Deserialize, Default)]
 pub struct BatchResult {
-    /// Encrypt: the ciphertext.
+    /// Encrypt, rewrap: the ciphertext.
     #[serde(default)]
     pub ciphertext: Option<String>,
     /// Decrypt: the base64 plaintext.
     #[serde(default)]
     pub plaintext: Option<String>,
-    /// Encrypt, sign: the key version used.
+    /// Encrypt, sign, rewrap: the key version used.
     #[serde(default)]
     pub key_version: Option<u32>,
     /// Sign: the signature (`vault:vN:…`).
@@ -197,13 +202,6 @@ impl std::fmt::Debug for BatchResult {
 #[derive(Deserialize)]
 pub(crate) struct BatchData {
     pub(crate) batch_results: Vec<BatchResult>,
-}
-
-#[derive(Serialize)]
-struct RewrapBody<'a> {
-    ciphertext: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    context: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -248,7 +246,7 @@ pub fn body_strings(algorithm: Option<&str>) -> usize {
 }
 
 /// Key metadata as `GET transit/keys/:name` returns it (key material is never requested).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct KeyInfo {
     /// Key type, e.g. `aes256-gcm96`.
     #[serde(rename = "type")]
@@ -298,7 +296,7 @@ pub fn unb64(s: &str) -> Result<Vec<u8>, VaultError> {
 }
 
 impl Client {
-    /// `POST <mount>/{encrypt,decrypt,sign,verify,hmac}/:key` with `batch_input`; results in
+    /// `POST <mount>/{encrypt,decrypt,sign,verify,hmac,rewrap}/:key` with `batch_input`; results in
     /// input order. A whole-request failure is an `Err`; per-item failures are in each result's
     /// `error`.
     pub async fn transit_batch(
@@ -308,8 +306,8 @@ impl Client {
         items: &[BatchItem],
         deadline: Option<Instant>,
     ) -> Result<Vec<BatchResult>, VaultError> {
-        // Idempotent: sending an encryption, decryption, signature, HMAC or verification twice
-        // changes nothing in Vault.
+        // Idempotent: sending an encryption, decryption, signature, HMAC, verification or rewrap
+        // twice changes nothing in Vault.
         let call =
             Call::new(Method::POST, at.op.kind(), &[at.mount, at.op.path(), at.key]).class(Class::Transit).idempotent();
         let body = Body::new(&at, BatchInput { batch_input: items });
@@ -331,7 +329,7 @@ impl Client {
         Ok(results)
     }
 
-    /// `POST <mount>/{encrypt,decrypt,sign,verify,hmac}/:key` with one item in the request body
+    /// `POST <mount>/{encrypt,decrypt,sign,verify,hmac,rewrap}/:key` with one item in the request body
     /// (no batch).
     pub async fn transit_single(
         &self,
@@ -344,28 +342,6 @@ impl Client {
             Call::new(Method::POST, at.op.kind(), &[at.mount, at.op.path(), at.key]).class(Class::Transit).idempotent();
         let env: Envelope<BatchResult> = self.call(call, Some(token), Some(&Body::new(&at, item)), deadline).await?;
         env.data.ok_or_else(|| VaultError::Decode("transit answer without data".into()))
-    }
-
-    /// `POST <mount>/rewrap/:key`: re-encrypts a ciphertext under the latest version.
-    pub async fn transit_rewrap(
-        &self,
-        token: &VaultToken,
-        mount: &str,
-        key: &str,
-        ciphertext: &str,
-        context: Option<String>,
-        deadline: Option<Instant>,
-    ) -> Result<Ciphertext, VaultError> {
-        let body = RewrapBody { ciphertext, context };
-        let env: Envelope<Ciphertext> = self
-            .call(
-                Call::new(Method::POST, "transit/rewrap", &[mount, "rewrap", key]).class(Class::Transit).idempotent(),
-                Some(token),
-                Some(&body),
-                deadline,
-            )
-            .await?;
-        env.data.ok_or_else(|| VaultError::Decode("rewrap answer without data".into()))
     }
 
     /// `POST <mount>/datakey/plaintext/:key`: a new data key, in plaintext and wrapped.

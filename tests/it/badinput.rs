@@ -16,7 +16,7 @@ use vaultgate::pb::vaultgate::v1::*;
 
 /// A codec that sends and receives message bytes as they are.
 #[derive(Clone, Copy, Default)]
-struct Raw;
+pub(crate) struct Raw;
 
 impl Codec for Raw {
     type Encode = Vec<u8>;
@@ -164,13 +164,21 @@ pub async fn bad_input_table(env: &'static Env) {
             INVALID,
             "ciphertext: is larger than the limit of 1024 bytes",
         ),
-        // Over limits.max_message_bytes tonic refuses the frame before decoding it.
+        // Over limits.max_message_bytes: refused by its declared length, before its body is read.
         row(
             "message over max_message_bytes",
             ENCRYPT_BATCH,
             batch(40, &[1; 1000]),
             INVALID,
-            "the request message is over limits.max_message_bytes; send less per call (Error, decoded message length too large: found 40",
+            "the request message is over limits.max_message_bytes; send less per call (it declares 40",
+        ),
+        // 300 empty items (2 bytes each) would decode to 300 structs: refused as they arrive.
+        row(
+            "many tiny items, counted before decoding",
+            ENCRYPT_BATCH,
+            batch(300, b""),
+            INVALID,
+            "the request message has more than 266 top-level fields (limits.max_batch_items + 256)",
         ),
         row(
             "batch over max_batch_items",

@@ -25,6 +25,7 @@ mod logs;
 mod oracles;
 mod overload;
 mod pki;
+mod rotation;
 mod secrets;
 mod signing;
 mod support;
@@ -107,6 +108,8 @@ const TESTS: &[(&str, TestFn)] = tests![
     contract::batch_items_carry_key_versions,
     contract::old_connections_are_closed_without_failing_calls,
     traces::encrypt_is_traced_from_the_callers_traceparent_to_vault,
+    rotation::decrypt_after_rotation_recommends_rewrap_without_a_key_read_per_call,
+    rotation::rewrap_batch_of_a_thousand_takes_few_vault_requests,
 ];
 
 /// Tests that measure time or load the machine on purpose: run one at a time after the others,
@@ -123,6 +126,7 @@ const ALONE: &[(&str, TestFn)] = tests![
     ha::vault_stopped_then_started_fails_fast_and_recovers,
     attacks::many_streams_of_slow_megabyte_messages_stay_within_memory_bound,
     attacks::two_thousand_idle_connections_do_not_delay_a_new_handshake,
+    attacks::four_mebibytes_of_empty_batch_items_are_refused_before_decoding,
 ];
 
 /// Upper bound of one test, so a hang fails instead of blocking CI.

@@ -90,7 +90,7 @@ impl Env {
         let audit = dir.join("main-gateway-audit.log");
         let mut toml = stack.config_toml(addr, &audit, Some(metrics_addr));
         toml.push_str(&format!(
-            "[[callers]]\nrole = \"qa\"\nclaim = \"sub\"\nequals = \"qa\"\nverify_with = \"{0}\"\n\n[[callers]]\nrole = \"qa2\"\nequals = \"qa2\"\nverify_with = \"{0}\"\n\n[[callers]]\nrole = \"qashort\"\nequals = \"qashort\"\nverify_with = \"{0}\"\n\n[limits]\nmax_item_bytes = 65536\nmax_batch_items = 2000\n",
+            "[[callers]]\nrole = \"qa\"\nclaim = \"sub\"\nequals = \"qa\"\nverify_with = \"{0}\"\n\n[[callers]]\nrole = \"qa2\"\nequals = \"qa2\"\nverify_with = \"{0}\"\n\n[[callers]]\nrole = \"qashort\"\nequals = \"qashort\"\nverify_with = \"{0}\"\n\n[limits]\nmax_item_bytes = 65536\nmax_batch_items = 2000\n[key_versions]\npoll_ms = 1000\nidle_ms = 5000\n",
             dev::DEV_ISSUER
         ));
         let config = Arc::new(Config::parse(&toml).expect("gateway config"));

@@ -1,0 +1,181 @@
+//! Rotation against real OpenBao: Decrypt says when a ciphertext's key version is behind (from
+//! the key-version poller, not a Vault read per call), RewrapBatch moves many ciphertexts to the
+//! latest version in few Vault requests, single Rewraps coalesce. Vault requests are counted in
+//! OpenBao's own audit log. Each test has keys of its own (created here), so counts are exact.
+
+use crate::support::{req, Env};
+use reqwest::Method;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use vaultgate::pb::vaultgate::v1::{encryption_service_client::EncryptionServiceClient as Client, *};
+
+/// Requests for exactly `path` (e.g. `transit/keys/qa-rot1`) in OpenBao's audit log.
+pub fn audited(env: &Env, path: &str) -> usize {
+    let text = std::fs::read_to_string(env.dir.join("audit.log")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "request" && v["request"]["path"] == path)
+        .count()
+}
+
+/// Creates Transit key `key` (as the root token; the `qa` caller may use `qa-*`).
+async fn new_key(env: &Env, key: &str) {
+    let (status, body) = env.vault(Method::POST, &format!("transit/keys/{key}"), Some(json!({}))).await;
+    assert!(status < 300, "creating {key}: {status} {body}");
+}
+
+/// Rotates `key` in Vault directly, behind the gateway's back.
+async fn rotate_in_vault(env: &Env, key: &str) {
+    let (status, body) = env.vault(Method::POST, &format!("transit/keys/{key}/rotate"), None).await;
+    assert!(status < 300, "rotating {key}: {status} {body}");
+}
+
+/// `n` plaintexts encrypted with `key` as the `qa` caller, in one EncryptBatch call.
+async fn encrypt_many(env: &'static Env, key: &str, n: usize) -> (Vec<Vec<u8>>, Vec<String>) {
+    let mut c = Client::new(env.channel());
+    let plaintexts: Vec<Vec<u8>> = (0..n).map(|i| format!("rotation-{key}-{i}").into_bytes()).collect();
+    env.remember_plaintext(&plaintexts[0]);
+    let items = plaintexts.iter().map(|p| EncryptBatchItem { plaintext: p.clone(), ..Default::default() }).collect();
+    let out = c
+        .encrypt_batch(req(EncryptBatchRequest { key: key.into(), items, ..Default::default() }, &env.qa))
+        .await
+        .expect("encrypt batch")
+        .into_inner();
+    let ciphertexts: Vec<String> = out
+        .results
+        .into_iter()
+        .map(|r| {
+            assert!(r.error.is_none(), "{:?}", r.error);
+            r.ciphertext
+        })
+        .collect();
+    (plaintexts, ciphertexts)
+}
+
+pub async fn decrypt_after_rotation_recommends_rewrap_without_a_key_read_per_call(env: &'static Env) {
+    let key = "qa-rot1";
+    new_key(env, key).await;
+    let (plaintexts, ciphertexts) = encrypt_many(env, key, 1).await;
+    let mut c = Client::new(env.channel());
+    let decrypt =
+        |ct: &str| req(DecryptRequest { key: key.into(), ciphertext: ct.into(), ..Default::default() }, &env.qa);
+    // Before the rotation: up to date.
+    let out = c.decrypt(decrypt(&ciphertexts[0])).await.expect("decrypt").into_inner();
+    assert_eq!(out.plaintext, plaintexts[0]);
+    assert_eq!((out.key_version, out.rewrap_recommended, out.latest_version), (1, false, 1));
+    // Rotated behind the gateway's back: the poller (key_versions.poll_ms = 1000 in the tests)
+    // must notice within a few seconds, with no help from the caller's traffic.
+    rotate_in_vault(env, key).await;
+    let rotated = Instant::now();
+    let seen = loop {
+        let out = c.decrypt(decrypt(&ciphertexts[0])).await.expect("decrypt").into_inner();
+        if out.rewrap_recommended {
+            break out;
+        }
+        assert!(rotated.elapsed() < Duration::from_secs(5), "no rewrap_recommended 5 s after the rotation");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let noticed = rotated.elapsed();
+    assert_eq!((seen.key_version, seen.latest_version), (1, 2));
+    assert_eq!(seen.plaintext, plaintexts[0]);
+    // Many more decryptions cost no key read each: only the poller reads (one per poll_ms).
+    let reads_before = audited(env, &format!("transit/keys/{key}"));
+    let started = Instant::now();
+    let calls = 200;
+    let tasks: Vec<_> = (0..calls)
+        .map(|_| {
+            let (mut c, ct) = (c.clone(), ciphertexts[0].clone());
+            tokio::spawn(async move {
+                let r = DecryptRequest { key: key.into(), ciphertext: ct, ..Default::default() };
+                c.decrypt(req(r, &env.qa)).await.expect("decrypt").into_inner()
+            })
+        })
+        .collect();
+    for t in tasks {
+        let out = t.await.expect("decrypt task");
+        assert_eq!((out.rewrap_recommended, out.latest_version), (true, 2));
+    }
+    // A v2 ciphertext is up to date.
+    let fresh = encrypt_many(env, key, 1).await.1;
+    let out = c.decrypt(decrypt(&fresh[0])).await.expect("decrypt").into_inner();
+    assert_eq!((out.key_version, out.rewrap_recommended, out.latest_version), (2, false, 2));
+    let took = started.elapsed();
+    let reads = audited(env, &format!("transit/keys/{key}")) - reads_before;
+    let allowed = took.as_millis() as usize / 1000 + 2;
+    assert!(reads <= allowed, "{reads} key reads for {calls} decryptions in {took:?}: more than the poller's");
+    println!(
+        "  rotation: rotation noticed by the poller in {:.1} s; {calls} decryptions in {:.1} s cost {reads} key reads",
+        noticed.as_secs_f64(),
+        took.as_secs_f64()
+    );
+}
+
+pub async fn rewrap_batch_of_a_thousand_takes_few_vault_requests(env: &'static Env) {
+    let key = "qa-rot2";
+    new_key(env, key).await;
+    let n = 1000;
+    let (plaintexts, ciphertexts) = encrypt_many(env, key, n).await;
+    rotate_in_vault(env, key).await;
+    let mut c = Client::new(env.channel());
+    let rewraps = audited(env, &format!("transit/rewrap/{key}"));
+    let mut items: Vec<RewrapBatchItem> =
+        ciphertexts.iter().map(|ct| RewrapBatchItem { ciphertext: ct.clone(), ..Default::default() }).collect();
+    // One item that is not a ciphertext fails alone, naming its position.
+    items.push(RewrapBatchItem { ciphertext: "vault:v1:".into(), ..Default::default() });
+    let out = c
+        .rewrap_batch(req(RewrapBatchRequest { key: key.into(), items, ..Default::default() }, &env.qa))
+        .await
+        .expect("rewrap batch")
+        .into_inner();
+    let requests = audited(env, &format!("transit/rewrap/{key}")) - rewraps;
+    assert_eq!(out.results.len(), n + 1);
+    let bad = out.results[n].error.as_ref().expect("the malformed item failed");
+    assert_eq!(bad.code, tonic::Code::InvalidArgument as i32);
+    assert!(bad.message.contains("items[1000].ciphertext"), "{}", bad.message);
+    let rewrapped: Vec<String> = out.results[..n]
+        .iter()
+        .map(|r| {
+            assert!(r.error.is_none(), "{:?}", r.error);
+            assert!(r.ciphertext.starts_with("vault:v2:") && r.key_version == 2, "{r:?}");
+            r.ciphertext.clone()
+        })
+        .collect();
+    assert!(requests <= 5, "RewrapBatch of {n} took {requests} Vault requests");
+    // The new ciphertexts decrypt to the same plaintexts, and are up to date; the old ones are behind.
+    for (cts, behind) in [(&rewrapped, false), (&ciphertexts, true)] {
+        let items = cts.iter().map(|ct| DecryptBatchItem { ciphertext: ct.clone(), ..Default::default() }).collect();
+        let out = c
+            .decrypt_batch(req(DecryptBatchRequest { key: key.into(), items, ..Default::default() }, &env.qa))
+            .await
+            .expect("decrypt batch")
+            .into_inner();
+        for (i, r) in out.results.iter().enumerate() {
+            assert!(r.error.is_none(), "{:?}", r.error);
+            assert_eq!(r.plaintext, plaintexts[i], "item {i}");
+            assert_eq!((r.rewrap_recommended, r.latest_version), (behind, 2), "item {i}");
+        }
+    }
+    // Single Rewrap calls made at once coalesce into batch requests too.
+    let before = audited(env, &format!("transit/rewrap/{key}"));
+    let singles = 200;
+    let tasks: Vec<_> = ciphertexts[..singles]
+        .iter()
+        .map(|ct| {
+            let (mut c, ct) = (c.clone(), ct.clone());
+            tokio::spawn(async move {
+                let r = RewrapRequest { key: key.into(), ciphertext: ct, ..Default::default() };
+                c.rewrap(req(r, &env.qa)).await.expect("rewrap").into_inner()
+            })
+        })
+        .collect();
+    for t in tasks {
+        let out = t.await.expect("rewrap task");
+        assert!(out.ciphertext.starts_with("vault:v2:") && out.key_version == 2, "{out:?}");
+    }
+    let single_requests = audited(env, &format!("transit/rewrap/{key}")) - before;
+    assert!(single_requests < singles / 2, "{singles} concurrent Rewrap calls took {single_requests} Vault requests");
+    println!(
+        "  rotation: RewrapBatch of {n} v1 ciphertexts (+1 malformed) in {requests} Vault requests; \
+         {singles} concurrent Rewrap calls in {single_requests}"
+    );
+}
