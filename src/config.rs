@@ -553,6 +553,18 @@ pub struct Limits {
     /// half-open connections from one peer cannot lock others out.
     #[serde(default = "default_max_handshakes_per_peer")]
     pub max_handshakes_per_peer: usize,
+    /// Longest an admitted connection may wait before opening its first stream, in
+    /// milliseconds; then it is closed (so idle connections cannot hold `max_connections`).
+    #[serde(default = "default_first_stream_timeout_ms")]
+    pub first_stream_timeout_ms: u64,
+    /// Longest a connection may stay without an open stream after its last one, in
+    /// milliseconds; then it is closed (clients reconnect on their next call).
+    #[serde(default = "default_idle_connection_timeout_ms")]
+    pub idle_connection_timeout_ms: u64,
+    /// Longest a request message may take to arrive once its header has, in milliseconds; then
+    /// the call is answered DEADLINE_EXCEEDED and its share of the byte budget given back.
+    #[serde(default = "default_message_read_timeout_ms")]
+    pub message_read_timeout_ms: u64,
 }
 
 /// Log settings.
@@ -683,6 +695,15 @@ fn default_max_handshakes() -> usize {
 }
 fn default_max_handshakes_per_peer() -> usize {
     16
+}
+fn default_first_stream_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_connection_timeout_ms() -> u64 {
+    300_000
+}
+fn default_message_read_timeout_ms() -> u64 {
+    10_000
 }
 /// Highest `limits.max_concurrent_calls` accepted: far above what one process can serve, and
 /// within what a semaphore and an HTTP/2 stream limit (u32) can hold.
@@ -1105,6 +1126,9 @@ impl Config {
         positive("limits.handshake_timeout_ms", limits.handshake_timeout_ms as usize)?;
         positive("limits.max_handshakes", limits.max_handshakes)?;
         positive("limits.max_handshakes_per_peer", limits.max_handshakes_per_peer)?;
+        positive("limits.first_stream_timeout_ms", limits.first_stream_timeout_ms as usize)?;
+        positive("limits.idle_connection_timeout_ms", limits.idle_connection_timeout_ms as usize)?;
+        positive("limits.message_read_timeout_ms", limits.message_read_timeout_ms as usize)?;
         if raw.audit.as_ref().is_some_and(|a| a.path.is_empty()) {
             return Err("audit.path: must be \"stdout\" or a file path".into());
         }
@@ -1370,6 +1394,10 @@ mod tests {
         assert_eq!(l.max_request_bytes_in_flight, 64 << 20);
         assert_eq!((l.max_streams_per_connection, l.max_connections), (100, 1024));
         assert_eq!((l.handshake_timeout_ms, l.max_handshakes, l.max_handshakes_per_peer), (3000, 256, 16));
+        assert_eq!(
+            (l.first_stream_timeout_ms, l.idle_connection_timeout_ms, l.message_read_timeout_ms),
+            (10_000, 300_000, 10_000)
+        );
     }
 
     #[test]

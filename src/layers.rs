@@ -3,7 +3,7 @@
 //! `server.rs` stacks them (innermost first, each `.push_*` wraps the ones before):
 //!
 //! ```text
-//! request ─▶ context ─▶ trace ─▶ observe ─▶ audit ─▶ shed ─▶ deadline ─▶ budget ─▶ transport ─▶ tonic: decode ─▶ handler
+//! request ─▶ streams ─▶ context ─▶ trace ─▶ observe ─▶ audit ─▶ shed ─▶ deadline ─▶ budget ─▶ transport ─▶ tonic: decode ─▶ handler
 //! ```
 //!
 //! A layer answers with a status of its own (shed, deadline, budget, audit failure) by building
@@ -20,6 +20,7 @@ use crate::{
     config::Limits,
     error::Error,
     frames::{Event, Frames},
+    listener::{Admission, StreamGuard},
     metrics::Metrics,
     vault::RequestIds,
 };
@@ -28,6 +29,7 @@ use http_body::{Frame, SizeHint};
 use std::{
     convert::Infallible,
     future::Future,
+    net::SocketAddr,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -176,6 +178,11 @@ impl<L> Stack<L> {
         self.push_concern(CallContext)
     }
 
+    /// Open streams counted per connection ([`Streams`]).
+    pub fn push_streams(self, admission: Arc<Admission>) -> Pushed<L, Layer<Streams>> {
+        self.push_concern(Streams { admission })
+    }
+
     /// The tower layer to hand to tonic's `Server::layer`.
     pub fn into_inner(self) -> L {
         self.0
@@ -208,14 +215,63 @@ fn pass<S: Next>(request: HttpRequest, mut next: S) -> CallFuture {
 #[derive(Clone)]
 pub struct CallContext;
 
+/// The peer's socket address, plaintext or TLS.
+fn peer_of(request: &HttpRequest) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?.get_ref().remote_addr())
+}
+
+/// Outside everything, for every path: counts the stream on its connection's [`Activity`](crate::listener::Activity)
+/// from its request until its answer's body ends, so that the listener closes only
+/// connections without streams (`limits.first_stream_timeout_ms`,
+/// `limits.idle_connection_timeout_ms`).
+#[derive(Clone)]
+pub struct Streams {
+    admission: Arc<Admission>,
+}
+
+impl Concern for Streams {
+    fn around<S: Next>(&self, request: HttpRequest, mut next: S) -> CallFuture {
+        let Some(guard) = peer_of(&request).and_then(|p| self.admission.activity(p)).map(|a| a.stream()) else {
+            return pass(request, next);
+        };
+        Box::pin(async move {
+            let response = next.call(request).await?;
+            Ok(response.map(|inner| Body::new(Streaming { inner, _guard: guard })))
+        })
+    }
+}
+
+/// An answer's body holding its stream's place on the connection until it ends.
+struct Streaming {
+    inner: Body,
+    _guard: StreamGuard,
+}
+
+impl http_body::Body for Streaming {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl Concern for CallContext {
     fn around<S: Next>(&self, mut request: HttpRequest, mut next: S) -> CallFuture {
         let Some(rpc) = call::describe(request.uri().path()) else { return pass(request, next) };
-        let peer = request
-            .extensions()
-            .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr)
-            .or_else(|| request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?.get_ref().remote_addr());
+        let peer = peer_of(&request);
         let call = Arc::new(Call::new(rpc, request.headers(), peer));
         request.extensions_mut().insert(call.clone());
         let span = tracing::info_span!("call", rpc = rpc.name, request_id = %call.request_id);
@@ -732,8 +788,9 @@ mod tests {
 
     #[test]
     fn a_field_cost_covers_what_a_request_element_decodes_into() {
-        use crate::pb::vaultgate::v1::{DecryptBatchItem, EncryptBatchItem};
+        use crate::pb::vaultgate::v1::{DecryptBatchItem, EncryptBatchItem, RewrapBatchItem};
         for (name, size) in [
+            ("RewrapBatchItem", std::mem::size_of::<RewrapBatchItem>()),
             ("EncryptBatchItem", std::mem::size_of::<EncryptBatchItem>()),
             ("DecryptBatchItem", std::mem::size_of::<DecryptBatchItem>()),
             ("String", std::mem::size_of::<String>()),

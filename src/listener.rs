@@ -4,19 +4,27 @@
 //! or for plaintext its first bytes) within `limits.handshake_timeout_ms`, then needs one of
 //! `limits.max_connections` slots, held until it closes. A connection refused at any step is
 //! closed at once (counted by reason); the accept loop never waits, so idle half-open
-//! connections cannot keep others from being accepted.
+//! connections cannot keep others from being accepted. An admitted connection that opens no
+//! stream within `limits.first_stream_timeout_ms`, or has none open for
+//! `limits.idle_connection_timeout_ms` after its last, is closed (its reads end), so idle
+//! connections cannot hold the `max_connections` slots either; the layers tell it of its
+//! streams ([`Activity`], found by the peer's socket address).
 //!
 //! Invariants: the per-peer map holds only peers with a handshake in progress (so at most
-//! `limits.max_handshakes` entries); an IPv6 peer is its /64 (one host owns a whole /64).
+//! `limits.max_handshakes` entries); the activity map holds only admitted connections (at most
+//! `limits.max_connections`); an IPv6 peer is its /64 (one host owns a whole /64).
 
 use crate::{config::Limits, metrics::Metrics};
 use std::{
     collections::HashMap,
     future::Future,
     io,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -24,6 +32,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
+    time::{Instant, Sleep},
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
@@ -36,6 +45,53 @@ pub struct Admission {
     pending: Mutex<Pending>,
     open: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    first_stream: Duration,
+    idle: Duration,
+    active: Mutex<HashMap<SocketAddr, Arc<Activity>>>,
+}
+
+/// What an admitted connection is doing, as the layers see it: its open streams, and since
+/// when it has had none (admitted, or its last stream ended).
+#[derive(Debug)]
+pub struct Activity {
+    open: AtomicUsize,
+    /// When the connection last had no stream open, and whether it ever had one.
+    quiet: Mutex<(Instant, bool)>,
+}
+
+impl Activity {
+    fn new(now: Instant) -> Activity {
+        Activity { open: AtomicUsize::new(0), quiet: Mutex::new((now, false)) }
+    }
+
+    /// A stream opened; it is counted until the guard is dropped (its answer ended).
+    pub fn stream(self: &Arc<Self>) -> StreamGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.quiet.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        StreamGuard(self.clone())
+    }
+
+    /// When the connection is to be closed for idleness, given the two timeouts; `None` while
+    /// a stream is open.
+    pub fn close_at(&self, first_stream: Duration, idle: Duration) -> Option<Instant> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let (since, streamed) = *self.quiet.lock().unwrap_or_else(|p| p.into_inner());
+        Some(since + if streamed { idle } else { first_stream })
+    }
+}
+
+/// One open stream of a connection ([`Activity::stream`]).
+#[derive(Debug)]
+pub struct StreamGuard(Arc<Activity>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.quiet.lock().unwrap_or_else(|p| p.into_inner()).0 = Instant::now();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -87,7 +143,32 @@ impl Admission {
             pending: Mutex::default(),
             open: Arc::new(Semaphore::new(limits.max_connections)),
             metrics,
+            first_stream: Duration::from_millis(limits.first_stream_timeout_ms),
+            idle: Duration::from_millis(limits.idle_connection_timeout_ms),
+            active: Mutex::default(),
         })
+    }
+
+    /// The activity of the admitted connection from `peer`, if it is still open.
+    pub fn activity(&self, peer: SocketAddr) -> Option<Arc<Activity>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).get(&peer).cloned()
+    }
+
+    /// Admits `io` from `peer` holding one of `limits.max_connections`.
+    fn admit<IO>(self: &Arc<Self>, io: IO, peer: SocketAddr, open: OwnedSemaphorePermit) -> Admitted<IO> {
+        let now = Instant::now();
+        let activity = Arc::new(Activity::new(now));
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, activity.clone());
+        self.metrics.connections.inc();
+        Admitted {
+            io,
+            _open: open,
+            admission: self.clone(),
+            peer,
+            activity,
+            idle: Box::pin(tokio::time::sleep_until(now + self.first_stream)),
+            closed: false,
+        }
     }
 
     /// A handshake slot for a connection from `ip`, or why there is none.
@@ -118,16 +199,42 @@ impl Admission {
     }
 }
 
-/// An admitted connection: holds its slot among `limits.max_connections` until it is dropped.
+/// An admitted connection: holds its slot among `limits.max_connections` until it is dropped;
+/// its reads end when it has been idle too long (see the module doc).
 pub struct Admitted<IO> {
     io: IO,
     _open: OwnedSemaphorePermit,
-    metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    /// Fires when the connection may have become idle for too long; checked, then re-armed.
+    idle: Pin<Box<Sleep>>,
+    closed: bool,
+}
+
+impl<IO> Admitted<IO> {
+    /// True when the connection is to be closed for idleness (the timer is re-armed otherwise).
+    fn idle_too_long(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.idle.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            match self.activity.close_at(self.admission.first_stream, self.admission.idle) {
+                Some(at) if at <= now => return true,
+                Some(at) => self.idle.as_mut().reset(at),
+                // Streams open: look again one idle period later.
+                None => self.idle.as_mut().reset(now + self.admission.idle),
+            }
+        }
+        false
+    }
 }
 
 impl<IO> Drop for Admitted<IO> {
     fn drop(&mut self) {
-        self.metrics.connections.dec();
+        self.admission.metrics.connections.dec();
+        let mut active = self.admission.active.lock().unwrap_or_else(|p| p.into_inner());
+        if active.get(&self.peer).is_some_and(|a| Arc::ptr_eq(a, &self.activity)) {
+            active.remove(&self.peer);
+        }
     }
 }
 
@@ -141,6 +248,15 @@ impl<IO: Connected> Connected for Admitted<IO> {
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Admitted<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.closed && self.idle_too_long(cx) {
+            self.closed = true;
+            self.admission.metrics.connection_refused("idle");
+            tracing::debug!(peer = %self.peer, "connection closed: idle");
+        }
+        if self.closed {
+            // End of input: the HTTP/2 server closes the connection (no stream is open).
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
@@ -228,8 +344,7 @@ where
                             return tracing::debug!(%peer, reason, "connection closed at once: connection limit");
                         }
                     };
-                    admission.metrics.connections.inc();
-                    let _ = tx.send(Ok(Admitted { io, _open: open, metrics: admission.metrics.clone() })).await;
+                    let _ = tx.send(Ok(admission.admit(io, peer, open))).await;
                 });
             }
         };
@@ -288,5 +403,46 @@ mod tests {
         assert_ne!(peer_key(a), peer_key(c));
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         assert_eq!(peer_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_are_closed_and_busy_ones_are_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let text =
+            "listen = \"127.0.0.1:1\"\n[vault]\naddress = \"http://x\"\n[limits]\nfirst_stream_timeout_ms = 1000\n\
+                    idle_connection_timeout_ms = 5000\nmax_connections = 2\n";
+        let limits = crate::config::Config::parse(text).unwrap().limits;
+        let a = Admission::new(&limits, Arc::new(Metrics::new()));
+        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut conn = a.admit(server, peer, a.open().unwrap());
+        let activity = a.activity(peer).expect("registered while admitted");
+        // Bytes flow as usual.
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).await.unwrap();
+        // A stream opens at 0.5 s and stays open past both timeouts: not closed.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let stream = activity.stream();
+        let read = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf)).await;
+        assert!(read.is_err(), "a connection with a stream open is not closed: {read:?}");
+        // Its last stream ends: closed 5 s later (idle timeout), its reads ending.
+        drop(stream);
+        let quiet = Instant::now();
+        let n = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf)).await.expect("closed").unwrap();
+        assert_eq!(n, 0, "end of input");
+        assert_eq!(quiet.elapsed(), Duration::from_secs(5));
+        // A connection that never opens a stream: closed after the first-stream timeout.
+        let (_client2, server2) = tokio::io::duplex(64);
+        let peer2: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let mut silent = a.admit(server2, peer2, a.open().unwrap());
+        let t0 = Instant::now();
+        assert_eq!(silent.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(t0.elapsed(), Duration::from_secs(1));
+        assert!(a.open().is_err(), "both slots held until the connections are dropped");
+        drop((conn, silent));
+        assert!(a.activity(peer).is_none() && a.activity(peer2).is_none(), "dropped connections leave the map");
+        assert!(a.open().is_ok());
+        assert!(a.metrics.render().contains("vaultgate_connections_refused_total{name=\"idle\"} 2"));
     }
 }

@@ -103,7 +103,8 @@ pub struct Metrics {
     pub cache_bytes: Gauge,
     /// Client connections open (TLS: handshake done).
     pub connections: Gauge,
-    /// Connections closed at once, by reason (`max_connections`, `handshakes`, `peer_handshakes`).
+    /// Connections closed by admission, by reason (`max_connections`, `handshakes`,
+    /// `peer_handshakes` at once; `idle` after the idle timeouts).
     pub connections_refused: Family<KindLabel, Counter>,
     /// Request bytes received and held by calls in flight (`limits.max_request_bytes_in_flight`).
     pub request_bytes_in_flight: Gauge,
@@ -229,7 +230,7 @@ impl Metrics {
             cache_entries => cache_entries: "answers held by the read cache",
             cache_bytes => cache_bytes: "estimated bytes held by the read cache",
             connections => connections: "client connections open",
-            connections_refused => connections_refused: "client connections closed at once, by reason (max_connections, handshakes, peer_handshakes)",
+            connections_refused => connections_refused: "client connections closed by admission, by reason (max_connections, handshakes, peer_handshakes: at once; idle: no stream for the idle timeouts)",
             request_bytes_in_flight => request_bytes_in_flight: "request bytes received and held by calls in flight",
             vault_nodes => vault_nodes: "configured Vault nodes by last probed state (active, standby, sealed, down)",
             calls_shed => calls_shed: "calls refused at once because limits.max_concurrent_calls were in flight",

@@ -104,6 +104,9 @@ pub async fn serve(
     };
     // The layers in front of decoding (`layers.rs`), innermost first: a request meets them from
     // the bottom of this list up, its answer from the top down.
+    // Connections are admitted (handshake slots, timeout, connection bound, idleness) before
+    // tonic sees them.
+    let admission = listener::Admission::new(&gateway.config.limits, gateway.metrics.clone());
     let layers = layers::Stack::new()
         // On the services: tonic's OUT_OF_RANGE (message too large) becomes INVALID_ARGUMENT
         // before any layer counts or audits it.
@@ -127,9 +130,12 @@ pub async fn serve(
         .push_observe(gateway.metrics.clone())
         // The call's exported span (with [traces]), child of the caller's traceparent.
         .push_trace()
-        // Outermost: the call's context (RPC, request id, deadline, peer) and the request id
-        // on every answer.
-        .push_context();
+        // The call's context (RPC, request id, deadline, peer) and the request id on every
+        // answer.
+        .push_context()
+        // Outermost, every path: the stream counts on its connection until its answer ends
+        // (the listener closes connections idle too long).
+        .push_streams(admission.clone());
     let mut builder = Server::builder();
     let age = &gateway.config.connections;
     if age.max_age_ms > 0 {
@@ -160,8 +166,6 @@ pub async fn serve(
         .add_service(PkiServiceServer::new(Pki(gateway.clone())).max_decoding_message_size(max))
         .add_service(IdentityServiceServer::new(Identity(gateway.clone())).max_decoding_message_size(max));
     let drain = drain_timeout;
-    // Connections are admitted (handshake slots, timeout, connection bound) before tonic sees them.
-    let admission = listener::Admission::new(&gateway.config.limits, gateway.metrics.clone());
     let result = match &gateway.config.tls {
         Some(tls) => {
             let certificates = tls::Certificates::load(tls, gateway.metrics.clone())?;

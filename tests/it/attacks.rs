@@ -283,13 +283,19 @@ pub async fn many_streams_of_slow_megabyte_messages_stay_within_memory_bound(env
     assert!(codes.get("ResourceExhausted").is_some_and(|&n| n > 0), "the byte budget must refuse some: {codes:?}");
 }
 
-/// Idle TCP connections that never start TLS, and the source addresses they come from.
-const IDLE: usize = 2000;
-const IDLE_PEERS: u8 = 8;
+/// Connections the gateway closed for `reason`, from its metrics text.
+fn connections_closed(metrics: &str, reason: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("vaultgate_connections_refused_total{{name=\"{reason}\"}}")))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+}
 
-pub async fn two_thousand_idle_connections_do_not_delay_a_new_handshake(env: &'static Env) {
-    use tonic::transport::{Certificate, ClientTlsConfig};
-    let dir = env.dir.join("attack-tls");
+/// A gateway serving TLS with a certificate of a CA of its own (in `env.dir/<name>`), the
+/// `billing` caller and `more` config; the CA for clients.
+async fn tls_gateway(env: &Env, name: &str, more: &str) -> (vaultgate::dev::certs::Ca, crate::support::TestGateway) {
+    let dir = env.dir.join(name);
     std::fs::create_dir_all(&dir).expect("dir");
     let ca = vaultgate::dev::certs::Ca::new("attack test CA").expect("CA");
     let server = ca.server().expect("server cert");
@@ -297,10 +303,20 @@ pub async fn two_thousand_idle_connections_do_not_delay_a_new_handshake(env: &'s
     std::fs::write(&cert, &server.cert_pem).expect("cert");
     std::fs::write(&key, &server.key_pem).expect("key");
     let own = serve_gateway(&format!(
-        "[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"billing\"\nequals = \"billing\"\n[tls]\ncert = {cert:?}\nkey = {key:?}\n",
+        "[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"billing\"\nequals = \"billing\"\n[tls]\ncert = {cert:?}\nkey = {key:?}\n{more}",
         env.vault_addr
     ))
     .await;
+    (ca, own)
+}
+
+/// Idle TCP connections that never start TLS, and the source addresses they come from.
+const IDLE: usize = 2000;
+const IDLE_PEERS: u8 = 8;
+
+pub async fn two_thousand_idle_connections_do_not_delay_a_new_handshake(env: &'static Env) {
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let (ca, own) = tls_gateway(env, "attack-tls", "").await;
     // 2,000 connections from 127.0.0.2..=9 that send nothing (the kernel completes TCP).
     let mut idle = Vec::with_capacity(IDLE);
     for i in 0..IDLE {
@@ -320,13 +336,7 @@ pub async fn two_thousand_idle_connections_do_not_delay_a_new_handshake(env: &'s
     let handshake = t0.elapsed();
     let r = EncryptRequest { key: "billing".into(), plaintext: b"after the flood".to_vec(), ..Default::default() };
     EncryptionServiceClient::new(channel).encrypt(req(r, &env.billing)).await.expect("served over TLS");
-    let closed = |reason: &str| {
-        refused
-            .lines()
-            .find(|l| l.starts_with(&format!("vaultgate_connections_refused_total{{name=\"{reason}\"}}")))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let closed = |reason: &str| connections_closed(&refused, reason);
     let (per_peer, overall) = (closed("peer_handshakes"), closed("handshakes"));
     println!(
         "  attacks: {IDLE} idle TCP connections from {IDLE_PEERS} addresses to the TLS port: {per_peer} closed at once \
@@ -393,4 +403,90 @@ pub async fn four_mebibytes_of_empty_batch_items_are_refused_before_decoding(env
         "refused by the field count or the budget: {codes:?}"
     );
     assert!(peak < bound, "peak RSS {peak:.1} MiB: batch items were decoded before being counted");
+}
+
+/// `limits.max_connections` of the idle-connection attack, and its first-stream timeout.
+const IDLE_SLOTS: usize = 16;
+const FIRST_STREAM: Duration = Duration::from_millis(1000);
+
+pub async fn idle_tls_connections_do_not_hold_the_connection_slots(env: &'static Env) {
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
+    let limits =
+        format!("[limits]\nmax_connections = {IDLE_SLOTS}\nfirst_stream_timeout_ms = {}\n", FIRST_STREAM.as_millis());
+    let (ca, own) = tls_gateway(env, "attack-idle", &limits).await;
+    // The attacker: every slot taken by a connection that completes TLS (half also the HTTP/2
+    // handshake) and then opens no stream.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).expect("CA PEM"))
+        .expect("root");
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let mut idle_tls = Vec::new();
+    let mut idle_h2 = Vec::new();
+    for i in 0..IDLE_SLOTS {
+        let tcp = tokio::net::TcpStream::connect(own.addr).await.expect("TCP connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        if i % 2 == 0 {
+            idle_tls.push(tls);
+        } else {
+            let (h2, connection) = h2::client::handshake(tls).await.expect("HTTP/2 handshake");
+            idle_h2.push((h2, tokio::spawn(connection)));
+        }
+    }
+    let taken = Instant::now();
+    // A real caller, retrying on its own as a gRPC client does while connections are refused.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca.cert_pem()))
+        .domain_name("localhost");
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{}", own.addr))
+        .expect("endpoint")
+        .tls_config(tls)
+        .expect("tls");
+    let mut attempts = 0;
+    let served = loop {
+        attempts += 1;
+        let answer = async {
+            let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+            let r = EncryptRequest { key: "billing".into(), plaintext: b"a free slot".to_vec(), ..Default::default() };
+            EncryptionServiceClient::new(channel).encrypt(req(r, &env.billing)).await.map_err(|s| format!("{s:?}"))
+        };
+        match answer.await {
+            Ok(answer) => break answer.into_inner(),
+            Err(_) if taken.elapsed() < Duration::from_secs(10) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("the real caller was not served within 10 s ({attempts} attempts): {e}"),
+        }
+    };
+    let waited = taken.elapsed();
+    assert!(served.ciphertext.starts_with("vault:v"), "{served:?}");
+    // The attacker's connections were closed by the gateway: reads end.
+    let mut closed = 0;
+    for mut tls in idle_tls {
+        // The server's HTTP/2 SETTINGS come first; then the connection must end.
+        let mut buf = [0u8; 256];
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(1..) = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await {}
+        })
+        .await;
+        closed += usize::from(ended.is_ok());
+    }
+    for (_, connection) in idle_h2 {
+        closed += usize::from(tokio::time::timeout(Duration::from_secs(5), connection).await.is_ok());
+    }
+    let text = own.gateway.metrics.render();
+    let counted = |reason: &str| connections_closed(&text, reason);
+    println!(
+        "  attacks: {IDLE_SLOTS} idle TLS connections (half with the HTTP/2 handshake) holding every slot of \
+         max_connections = {IDLE_SLOTS}: {closed} closed by the gateway (first_stream_timeout_ms {}), {} counted idle; \
+         the real caller served after {:.0} ms ({attempts} attempts, {} refused at max_connections)",
+        FIRST_STREAM.as_millis(),
+        counted("idle"),
+        waited.as_secs_f64() * 1e3,
+        counted("max_connections")
+    );
+    assert_eq!(closed, IDLE_SLOTS, "every idle connection is closed");
+    assert!(counted("idle") >= IDLE_SLOTS as u64, "closed for idleness, counted");
+    assert!(waited < FIRST_STREAM * 5, "served {waited:?} after the slots were taken: idle connections hold them");
 }
