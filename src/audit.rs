@@ -4,15 +4,23 @@
 //!
 //! Fail closed, as Vault's audit devices do: when a line cannot be written the call's answer is
 //! replaced by `UNAVAILABLE` (configurable), so nothing is served unaudited.
+//!
+//! Group commit: a call's line is appended to a shared buffer (a short lock, no I/O under it);
+//! one call at a time writes every line that is ready with one `write` (the leader), while the
+//! others wait. When that write ends, every call whose line it carried gets its result, and
+//! one of the calls whose lines arrived meanwhile writes the next group. So a call is answered
+//! only after its own line was written (or its group failed, and then every call of the group
+//! fails), and under load the lines of many calls cost one system call.
 
 use serde::Serialize;
 use std::{
-    fs::{File, OpenOptions},
+    fs::OpenOptions,
     io::Write,
     path::Path,
-    sync::Mutex,
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
+use tokio::sync::Notify;
 
 /// What a call acted on, for the audit line.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -47,7 +55,7 @@ pub struct Entry<'a> {
     #[serde(flatten)]
     pub target: &'a Target,
     /// gRPC code name.
-    pub code: String,
+    pub code: &'a str,
     /// Latency in milliseconds.
     pub latency_ms: f64,
     /// Vault's `request_id` of every Vault request made for the call (a coalesced call names the
@@ -55,44 +63,122 @@ pub struct Entry<'a> {
     pub vault_request_ids: &'a [String],
 }
 
-/// Where audit lines go.
+/// Where audit lines go: written only by the group's leader, one group at a time.
+type Sink = Box<dyn Write + Send>;
+
+/// The lines of one group commit and, once written, its result.
+#[derive(Default)]
+struct Group {
+    result: OnceLock<Result<(), String>>,
+}
+
+/// Lines waiting for a write, and whether a write is under way.
+struct Queue {
+    /// Lines not yet handed to a writer (all of them belong to `group`).
+    pending: Vec<u8>,
+    /// The group of the pending lines.
+    group: Arc<Group>,
+    /// A leader is writing a group now.
+    writing: bool,
+    /// The buffer of the last write, kept for the next one (no allocation per group).
+    spare: Vec<u8>,
+}
+
+/// A written buffer larger than this is not kept for reuse (a burst does not pin its memory).
+const KEEP_BUFFER: usize = 1 << 20;
+
+/// The audit log: lines are group-committed to its sink (module doc).
 pub struct AuditLog {
+    queue: Mutex<Queue>,
+    /// Woken after every write: the waiting calls find their result, or lead the next group.
+    written: Notify,
     sink: Mutex<Sink>,
     /// Refuse calls whose line cannot be written.
     pub fail_closed: bool,
 }
 
-enum Sink {
-    Stdout,
-    File(File),
-}
-
 impl AuditLog {
     /// Opens the sink: `"stdout"` or a file path (appended to, created if missing).
     pub fn open(destination: &str, fail_closed: bool) -> Result<AuditLog, String> {
-        let sink = if destination == "stdout" {
-            Sink::Stdout
+        let sink: Sink = if destination == "stdout" {
+            Box::new(std::io::stdout())
         } else {
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(Path::new(destination))
                 .map_err(|e| format!("audit.path: cannot open {destination}: {e}"))?;
-            Sink::File(file)
+            Box::new(file)
         };
-        Ok(AuditLog { sink: Mutex::new(sink), fail_closed })
+        Ok(AuditLog::with_sink(sink, fail_closed))
     }
 
-    /// Writes one line; `Err` when it could not be written whole.
-    pub fn write(&self, entry: &Entry<'_>) -> Result<(), String> {
-        let mut line = serde_json::to_vec(entry).map_err(|e| e.to_string())?;
-        line.push(b'\n');
-        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
-        let written = match &mut *sink {
-            Sink::Stdout => std::io::stdout().lock().write_all(&line),
-            Sink::File(f) => f.write_all(&line),
+    fn with_sink(sink: Sink, fail_closed: bool) -> AuditLog {
+        AuditLog {
+            queue: Mutex::new(Queue { pending: Vec::new(), group: Arc::default(), writing: false, spare: Vec::new() }),
+            written: Notify::new(),
+            sink: Mutex::new(sink),
+            fail_closed,
+        }
+    }
+
+    /// Writes one line and returns once it is written; `Err` when its group could not be
+    /// written whole.
+    pub async fn write(&self, entry: &Entry<'_>) -> Result<(), String> {
+        let group = {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let at = q.pending.len();
+            if let Err(e) = serde_json::to_writer(&mut q.pending, entry) {
+                q.pending.truncate(at);
+                return Err(e.to_string());
+            }
+            q.pending.push(b'\n');
+            q.group.clone()
         };
-        written.map_err(|e| e.to_string())
+        loop {
+            // Registered before the check, so a write that ends in between still wakes us.
+            let written = self.written.notified();
+            if let Some(result) = group.result.get() {
+                return result.clone();
+            }
+            if let Some((lines, lead)) = self.lead() {
+                self.commit(lines, &lead);
+                if Arc::ptr_eq(&lead, &group) {
+                    continue;
+                }
+            }
+            written.await;
+        }
+    }
+
+    /// Takes the pending lines for a write when no write is under way.
+    fn lead(&self) -> Option<(Vec<u8>, Arc<Group>)> {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.writing || q.pending.is_empty() {
+            return None;
+        }
+        q.writing = true;
+        let spare = std::mem::take(&mut q.spare);
+        let lines = std::mem::replace(&mut q.pending, spare);
+        Some((lines, std::mem::take(&mut q.group)))
+    }
+
+    /// Writes one group with one `write_all`, records its result, wakes the waiting calls.
+    fn commit(&self, mut lines: Vec<u8>, group: &Group) {
+        let result = {
+            let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+            sink.write_all(&lines).and_then(|()| sink.flush()).map_err(|e| e.to_string())
+        };
+        let _ = group.result.set(result);
+        lines.clear();
+        {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.writing = false;
+            if lines.capacity() <= KEEP_BUFFER {
+                q.spare = lines;
+            }
+        }
+        self.written.notify_waiters();
     }
 }
 
@@ -105,8 +191,8 @@ pub fn now_ms() -> u128 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn one_json_line_per_entry_and_failures_are_reported() {
+    #[tokio::test]
+    async fn one_json_line_per_entry_and_failures_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let log = AuditLog::open(path.to_str().unwrap(), true).unwrap();
@@ -119,11 +205,11 @@ mod tests {
                 role: "billing",
                 rpc,
                 target: &target,
-                code: "Ok".into(),
+                code: "Ok",
                 latency_ms: 1.5,
                 vault_request_ids: &["64f4fb62-4fc5-b9a3-e7d9-c16f211bcf92".to_string()],
             };
-            log.write(&entry).unwrap();
+            log.write(&entry).await.unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -142,12 +228,111 @@ mod tests {
                 role: "",
                 rpc: "Encrypt",
                 target: &target,
-                code: "Ok".into(),
+                code: "Ok",
                 latency_ms: 0.0,
                 vault_request_ids: &[],
             };
-            assert!(full.write(&entry).is_err());
+            assert!(full.write(&entry).await.is_err());
         }
         assert!(AuditLog::open("/nonexistent/dir/audit.log", true).is_err());
+    }
+
+    /// A sink that records each `write` call, takes `delay` per write (so lines pile up behind
+    /// one), and fails while `failing` is set.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+        delay: Duration,
+    }
+
+    impl Write for Recorder {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(self.delay);
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::other("disk full"));
+            }
+            self.writes.lock().unwrap().push(buf.to_vec());
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn entry<'a>(request_id: &'a str, target: &'a Target) -> Entry<'a> {
+        Entry {
+            time_ms: 0,
+            request_id,
+            caller: "jwt:i#c",
+            role: "r",
+            rpc: "Encrypt",
+            target,
+            code: "Ok",
+            latency_ms: 0.1,
+            vault_request_ids: &[],
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn lines_are_group_committed_and_each_call_waits_for_its_own() {
+        let sink = Recorder { delay: Duration::from_millis(20), ..Default::default() };
+        let log = Arc::new(AuditLog::with_sink(Box::new(sink.clone()), true));
+        let calls: Vec<_> = (0..200)
+            .map(|i| {
+                let (log, writes) = (log.clone(), sink.writes.clone());
+                tokio::spawn(async move {
+                    let id = format!("call-{i}");
+                    let target = Target::new("k", 1);
+                    log.write(&entry(&id, &target)).await.expect("written");
+                    // Answered only once its own line is in the sink.
+                    let needle = format!("\"request_id\":\"{id}\"");
+                    let all = writes.lock().unwrap().concat();
+                    assert!(String::from_utf8(all).unwrap().contains(&needle), "{id} answered before written");
+                })
+            })
+            .collect();
+        for c in calls {
+            c.await.expect("call");
+        }
+        let writes = sink.writes.lock().unwrap().clone();
+        let text = String::from_utf8(writes.concat()).unwrap();
+        let mut ids: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 200, "every line exactly once, whole");
+        assert_eq!(text.lines().count(), 200);
+        // 200 calls behind 20 ms writes: a handful of groups, not a write per line.
+        assert!(writes.len() <= 50, "{} writes for 200 lines", writes.len());
+        assert!(writes.iter().all(|w| w.ends_with(b"\n")), "a write holds whole lines only");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn every_call_of_a_failed_group_fails_and_later_groups_succeed() {
+        let sink = Recorder { delay: Duration::from_millis(10), ..Default::default() };
+        let log = Arc::new(AuditLog::with_sink(Box::new(sink.clone()), true));
+        sink.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        let target = Target::new("k", 1);
+        let failed: Vec<_> = (0..50)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let target = Target::new("k", 1);
+                    log.write(&entry(&format!("f{i}"), &target)).await
+                })
+            })
+            .collect();
+        for f in failed {
+            assert_eq!(f.await.unwrap(), Err("disk full".to_string()), "no call of a failed write is answered Ok");
+        }
+        sink.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        log.write(&entry("after", &target)).await.expect("the sink works again");
+        let text = String::from_utf8(sink.writes.lock().unwrap().concat()).unwrap();
+        assert_eq!(text.lines().count(), 1, "failed lines are not written later: {text}");
+        assert!(text.contains("\"after\""));
     }
 }

@@ -243,6 +243,20 @@ impl Coalescer {
         deadline: Option<Instant>,
     ) -> Result<BatchResult, Error> {
         let lane = self.lane(&lane_key);
+        let solo = {
+            let mut st = lane.state.lock().unwrap_or_else(|p| p.into_inner());
+            let idle = st.queue.is_empty() && st.in_flight < self.max_in_flight && self.linger.is_zero();
+            if idle {
+                st.in_flight += 1;
+            }
+            idle
+        };
+        if solo {
+            // An idle lane: this call's item goes alone, sent from this very task (no hand-off
+            // to a driver task and back); the slot is given back, or handed to a driver for what
+            // queued meanwhile, when `solo` ends or is dropped.
+            return Solo { coalescer: self.clone(), lane, key: Some(lane_key) }.send(item, deadline).await;
+        }
         let (tx, rx) = oneshot::channel();
         // The call's wait for its batch (`traces.rs`); it links to the batch's span.
         let wait = tracing::info_span!(target: "vaultgate::traces", "coalescer.wait");
@@ -345,6 +359,16 @@ impl Coalescer {
         batch
     }
 
+    /// Counts one Vault request of `items` items.
+    fn count(&self, items: usize) {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.stats.items.fetch_add(items as u64, Ordering::Relaxed);
+        let m = &self.metrics;
+        m.batch_requests.inc();
+        m.batch_items.inc_by(items as u64);
+        m.batch_size.observe(items as f64);
+    }
+
     async fn dispatch(&self, key: &LaneKey, batch: Vec<Waiter>) {
         // The request may run until the latest deadline of its callers; earlier ones stop waiting.
         let deadline = batch.iter().map(|w| w.deadline).try_fold(Instant::now(), |acc, d| d.map(|d| acc.max(d)));
@@ -354,12 +378,7 @@ impl Coalescer {
             .or_else(|| batch.iter().find_map(|w| w.span.as_ref()))
             .cloned();
         let (items, txs): (Vec<_>, Vec<_>) = batch.into_iter().map(|w| (w.item, w.tx)).unzip();
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        self.stats.items.fetch_add(items.len() as u64, Ordering::Relaxed);
-        let m = &self.metrics;
-        m.batch_requests.inc();
-        m.batch_items.inc_by(items.len() as u64);
-        m.batch_size.observe(items.len() as f64);
+        self.count(items.len());
         // Its Vault request is its child. Attributes: the operation and the item count only.
         let span = tracing::info_span!(
             target: "vaultgate::traces",
@@ -387,6 +406,44 @@ impl Coalescer {
                     let _ = tx.send((Err(err.clone()), ids.clone(), batch_span.clone()));
                 }
             }
+        }
+    }
+}
+
+/// A call sent alone from its own task on an idle lane, holding one of the lane's in-flight
+/// slots. Dropped (answered, or the caller gone mid-request), it gives the slot back, or hands it
+/// to a driver task when calls queued behind it, so no queued call waits for a caller that left.
+struct Solo {
+    coalescer: Arc<Coalescer>,
+    lane: Arc<Lane>,
+    /// Taken by `drop` when a driver inherits the slot.
+    key: Option<LaneKey>,
+}
+
+impl Solo {
+    async fn send(self, item: BatchItem, deadline: Option<Instant>) -> Result<BatchResult, Error> {
+        let (c, key) = (&self.coalescer, self.key.as_ref().ok_or_else(|| Error::Internal("solo lane".into()))?);
+        c.count(1);
+        // The Vault request runs in the caller's task: its request id goes to the caller's
+        // audit collector directly (`Client::send`).
+        let results = c.vault.send(key, std::slice::from_ref(&item), deadline).await;
+        let result = results.map_err(|e| Error::from_vault(e, Subject::Key(&key.key)))?;
+        result.into_iter().next().ok_or_else(|| Error::Internal("Vault answered a batch of one with no result".into()))
+    }
+}
+
+impl Drop for Solo {
+    fn drop(&mut self) {
+        let mut st = self.lane.state.lock().unwrap_or_else(|p| p.into_inner());
+        let handed = match (st.queue.is_empty(), self.key.take(), tokio::runtime::Handle::try_current()) {
+            (false, Some(key), Ok(rt)) => {
+                rt.spawn(self.coalescer.clone().drive(self.lane.clone(), key));
+                true
+            }
+            _ => false,
+        };
+        if !handed {
+            st.in_flight -= 1;
         }
     }
 }
@@ -543,6 +600,36 @@ mod tests {
         let r = c.submit(lane("t"), text("solo"), None).await.unwrap();
         assert_eq!(r.ciphertext.as_deref(), Some("ct:solo"));
         assert_eq!(vault.requests(), vec![vec!["solo".to_string()]]);
+    }
+
+    #[tokio::test]
+    async fn a_solo_caller_that_leaves_hands_its_slot_to_the_calls_queued_behind_it() {
+        let vault = Scripted::new(false);
+        let c = Coalescer::new(vault.clone(), &config(1, 100), Default::default());
+        let submit = |p: &'static str| {
+            let c = c.clone();
+            tokio::spawn(async move { c.submit(lane("t"), text(p), None).await })
+        };
+        let solo = submit("solo");
+        seen(&vault, 1).await;
+        let queued = [submit("a"), submit("b")];
+        while c.lane(&lane("t")).state.lock().unwrap().queue.len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        // The solo caller goes away while its own request is out (its deadline, a cancel).
+        solo.abort();
+        assert!(solo.await.unwrap_err().is_cancelled());
+        vault.gate.add_permits(1);
+        for (task, p) in queued.into_iter().zip(["a", "b"]) {
+            assert_eq!(task.await.unwrap().unwrap().ciphertext, Some(format!("ct:{p}")));
+        }
+        assert_eq!(vault.requests()[1], vec!["a".to_string(), "b".to_string()], "one batch, sent by a driver");
+        let back = async {
+            while c.lane(&lane("t")).state.lock().unwrap().in_flight != 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), back).await.expect("the slot is given back");
     }
 
     #[tokio::test]

@@ -121,8 +121,33 @@ fn init_tracing(
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// The serving model (ARCHITECTURE.md, "Serving model"): with one CPU to run on (a pod's CPU
+/// limit of 1, or a process pinned to one core) every task runs on one thread, so a call's
+/// HTTP/2 connection task, its handler, the coalescer and the Vault client's connection task
+/// hand over to each other without a cross-thread wake-up; with more CPUs, one worker each.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cpus);
+        b
+    };
+    builder.enable_all().build()
+}
+
+fn main() -> ExitCode {
+    match runtime() {
+        Ok(rt) => rt.block_on(run()),
+        Err(e) => {
+            eprintln!("vaultgate: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match parse(&args) {
         Ok(c) => c,

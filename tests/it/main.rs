@@ -111,6 +111,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     traces::encrypt_is_traced_from_the_callers_traceparent_to_vault,
     rotation::decrypt_after_rotation_recommends_rewrap_without_a_key_read_per_call,
     rotation::rewrap_batch_of_a_thousand_takes_few_vault_requests,
+    rotation::bound_ciphertexts_decrypt_only_for_their_caller,
 ];
 
 /// Tests that measure time or load the machine on purpose: run one at a time after the others,
