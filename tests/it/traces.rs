@@ -91,9 +91,12 @@ pub async fn encrypt_is_traced_from_the_callers_traceparent_to_vault(env: &'stat
     let dir = env.dir.join("traces");
     std::fs::create_dir_all(&dir).expect("dir");
     // Ratio 0: the gateway starts no recorded trace of its own; callers' sampled ones are followed.
+    // A linger, so that every Transit call waits in its lane (an idle lane's call is otherwise sent
+    // from its own task, with no wait or batch span) and concurrent ones share a batch.
     let toml = format!(
         "[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"qa\"\nequals = \"qa\"\n\
          [shutdown]\ngrace_ms = 0\ndrain_timeout_ms = 2000\n\
+         [batch]\nlinger_us = 50000\n\
          [traces]\nendpoint = \"http://{otlp}\"\nsample_ratio = 0.0\nservice_name = \"vaultgate-it\"\n",
         env.vault_addr
     );
@@ -112,6 +115,19 @@ pub async fn encrypt_is_traced_from_the_callers_traceparent_to_vault(env: &'stat
     let key = GetKeyRequest { key: "qa-aes".into(), ..Default::default() };
     c.get_key(traced(key, &env.qa, Some(&format!("00-{t2}-{p2}-01")))).await.expect("traced get_key");
     c.encrypt(traced(enc(), &env.qa, None)).await.expect("encrypt without a traceparent");
+    // Four callers at once, each in a trace of its own: one batch (or a few), linked from every wait.
+    let shared: Vec<String> = (0..4).map(|i| format!("7{i}0000000000000000000000000000aa")).collect();
+    let calls: Vec<_> = shared
+        .iter()
+        .map(|t| {
+            let mut c = c.clone();
+            let request = traced(enc(), &env.qa, Some(&format!("00-{t}-{p1}-01")));
+            tokio::spawn(async move { c.encrypt(request).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.expect("task").expect("concurrent traced encrypt");
+    }
     c.encrypt(traced(enc(), &env.qa, Some(&format!("00-{t3}-{p1}-00")))).await.expect("encrypt, caller not sampling");
 
     // SIGTERM: the exporter sends what it still holds before the process exits.
@@ -174,9 +190,30 @@ pub async fn encrypt_is_traced_from_the_callers_traceparent_to_vault(env: &'stat
         .collect();
     assert_eq!(under_get_key.len(), 1, "GetKey's Vault request: {shape:?}");
 
-    // Sampling: only the two traces callers sampled were recorded (ratio 0 for the others).
+    // Concurrent callers: each wait links to a transit.batch span that was exported, whose parent
+    // is one of the waits; a batch that carried several items is linked from other traces too.
+    let batches: Vec<&Span> = spans.iter().map(|(_, s)| s).filter(|s| s.name == "transit.batch").collect();
+    let mut shared_batches = 0;
+    for t in &shared {
+        let wait = named(t, "coalescer.wait");
+        assert_eq!(wait.len(), 1, "{t}: {shape:?}");
+        assert_eq!(wait[0].links.len(), 1, "{t}: one link");
+        let target = batches.iter().find(|b| b.span_id == wait[0].links[0].span_id);
+        let target = target.unwrap_or_else(|| panic!("{t}: its link names no exported batch: {shape:?}"));
+        assert!(spans.iter().any(|(_, s)| s.name == "coalescer.wait" && s.span_id == target.parent_span_id));
+        if target.trace_id != wait[0].trace_id {
+            shared_batches += 1;
+        }
+    }
+    let items: Vec<String> = batches.iter().map(|b| attr(&b.attributes, "vaultgate.batch.items")).collect();
+    println!("  traces: 4 concurrent traced Encrypts: batches of {items:?}; {shared_batches} waits linked to a batch in another trace");
+    assert!(shared_batches >= 1, "4 concurrent calls in a 50 ms linger shared no batch: {items:?}");
+
+    // Sampling: only the traces callers sampled were recorded (ratio 0 for the others).
     let traces: std::collections::BTreeSet<String> = spans.iter().map(|(_, s)| hex(&s.trace_id)).collect();
-    assert_eq!(traces, [t1.to_string(), t2.to_string()].into(), "{shape:?}");
+    let sampled: std::collections::BTreeSet<String> =
+        [t1.to_string(), t2.to_string()].into_iter().chain(shared.iter().cloned()).collect();
+    assert_eq!(traces, sampled, "{shape:?}");
 
     // Nothing secret: no JWT, plaintext (as sent or base64), ciphertext or key name in any span.
     let text = format!("{:?}", spans);
