@@ -383,11 +383,16 @@ impl Client {
     }
 
     fn url(base: &Url, call: &Call<'_>) -> Result<Url, VaultError> {
-        let mut url = base.join("v1/").map_err(|e| VaultError::Decode(e.to_string()))?;
+        // `base` ends with `/` (`Client::new`): `<base>v1/<segments>`, built without parsing a
+        // URL again per request.
+        let mut url = base.clone();
+        url.set_query(None);
+        url.set_fragment(None);
         {
             let mut segs =
                 url.path_segments_mut().map_err(|_| VaultError::Decode("vault address cannot be a base".into()))?;
             segs.pop_if_empty();
+            segs.push("v1");
             segs.extend(call.segments.iter());
         }
         if !call.query.is_empty() {
@@ -849,6 +854,14 @@ mod tests {
         let call = Call::new(Method::GET, "kv/read", &["secret/data", "a b/c?d"]).query("version", 2);
         let url = Client::url(client.address(), &call).unwrap();
         assert_eq!(url.as_str(), "http://127.0.0.1:8200/v1/secret/data/a%20b/c%3Fd?version=2");
+        // Behind a path prefix (a reverse proxy), the prefix stays in front of `v1`.
+        let behind =
+            Client::new(&ClientConfig::single(Url::parse("https://proxy.example/vault").unwrap()), Default::default())
+                .unwrap();
+        let url =
+            Client::url(behind.address(), &Call::new(Method::POST, "transit/encrypt", &["transit", "encrypt", "k"]))
+                .unwrap();
+        assert_eq!(url.as_str(), "https://proxy.example/vault/v1/transit/encrypt/k");
     }
 
     #[test]
