@@ -254,6 +254,9 @@ pub struct CertRule {
     pub value: String,
     /// Match by prefix rather than the exact value.
     pub prefix: bool,
+    /// As `[[callers]] bind_identity`: the certificate caller's identity goes into the AEAD
+    /// associated data of its encryptions.
+    pub bind_identity: bool,
 }
 
 /// How the gateway obtains the Vault token of a role that certificate callers map to.
@@ -483,6 +486,10 @@ pub struct CallerRule {
     /// rule then also requires that issuer's `iss`). Without it Vault alone verifies the JWT, and
     /// `[unverified_logins]` bounds what unverified JWTs can cost.
     pub verify_with: Option<String>,
+    /// Bind the caller's identity into the AEAD associated data of its Transit encryptions, so
+    /// no other caller can decrypt them (`bind.rs`, docs/security.md#identity-bound-ciphertexts).
+    #[serde(default)]
+    pub bind_identity: bool,
 }
 
 /// Limits and knobs of the Transit coalescer.
@@ -760,6 +767,8 @@ struct RawCertRule {
     dns_prefix: Option<String>,
     cn: Option<String>,
     cn_prefix: Option<String>,
+    #[serde(default)]
+    bind_identity: bool,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -1268,7 +1277,9 @@ fn cert_rule(
         return Err(format!("{}: must not be empty", key(field.as_str())));
     }
     match roles.get(&raw.role) {
-        Some(RoleConfig { login: Some(_), .. }) => Ok(CertRule { role: raw.role, field, value, prefix }),
+        Some(RoleConfig { login: Some(_), .. }) => {
+            Ok(CertRule { role: raw.role, field, value, prefix, bind_identity: raw.bind_identity })
+        }
         _ => Err(format!(
             "{}: role {:?} needs a [roles.{}] table with the gateway's login for it (role_id_file + secret_id_file, token_file or jwt_file)",
             key("role"),

@@ -189,6 +189,13 @@ fn classify_bad_request(msg: &str, what: &str) -> Error {
             "decryption of {what} failed: wrong context or associated_data, or the ciphertext was altered"
         ));
     }
+    if msg.contains("non-AEAD cipher suite") {
+        return Error::InvalidArgument(format!(
+            "{what} is not an AEAD key type, so it takes no associated_data (a caller rule with bind_identity \
+             sends it on every encryption: use an aes128-gcm96, aes256-gcm96, chacha20-poly1305 or \
+             xchacha20-poly1305 key): {msg}"
+        ));
+    }
     if msg.contains("permission denied") {
         return Error::PermissionDenied(format!("Vault's policy denies this caller access to {what}"));
     }
@@ -319,6 +326,12 @@ mod tests {
             (api(400, "lease not found"), Subject::Lease("l"), Code::NotFound),
             (api(400, "invalid ciphertext: no prefix"), Subject::Key("k"), Code::InvalidArgument),
             (api(400, "cipher: message authentication failed"), Subject::Key("k"), Code::InvalidArgument),
+            // Verbatim OpenBao 2.7.2: associated data (bind_identity) sent for an rsa key.
+            (
+                api(400, "'associated_data' provided for non-AEAD cipher suite rsa-2048"),
+                Subject::Key("k"),
+                Code::InvalidArgument,
+            ),
             (
                 api(400, "error validating token: invalid audience (aud) claim"),
                 Subject::Login("r"),

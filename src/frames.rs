@@ -55,6 +55,11 @@ impl Default for Frames {
 }
 
 impl Frames {
+    /// True between a message's header and its last byte.
+    pub fn in_message(&self) -> bool {
+        self.header.is_none()
+    }
+
     /// Walks `chunk`, the next bytes of the body, calling `on` for each event in order; stops at
     /// the first error `on` returns.
     pub fn feed<E>(&mut self, mut chunk: &[u8], mut on: impl FnMut(Event) -> Result<(), E>) -> Result<(), E> {

@@ -210,6 +210,7 @@ mod tests {
             method: "jwt".into(),
             auth_mount: "jwt".into(),
             verify_with: None,
+            bind_identity: false,
         }
     }
 
@@ -226,7 +227,13 @@ mod tests {
         assert_eq!(names.uris, ["spiffe://prod.example/ns/billing/sa/api"]);
         assert_eq!(names.dns, ["api.billing.svc"]);
         assert_eq!(names.cn.as_deref(), Some("billing-api"));
-        let rule = |field, value: &str, prefix| CertRule { role: value.into(), field, value: value.into(), prefix };
+        let rule = |field, value: &str, prefix| CertRule {
+            role: value.into(),
+            field,
+            value: value.into(),
+            prefix,
+            bind_identity: false,
+        };
         let cases: &[(Vec<CertRule>, Option<&str>)] = &[
             (
                 vec![rule(CertField::Uri, "spiffe://prod.example/ns/billing/sa/api", false)],

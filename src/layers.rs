@@ -35,9 +35,10 @@ use std::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
-    task::{ready, Context, Poll},
+    task::{Context, Poll},
+    time::Duration,
 };
-use tokio::sync::Semaphore;
+use tokio::{sync::Semaphore, time::Sleep};
 use tonic::{
     body::Body,
     codegen::http::{self, HeaderValue},
@@ -524,6 +525,8 @@ impl Drop for Charge {
 struct Bounds {
     max_message: usize,
     max_fields: usize,
+    /// How long a message may take to arrive after its header.
+    read_timeout: Duration,
 }
 
 /// A request body walked as it arrives ([`Frames`]): each message is charged by its declared
@@ -538,17 +541,21 @@ struct Budgeted {
     bounds: Bounds,
     /// Top-level fields of the current message so far.
     fields: usize,
+    /// When the message that has begun to arrive must have arrived whole.
+    late: Option<Pin<Box<Sleep>>>,
 }
 
 impl Budgeted {
     fn new(inner: Body, charge: Arc<Charge>, bounds: Bounds) -> Budgeted {
-        Budgeted { inner, charge, frames: Frames::default(), bounds, fields: 0 }
+        Budgeted { inner, charge, frames: Frames::default(), bounds, fields: 0, late: None }
     }
 
-    /// Walks `data`: the first refusal of one of its messages, if any.
+    /// Walks `data`: the first refusal of one of its messages, if any. A message that began
+    /// in it gets `limits.message_read_timeout_ms` to arrive whole.
     fn walk(&mut self, data: &[u8]) -> Result<(), Error> {
+        let mut began = false;
         let Budgeted { charge, frames, bounds, fields, .. } = self;
-        frames.feed(data, |event| {
+        let walked = frames.feed(data, |event| {
             let cost = match event {
                 Event::Message { declared, .. } => {
                     let declared = usize::try_from(declared).unwrap_or(usize::MAX);
@@ -560,6 +567,7 @@ impl Budgeted {
                         )));
                     }
                     *fields = 0;
+                    began = true;
                     declared.saturating_add(5)
                 }
                 Event::Fields(n) => {
@@ -582,7 +590,13 @@ impl Budgeted {
                     charge.budget.max
                 )))
             }
-        })
+        });
+        if !self.frames.in_message() {
+            self.late = None;
+        } else if began {
+            self.late = Some(Box::pin(tokio::time::sleep(self.bounds.read_timeout)));
+        }
+        walked
     }
 }
 
@@ -591,7 +605,19 @@ impl http_body::Body for Budgeted {
     type Error = Status;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if self.late.as_mut().is_some_and(|late| late.as_mut().poll(cx).is_ready()) {
+                    self.late = None;
+                    let ms = self.bounds.read_timeout.as_millis();
+                    return Poll::Ready(Some(Err(Status::from(Error::DeadlineExceeded(format!(
+                        "the request message did not arrive within {ms} ms of its header (limits.message_read_timeout_ms)"
+                    ))))));
+                }
+                return Poll::Pending;
+            }
+        };
         if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
             if let Err(refused) = self.walk(data.map_or(&[][..], |d| &d[..])) {
                 return Poll::Ready(Some(Err(Status::from(refused))));
@@ -622,7 +648,8 @@ pub struct Budget {
 impl Budget {
     fn new(bytes: Arc<ByteBudget>, limits: &Limits) -> Budget {
         let max_fields = limits.max_batch_items.saturating_add(MORE_FIELDS);
-        Budget { bytes, bounds: Bounds { max_message: limits.max_message_bytes, max_fields } }
+        let read_timeout = Duration::from_millis(limits.message_read_timeout_ms);
+        Budget { bytes, bounds: Bounds { max_message: limits.max_message_bytes, max_fields, read_timeout } }
     }
 }
 
@@ -668,7 +695,11 @@ mod tests {
         let frames: Vec<Result<Frame<Bytes>, Status>> =
             chunks.into_iter().map(|c| Ok(Frame::data(Bytes::from(c)))).collect();
         let inner = Body::new(http_body_util::StreamBody::new(tokio_stream::iter(frames)));
-        Budgeted::new(inner, charge.clone(), Bounds { max_message: 1000, max_fields })
+        Budgeted::new(
+            inner,
+            charge.clone(),
+            Bounds { max_message: 1000, max_fields, read_timeout: Duration::from_secs(10) },
+        )
     }
 
     /// A gRPC message header declaring `n` bytes.
@@ -711,6 +742,39 @@ mod tests {
         drop(held);
         drop(fourth);
         assert_eq!(b.used(), 0, "dropped calls give back too");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_that_stops_arriving_gives_its_charge_back_after_the_read_timeout() {
+        use tokio_stream::StreamExt;
+        let b = budget(1000);
+        let c = Charge::new(b.clone());
+        // A header, half the message, then nothing ever again.
+        let chunks = [header(500), vec![0; 250]].map(|c| Ok::<_, Status>(Frame::data(Bytes::from(c))));
+        let inner =
+            Body::new(http_body_util::StreamBody::new(tokio_stream::iter(chunks).chain(tokio_stream::pending())));
+        let bounds = Bounds { max_message: 1000, max_fields: 10, read_timeout: Duration::from_secs(10) };
+        let mut silent = Budgeted::new(inner, c.clone(), bounds);
+        assert!(silent.frame().await.expect("header").is_ok());
+        assert!(silent.frame().await.expect("half").is_ok());
+        assert_eq!(b.used(), 505);
+        let t0 = tokio::time::Instant::now();
+        let late = silent.frame().await.expect("an answer").expect_err("too slow");
+        assert_eq!(t0.elapsed(), Duration::from_secs(10));
+        assert_eq!(late.code(), Code::DeadlineExceeded);
+        assert!(late.message().contains("limits.message_read_timeout_ms"), "{}", late.message());
+        c.answered();
+        assert_eq!(b.used(), 0);
+        // Messages that arrive whole in time are not cut, however long the body stays open.
+        let c = Charge::new(b.clone());
+        let whole = [header(3), vec![0x08, 0x01, 0x10]].map(|c| Ok::<_, Status>(Frame::data(Bytes::from(c))));
+        let inner =
+            Body::new(http_body_util::StreamBody::new(tokio_stream::iter(whole).chain(tokio_stream::pending())));
+        let mut open = Budgeted::new(inner, c, bounds);
+        assert!(open.frame().await.expect("header").is_ok());
+        assert!(open.frame().await.expect("message").is_ok());
+        let waited = tokio::time::timeout(Duration::from_secs(60), open.frame()).await;
+        assert!(waited.is_err(), "an idle body between messages is not cut: {waited:?}");
     }
 
     #[tokio::test]

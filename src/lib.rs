@@ -16,6 +16,7 @@
 //! - [`session`]: Vault tokens acting for callers: logins (JWT, Kubernetes, AppRole, token file),
 //!   renewal, re-login, cache.
 //! - [`batch`]: coalescing of concurrent Transit calls into `batch_input` requests.
+//! - `bind`: the associated data that binds a caller's ciphertexts to its identity (`bind_identity`).
 //! - `key_versions`: each Transit key's versions per Vault token, kept fresh by a poller
 //!   (Decrypt's `rewrap_recommended`, WatchKey).
 //! - [`leases`]: who owns each database lease, and keeping its parent token alive.
@@ -35,6 +36,7 @@
 
 pub mod audit;
 pub mod batch;
+pub(crate) mod bind;
 pub mod cache;
 pub mod call;
 pub mod codec;

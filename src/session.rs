@@ -58,6 +58,9 @@ pub struct Actor {
     pub token: VaultToken,
     /// That token's accessor (not secret: it names the token, e.g. in lease-ownership tags).
     pub accessor: Arc<str>,
+    /// The caller's rule sets `bind_identity`: `caller` goes into the associated data of its
+    /// Transit encryptions (`bind.rs`).
+    pub bind_identity: bool,
     key: SlotKey,
 }
 
@@ -186,12 +189,20 @@ struct Who {
     auth_mount: Option<Arc<str>>,
     /// A JWT caller whose JWT was not verified locally: its login passes the gate, from this peer.
     unverified_from: Option<Option<IpAddr>>,
+    /// The matched rule's `bind_identity`.
+    bind_identity: bool,
 }
 
 impl Who {
     /// `token_holder`'s token, acting for this caller (a role token serves many callers).
     fn acting_as(&self, token_holder: Actor) -> Actor {
-        Actor { caller: self.caller.clone(), kind: self.kind, name: self.name.clone(), ..token_holder }
+        Actor {
+            caller: self.caller.clone(),
+            kind: self.kind,
+            name: self.name.clone(),
+            bind_identity: self.bind_identity,
+            ..token_holder
+        }
     }
 }
 
@@ -283,6 +294,7 @@ impl Sessions {
             expires_unix: None,
             auth_mount: None,
             unverified_from: None,
+            bind_identity: false,
         };
         self.acquire(&who, None, deadline).await
     }
@@ -391,6 +403,7 @@ impl Sessions {
                     expires_unix: None,
                     auth_mount: None,
                     unverified_from: None,
+                    bind_identity: a.bind_identity,
                 };
                 let deadline = Some(Instant::now() + Duration::from_secs(10));
                 if let Err(e) = self.acquire(&who, None, deadline).await {
@@ -502,6 +515,7 @@ impl Sessions {
             expires_unix,
             auth_mount: Some(rule.auth_mount.as_str().into()),
             unverified_from: rule.verify_with.is_none().then_some(peer),
+            bind_identity: rule.bind_identity,
         })
     }
 
@@ -516,6 +530,7 @@ impl Sessions {
             expires_unix: None,
             auth_mount: None,
             unverified_from: None,
+            bind_identity: rule.bind_identity,
         })
     }
 
@@ -596,6 +611,7 @@ impl Sessions {
             role: who.role.clone(),
             token: login.token.clone(),
             accessor: login.accessor.as_str().into(),
+            bind_identity: who.bind_identity,
             key: who.key.clone(),
         };
         let period = match login.ttl {
@@ -820,6 +836,7 @@ mod tests {
             role: "r".into(),
             token: VaultToken::new("t"),
             accessor: "a".into(),
+            bind_identity: false,
             key: SlotKey::Role("r".into()),
         }
     }

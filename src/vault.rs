@@ -998,7 +998,10 @@ mod tests {
             let deadline = Some(Instant::now() + Duration::from_secs(10));
             let failed = match name {
                 "rotate" => client.transit_rotate(&token, "transit", "k", deadline).await.is_err(),
-                "datakey" => client.transit_datakey(&token, "transit", "k", None, 256, deadline).await.is_err(),
+                "datakey" => {
+                    let body = transit::DatakeyBody { context: None, associated_data: None, bits: 256 };
+                    client.transit_datakey(&token, "transit", "k", &body, deadline).await.is_err()
+                }
                 "db_creds" => client.db_creds(&token, "database", "r", deadline).await.is_err(),
                 "lease_renew" => client.lease_renew(&token, "database/creds/r/x", Some(60), deadline).await.is_err(),
                 "lease_revoke" => client.lease_revoke(&token, "database/creds/r/x", deadline).await.is_err(),

@@ -1,7 +1,9 @@
 //! Arbitrary bytes as each protobuf request message (as the gateway's codec decodes them), then
 //! the very checks its handler runs before anything reaches Vault (`validate::Checked`, and per
 //! batch item `validate::encrypt_item`/`decrypt_item`), the `grpc-timeout` header, and for batches
-//! the split into Vault requests (`batch::plan`). Never a panic; every failure is a caller error.
+//! the split into Vault requests (`batch::plan`); and the same bytes as a request body walked as
+//! it arrives (`frames::Frames`, in front of decoding): the same events however it is chunked,
+//! and never more top-level fields than the message holds. Never a panic; every failure is a caller error.
 //! The budget arithmetic restated here finds crashes, not a wrong budget: OpenBao's own limit is
 //! the judge in `tests/it/oracles.rs`.
 
@@ -9,6 +11,7 @@ use crate::{
     batch::{plan, Budget},
     config::Config,
     error::Error,
+    frames::{Event, Frames},
     pb::vaultgate::v1::*,
     service::validate::{self, Checked},
     vault::transit::{b64, BatchItem},
@@ -85,8 +88,39 @@ fn check_plan(c: &Config, items: &[BatchItem]) {
     assert_eq!(next, items.len(), "plan did not cover every item");
 }
 
+/// The body walker in front of decoding: `bytes` as a gRPC body gives the same events fed whole
+/// and fed in chunks of every size from 1 to 7, and never counts more fields than bytes.
+fn walk_body(bytes: &[u8]) {
+    let events = |size: usize| {
+        let (mut frames, mut seen) = (Frames::default(), Vec::new());
+        for chunk in bytes.chunks(size) {
+            let fed = frames.feed(chunk, |e| {
+                seen.push(e);
+                Ok::<(), ()>(())
+            });
+            assert!(fed.is_ok(), "the callback never refuses");
+        }
+        // Field counts summed per message (chunking splits them differently).
+        let mut merged: Vec<Event> = Vec::new();
+        for e in seen {
+            match (merged.last_mut(), e) {
+                (Some(Event::Fields(n)), Event::Fields(m)) => *n += m,
+                _ => merged.push(e),
+            }
+        }
+        merged
+    };
+    let whole = events(bytes.len().max(1));
+    for size in 1..=7 {
+        assert_eq!(events(size), whole, "chunks of {size}");
+    }
+    let fields: usize = whole.iter().map(|e| if let Event::Fields(n) = e { *n } else { 0 }).sum();
+    assert!(fields <= bytes.len(), "{fields} fields in {} bytes", bytes.len());
+}
+
 fn validate_message(c: &Config, kind: u8, bytes: &[u8]) {
-    match kind % 14 {
+    // Kinds 0-13 keep the numbers the seeds were written with.
+    match kind % 24 {
         0 => drop(checked::<EncryptRequest>(c, bytes)),
         1 => {
             if let Some(r) = checked::<DecryptRequest>(c, bytes) {
@@ -146,6 +180,28 @@ fn validate_message(c: &Config, kind: u8, bytes: &[u8]) {
             }
         }
         12 => drop(checked::<RevokeLeaseRequest>(c, bytes)),
+        14 => drop(checked::<SignRequest>(c, bytes)),
+        15 => {
+            if let Some(r) = checked::<VerifyRequest>(c, bytes) {
+                assert!(validate::ciphertext_version(&r.signature).is_some());
+            }
+        }
+        16 => drop(checked::<HmacRequest>(c, bytes)),
+        17 => {
+            if let Some(r) = checked::<VerifyHmacRequest>(c, bytes) {
+                assert!(validate::ciphertext_version(&r.hmac).is_some());
+            }
+        }
+        18 => drop(checked::<IssueCertificateRequest>(c, bytes)),
+        19 => drop(checked::<SignCertificateRequest>(c, bytes)),
+        20 => {
+            if let Some(r) = checked::<RevokeCertificateRequest>(c, bytes) {
+                assert!(r.certificate.is_empty() != r.serial_number.is_empty(), "exactly one names the certificate");
+            }
+        }
+        21 => drop(checked::<GetCaChainRequest>(c, bytes)),
+        22 => drop(checked::<RewrapBatchRequest>(c, bytes)),
+        23 => walk_body(bytes),
         // The `grpc-timeout` header every call carries, read by `call::grpc_deadline`.
         _ => {
             let Ok(value) = tonic::codegen::http::HeaderValue::from_bytes(bytes) else { return };

@@ -10,12 +10,13 @@ use crate::cache::{self, Read, Value as Cached};
 use crate::rules::Resource;
 use crate::{
     batch::{self, Budget, LaneKey},
+    bind,
     call::Rpc,
     error::{Error, Subject},
     key_versions,
     pb::vaultgate::v1::{encryption_service_server::EncryptionService, *},
     session::Actor,
-    vault::transit::{b64, unb64, BatchItem, BatchResult, Endpoint, Op},
+    vault::transit::{b64, unb64, BatchItem, BatchResult, DatakeyBody, Endpoint, Op},
     vault::VaultError,
 };
 use std::sync::Arc;
@@ -31,8 +32,10 @@ fn opt_b64(bytes: &[u8]) -> Option<String> {
 
 impl Gateway {
     /// `item`: the index inside a batch request, which field names in errors are prefixed with.
+    /// `actor`: whose associated data it is (`bind.rs`).
     fn encrypt_item(
         &self,
+        actor: &Actor,
         item: Option<usize>,
         plaintext: &[u8],
         context: &[u8],
@@ -40,36 +43,54 @@ impl Gateway {
         version: u32,
     ) -> Result<BatchItem, Error> {
         validate::encrypt_item(&self.config.limits, plaintext, context, aad).map_err(|e| e.in_item(item))?;
+        let aad = bind::associated_data(actor, aad).map_err(|e| e.in_item(item))?;
         Ok(BatchItem {
             plaintext: Some(b64(plaintext)),
             context: opt_b64(context),
-            associated_data: opt_b64(aad),
+            associated_data: opt_b64(&aad),
             key_version: (version > 0).then_some(version),
             ..Default::default()
         })
     }
 
-    /// `item`: as for [`Gateway::encrypt_item`].
+    /// `actor`, `item`: as for [`Gateway::encrypt_item`].
     fn decrypt_item(
         &self,
+        actor: &Actor,
         item: Option<usize>,
         ciphertext: &str,
         context: &[u8],
         aad: &[u8],
     ) -> Result<BatchItem, Error> {
         validate::decrypt_item(&self.config.limits, ciphertext, context, aad).map_err(|e| e.in_item(item))?;
+        let aad = bind::associated_data(actor, aad).map_err(|e| e.in_item(item))?;
         Ok(BatchItem {
             ciphertext: Some(ciphertext.to_string()),
             context: opt_b64(context),
-            associated_data: opt_b64(aad),
+            associated_data: opt_b64(&aad),
             ..Default::default()
         })
     }
 
     /// One ciphertext to rewrap (a Rewrap call or a RewrapBatch item); `item` as for
     /// [`Gateway::encrypt_item`]. Transit's rewrap takes no associated data.
-    fn rewrap_item(&self, item: Option<usize>, ciphertext: &str, context: &[u8]) -> Result<BatchItem, Error> {
+    /// A caller whose rule sets `bind_identity` has only ciphertexts with associated data, which
+    /// Transit cannot rewrap: refused before Vault.
+    fn rewrap_item(
+        &self,
+        actor: &Actor,
+        item: Option<usize>,
+        ciphertext: &str,
+        context: &[u8],
+    ) -> Result<BatchItem, Error> {
         validate::decrypt_item(&self.config.limits, ciphertext, context, &[]).map_err(|e| e.in_item(item))?;
+        if actor.bind_identity {
+            return Err(Error::InvalidArgument(
+                "this caller's ciphertexts are bound to its identity (bind_identity) through associated data, \
+                 which Transit's rewrap cannot take: Decrypt and Encrypt again to move to the latest key version"
+                    .into(),
+            ));
+        }
         Ok(BatchItem { ciphertext: Some(ciphertext.to_string()), context: opt_b64(context), ..Default::default() })
     }
 
@@ -321,7 +342,7 @@ impl EncryptionService for Encryption {
     async fn encrypt(&self, req: Request<EncryptRequest>) -> Result<Response<EncryptResponse>, Status> {
         let gw = &self.0;
         gw.serve(req, |actor, deadline, r| async move {
-            let item = gw.encrypt_item(None, &r.plaintext, &r.context, &r.associated_data, r.key_version)?;
+            let item = gw.encrypt_item(&actor, None, &r.plaintext, &r.context, &r.associated_data, r.key_version)?;
             let (ciphertext, key_version) = ciphertext_of(
                 gw.transit_one(&actor, gw.transit_mount(&r.mount), Op::Encrypt, &r.key, None, item, deadline).await?,
             )?;
@@ -333,7 +354,7 @@ impl EncryptionService for Encryption {
     async fn decrypt(&self, req: Request<DecryptRequest>) -> Result<Response<DecryptResponse>, Status> {
         let gw = &self.0;
         gw.serve(req, |actor, deadline, r| async move {
-            let item = gw.decrypt_item(None, &r.ciphertext, &r.context, &r.associated_data)?;
+            let item = gw.decrypt_item(&actor, None, &r.ciphertext, &r.context, &r.associated_data)?;
             let key_version = validate::ciphertext_version(&r.ciphertext).unwrap_or(0);
             let mount = gw.transit_mount(&r.mount);
             // The key's versions come from the cache; only an entry's first read is waited for,
@@ -357,7 +378,7 @@ impl EncryptionService for Encryption {
                 .iter()
                 .enumerate()
                 .map(|(i, it)| {
-                    gw.encrypt_item(Some(i), &it.plaintext, &it.context, &it.associated_data, it.key_version)
+                    gw.encrypt_item(&actor, Some(i), &it.plaintext, &it.context, &it.associated_data, it.key_version)
                 })
                 .collect();
             let results = gw
@@ -381,7 +402,7 @@ impl EncryptionService for Encryption {
                 .items
                 .iter()
                 .enumerate()
-                .map(|(i, it)| gw.decrypt_item(Some(i), &it.ciphertext, &it.context, &it.associated_data))
+                .map(|(i, it)| gw.decrypt_item(&actor, Some(i), &it.ciphertext, &it.context, &it.associated_data))
                 .collect();
             let mount = gw.transit_mount(&r.mount);
             let (results, known) = tokio::join!(
@@ -413,7 +434,7 @@ impl EncryptionService for Encryption {
     async fn rewrap(&self, req: Request<RewrapRequest>) -> Result<Response<RewrapResponse>, Status> {
         let gw = &self.0;
         gw.serve(req, |actor, deadline, r| async move {
-            let item = gw.rewrap_item(None, &r.ciphertext, &r.context)?;
+            let item = gw.rewrap_item(&actor, None, &r.ciphertext, &r.context)?;
             let (ciphertext, key_version) = ciphertext_of(
                 gw.transit_one(&actor, gw.transit_mount(&r.mount), Op::Rewrap, &r.key, None, item, deadline).await?,
             )?;
@@ -425,7 +446,8 @@ impl EncryptionService for Encryption {
     async fn rewrap_batch(&self, req: Request<RewrapBatchRequest>) -> Result<Response<RewrapBatchResponse>, Status> {
         let gw = &self.0;
         gw.serve(req, |actor, deadline, r| async move {
-            let items = r.items.iter().enumerate().map(|(i, it)| gw.rewrap_item(Some(i), &it.ciphertext, &it.context));
+            let items =
+                r.items.iter().enumerate().map(|(i, it)| gw.rewrap_item(&actor, Some(i), &it.ciphertext, &it.context));
             let results = gw
                 .transit_many(&actor, gw.transit_mount(&r.mount), Op::Rewrap, &r.key, items.collect(), deadline)
                 .await?
@@ -495,9 +517,12 @@ impl EncryptionService for Encryption {
         let gw = &self.0;
         gw.serve(req, |actor, deadline, r| async move {
             let bits = validate::data_key_bits(r.bits)?;
+            // Bound to the caller like an Encrypt, so its Decrypt of the wrapped key succeeds.
+            let aad = bind::associated_data(&actor, &[])?;
+            let body = DatakeyBody { context: opt_b64(&r.context), associated_data: opt_b64(&aad), bits };
             let out = gw
                 .vault
-                .transit_datakey(&actor.token, gw.transit_mount(&r.mount), &r.key, opt_b64(&r.context), bits, deadline)
+                .transit_datakey(&actor.token, gw.transit_mount(&r.mount), &r.key, &body, deadline)
                 .await
                 .map_err(|e| Error::from_vault(e, Subject::Key(&r.key)))?;
             let plaintext = out

@@ -204,11 +204,17 @@ pub(crate) struct BatchData {
     pub(crate) batch_results: Vec<BatchResult>,
 }
 
+/// The body of a datakey request (base64 values; `None` fields are not sent).
 #[derive(Serialize)]
-struct DatakeyBody {
+pub struct DatakeyBody {
+    /// Derivation context.
     #[serde(skip_serializing_if = "Option::is_none")]
-    context: Option<String>,
-    bits: u32,
+    pub context: Option<String>,
+    /// AEAD associated data (the wrapped key needs it again to be decrypted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub associated_data: Option<String>,
+    /// Data key size.
+    pub bits: u32,
 }
 
 /// A request body: the items (or the one item's fields) and the request-level algorithm field.
@@ -350,13 +356,11 @@ impl Client {
         token: &VaultToken,
         mount: &str,
         key: &str,
-        context: Option<String>,
-        bits: u32,
+        body: &DatakeyBody,
         deadline: Option<Instant>,
     ) -> Result<Ciphertext, VaultError> {
-        let body = DatakeyBody { context, bits };
         let call = Call::new(Method::POST, "transit/datakey", &[mount, "datakey/plaintext", key]).class(Class::Transit);
-        let env: Envelope<Ciphertext> = self.call(call, Some(token), Some(&body), deadline).await?;
+        let env: Envelope<Ciphertext> = self.call(call, Some(token), Some(body), deadline).await?;
         env.data.ok_or_else(|| VaultError::Decode("datakey answer without data".into()))
     }
 

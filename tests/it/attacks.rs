@@ -183,9 +183,15 @@ const MAX_PEAK_RSS_MIB: f64 =
     (BASE_MIB + 2.0 * BUDGET_MIB + CONNECTIONS as f64 * (vaultgate::server::CONNECTION_WINDOW >> 20) as f64) * 4.0
         / 3.0;
 
-/// One slow stream: an Encrypt whose 1 MiB message arrives 64 KiB at a time; the gateway's
-/// answer code (or None when the stream was reset).
-async fn slow_stream(mut h2: h2::client::SendRequest<bytes::Bytes>, jwt: &'static str) -> Option<Code> {
+/// One slow stream: an Encrypt whose message announces `declared` bytes and then sends
+/// `chunks` of `CHUNK` bytes, one every `CHUNK_EVERY` (with none, the body stays open and
+/// silent); the gateway's answer code (or None when the stream was reset).
+async fn slow_stream(
+    mut h2: h2::client::SendRequest<bytes::Bytes>,
+    jwt: &'static str,
+    declared: usize,
+    chunks: usize,
+) -> Option<Code> {
     let request = http::Request::post("/vaultgate.v1.EncryptionService/Encrypt")
         .header("content-type", "application/grpc")
         .header("te", "trailers")
@@ -197,11 +203,14 @@ async fn slow_stream(mut h2: h2::client::SendRequest<bytes::Bytes>, jwt: &'stati
     let sending = async move {
         // gRPC frame header: not compressed, 4-byte big-endian length.
         let mut header = vec![0u8];
-        header.extend_from_slice(&(MESSAGE as u32).to_be_bytes());
+        header.extend_from_slice(&(declared as u32).to_be_bytes());
         body.send_data(header.into(), false).ok()?;
-        for _ in 0..MESSAGE / CHUNK {
+        for _ in 0..chunks {
             tokio::time::sleep(CHUNK_EVERY).await;
             body.send_data(vec![0x41u8; CHUNK].into(), false).ok()?;
+        }
+        if chunks == 0 {
+            std::future::pending::<()>().await;
         }
         body.send_data(bytes::Bytes::new(), true).ok()
     };
@@ -239,7 +248,7 @@ pub async fn many_streams_of_slow_megabyte_messages_stay_within_memory_bound(env
         let (h2, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
         tokio::spawn(connection);
         for _ in 0..STREAMS {
-            streams.push(tokio::spawn(slow_stream(h2.clone(), jwt)));
+            streams.push(tokio::spawn(slow_stream(h2.clone(), jwt, MESSAGE, MESSAGE / CHUNK)));
         }
     }
     // While the attack trickles in, a well-behaved caller on a new connection is served.
@@ -281,6 +290,61 @@ pub async fn many_streams_of_slow_megabyte_messages_stay_within_memory_bound(env
     assert!(peak < MAX_PEAK_RSS_MIB, "peak RSS {peak:.1} MiB: memory is not bounded before decode");
     assert!(codes.keys().all(|c| c != "Ok"), "a 1 MiB plaintext is over max_item_bytes: {codes:?}");
     assert!(codes.get("ResourceExhausted").is_some_and(|&n| n > 0), "the byte budget must refuse some: {codes:?}");
+}
+
+/// The read timeout of the silent-stream attack, and the streams that hold the budget.
+const READ_TIMEOUT: Duration = Duration::from_millis(1000);
+const SILENT: usize = 4;
+
+pub async fn silent_streams_holding_the_byte_budget_are_cut_at_the_read_timeout(env: &'static Env) {
+    // A budget of exactly two 4 MiB messages, held by streams that declare 4 MiB and send nothing.
+    let own = serve_gateway(&format!(
+        "[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"billing\"\nequals = \"billing\"\n\
+         [limits]\nmax_request_bytes_in_flight = {}\nmessage_read_timeout_ms = {}\n",
+        env.vault_addr,
+        2 * ((4 << 20) + 5),
+        READ_TIMEOUT.as_millis()
+    ))
+    .await;
+    let jwt: &'static str = env.billing.as_str();
+    let tcp = tokio::net::TcpStream::connect(own.addr).await.expect("connect");
+    let (h2, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let started = Instant::now();
+    let silent: Vec<_> = (0..SILENT).map(|_| tokio::spawn(slow_stream(h2.clone(), jwt, 4 << 20, 0))).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut good = EncryptionServiceClient::new(own.channel.clone());
+    let (mut refused, t0) = (0, Instant::now());
+    let served = loop {
+        let r = EncryptRequest { key: "billing".into(), plaintext: b"budget back".to_vec(), ..Default::default() };
+        match good.encrypt(req(r, jwt)).await {
+            Ok(answer) => break answer.into_inner(),
+            Err(s) if s.code() == Code::ResourceExhausted && t0.elapsed() < READ_TIMEOUT * 10 => {
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(s) => panic!("the well-behaved caller was not served: {s:?}"),
+        }
+    };
+    let waited = t0.elapsed();
+    assert!(served.ciphertext.starts_with("vault:v"), "{served:?}");
+    let mut codes = std::collections::BTreeMap::new();
+    for s in silent {
+        let code = s.await.expect("stream task");
+        *codes.entry(code.map_or("reset".to_string(), |c| format!("{c:?}"))).or_insert(0) += 1;
+    }
+    println!(
+        "  attacks: {SILENT} streams declaring 4 MiB and sending nothing against a budget of two such messages \
+         (message_read_timeout_ms {}): answers {codes:?} after {:.0} ms; the real caller refused {refused} time(s) \
+         (RESOURCE_EXHAUSTED), served after {:.0} ms",
+        READ_TIMEOUT.as_millis(),
+        started.elapsed().as_secs_f64() * 1e3,
+        waited.as_secs_f64() * 1e3
+    );
+    assert_eq!(codes.get("DeadlineExceeded"), Some(&2), "the two holding the budget are cut: {codes:?}");
+    assert_eq!(codes.get("ResourceExhausted"), Some(&(SILENT - 2)), "the others refused at their header: {codes:?}");
+    assert!(refused > 0, "the budget was held while the streams were silent");
+    assert!(waited < READ_TIMEOUT * 5, "served {waited:?} later: the budget was held past the read timeout");
 }
 
 /// Connections the gateway closed for `reason`, from its metrics text.

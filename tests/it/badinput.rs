@@ -85,6 +85,15 @@ const DECRYPT: &str = "/vaultgate.v1.EncryptionService/Decrypt";
 const ENCRYPT_BATCH: &str = "/vaultgate.v1.EncryptionService/EncryptBatch";
 const DECRYPT_BATCH: &str = "/vaultgate.v1.EncryptionService/DecryptBatch";
 const GET_SECRET: &str = "/vaultgate.v1.SecretService/GetSecret";
+const REWRAP_BATCH: &str = "/vaultgate.v1.EncryptionService/RewrapBatch";
+const SIGN: &str = "/vaultgate.v1.EncryptionService/Sign";
+const VERIFY: &str = "/vaultgate.v1.EncryptionService/Verify";
+const HMAC: &str = "/vaultgate.v1.EncryptionService/Hmac";
+const VERIFY_HMAC: &str = "/vaultgate.v1.EncryptionService/VerifyHmac";
+const ISSUE_CERT: &str = "/vaultgate.v1.PkiService/IssueCertificate";
+const SIGN_CERT: &str = "/vaultgate.v1.PkiService/SignCertificate";
+const REVOKE_CERT: &str = "/vaultgate.v1.PkiService/RevokeCertificate";
+const CA_CHAIN: &str = "/vaultgate.v1.PkiService/GetCaChain";
 
 fn enc(plaintext: &[u8]) -> Vec<u8> {
     EncryptRequest { key: "qa-aes".into(), plaintext: plaintext.to_vec(), ..Default::default() }.encode_to_vec()
@@ -228,6 +237,133 @@ pub async fn bad_input_table(env: &'static Env) {
             INVALID,
             "the ciphertext was altered",
         ),
+        // Signing and HMAC: raw bytes reach the same checks as every other RPC.
+        row("empty Sign", SIGN, vec![], INVALID, "key: must not be empty"),
+        row(
+            "Sign input over max_item_bytes",
+            SIGN,
+            [field(1, b"qa-sign"), field(2, &[1; 1025])].concat(),
+            INVALID,
+            "input: is 1025 bytes, over the limit of 1024",
+        ),
+        row(
+            "Sign unknown hash",
+            SIGN,
+            [field(1, b"qa-sign"), field(2, b"x"), field(3, b"md5")].concat(),
+            INVALID,
+            "hash_algorithm: must be empty (the key's default) or one of",
+        ),
+        row(
+            "non-UTF-8 Sign hash",
+            SIGN,
+            [field(1, b"qa-sign"), field(3, b"sha2-\xff")].concat(),
+            INVALID,
+            "SignRequest.hash_algorithm: invalid string value",
+        ),
+        row(
+            "Verify without signature",
+            VERIFY,
+            [field(1, b"qa-sign"), field(2, b"x")].concat(),
+            INVALID,
+            "signature: must not be empty",
+        ),
+        row(
+            "Verify signature not a Vault value",
+            VERIFY,
+            [field(1, b"qa-sign"), field(2, b"x"), field(3, b"vault:v1")].concat(),
+            INVALID,
+            "signature: is not a Vault value of the form vault:v<N>:<base64>",
+        ),
+        row(
+            "non-UTF-8 Verify signature",
+            VERIFY,
+            [field(1, b"qa-sign"), field(3, b"vault:v1:\xc3\x28")].concat(),
+            INVALID,
+            "VerifyRequest.signature: invalid string value",
+        ),
+        row("non-UTF-8 Hmac key", HMAC, field(1, b"qa-\xed\xa0\x80"), INVALID, "HmacRequest.key: invalid string value"),
+        row(
+            "Hmac unknown algorithm",
+            HMAC,
+            [field(1, b"qa-hmac"), field(2, b"x"), field(3, b"sha1")].concat(),
+            INVALID,
+            "algorithm: must be empty (sha2-256) or one of",
+        ),
+        row(
+            "VerifyHmac without hmac",
+            VERIFY_HMAC,
+            [field(1, b"qa-hmac"), field(2, b"x")].concat(),
+            INVALID,
+            "hmac: must not be empty",
+        ),
+        row(
+            "non-UTF-8 VerifyHmac hmac",
+            VERIFY_HMAC,
+            [field(1, b"qa-hmac"), field(3, b"vault:v1:\x80")].concat(),
+            INVALID,
+            "VerifyHmacRequest.hmac: invalid string value",
+        ),
+        row(
+            "VerifyHmac input over max_item_bytes",
+            VERIFY_HMAC,
+            [field(1, b"qa-hmac"), field(2, &[1; 1025]), field(3, b"vault:v1:AAAA")].concat(),
+            INVALID,
+            "input: is 1025 bytes, over the limit of 1024",
+        ),
+        // Rewrap batches and certificates.
+        row("no rewrap items", REWRAP_BATCH, field(1, b"qa-aes"), INVALID, "items: must hold at least one item"),
+        row(
+            "non-UTF-8 rewrap item",
+            REWRAP_BATCH,
+            [field(1, b"qa-aes"), field(2, &field(1, b"vault:v1:\xff"))].concat(),
+            INVALID,
+            "RewrapBatchItem.ciphertext",
+        ),
+        row("empty IssueCertificate", ISSUE_CERT, vec![], INVALID, "role: must not be empty"),
+        row(
+            "non-UTF-8 common name",
+            ISSUE_CERT,
+            [field(1, b"web"), field(2, b"a\xff.example")].concat(),
+            INVALID,
+            "IssueCertificateRequest.common_name: invalid string value",
+        ),
+        row(
+            "101 alt names",
+            ISSUE_CERT,
+            [field(1, b"web"), field(2, b"a.example"), (0..101).flat_map(|_| field(3, b"b.example")).collect()]
+                .concat(),
+            INVALID,
+            "alt_names: 101 names is over the limit of 100",
+        ),
+        row(
+            "CSR not PEM",
+            SIGN_CERT,
+            [field(1, b"web"), field(2, b"not a CSR")].concat(),
+            INVALID,
+            "csr: must be PEM (CERTIFICATE REQUEST or NEW CERTIFICATE REQUEST)",
+        ),
+        row(
+            "revoke naming nothing",
+            REVOKE_CERT,
+            vec![],
+            INVALID,
+            "certificate: set the certificate (PEM) or its serial_number",
+        ),
+        row(
+            "revoke naming both",
+            REVOKE_CERT,
+            [field(1, b"-----BEGIN CERTIFICATE-----"), field(2, b"1a:2b")].concat(),
+            INVALID,
+            "serial_number: set either certificate or serial_number, not both",
+        ),
+        row(
+            "revoke by a serial that is not one",
+            REVOKE_CERT,
+            field(2, b"1a;2b"),
+            INVALID,
+            "serial_number: must be a serial number such as 1a:2b:3c",
+        ),
+        row("CA chain of a bad mount", CA_CHAIN, field(1, b"../pki"), INVALID, "mount:"),
         // Deadlines: 1 ms passes before the handler can ask Vault; tonic's transport may answer
         // first with CANCELLED (documented in the README).
         Row {

@@ -104,11 +104,13 @@ const TESTS: &[(&str, TestFn)] = tests![
     oracles::vault_judges_ciphertext_forms,
     attacks::random_mounts_and_paths_grow_no_metric_series_or_audit_line,
     attacks::idle_tls_connections_do_not_hold_the_connection_slots,
+    attacks::silent_streams_holding_the_byte_budget_are_cut_at_the_read_timeout,
     contract::transit_requests_name_their_mount,
     contract::batch_items_carry_key_versions,
     contract::old_connections_are_closed_without_failing_calls,
     rotation::decrypt_after_rotation_recommends_rewrap_without_a_key_read_per_call,
     rotation::rewrap_batch_of_a_thousand_takes_few_vault_requests,
+    rotation::bound_ciphertexts_decrypt_only_for_their_caller,
 ];
 
 /// Tests that measure time or load the machine on purpose: run one at a time after the others,

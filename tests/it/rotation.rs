@@ -179,3 +179,142 @@ pub async fn rewrap_batch_of_a_thousand_takes_few_vault_requests(env: &'static E
          {singles} concurrent Rewrap calls in {single_requests}"
     );
 }
+
+/// The associated data docs/security.md documents for a caller with `bind_identity`, written
+/// here from the documentation (not with the gateway's code): `"vaultgate.bind"`, version byte
+/// 1, then the caller id and the caller's own associated data, each after its length as 4 bytes
+/// big-endian.
+fn documented_aad(caller_id: &str, aad: &[u8]) -> Vec<u8> {
+    let mut out = b"vaultgate.bind\x01".to_vec();
+    out.extend_from_slice(&(caller_id.len() as u32).to_be_bytes());
+    out.extend_from_slice(caller_id.as_bytes());
+    out.extend_from_slice(&(aad.len() as u32).to_be_bytes());
+    out.extend_from_slice(aad);
+    out
+}
+
+pub async fn bound_ciphertexts_decrypt_only_for_their_caller(env: &'static Env) {
+    use base64::{engine::general_purpose::STANDARD as B64, Engine};
+    use tonic::Code;
+    let (key, rsa) = ("qa-bind", "qa-bind-rsa");
+    new_key(env, key).await;
+    let (status, body) =
+        env.vault(Method::POST, &format!("transit/keys/{rsa}"), Some(json!({"type": "rsa-2048"}))).await;
+    assert!(status < 300, "{status} {body}");
+    // Both callers have the same Vault role (policy `qa`) and may use the same key; both bind.
+    let own = crate::support::serve_gateway(&format!(
+        "[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"qa\"\nequals = \"qa\"\nbind_identity = true\n\
+         [[callers]]\nrole = \"qa2\"\nequals = \"qa2\"\nbind_identity = true\n",
+        env.vault_addr
+    ))
+    .await;
+    let qa2 = env.jwt("qa2", 3600);
+    let callers = [("qa", env.qa.as_str()), ("qa2", qa2.as_str())];
+    let id = |sub: &str| format!("jwt:{}#{sub}", vaultgate::dev::issuer::ISSUER);
+    let mut c = Client::new(own.channel.clone());
+    let (aad_qa, aad_qa2): (&[u8], &[u8]) = (b"order-1", b"");
+    let mut made = Vec::new();
+    for ((sub, jwt), aad) in callers.iter().zip([aad_qa, aad_qa2]) {
+        let plaintext = format!("bound to {sub}").into_bytes();
+        env.remember_plaintext(&plaintext);
+        let r = EncryptRequest {
+            key: key.into(),
+            plaintext: plaintext.clone(),
+            associated_data: aad.to_vec(),
+            ..Default::default()
+        };
+        let ct = c.encrypt(req(r, jwt)).await.expect("encrypt").into_inner().ciphertext;
+        // Its own caller decrypts it.
+        let r = DecryptRequest {
+            key: key.into(),
+            ciphertext: ct.clone(),
+            associated_data: aad.to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(c.decrypt(req(r, jwt)).await.expect("own decrypt").into_inner().plaintext, plaintext);
+        // An operator decrypts it directly in Vault with the documented associated data.
+        let body = json!({"ciphertext": ct, "associated_data": B64.encode(documented_aad(&id(sub), aad))});
+        let (status, answer) = env.vault(Method::POST, &format!("transit/decrypt/{key}"), Some(body)).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(B64.decode(answer["data"]["plaintext"].as_str().unwrap_or("!")).ok(), Some(plaintext.clone()));
+        made.push((ct, plaintext));
+    }
+    let (ct_qa, ct_qa2) = (made[0].0.clone(), made[1].0.clone());
+    let decrypt = |ct: &str, aad: &[u8]| DecryptRequest {
+        key: key.into(),
+        ciphertext: ct.into(),
+        associated_data: aad.to_vec(),
+        ..Default::default()
+    };
+    let mut unbound = Client::new(env.channel());
+    // (attack, the call, expected code); each must fail.
+    type Outcome = Result<tonic::Response<DecryptResponse>, tonic::Status>;
+    let attacks: Vec<(&str, Outcome, Code)> = vec![
+        (
+            "qa2 decrypts qa's ciphertext with qa's AAD",
+            c.decrypt(req(decrypt(&ct_qa, aad_qa), &qa2)).await,
+            Code::InvalidArgument,
+        ),
+        (
+            "qa decrypts qa2's ciphertext",
+            c.decrypt(req(decrypt(&ct_qa2, aad_qa2), &env.qa)).await,
+            Code::InvalidArgument,
+        ),
+        (
+            "qa decrypts its own ciphertext with another AAD",
+            c.decrypt(req(decrypt(&ct_qa, b"order-2"), &env.qa)).await,
+            Code::InvalidArgument,
+        ),
+        (
+            "an unbound caller of the same role sends qa2's bound AAD encoding as its own",
+            unbound.decrypt(req(decrypt(&ct_qa2, &documented_aad(&id("qa2"), aad_qa2)), &env.qa)).await,
+            Code::InvalidArgument,
+        ),
+        (
+            "an unbound caller of the same role decrypts qa's ciphertext with qa's AAD",
+            unbound.decrypt(req(decrypt(&ct_qa, aad_qa), &env.qa)).await,
+            Code::InvalidArgument,
+        ),
+    ];
+    for (attack, outcome, code) in attacks {
+        match outcome {
+            Ok(_) => panic!("{attack}: succeeded"),
+            Err(s) => {
+                assert_eq!(s.code(), code, "{attack}: {s:?}");
+                println!("  bind_identity attack: {attack} -> {:?} ({})", s.code(), s.message());
+            }
+        }
+    }
+    // In a batch, the other caller's item fails alone.
+    let items = vec![
+        DecryptBatchItem { ciphertext: ct_qa.clone(), associated_data: aad_qa.to_vec(), ..Default::default() },
+        DecryptBatchItem { ciphertext: ct_qa2.clone(), ..Default::default() },
+    ];
+    let out = c
+        .decrypt_batch(req(DecryptBatchRequest { key: key.into(), items, ..Default::default() }, &env.qa))
+        .await
+        .expect("decrypt batch")
+        .into_inner();
+    assert_eq!(out.results[0].plaintext, made[0].1);
+    assert_eq!(out.results[1].error.as_ref().map(|e| e.code), Some(Code::InvalidArgument as i32));
+    // A data key is bound like an Encrypt: its caller unwraps it, the other cannot.
+    let dk = c
+        .generate_data_key(req(GenerateDataKeyRequest { key: key.into(), ..Default::default() }, &env.qa))
+        .await
+        .expect("data key")
+        .into_inner();
+    let back = c.decrypt(req(decrypt(&dk.ciphertext, b""), &env.qa)).await.expect("unwrap").into_inner();
+    assert_eq!(back.plaintext, dk.plaintext);
+    let other = c.decrypt(req(decrypt(&dk.ciphertext, b""), &qa2)).await.expect_err("other caller unwraps");
+    assert_eq!(other.code(), Code::InvalidArgument);
+    // No silent downgrade: a key type without associated data is refused, naming the reason;
+    // Transit's rewrap cannot take associated data, so a bound caller's Rewrap is refused too.
+    let r = EncryptRequest { key: rsa.into(), plaintext: b"x".to_vec(), ..Default::default() };
+    let refused = c.encrypt(req(r, &env.qa)).await.expect_err("rsa key with bind_identity");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("not an AEAD key type"), "{}", refused.message());
+    let r = RewrapRequest { key: key.into(), ciphertext: ct_qa.clone(), ..Default::default() };
+    let refused = c.rewrap(req(r, &env.qa)).await.expect_err("rewrap of a bound ciphertext");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("bind_identity"), "{}", refused.message());
+}
