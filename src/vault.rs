@@ -384,11 +384,16 @@ impl Client {
     }
 
     fn url(base: &Url, call: &Call<'_>) -> Result<Url, VaultError> {
-        let mut url = base.join("v1/").map_err(|e| VaultError::Decode(e.to_string()))?;
+        // `base` ends with `/` (`Client::new`): `<base>v1/<segments>`, built without parsing a
+        // URL again per request.
+        let mut url = base.clone();
+        url.set_query(None);
+        url.set_fragment(None);
         {
             let mut segs =
                 url.path_segments_mut().map_err(|_| VaultError::Decode("vault address cannot be a base".into()))?;
             segs.pop_if_empty();
+            segs.push("v1");
             segs.extend(call.segments.iter());
         }
         if !call.query.is_empty() {
@@ -444,10 +449,16 @@ impl Client {
             if call.read && verdict == Verdict::Done {
                 lock(&self.reads).observe(now.saturating_duration_since(sent));
             }
-            self.nodes.report(answered, fault, sent, now);
-            if answered != node {
-                // The first node answered (a redirect): it is alive whatever the target did.
-                self.nodes.report(node, None, sent, now);
+            // A request cut short by the caller's own deadline says nothing about the node: it
+            // counts neither as a failure (callers with tiny deadlines would open the breaker for
+            // everyone) nor as a success.
+            let cut_by_caller = matches!(answer, Err(VaultError::Timeout)) && deadline.is_some_and(|d| now >= d);
+            if !cut_by_caller {
+                self.nodes.report(answered, fault, sent, now);
+                if answered != node {
+                    // The first node answered (a redirect): it is alive whatever the target did.
+                    self.nodes.report(node, None, sent, now);
+                }
             }
             let Verdict::Retry { acted, after, reason, .. } = verdict else {
                 return answer.map(|a| (a.status, a.bytes));
@@ -873,6 +884,14 @@ mod tests {
         let call = Call::new(Method::GET, "kv/read", &["secret/data", "a b/c?d"]).query("version", 2);
         let url = Client::url(client.address(), &call).unwrap();
         assert_eq!(url.as_str(), "http://127.0.0.1:8200/v1/secret/data/a%20b/c%3Fd?version=2");
+        // Behind a path prefix (a reverse proxy), the prefix stays in front of `v1`.
+        let behind =
+            Client::new(&ClientConfig::single(Url::parse("https://proxy.example/vault").unwrap()), Default::default())
+                .unwrap();
+        let url =
+            Client::url(behind.address(), &Call::new(Method::POST, "transit/encrypt", &["transit", "encrypt", "k"]))
+                .unwrap();
+        assert_eq!(url.as_str(), "https://proxy.example/vault/v1/transit/encrypt/k");
     }
 
     #[test]
@@ -960,6 +979,29 @@ mod tests {
 
     /// A Vault that reads each request whole, then closes the connection without answering
     /// (it may have acted); returns its address and the count of requests it got.
+    /// Callers with tiny deadlines (the 1 ms rows of the error tables) cut their Vault requests
+    /// short; that must not open the node's breaker for every other caller.
+    #[tokio::test]
+    async fn requests_cut_by_the_callers_deadline_do_not_open_the_breaker() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        // Accepts and never answers (held open until the test ends).
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let client = Client::new(&ClientConfig::single(url), Default::default()).unwrap();
+        let token = VaultToken::new("s.test");
+        for _ in 0..10 {
+            let deadline = Some(Instant::now() + Duration::from_millis(20));
+            let r = client.transit_read_key(&token, "transit", "k", deadline).await;
+            assert_eq!(r.unwrap_err(), VaultError::Timeout);
+        }
+        assert_eq!(client.nodes().breaker(0), nodes::Breaker::Closed { failures: 0 });
+    }
+
     async fn hang_up_vault() -> (Url, Arc<std::sync::atomic::AtomicUsize>) {
         use tokio::io::AsyncReadExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

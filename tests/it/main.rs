@@ -93,6 +93,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     attacks_auth::unknown_kid_flood_refetches_the_jwks_at_most_once_per_ten_seconds,
     attacks_auth::vault_redirect_to_a_foreign_host_is_not_followed,
     attacks_auth::the_gateways_own_token_is_replaced_at_once_when_vault_refuses_it,
+    attacks_auth::vault_certificates_from_other_cas_are_refused_when_ca_cert_is_set,
     behaviours::shutdown_drains_held_calls_drops_late_ones_and_keeps_leases,
     behaviours::writes_are_sent_once_when_the_connection_drops,
     behaviours::slow_vault_is_unavailable_within_the_timeout,
