@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Transit benchmark of issue 4: builds the release gateway and the load generator
+# The Transit benchmark (issue 12's table, each row with its goal): builds the release gateway and the load generator
 # (benches/transit.rs), then runs it. `make bench` installs the tools first and puts
 # .tools/bin on PATH; run standalone, this script does the same.
 #

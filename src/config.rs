@@ -46,6 +46,8 @@ pub struct Config {
     pub limits: Limits,
     /// Log output.
     pub log: LogConfig,
+    /// OpenTelemetry traces; `None` (no `[traces]` section): off.
+    pub traces: Option<TracesConfig>,
     /// The audit log; `None` when not configured.
     pub audit: Option<AuditConfig>,
     /// Graceful shutdown.
@@ -632,6 +634,58 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// OpenTelemetry traces (`[traces]`, `traces.rs`): exported over OTLP/gRPC to `endpoint`; the
+/// section's presence turns them on.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracesConfig {
+    /// The OTLP/gRPC collector, `http://host:4317` (or `https://`).
+    pub endpoint: String,
+    /// Share of the traces the gateway starts (a call without a sampled `traceparent`, a Transit
+    /// batch) that are recorded, 0.0 to 1.0; a caller's sampling decision is always followed.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// The `service.name` of every span.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Milliseconds one export to the collector may take.
+    #[serde(default = "default_export_timeout_ms")]
+    pub export_timeout_ms: u64,
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+fn default_service_name() -> String {
+    "vaultgate".into()
+}
+fn default_export_timeout_ms() -> u64 {
+    10_000
+}
+
+impl TracesConfig {
+    fn validate(&self) -> Result<(), String> {
+        let url = reqwest::Url::parse(&self.endpoint).map_err(|e| format!("traces.endpoint: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!(
+                "traces.endpoint: must be http://HOST:PORT or https://HOST:PORT, not {:?}",
+                self.endpoint
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(format!("traces.sample_ratio: must be between 0.0 and 1.0, not {}", self.sample_ratio));
+        }
+        let name_ok = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+        if !(1..=64).contains(&self.service_name.len()) || !self.service_name.chars().all(name_ok) {
+            return Err("traces.service_name: 1 to 64 letters, digits, '-', '_' or '.'".into());
+        }
+        if !(1..=60_000).contains(&self.export_timeout_ms) {
+            return Err("traces.export_timeout_ms: must be 1 to 60000".into());
+        }
+        Ok(())
+    }
+}
+
 fn default_transit() -> String {
     "transit".into()
 }
@@ -749,6 +803,8 @@ struct RawConfig {
     limits: Option<Limits>,
     #[serde(default)]
     log: Option<LogConfig>,
+    #[serde(default)]
+    traces: Option<TracesConfig>,
     #[serde(default)]
     audit: Option<AuditConfig>,
     #[serde(default)]
@@ -1169,6 +1225,9 @@ impl Config {
         if !matches!(log.format.as_str(), "human" | "json") {
             return Err(format!("log.format: must be \"human\" or \"json\", not {:?}", log.format));
         }
+        if let Some(traces) = &raw.traces {
+            traces.validate()?;
+        }
         Ok(Config {
             listen,
             metrics_listen,
@@ -1203,6 +1262,7 @@ impl Config {
             key_versions,
             limits,
             log,
+            traces: raw.traces,
             audit: raw.audit,
             shutdown: raw.shutdown.unwrap_or_else(empty),
             watch,
@@ -1399,6 +1459,10 @@ mod tests {
         assert_eq!(c.limits.max_concurrent_calls, 4096);
         assert_eq!((c.connections.max_age_ms, c.connections.max_age_grace_ms), (300_000, 30_000));
         assert!(c.health_listen.is_none());
+        assert!(c.traces.is_none(), "traces are off unless configured");
+        let traced = Config::parse(&format!("{three}[traces]\nendpoint = \"http://otel-collector:4317\"\n")).unwrap();
+        let t = traced.traces.expect("on");
+        assert_eq!((t.sample_ratio, t.service_name.as_str(), t.export_timeout_ms), (1.0, "vaultgate", 10_000));
         // The limits in front of decoding (docs/attacks.md lists them with these defaults).
         let l = &c.limits;
         assert_eq!(l.max_message_bytes, 4 << 20);
@@ -1463,6 +1527,12 @@ mod tests {
             (&format!("{MINIMAL}typo = 1\n"), "typo"),
             (&format!("{MINIMAL}[batch]\nmax_in_flight = 0\n"), "batch.max_in_flight"),
             (&format!("{MINIMAL}[batch]\nmax_json_strings = 2\n"), "batch.max_json_strings"),
+            (&format!("{MINIMAL}[traces]\nendpoint = \"collector:4317\"\n"), "traces.endpoint"),
+            (&format!("{MINIMAL}[traces]\nendpoint = \"ftp://collector:4317\"\n"), "traces.endpoint"),
+            (&format!("{MINIMAL}[traces]\nendpoint = \"http://c:4317\"\nsample_ratio = 1.5\n"), "traces.sample_ratio"),
+            (&format!("{MINIMAL}[traces]\nendpoint = \"http://c:4317\"\nsample_ratio = nan\n"), "traces.sample_ratio"),
+            (&format!("{MINIMAL}[traces]\nendpoint = \"http://c:4317\"\nservice_name = \"a b\"\n"), "traces.service_name"),
+            (&format!("{MINIMAL}[traces]\nendpoint = \"http://c:4317\"\nexport_timeout_ms = 0\n"), "traces.export_timeout_ms"),
             (&format!("{MINIMAL}[mounts]\nkv = \"a/../b\"\n"), "mounts.kv"),
             (&format!("{MINIMAL}[[callers]]\nrole = \"r\"\n"), "callers[0].equals"),
             (&format!("{MINIMAL}[[callers]]\nrole = \"\"\nequals = \"x\"\n"), "callers[0].role"),

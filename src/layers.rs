@@ -3,7 +3,7 @@
 //! `server.rs` stacks them (innermost first, each `.push_*` wraps the ones before):
 //!
 //! ```text
-//! request ─▶ streams ─▶ context ─▶ observe ─▶ audit ─▶ shed ─▶ deadline ─▶ budget ─▶ transport ─▶ tonic: decode ─▶ handler
+//! request ─▶ streams ─▶ context ─▶ trace ─▶ observe ─▶ audit ─▶ shed ─▶ deadline ─▶ budget ─▶ transport ─▶ tonic: decode ─▶ handler
 //! ```
 //!
 //! A layer answers with a status of its own (shed, deadline, budget, audit failure) by building
@@ -174,6 +174,11 @@ impl<L> Stack<L> {
         self.push_concern(Observe { metrics })
     }
 
+    /// The call's exported span, child of the caller's `traceparent` ([`Trace`]).
+    pub fn push_trace(self) -> Pushed<L, Layer<Trace>> {
+        self.push_concern(Trace)
+    }
+
     /// The per-call context and the request id ([`Context`]).
     pub fn push_context(self) -> Pushed<L, Layer<CallContext>> {
         self.push_concern(CallContext)
@@ -281,6 +286,48 @@ impl Concern for CallContext {
                 let mut response = next.call(request).await?;
                 if let Ok(id) = HeaderValue::from_str(&call.request_id) {
                     response.headers_mut().insert(REQUEST_ID, id);
+                }
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// The call's OpenTelemetry span (`traces.rs`): a server span named after the RPC, child of the
+/// caller's W3C `traceparent` when its metadata carries one, with the gRPC code and the caller's
+/// role (a configured name) once answered. Just inside the context (it reads the [`Call`]),
+/// outside every layer that answers, so a refused call is traced with its code too. With traces
+/// off the span is disabled and this costs a filter check.
+#[derive(Clone)]
+pub struct Trace;
+
+impl Concern for Trace {
+    fn around<S: Next>(&self, request: HttpRequest, mut next: S) -> CallFuture {
+        let Some(call) = call_of(&request) else { return pass(request, next) };
+        let span = tracing::info_span!(
+            target: "vaultgate::traces",
+            "call",
+            otel.name = call.rpc.path.trim_start_matches('/'),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.method = call.rpc.name,
+            rpc.grpc.status_code = tracing::field::Empty,
+            vaultgate.role = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        crate::traces::follow(&span, request.headers());
+        let recorded = span.clone();
+        Box::pin(
+            async move {
+                let response = next.call(request).await?;
+                let code = code_of(&response);
+                recorded.record("rpc.grpc.status_code", code as i32);
+                if let Some((_, role)) = call.who() {
+                    recorded.record("vaultgate.role", role);
+                }
+                if !matches!(code, Code::Ok) {
+                    recorded.record("otel.status_code", "error");
                 }
                 Ok(response)
             }

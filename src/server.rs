@@ -132,6 +132,8 @@ pub async fn serve(
         .push_audit(gateway.audit.clone(), gateway.metrics.clone())
         // Metrics count what the caller got (after the audit layer's fail-closed answer).
         .push_observe(gateway.metrics.clone())
+        // The call's exported span (with [traces]), child of the caller's traceparent.
+        .push_trace()
         // The call's context (RPC, request id, deadline, peer) and the request id on every
         // answer.
         .push_context()

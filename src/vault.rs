@@ -35,6 +35,7 @@ use std::{
     time::Duration,
 };
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// A Vault token. Its `Debug` and `Display` are redacted so it can never reach a log by accident.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -383,11 +384,16 @@ impl Client {
     }
 
     fn url(base: &Url, call: &Call<'_>) -> Result<Url, VaultError> {
-        let mut url = base.join("v1/").map_err(|e| VaultError::Decode(e.to_string()))?;
+        // `base` ends with `/` (`Client::new`): `<base>v1/<segments>`, built without parsing a
+        // URL again per request.
+        let mut url = base.clone();
+        url.set_query(None);
+        url.set_fragment(None);
         {
             let mut segs =
                 url.path_segments_mut().map_err(|_| VaultError::Decode("vault address cannot be a base".into()))?;
             segs.pop_if_empty();
+            segs.push("v1");
             segs.extend(call.segments.iter());
         }
         if !call.query.is_empty() {
@@ -597,8 +603,31 @@ impl Client {
                 return (node, Err(VaultError::Timeout));
             }
             let started = Instant::now();
-            let resp = match self.request(call, &url, token, body, timeout).send().await {
-                Ok(resp) => resp,
+            // One exported span per HTTP request (`traces.rs`): the endpoint kind, never the path.
+            // Not the health watcher's probes: every node each interval would be a trace of its own.
+            let span = if endpoint == "sys/health" {
+                tracing::Span::none()
+            } else {
+                tracing::info_span!(
+                target: "vaultgate::traces",
+                "vault.request",
+                otel.name = endpoint,
+                otel.kind = "client",
+                http.request.method = call.method.as_str(),
+                http.response.status_code = tracing::field::Empty,
+                )
+            };
+            let mut request = self.request(call, &url, token, body, timeout);
+            let mut traceparent = reqwest::header::HeaderMap::new();
+            crate::traces::inject(&span, &mut traceparent);
+            if !traceparent.is_empty() {
+                request = request.headers(traceparent);
+            }
+            let resp = match request.send().instrument(span.clone()).await {
+                Ok(resp) => {
+                    span.record("http.response.status_code", resp.status().as_u16());
+                    resp
+                }
                 Err(e) => {
                     self.metrics.vault(endpoint, None, started.elapsed());
                     let err = classify(e);
@@ -855,6 +884,14 @@ mod tests {
         let call = Call::new(Method::GET, "kv/read", &["secret/data", "a b/c?d"]).query("version", 2);
         let url = Client::url(client.address(), &call).unwrap();
         assert_eq!(url.as_str(), "http://127.0.0.1:8200/v1/secret/data/a%20b/c%3Fd?version=2");
+        // Behind a path prefix (a reverse proxy), the prefix stays in front of `v1`.
+        let behind =
+            Client::new(&ClientConfig::single(Url::parse("https://proxy.example/vault").unwrap()), Default::default())
+                .unwrap();
+        let url =
+            Client::url(behind.address(), &Call::new(Method::POST, "transit/encrypt", &["transit", "encrypt", "k"]))
+                .unwrap();
+        assert_eq!(url.as_str(), "https://proxy.example/vault/v1/transit/encrypt/k");
     }
 
     #[test]
