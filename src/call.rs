@@ -88,6 +88,7 @@ pub const RPCS: &[&Rpc] = &[
     DecryptBatchRequest::RPC,
     RewrapRequest::RPC,
     RewrapBatchRequest::RPC,
+    WatchKeyRequest::RPC,
     RotateRequest::RPC,
     GetKeyRequest::RPC,
     GenerateDataKeyRequest::RPC,

@@ -232,8 +232,6 @@ impl KeyVersions {
 
     /// A receiver of what the entry of (`token`, `mount`, `key`) knows, for a stream (WatchKey):
     /// the entry is not dropped while it is held.
-    // Used by WatchKey (the next slice).
-    #[allow(dead_code)]
     pub(crate) fn watch(&self, token: &VaultToken, mount: &str, key: &str) -> Result<watch::Receiver<Known>, Error> {
         Ok(self.entry(token, mount, key)?.known.subscribe())
     }

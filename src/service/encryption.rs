@@ -290,6 +290,59 @@ impl Described for RewrapBatchRequest {
     }
 }
 
+impl Described for WatchKeyRequest {
+    const RPC: &'static Rpc = rpc!("EncryptionService", "WatchKey", Key, stream);
+    fn target(&self) -> (&str, usize) {
+        (&self.key, 1)
+    }
+    fn resource(&self) -> Option<Resource<'_>> {
+        Some(Resource::Key { mount: &self.mount, key: &self.key })
+    }
+}
+
+impl crate::stream::Heartbeat for WatchKeyResponse {
+    fn heartbeat() -> WatchKeyResponse {
+        WatchKeyResponse { heartbeat: true, ..Default::default() }
+    }
+}
+
+impl Gateway {
+    /// WatchKey's producer: what the key-version entry of (`actor`'s token, `mount`, `key`)
+    /// knows, now and on every change, until the token may no longer read the key.
+    async fn watch_key(
+        self: Arc<Self>,
+        actor: Actor,
+        mount: String,
+        key: String,
+        out: crate::stream::Sender<WatchKeyResponse>,
+    ) -> Result<(), Error> {
+        let mut known = self.key_versions.watch(&actor.token, &mount, &key)?;
+        drop(self);
+        loop {
+            let now = known.borrow_and_update().clone();
+            match now {
+                // Not read yet, or Vault did not answer the first read: the next poll tells.
+                key_versions::Known::Pending | key_versions::Known::Unknown => {}
+                key_versions::Known::Key(info) => {
+                    out.send(WatchKeyResponse {
+                        r#type: info.key_type,
+                        latest_version: info.latest_version,
+                        min_decryption_version: info.min_decryption_version,
+                        min_encryption_version: info.min_encryption_version,
+                        derived: info.derived,
+                        heartbeat: false,
+                    })
+                    .await?
+                }
+                key_versions::Known::Refused(err) => return Err(err),
+            }
+            if known.changed().await.is_err() {
+                return Err(Error::Unavailable("the key's version poller stopped; watch again".into()));
+            }
+        }
+    }
+}
+
 impl Described for RotateRequest {
     const RPC: &'static Rpc = rpc!("EncryptionService", "Rotate", Key);
     fn target(&self) -> (&str, usize) {
@@ -458,6 +511,17 @@ impl EncryptionService for Encryption {
                 })
                 .collect();
             Ok(RewrapBatchResponse { results })
+        })
+        .await
+    }
+
+    type WatchKeyStream = crate::stream::Outgoing<WatchKeyResponse>;
+
+    async fn watch_key(&self, req: Request<WatchKeyRequest>) -> Result<Response<Self::WatchKeyStream>, Status> {
+        let gw = &self.0;
+        gw.serve_stream(req, |actor, r, out| {
+            let mount = gw.transit_mount(&r.mount).to_string();
+            gw.clone().watch_key(actor, mount, r.key.clone(), out)
         })
         .await
     }

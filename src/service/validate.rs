@@ -336,6 +336,13 @@ impl Checked for RewrapBatchRequest {
     }
 }
 
+impl Checked for WatchKeyRequest {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        name("key", &self.key)?;
+        requested_mount(&self.mount)
+    }
+}
+
 impl Checked for RotateRequest {
     fn check(&self, _: &Limits) -> Result<(), Error> {
         name("key", &self.key)?;

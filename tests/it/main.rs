@@ -121,6 +121,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     rotation::decrypt_after_rotation_recommends_rewrap_without_a_key_read_per_call,
     rotation::rewrap_batch_of_a_thousand_takes_few_vault_requests,
     rotation::bound_ciphertexts_decrypt_only_for_their_caller,
+    rotation::watch_key_sees_rotations_made_anywhere,
 ];
 
 /// Tests that measure time or load the machine on purpose: run one at a time after the others,

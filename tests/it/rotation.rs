@@ -318,3 +318,57 @@ pub async fn bound_ciphertexts_decrypt_only_for_their_caller(env: &'static Env) 
     assert_eq!(refused.code(), Code::InvalidArgument);
     assert!(refused.message().contains("bind_identity"), "{}", refused.message());
 }
+
+/// The next message of a WatchKey stream that is not a heartbeat, within `within`.
+async fn next_key(stream: &mut tonic::Streaming<WatchKeyResponse>, within: Duration) -> WatchKeyResponse {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        let next = tokio::time::timeout_at(until, stream.message()).await;
+        match next.expect("a WatchKey message in time").expect("the stream goes on") {
+            Some(m) if m.heartbeat => continue,
+            Some(m) => return m,
+            None => panic!("the WatchKey stream ended"),
+        }
+    }
+}
+
+pub async fn watch_key_sees_rotations_made_anywhere(env: &'static Env) {
+    let key = "qa-rot3";
+    new_key(env, key).await;
+    let mut c = Client::new(env.channel());
+    let r = WatchKeyRequest { key: key.into(), ..Default::default() };
+    let mut stream = c.watch_key(req(r, &env.qa)).await.expect("watch key").into_inner();
+    let first = next_key(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!((first.r#type.as_str(), first.latest_version, first.min_decryption_version), ("aes256-gcm96", 1, 1));
+    // Rotated behind the gateway's back: the poller sees it (poll_ms = 1000 in the tests).
+    rotate_in_vault(env, key).await;
+    let started = Instant::now();
+    let rotated = next_key(&mut stream, Duration::from_secs(5)).await;
+    let behind_the_back = started.elapsed();
+    assert_eq!(rotated.latest_version, 2, "{rotated:?}");
+    // Rotated through the gateway: the poller reads at once.
+    let started = Instant::now();
+    let r = RotateRequest { key: key.into(), ..Default::default() };
+    assert_eq!(c.rotate(req(r, &env.qa)).await.expect("rotate").into_inner().latest_version, 3);
+    let through = next_key(&mut stream, Duration::from_secs(5)).await;
+    let through_gateway = started.elapsed();
+    assert_eq!(through.latest_version, 3, "{through:?}");
+    // A change of min versions is a change too.
+    let body = json!({"min_decryption_version": 2});
+    let (status, answer) = env.vault(Method::POST, &format!("transit/keys/{key}/config"), Some(body)).await;
+    assert!(status < 300, "{status} {answer}");
+    let config = next_key(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!((config.latest_version, config.min_decryption_version), (3, 2), "{config:?}");
+    // A key the caller may not read ends the stream with the caller's error.
+    let r = WatchKeyRequest { key: "billing".into(), ..Default::default() };
+    let denied = match c.watch_key(req(r, &env.qa)).await {
+        Err(s) => s,
+        Ok(s) => s.into_inner().message().await.expect_err("a key qa may not read"),
+    };
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    println!(
+        "  rotation: WatchKey saw a rotation made in Vault after {:.1} s, one through the gateway after {:.2} s",
+        behind_the_back.as_secs_f64(),
+        through_gateway.as_secs_f64()
+    );
+}
