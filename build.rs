@@ -31,6 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".vaultgate.v1.GenerateDataKeyResponse",
             ".vaultgate.v1.GetSecretResponse",
             ".vaultgate.v1.GetDbCredsResponse",
+            ".vaultgate.v1.WatchSecretResponse",
+            ".vaultgate.v1.WatchDbCredsResponse",
             ".vaultgate.v1.IssueCertificateResponse",
             ".vaultgate.v1.RevokeCertificateRequest",
             ".vaultgate.v1.SignRequest",

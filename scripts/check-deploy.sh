@@ -9,7 +9,7 @@
 #      `vaultgate check-config`)
 #   3. runs deploy/openbao/setup.sh twice against a throwaway OpenBao dev server (and PostgreSQL
 #      when installed) and checks what a caller's JWT login can and cannot do
-#   4. boots the rendered openbao.hcl as a Raft node with TLS, Transit auto-unseal (against the dev
+#   4. boots the rendered openbao.hcl + storage.hcl as a Raft node with TLS, Transit auto-unseal (against the dev
 #      server), its audit device; runs setup.sh over TLS; restarts it; runs the snapshot script
 #   5. when target/debug/vaultgate is up to date: serves the gateway with the rendered
 #      vaultgate.toml against that node and calls it as a caller with grpcurl
@@ -87,8 +87,8 @@ done
 
 # --- 1. lint ----------------------------------------------------------------------------------
 check "hadolint deploy/Dockerfile" "$VENV/hadolint" "$ROOT/deploy/Dockerfile"
-check "shellcheck setup.sh, snapshot.sh, check-deploy.sh" "$VENV/shellcheck" -x \
-    "$ROOT/deploy/openbao/setup.sh" "$ROOT/deploy/openbao/snapshot.sh" "$ROOT/scripts/check-deploy.sh"
+check "shellcheck setup.sh, snapshot.sh, check-deploy.sh, check-image.sh" "$VENV/shellcheck" -x \
+    "$ROOT/deploy/openbao/setup.sh" "$ROOT/deploy/openbao/snapshot.sh" "$ROOT/scripts/check-deploy.sh" "$ROOT/scripts/check-image.sh"
 
 # --- 2. render and validate -------------------------------------------------------------------
 mkdir -p "$WORK/render"
@@ -114,11 +114,32 @@ if ((validate_status != 0 && failed == validate_failed)); then
 elif ((passed == validate_passed)); then
     bad "validate.py ran no check (exit $validate_status)"
 fi
+# The image name has one place, deploy/IMAGE: the base and evaluation renders run it, and the
+# production overlay's images: entry renames exactly it.
+IMAGE="$(bash "$ROOT/scripts/check-image.sh" image)"
+if "$PY" - "$IMAGE" "$ROOT/deploy/kubernetes/overlays/production/kustomization.yaml" "$WORK"/render/vaultgate-*.yaml <<'EOF' >"$WORK/last.log" 2>&1; then
+import sys, yaml
+image, production, renders = sys.argv[1], sys.argv[2], sys.argv[3:]
+name = image.rsplit(":", 1)[0]
+entries = yaml.safe_load(open(production))["images"]
+assert [e["name"] for e in entries] == [name], f"production overlay renames {[e['name'] for e in entries]}, not {name}"
+assert len(renders) == 3, renders
+for path in renders:
+    want = image if "production" not in path else f'{entries[0]["newName"]}:{entries[0]["newTag"]}'
+    got = [c["image"] for d in yaml.safe_load_all(open(path)) if d and d["kind"] == "Deployment"
+           for c in d["spec"]["template"]["spec"]["containers"]]
+    assert got == [want], f"{path}: {got} != [{want}]"
+EOF
+    ok "image name $IMAGE (deploy/IMAGE) is what the base and evaluation renders run; production renames exactly it"
+else
+    bad "image name: $(tail -n 2 "$WORK/last.log" | tr '\n' ' ')"
+fi
+
 # What the servers below use, taken from the renders: the gateway's config and OpenBao's.
 "$PY" - "$WORK/render/vaultgate-base.yaml" "$WORK/render/openbao.yaml" "$WORK" <<'EOF' || bad "extract vaultgate.toml and openbao.hcl from the renders"
 import sys, yaml
 base, openbao, work = sys.argv[1:]
-for path, key in ((base, "vaultgate.toml"), (openbao, "openbao.hcl")):
+for path, key in ((base, "vaultgate.toml"), (openbao, "openbao.hcl"), (openbao, "storage.hcl")):
     for d in yaml.safe_load_all(open(path)):
         if d and d["kind"] == "ConfigMap" and key in d.get("data", {}):
             open(f"{work}/{key}", "w").write(d["data"][key])
@@ -270,7 +291,7 @@ if [[ -n "$PG_ON" ]]; then
     [[ "${r%% *}" == 403 ]] && ok "$C2's token cannot get $C1's database credentials (403)" || bad "$C2 db creds: ${r:0:200}"
 fi
 
-# --- 4. the rendered openbao.hcl as a real Raft node ---------------------------------------------
+# --- 4. the rendered openbao.hcl and storage.hcl as a real Raft node ---------------------------------------------
 RAFT="$WORK/raft"
 mkdir -p "$RAFT"/{tls,data,audit,unseal-ca,snapshots}
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=deploy-test-ca -keyout "$RAFT/ca.key" \
@@ -291,9 +312,10 @@ RADDR="https://127.0.0.1:$API_PORT"
 # Paths and addresses of the pod, rewritten to this machine; everything else is the rendered file.
 sed -e "s#0\.0\.0\.0:8200#127.0.0.1:$API_PORT#; s#0\.0\.0\.0:8201#127.0.0.1:$CLUSTER_PORT#" \
     -e "s#\"/openbao/#\"$RAFT/#g" -e "s#https://openbao-unseal[^\"]*#$DEV#" "$WORK/openbao.hcl" >"$RAFT/openbao.hcl"
+sed -e "s#\"/openbao/#\"$RAFT/#g" -e "s#https://openbao-unseal[^\"]*#$DEV#" "$WORK/storage.hcl" >"$RAFT/storage.hcl"
 start_raft() {
     (cd "$RAFT" && BAO_TOKEN="$UNSEAL_TOKEN" BAO_API_ADDR="$RADDR" BAO_CLUSTER_ADDR="https://127.0.0.1:$CLUSTER_PORT" \
-        BAO_RAFT_NODE_ID=openbao-0 exec "$BAO" server -config="$RAFT/openbao.hcl" >>"$RAFT/server.log" 2>&1) &
+        BAO_RAFT_NODE_ID=openbao-0 exec "$BAO" server -config="$RAFT/openbao.hcl" -config="$RAFT/storage.hcl" >>"$RAFT/server.log" 2>&1) &
     RAFT_PID=$!
     PIDS+=("$RAFT_PID")
 }
@@ -367,6 +389,37 @@ else
     bad "openbao.hcl did not boot: $(grep -i error "$RAFT/server.log" | head -n 3 | tr '\n' ' ')"
 fi
 
+# The evaluation overlay's OpenBao: the shared openbao.hcl with its own storage.hcl (one node, no
+# seal stanza) boots as one uninitialized node (501), on the same TLS files.
+EVAL="$WORK/eval"
+mkdir -p "$EVAL"/{data,audit}
+if "$PY" - "$WORK/render/vaultgate-evaluation.yaml" "$EVAL" <<'EOF' 2>"$WORK/last.log"; then
+import sys, yaml
+render, out = sys.argv[1:]
+for d in yaml.safe_load_all(open(render)):
+    if d and d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("openbao-config"):
+        for key in ("openbao.hcl", "storage.hcl"):
+            open(f"{out}/{key}", "w").write(d["data"][key])
+EOF
+    EVAL_PORT="$(free_port)" EVAL_CLUSTER="$(free_port)"
+    for f in openbao.hcl storage.hcl; do
+        sed -i -e "s#0\.0\.0\.0:8200#127.0.0.1:$EVAL_PORT#; s#0\.0\.0\.0:8201#127.0.0.1:$EVAL_CLUSTER#" \
+            -e "s#\"/openbao/tls/#\"$RAFT/tls/#g" -e "s#\"/openbao/#\"$EVAL/#g" "$EVAL/$f"
+    done
+    (cd "$EVAL" && BAO_API_ADDR="https://127.0.0.1:$EVAL_PORT" BAO_CLUSTER_ADDR="https://127.0.0.1:$EVAL_CLUSTER" BAO_RAFT_NODE_ID=openbao-0 \
+        exec "$BAO" server -config="$EVAL/openbao.hcl" -config="$EVAL/storage.hcl" >"$EVAL/server.log" 2>&1) &
+    EVAL_PID=$!
+    PIDS+=("$EVAL_PID")
+    if wait_http "https://127.0.0.1:$EVAL_PORT/v1/sys/health" 501 "$CA" && ! grep -q '^seal' "$EVAL/storage.hcl"; then
+        ok "evaluation overlay's OpenBao (shared openbao.hcl + its storage.hcl, no seal stanza) boots as one uninitialized node"
+    else
+        bad "evaluation OpenBao did not boot: $(grep -i error "$EVAL/server.log" | head -n 3 | tr '\n' ' ')"
+    fi
+    kill "$EVAL_PID"
+else
+    bad "evaluation render has no openbao-config with openbao.hcl and storage.hcl: $(tail -n 1 "$WORK/last.log")"
+fi
+
 # --- 5. the gateway with the rendered vaultgate.toml ---------------------------------------------
 # VAULTGATE_BIN names a binary to use as it is; the default one must be newer than the sources.
 BIN="${VAULTGATE_BIN:-$ROOT/target/debug/vaultgate}"
@@ -390,7 +443,16 @@ else
         -e "s#^ca_cert = .*#ca_cert = \"$CA\"#" -e "s#^jwt_file = .*#jwt_file = \"$WORK/gateway.jwt\"#" \
         -e "s#^jwks_url = .*#jwks_file = \"$WORK/jwks.json\"#" -e "/^jwks_ca_cert = /d" -e "/^jwks_bearer_token_file = /d" \
         "$WORK/vaultgate.toml" >"$WORK/gateway.toml"
-    "$BIN" serve --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
+    # Run as the image would (scripts/check-image.sh): the Dockerfile's final stage laid out with
+    # this binary, read-only root, uid 65532, its ENTRYPOINT; the config at the Deployment's
+    # mount path, the files it names (certificates, token, JWKS under $WORK) mounted read-only.
+    # The files it reads, as the Deployment's projected volume shows them (defaultMode 0444) to uid 65532.
+    chmod 0444 "$WORK/gw.key" "$WORK/gw.crt" "$WORK/gateway.jwt" "$WORK/jwks.json" "$CA"
+    "$ROOT/scripts/check-image.sh" layout "$BIN" "$WORK/rootfs" >"$WORK/image.log" 2>&1
+    while read -r verdict rest; do
+        case "$verdict" in pass) ok "$rest" ;; fail) bad "$rest" ;; *) bad "check-image.sh: $verdict $rest" ;; esac
+    done <"$WORK/image.log"
+    "$ROOT/scripts/check-image.sh" exec "$WORK/rootfs" "$WORK/gateway.toml" "$WORK" >"$WORK/gateway.log" 2>&1 &
     GW_PID=$!
     PIDS+=("$GW_PID")
     # The kubelet's probe: plaintext gRPC on the health port (the gRPC port is TLS).
@@ -404,6 +466,10 @@ else:
     except grpc.RpcError as e: print(e.code().name)' "127.0.0.1:$GW_HEALTH" "$1" 2>&1; }
     health() { probe health | sed 's/^SERVING$/"SERVING"/'; }
     for _ in $(seq 100); do health | grep -q '"SERVING"' && break; sleep 0.1; done
+    "$ROOT/scripts/check-image.sh" inspect "$GW_PID" >"$WORK/image.log" 2>&1
+    while read -r verdict rest; do
+        case "$verdict" in pass) ok "$rest" ;; fail) bad "$rest" ;; *) bad "check-image.sh: $verdict $rest" ;; esac
+    done <"$WORK/image.log"
     health | grep -q '"SERVING"' &&
         ok "vaultgate serves the rendered vaultgate.toml (TLS to the Raft node); health \"\" SERVING on the plaintext health port (readiness probe)" ||
         bad "gateway health: $(health | tr '\n' ' ') $(tail -n 3 "$WORK/gateway.log" | tr '\n' ' ')"

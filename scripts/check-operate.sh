@@ -34,11 +34,13 @@ check() {
         "vaultgate check-config --print") grep -q '^\[vault\]' <<<"$2" && ! grep -q "$(cat "$DIR/root-token")" <<<"$2" ;;
         "vaultgate check-config") grep -q ': ok$' <<<"$2" ;;
         "kubectl kustomize") grep -q '^kind: PrometheusRule' <<<"$2" && grep -q '^kind: ServiceMonitor' <<<"$2" ;;
+        # The traces step: the shipped [traces] table, appended to the dev config, is valid.
+        "cat .dev/vaultgate.toml deploy/otel/traces.toml") grep -q '^\[traces\]' <<<"$2" && grep -q '^sample_ratio = 0.1' <<<"$2" ;;
         *) return 1 ;;
     esac
 }
 KEYS=("curl" "promtool check rules" "promtool test rules" "promtool check config" "vaultgate check-config --print"
-    "vaultgate check-config" "kubectl kustomize")
+    "vaultgate check-config" "kubectl kustomize" "cat .dev/vaultgate.toml deploy/otel/traces.toml")
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT

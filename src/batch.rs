@@ -24,6 +24,7 @@ use crate::{
         Client, RequestIds, VaultError, VaultToken,
     },
 };
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use std::{
     collections::{HashMap, VecDeque},
     future::Future,
@@ -36,6 +37,8 @@ use std::{
     time::Duration,
 };
 use tokio::{sync::oneshot, time::Instant};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Which calls may share one Vault request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -162,13 +165,16 @@ pub fn plan(items: &[BatchItem], budget: Budget) -> Vec<Range<usize>> {
     ranges
 }
 
-/// What a waiter receives: its result and the Vault request ids of the request that carried it.
-type Answer = (Result<BatchResult, Error>, Arc<[String]>);
+/// What a waiter receives: its result, the Vault request ids of the request that carried it, and
+/// that request's span (`transit.batch`, when traces are on) for its own span to link to.
+type Answer = (Result<BatchResult, Error>, Arc<[String]>, Option<SpanContext>);
 
 struct Waiter {
     item: BatchItem,
     deadline: Option<Instant>,
     tx: oneshot::Sender<Answer>,
+    /// Its `coalescer.wait` span, when traced: a batch is a child of its first sampled waiter.
+    span: Option<SpanContext>,
 }
 
 #[derive(Default)]
@@ -252,6 +258,9 @@ impl Coalescer {
             return Solo { coalescer: self.clone(), lane, key: Some(lane_key) }.send(item, deadline).await;
         }
         let (tx, rx) = oneshot::channel();
+        // The call's wait for its batch (`traces.rs`); it links to the batch's span.
+        let wait = tracing::info_span!(target: "vaultgate::traces", "coalescer.wait");
+        let span = crate::traces::span_context(&wait);
         let start = {
             let mut st = lane.state.lock().unwrap_or_else(|p| p.into_inner());
             if st.queue.len() >= self.max_queue {
@@ -260,7 +269,7 @@ impl Coalescer {
                     &*lane_key.key
                 )));
             }
-            st.queue.push_back(Waiter { item, deadline, tx });
+            st.queue.push_back(Waiter { item, deadline, tx, span });
             self.metrics.queue_depth.inc();
             let start = st.in_flight < self.max_in_flight;
             if start {
@@ -271,8 +280,11 @@ impl Coalescer {
         if start {
             tokio::spawn(self.clone().drive(lane, lane_key));
         }
-        match rx.await {
-            Ok((result, ids)) => {
+        match rx.instrument(wait.clone()).await {
+            Ok((result, ids, batch_span)) => {
+                if let Some(batch_span) = batch_span {
+                    wait.add_link(batch_span);
+                }
                 // The batch was sent by another task: hand its Vault request id to this caller.
                 crate::vault::note_request_ids(&ids);
                 result
@@ -335,6 +347,7 @@ impl Coalescer {
                 let _ = w.tx.send((
                     Err(Error::DeadlineExceeded("deadline passed while queued for Vault".into())),
                     Arc::from([]),
+                    None,
                 ));
                 continue;
             }
@@ -359,21 +372,38 @@ impl Coalescer {
     async fn dispatch(&self, key: &LaneKey, batch: Vec<Waiter>) {
         // The request may run until the latest deadline of its callers; earlier ones stop waiting.
         let deadline = batch.iter().map(|w| w.deadline).try_fold(Instant::now(), |acc, d| d.map(|d| acc.max(d)));
+        // The batch's span is a child of its first sampled waiter (so a lone call's Vault request
+        // sits in the caller's trace), else of its first traced one; every waiter links to it.
+        let parent = (batch.iter().filter_map(|w| w.span.as_ref()).find(|sc| sc.is_sampled()))
+            .or_else(|| batch.iter().find_map(|w| w.span.as_ref()))
+            .cloned();
         let (items, txs): (Vec<_>, Vec<_>) = batch.into_iter().map(|w| (w.item, w.tx)).unzip();
         self.count(items.len());
+        // Its Vault request is its child. Attributes: the operation and the item count only.
+        let span = tracing::info_span!(
+            target: "vaultgate::traces",
+            parent: None,
+            "transit.batch",
+            vaultgate.transit.op = key.op.kind(),
+            vaultgate.batch.items = items.len(),
+        );
+        if let Some(parent) = parent {
+            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+        }
+        let batch_span = crate::traces::span_context(&span);
         let collector = RequestIds::default();
-        let answer = collector.scope(self.vault.send(key, &items, deadline)).await;
+        let answer = collector.scope(self.vault.send(key, &items, deadline)).instrument(span).await;
         let ids: Arc<[String]> = collector.take().into();
         match answer {
             Ok(results) => {
                 for (tx, result) in txs.into_iter().zip(results) {
-                    let _ = tx.send((Ok(result), ids.clone()));
+                    let _ = tx.send((Ok(result), ids.clone(), batch_span.clone()));
                 }
             }
             Err(e) => {
                 let err = Error::from_vault(e, Subject::Key(&key.key));
                 for tx in txs {
-                    let _ = tx.send((Err(err.clone()), ids.clone()));
+                    let _ = tx.send((Err(err.clone()), ids.clone(), batch_span.clone()));
                 }
             }
         }

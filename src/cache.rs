@@ -385,7 +385,9 @@ impl ReadCache {
         Fut: Future<Output = Result<Value, VaultError>> + Send + 'static,
     {
         let (lru, flights, metrics) = (self.lru.clone(), self.flights.clone(), self.metrics.clone());
-        tokio::spawn(async move {
+        // In the span of the call that started it: its Vault request is traced (and logged) there.
+        let span = tracing::Span::current();
+        let flight = async move {
             let ids = RequestIds::default();
             let result = ids.scope(fetch).await.map(Arc::new);
             {
@@ -404,7 +406,8 @@ impl ReadCache {
                 lock(&flights).remove(&key);
             }
             let _ = tx.send(Some((result, ids.take())));
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(flight, span));
     }
 
     /// Forgets every cached answer of `read` of `path` in `mount` (whoever's token read it):

@@ -74,6 +74,9 @@ pub struct Rpc {
     pub name: &'static str,
     /// What it acts on.
     pub kind: ResourceKind,
+    /// A server-streaming RPC (`stream.rs`): the layers see its answer's head when the stream
+    /// opens, and its code when it ends.
+    pub streaming: bool,
 }
 
 /// Every RPC of the vaultgate services (each described next to its handler by [`Described`]).
@@ -90,9 +93,11 @@ pub const RPCS: &[&Rpc] = &[
     GenerateDataKeyRequest::RPC,
     GetSecretRequest::RPC,
     ListSecretsRequest::RPC,
+    WatchSecretRequest::RPC,
     GetDbCredsRequest::RPC,
     RenewLeaseRequest::RPC,
     RevokeLeaseRequest::RPC,
+    WatchDbCredsRequest::RPC,
     WhoAmIRequest::RPC,
     SignRequest::RPC,
     VerifyRequest::RPC,

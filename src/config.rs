@@ -46,10 +46,14 @@ pub struct Config {
     pub limits: Limits,
     /// Log output.
     pub log: LogConfig,
+    /// OpenTelemetry traces; `None` (no `[traces]` section): off.
+    pub traces: Option<TracesConfig>,
     /// The audit log; `None` when not configured.
     pub audit: Option<AuditConfig>,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// Server-streaming RPCs (WatchSecret, WatchDbCreds, WatchKey): bounds, keepalives, polling.
+    pub watch: WatchConfig,
     /// Per-caller rate limits by role name; roles not listed are not limited.
     pub rate_limits: std::collections::HashMap<String, crate::ratelimit::Limit>,
     /// TLS of the gRPC listener; `None` serves plaintext (behind a mesh or for dev).
@@ -423,6 +427,52 @@ fn default_drain_ms() -> u64 {
     20_000
 }
 
+/// Server-streaming RPCs (`stream.rs`): how many may be open, keepalives, KV polling, and the
+/// grace before a replaced or abandoned database lease is revoked.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    /// Streams open at once on this replica, all callers together.
+    #[serde(default = "default_watch_max_streams")]
+    pub max_streams: usize,
+    /// Streams one caller may hold open at once.
+    #[serde(default = "default_watch_max_per_caller")]
+    pub max_streams_per_caller: usize,
+    /// Milliseconds between heartbeat messages on a stream (keep idle streams alive through
+    /// proxies that time out silent streams); 0: none.
+    #[serde(default = "default_watch_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Milliseconds between KV metadata polls of a watched secret right after a change.
+    #[serde(default = "default_watch_poll_min_ms")]
+    pub poll_min_ms: u64,
+    /// Longest interval between polls: the interval grows by half while nothing changes, up to this.
+    #[serde(default = "default_watch_poll_max_ms")]
+    pub poll_max_ms: u64,
+    /// Milliseconds a replaced (rotated) or abandoned database lease lives on before it is revoked,
+    /// so connections opened with it can drain.
+    #[serde(default = "default_watch_rotation_grace_ms")]
+    pub rotation_grace_ms: u64,
+}
+
+fn default_watch_max_streams() -> usize {
+    10_000
+}
+fn default_watch_max_per_caller() -> usize {
+    100
+}
+fn default_watch_heartbeat_ms() -> u64 {
+    20_000
+}
+fn default_watch_poll_min_ms() -> u64 {
+    1_000
+}
+fn default_watch_poll_max_ms() -> u64 {
+    3_000
+}
+fn default_watch_rotation_grace_ms() -> u64 {
+    30_000
+}
+
 /// How long a client connection may live: after `max_age_ms` the server sends GOAWAY and lets its
 /// calls finish for `max_age_grace_ms`, so callers reconnect (and spread over new replicas).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -584,6 +634,58 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// OpenTelemetry traces (`[traces]`, `traces.rs`): exported over OTLP/gRPC to `endpoint`; the
+/// section's presence turns them on.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracesConfig {
+    /// The OTLP/gRPC collector, `http://host:4317` (or `https://`).
+    pub endpoint: String,
+    /// Share of the traces the gateway starts (a call without a sampled `traceparent`, a Transit
+    /// batch) that are recorded, 0.0 to 1.0; a caller's sampling decision is always followed.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// The `service.name` of every span.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Milliseconds one export to the collector may take.
+    #[serde(default = "default_export_timeout_ms")]
+    pub export_timeout_ms: u64,
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+fn default_service_name() -> String {
+    "vaultgate".into()
+}
+fn default_export_timeout_ms() -> u64 {
+    10_000
+}
+
+impl TracesConfig {
+    fn validate(&self) -> Result<(), String> {
+        let url = reqwest::Url::parse(&self.endpoint).map_err(|e| format!("traces.endpoint: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!(
+                "traces.endpoint: must be http://HOST:PORT or https://HOST:PORT, not {:?}",
+                self.endpoint
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(format!("traces.sample_ratio: must be between 0.0 and 1.0, not {}", self.sample_ratio));
+        }
+        let name_ok = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+        if !(1..=64).contains(&self.service_name.len()) || !self.service_name.chars().all(name_ok) {
+            return Err("traces.service_name: 1 to 64 letters, digits, '-', '_' or '.'".into());
+        }
+        if !(1..=60_000).contains(&self.export_timeout_ms) {
+            return Err("traces.export_timeout_ms: must be 1 to 60000".into());
+        }
+        Ok(())
+    }
+}
+
 fn default_transit() -> String {
     "transit".into()
 }
@@ -702,9 +804,13 @@ struct RawConfig {
     #[serde(default)]
     log: Option<LogConfig>,
     #[serde(default)]
+    traces: Option<TracesConfig>,
+    #[serde(default)]
     audit: Option<AuditConfig>,
     #[serde(default)]
     shutdown: Option<ShutdownConfig>,
+    #[serde(default)]
+    watch: Option<WatchConfig>,
     #[serde(default)]
     rate_limits: std::collections::HashMap<String, crate::ratelimit::Limit>,
     #[serde(default)]
@@ -731,6 +837,7 @@ impl RawConfig {
         self.limits.get_or_insert_with(empty);
         self.log.get_or_insert_with(empty);
         self.shutdown.get_or_insert_with(empty);
+        self.watch.get_or_insert_with(empty);
         self.unverified_logins.get_or_insert_with(empty);
         self.cache.get_or_insert_with(empty);
         self.key_versions.get_or_insert_with(empty);
@@ -1100,6 +1207,12 @@ impl Config {
         if cache.max_stale_ms > 0 && cache.max_stale_ms < cache.ttl_ms {
             return Err("cache.max_stale_ms: must be 0 (never stale) or at least cache.ttl_ms".into());
         }
+        let watch: WatchConfig = raw.watch.unwrap_or_else(empty);
+        positive("watch.max_streams", watch.max_streams)?;
+        positive("watch.max_streams_per_caller", watch.max_streams_per_caller)?;
+        if watch.poll_min_ms < 100 || watch.poll_max_ms < watch.poll_min_ms {
+            return Err("watch.poll_min_ms: must be at least 100, and watch.poll_max_ms at least it".into());
+        }
         let key_versions: KeyVersionsConfig = raw.key_versions.unwrap_or_else(empty);
         if key_versions.poll_ms < 100 {
             return Err("key_versions.poll_ms: must be at least 100".into());
@@ -1111,6 +1224,9 @@ impl Config {
         let log: LogConfig = raw.log.unwrap_or_else(empty);
         if !matches!(log.format.as_str(), "human" | "json") {
             return Err(format!("log.format: must be \"human\" or \"json\", not {:?}", log.format));
+        }
+        if let Some(traces) = &raw.traces {
+            traces.validate()?;
         }
         Ok(Config {
             listen,
@@ -1146,8 +1262,10 @@ impl Config {
             key_versions,
             limits,
             log,
+            traces: raw.traces,
             audit: raw.audit,
             shutdown: raw.shutdown.unwrap_or_else(empty),
+            watch,
             rate_limits: raw.rate_limits,
         })
     }
@@ -1308,6 +1426,12 @@ mod tests {
         assert_eq!(c.cache.ttl_ms, 2_000);
         assert_eq!(c.cache.max_stale_ms, 300_000);
         assert_eq!(c.token_keep_warm, Duration::from_secs(900));
+        let w = &c.watch;
+        assert_eq!((w.max_streams, w.max_streams_per_caller, w.heartbeat_ms), (10_000, 100, 20_000));
+        assert_eq!((w.poll_min_ms, w.poll_max_ms, w.rotation_grace_ms), (1_000, 3_000, 30_000));
+        for bad in ["max_streams_per_caller = 0", "poll_min_ms = 10", "poll_min_ms = 5000"] {
+            assert!(Config::parse(&format!("{MINIMAL}[watch]\n{bad}\n")).is_err(), "{bad}");
+        }
         let short = Config::parse(&format!("{MINIMAL}timeout_ms = 2000\nkv_timeout_ms = 500\n")).unwrap();
         let t = short.vault.timeouts;
         assert_eq!(
@@ -1335,6 +1459,10 @@ mod tests {
         assert_eq!(c.limits.max_concurrent_calls, 4096);
         assert_eq!((c.connections.max_age_ms, c.connections.max_age_grace_ms), (300_000, 30_000));
         assert!(c.health_listen.is_none());
+        assert!(c.traces.is_none(), "traces are off unless configured");
+        let traced = Config::parse(&format!("{three}[traces]\nendpoint = \"http://otel-collector:4317\"\n")).unwrap();
+        let t = traced.traces.expect("on");
+        assert_eq!((t.sample_ratio, t.service_name.as_str(), t.export_timeout_ms), (1.0, "vaultgate", 10_000));
         // The limits in front of decoding (docs/attacks.md lists them with these defaults).
         let l = &c.limits;
         assert_eq!(l.max_message_bytes, 4 << 20);
@@ -1399,6 +1527,12 @@ mod tests {
             (&format!("{MINIMAL}typo = 1\n"), "typo"),
             (&format!("{MINIMAL}[batch]\nmax_in_flight = 0\n"), "batch.max_in_flight"),
             (&format!("{MINIMAL}[batch]\nmax_json_strings = 2\n"), "batch.max_json_strings"),
+            (&format!("{MINIMAL}[traces]\nendpoint = \"collector:4317\"\n"), "traces.endpoint"),
+            (&format!("{MINIMAL}[traces]\nendpoint = \"ftp://collector:4317\"\n"), "traces.endpoint"),
+            (&format!("{MINIMAL}[traces]\nendpoint = \"http://c:4317\"\nsample_ratio = 1.5\n"), "traces.sample_ratio"),
+            (&format!("{MINIMAL}[traces]\nendpoint = \"http://c:4317\"\nsample_ratio = nan\n"), "traces.sample_ratio"),
+            (&format!("{MINIMAL}[traces]\nendpoint = \"http://c:4317\"\nservice_name = \"a b\"\n"), "traces.service_name"),
+            (&format!("{MINIMAL}[traces]\nendpoint = \"http://c:4317\"\nexport_timeout_ms = 0\n"), "traces.export_timeout_ms"),
             (&format!("{MINIMAL}[mounts]\nkv = \"a/../b\"\n"), "mounts.kv"),
             (&format!("{MINIMAL}[[callers]]\nrole = \"r\"\n"), "callers[0].equals"),
             (&format!("{MINIMAL}[[callers]]\nrole = \"\"\nequals = \"x\"\n"), "callers[0].role"),

@@ -3,12 +3,17 @@
 //! `server.rs` stacks them (innermost first, each `.push_*` wraps the ones before):
 //!
 //! ```text
-//! request ─▶ streams ─▶ context ─▶ observe ─▶ audit ─▶ shed ─▶ deadline ─▶ budget ─▶ transport ─▶ tonic: decode ─▶ handler
+//! request ─▶ streams ─▶ context ─▶ trace ─▶ observe ─▶ audit ─▶ shed ─▶ deadline ─▶ budget ─▶ transport ─▶ tonic: decode ─▶ handler
 //! ```
 //!
 //! A layer answers with a status of its own (shed, deadline, budget, audit failure) by building
 //! the gRPC answer itself; every layer outside it still sees that answer, so a refused call is
 //! counted, audited and carries its request id like any other.
+//!
+//! A server-streaming RPC (`stream.rs`) passes the same layers: its head is the answer they see
+//! (so it is shed, audited and refused like any call, and its audit line is written when it
+//! opens, before its first message), and the observe layer counts it when it ends, with the
+//! status it ended with ([`at_end`]).
 //!
 //! Invariants: calls to paths that are not vaultgate RPCs (health, reflection) pass untouched
 //! except for the byte budget; a call is shed before a byte of its body is read; a layer never
@@ -35,7 +40,7 @@ use std::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
     time::Duration,
 };
 use tokio::{sync::Semaphore, time::Sleep};
@@ -169,6 +174,11 @@ impl<L> Stack<L> {
         self.push_concern(Observe { metrics })
     }
 
+    /// The call's exported span, child of the caller's `traceparent` ([`Trace`]).
+    pub fn push_trace(self) -> Pushed<L, Layer<Trace>> {
+        self.push_concern(Trace)
+    }
+
     /// The per-call context and the request id ([`Context`]).
     pub fn push_context(self) -> Pushed<L, Layer<CallContext>> {
         self.push_concern(CallContext)
@@ -284,6 +294,48 @@ impl Concern for CallContext {
     }
 }
 
+/// The call's OpenTelemetry span (`traces.rs`): a server span named after the RPC, child of the
+/// caller's W3C `traceparent` when its metadata carries one, with the gRPC code and the caller's
+/// role (a configured name) once answered. Just inside the context (it reads the [`Call`]),
+/// outside every layer that answers, so a refused call is traced with its code too. With traces
+/// off the span is disabled and this costs a filter check.
+#[derive(Clone)]
+pub struct Trace;
+
+impl Concern for Trace {
+    fn around<S: Next>(&self, request: HttpRequest, mut next: S) -> CallFuture {
+        let Some(call) = call_of(&request) else { return pass(request, next) };
+        let span = tracing::info_span!(
+            target: "vaultgate::traces",
+            "call",
+            otel.name = call.rpc.path.trim_start_matches('/'),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.method = call.rpc.name,
+            rpc.grpc.status_code = tracing::field::Empty,
+            vaultgate.role = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        crate::traces::follow(&span, request.headers());
+        let recorded = span.clone();
+        Box::pin(
+            async move {
+                let response = next.call(request).await?;
+                let code = code_of(&response);
+                recorded.record("rpc.grpc.status_code", code as i32);
+                if let Some((_, role)) = call.who() {
+                    recorded.record("vaultgate.role", role);
+                }
+                if !matches!(code, Code::Ok) {
+                    recorded.record("otel.status_code", "error");
+                }
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
 /// Counts every call (RPC, code, role, latency) and logs its end. Outside the audit layer, so
 /// that an answer replaced because the audit line failed is counted as what the caller got.
 #[derive(Clone)]
@@ -297,12 +349,69 @@ impl Concern for Observe {
         let metrics = self.metrics.clone();
         Box::pin(async move {
             let response = next.call(request).await?;
-            let (code, took) = (code_of(&response), call.started.elapsed());
-            let role = call.who().map(|(_, role)| role);
-            metrics.call(call.rpc.name, code, role, took);
-            tracing::debug!(?code, role, ms = took.as_secs_f64() * 1e3, "call done");
+            let streaming = call.rpc.streaming;
+            let done = move |code: Code| {
+                let took = call.started.elapsed();
+                let role = call.who().map(|(_, role)| role);
+                metrics.call(call.rpc.name, code, role, took);
+                tracing::debug!(?code, role, ms = took.as_secs_f64() * 1e3, "call done");
+            };
+            // A stream that opened is counted when it ends, with the status it ended with.
+            if streaming && code_of(&response) == Code::Ok {
+                return Ok(at_end(response, done));
+            }
+            done(code_of(&response));
             Ok(response)
         })
+    }
+}
+
+/// `response` whose body calls `done` once with the code its stream ended with: the
+/// `grpc-status` of its trailers, or CANCELLED when the body is dropped before them (the caller
+/// went away).
+pub fn at_end(response: HttpResponse, done: impl FnOnce(Code) + Send + 'static) -> HttpResponse {
+    response.map(|inner| Body::new(Ending { inner, done: Some(Box::new(done)) }))
+}
+
+/// A response body that reports how its stream ended ([`at_end`]).
+struct Ending {
+    inner: Body,
+    done: Option<Box<dyn FnOnce(Code) + Send>>,
+}
+
+impl http_body::Body for Ending {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let ended = match &frame {
+            Some(Ok(f)) => {
+                f.trailers_ref().map(|t| t.get("grpc-status").map_or(Code::Unknown, |v| Code::from_bytes(v.as_bytes())))
+            }
+            Some(Err(e)) => Some(e.code()),
+            None => Some(Code::Unknown),
+        };
+        if let (Some(code), Some(done)) = (ended, self.done.take()) {
+            done(code);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(Code::Cancelled);
+        }
     }
 }
 

@@ -26,6 +26,7 @@
 //! - [`audit`]: one JSON line per call, fail closed.
 //! - [`health`]: the per-node `sys/health` watcher behind node choice and `grpc.health.v1`.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
+//! - [`traces`]: OpenTelemetry spans exported over OTLP/gRPC, W3C `traceparent` in and out.
 //! - [`config`]: the TOML config, validated at start-up.
 //! - [`dev`]: `vaultgate dev`, a local OpenBao + PostgreSQL with two demo callers.
 //!
@@ -61,7 +62,9 @@ pub mod rules;
 pub mod server;
 pub mod service;
 pub mod session;
+pub mod stream;
 pub mod tls;
+pub mod traces;
 pub mod vault;
 
 /// Generated protobuf and gRPC code.

@@ -2,7 +2,7 @@
 //! listener and hands over to `server::run` (or `dev::run`). Nothing else lives here.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
-use vaultgate::{config::Config, dev, server};
+use vaultgate::{config::Config, dev, server, traces};
 
 const USAGE: &str = "usage:
   vaultgate serve --config FILE
@@ -94,14 +94,30 @@ fn check_config(file: &std::path::Path, print: bool) -> ExitCode {
     }
 }
 
-fn init_tracing(format: &str, level: &str) {
+/// Logs to stderr (`[log]`, `RUST_LOG` overrides the level) and, with `[traces]`, exports the
+/// spans of `traces::TARGET` (never logged: they would repeat every line's context).
+fn init_tracing(
+    format: &str,
+    level: &str,
+    traces: Option<&vaultgate::config::TracesConfig>,
+) -> Result<Option<traces::Exporter>, String> {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, Layer};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
+        .add_directive(format!("{}=off", traces::TARGET).parse().map_err(|e| format!("log filter: {e}"))?);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if format == "json" { fmt.json().boxed() } else { fmt.boxed() };
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    match traces {
+        Some(config) => {
+            let (exporter, layer) = traces::Exporter::start(config)?;
+            registry.with(layer).init();
+            Ok(Some(exporter))
+        }
+        None => {
+            registry.init();
+            Ok(None)
+        }
     }
 }
 
@@ -142,21 +158,28 @@ async fn run() -> ExitCode {
     };
     let result = match command {
         Command::Serve { config } => match Config::load(&config) {
-            Ok(config) => {
-                init_tracing(&config.log.format, &config.log.level);
-                match tokio::net::TcpListener::bind(config.listen).await {
-                    Ok(listener) => {
-                        server::run(listener, Arc::new(config), Default::default(), dev::shutdown_signal()).await
+            Ok(config) => match init_tracing(&config.log.format, &config.log.level, config.traces.as_ref()) {
+                Ok(exporter) => {
+                    let served = match tokio::net::TcpListener::bind(config.listen).await {
+                        Ok(listener) => {
+                            server::run(listener, Arc::new(config), Default::default(), dev::shutdown_signal()).await
+                        }
+                        Err(e) => Err(format!("cannot listen on {}: {e}", config.listen)),
+                    };
+                    // The spans still buffered go out before exit (the SDK waits on the runtime).
+                    if let Some(exporter) = exporter {
+                        let _ = tokio::task::spawn_blocking(move || exporter.shutdown()).await;
                     }
-                    Err(e) => Err(format!("cannot listen on {}: {e}", config.listen)),
+                    served
                 }
-            }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         },
-        Command::Dev { dir, listen, metrics, mtls } => {
-            init_tracing("human", "info");
-            dev::run(dir, listen, metrics, mtls).await
-        }
+        Command::Dev { dir, listen, metrics, mtls } => match init_tracing("human", "info", None) {
+            Ok(_) => dev::run(dir, listen, metrics, mtls).await,
+            Err(e) => Err(e),
+        },
         Command::CheckConfig { file, print } => return check_config(&file, print),
     };
     match result {

@@ -149,6 +149,13 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter()
 }
 
+/// Registers each field of `m` under its name and help, one row per metric.
+macro_rules! register {
+    ($registry:ident, $m:ident, { $($name:ident => $field:ident: $help:literal,)* }) => {
+        $( $registry.register(stringify!($name), $help, $m.$field.clone()); )*
+    };
+}
+
 impl Metrics {
     /// A gateway's metrics, in a registry of their own.
     pub fn new() -> Metrics {
@@ -199,83 +206,38 @@ impl Metrics {
         for name in RETRY_REASONS {
             drop(m.vault_retries.get_or_create(&KindLabel { name }));
         }
-        registry.register("grpc_calls", "gRPC calls by RPC and status code", m.calls.clone());
-        registry.register("grpc_call_seconds", "gRPC call latency by RPC", m.call_seconds.clone());
-        registry.register("role_calls", "gRPC calls by the Vault role of the caller", m.role_calls.clone());
-        registry.register(
-            "vault_requests",
-            "Vault HTTP requests by endpoint kind and status",
-            m.vault_requests.clone(),
-        );
-        registry.register(
-            "vault_request_seconds",
-            "Vault HTTP request latency by endpoint kind",
-            m.vault_seconds.clone(),
-        );
-        registry.register("batch_size_items", "items per Transit request sent by the coalescer", m.batch_size.clone());
-        registry.register("batch_items", "items sent by the coalescer", m.batch_items.clone());
-        registry.register("batch_vault_requests", "Transit requests made by the coalescer", m.batch_requests.clone());
-        registry.register("batch_queue_depth", "calls waiting in coalescer queues", m.queue_depth.clone());
-        registry.register("vault_logins", "Vault logins by result", m.logins.clone());
-        registry.register("vault_token_events", "Vault token lifecycle events by kind", m.token_events.clone());
-        registry.register("vault_up", "1 while Vault is reachable and unsealed", m.vault_up.clone());
-        registry.register("vault_retries", "Vault requests sent again, by reason", m.vault_retries.clone());
-        registry.register(
-            "vault_retry_budget_exhausted",
-            "retries not made because the retry budget was spent",
-            m.vault_retry_budget_exhausted.clone(),
-        );
-        registry.register(
-            "vault_fail_fast",
-            "requests refused at once because every Vault node's circuit breaker was open",
-            m.vault_fail_fast.clone(),
-        );
-        registry.register("vault_redirects", "307 redirects from a standby followed", m.vault_redirects.clone());
-        registry.register(
-            "vault_breaker_state",
-            "circuit breaker per Vault node (label name = address): 0 closed, 1 half-open, 2 open",
-            m.vault_breaker.clone(),
-        );
-        registry.register("vault_hedges", "slow Vault reads also sent to a second node", m.vault_hedges.clone());
-        registry.register(
-            "cache_events",
-            "read cache events (read = secret, list, key; event = hit, miss, coalesced, stale, eviction)",
-            m.cache_events.clone(),
-        );
-        registry.register("cache_entries", "answers held by the read cache", m.cache_entries.clone());
-        registry.register("cache_bytes", "estimated bytes held by the read cache", m.cache_bytes.clone());
-        registry.register("connections", "client connections open", m.connections.clone());
-        registry.register(
-            "connections_refused",
-            "client connections closed by admission, by reason (max_connections, handshakes, peer_handshakes: at once; idle: no stream for the idle timeouts)",
-            m.connections_refused.clone(),
-        );
-        registry.register(
-            "request_bytes_in_flight",
-            "request bytes received and held by calls in flight",
-            m.request_bytes_in_flight.clone(),
-        );
-        registry.register(
-            "vault_nodes",
-            "configured Vault nodes by last probed state (active, standby, sealed, down)",
-            m.vault_nodes.clone(),
-        );
-        registry.register(
-            "calls_shed",
-            "calls refused at once because limits.max_concurrent_calls were in flight",
-            m.calls_shed.clone(),
-        );
-        registry.register(
-            "rate_limited_calls",
-            "calls refused by the per-caller rate limit, by role (label name)",
-            m.rate_limited.clone(),
-        );
-        registry.register("audit_write_failures", "audit lines that could not be written", m.audit_failures.clone());
-        registry.register(
-            "tls_certificate_expiry_timestamp_seconds",
-            "Unix time at which the served TLS certificate expires (label name: listener)",
-            m.tls_expiry.clone(),
-        );
+        // One row per metric: exported name (after the `vaultgate_` prefix), field, help.
+        register!(registry, m, {
+            grpc_calls => calls: "gRPC calls by RPC and status code",
+            grpc_call_seconds => call_seconds: "gRPC call latency by RPC",
+            role_calls => role_calls: "gRPC calls by the Vault role of the caller",
+            vault_requests => vault_requests: "Vault HTTP requests by endpoint kind and status",
+            vault_request_seconds => vault_seconds: "Vault HTTP request latency by endpoint kind",
+            batch_size_items => batch_size: "items per Transit request sent by the coalescer",
+            batch_items => batch_items: "items sent by the coalescer",
+            batch_vault_requests => batch_requests: "Transit requests made by the coalescer",
+            batch_queue_depth => queue_depth: "calls waiting in coalescer queues",
+            vault_logins => logins: "Vault logins by result",
+            vault_token_events => token_events: "Vault token lifecycle events by kind",
+            vault_up => vault_up: "1 while Vault is reachable and unsealed",
+            vault_retries => vault_retries: "Vault requests sent again, by reason",
+            vault_retry_budget_exhausted => vault_retry_budget_exhausted: "retries not made because the retry budget was spent",
+            vault_fail_fast => vault_fail_fast: "requests refused at once because every Vault node's circuit breaker was open",
+            vault_redirects => vault_redirects: "307 redirects from a standby followed",
+            vault_breaker_state => vault_breaker: "circuit breaker per Vault node (label name = address): 0 closed, 1 half-open, 2 open",
+            vault_hedges => vault_hedges: "slow Vault reads also sent to a second node",
+            cache_events => cache_events: "read cache events (read = secret, list, key; event = hit, miss, coalesced, stale, eviction)",
+            cache_entries => cache_entries: "answers held by the read cache",
+            cache_bytes => cache_bytes: "estimated bytes held by the read cache",
+            connections => connections: "client connections open",
+            connections_refused => connections_refused: "client connections closed by admission, by reason (max_connections, handshakes, peer_handshakes: at once; idle: no stream for the idle timeouts)",
+            request_bytes_in_flight => request_bytes_in_flight: "request bytes received and held by calls in flight",
+            vault_nodes => vault_nodes: "configured Vault nodes by last probed state (active, standby, sealed, down)",
+            calls_shed => calls_shed: "calls refused at once because limits.max_concurrent_calls were in flight",
+            rate_limited_calls => rate_limited: "calls refused by the per-caller rate limit, by role (label name)",
+            audit_write_failures => audit_failures: "audit lines that could not be written",
+            tls_certificate_expiry_timestamp_seconds => tls_expiry: "Unix time at which the served TLS certificate expires (label name: listener)",
+        });
         registry.register("build_info", "the running version (label name)", build);
         Metrics { registry, ..m }
     }

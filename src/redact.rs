@@ -104,6 +104,32 @@ impl fmt::Debug for pb::GetDbCredsResponse {
     }
 }
 
+impl fmt::Debug for pb::WatchSecretResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WatchSecretResponse")
+            .field("data", &self.data.as_ref().map(|d| format!("<redacted: {} fields>", d.fields.len())))
+            .field("version", &self.version)
+            .field("created_time", &self.created_time)
+            .field("heartbeat", &self.heartbeat)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::WatchDbCredsResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WatchDbCredsResponse")
+            .field("event", &self.event())
+            .field("username", &self.username)
+            .field("password", &Redacted(self.password.len()))
+            .field("lease_id", &self.lease_id)
+            .field("lease_duration", &self.lease_duration)
+            .field("renewable", &self.renewable)
+            .field("lease_token", &self.lease_token)
+            .field("heartbeat", &self.heartbeat)
+            .finish()
+    }
+}
+
 impl fmt::Debug for pb::IssueCertificateResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IssueCertificateResponse")
@@ -230,11 +256,19 @@ mod tests {
             ),
             (
                 "pb::GetSecretResponse",
-                format!("{:?}", pb::GetSecretResponse { data: Some(data), version: 1, ..Default::default() }),
+                format!("{:?}", pb::GetSecretResponse { data: Some(data.clone()), version: 1, ..Default::default() }),
             ),
             (
                 "pb::GetDbCredsResponse",
                 format!("{:?}", pb::GetDbCredsResponse { username: "u".into(), password: s(), ..Default::default() }),
+            ),
+            (
+                "pb::WatchSecretResponse",
+                format!("{:?}", pb::WatchSecretResponse { data: Some(data.clone()), version: 1, ..Default::default() }),
+            ),
+            (
+                "pb::WatchDbCredsResponse",
+                format!("{:?}", pb::WatchDbCredsResponse { username: "u".into(), password: s(), ..Default::default() }),
             ),
             (
                 "pb::IssueCertificateResponse",

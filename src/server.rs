@@ -92,9 +92,13 @@ pub async fn serve(
     let draining = Arc::new(Notify::new());
     let graceful = {
         let (reporter, draining, watcher) = (reporter.clone(), draining.clone(), watcher.abort_handle());
+        let streams = gateway.streams.clone();
         async move {
             shutdown.await;
             tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: health NOT_SERVING");
+            // Open streams end now with UNAVAILABLE + RetryInfo (their clients reconnect to
+            // another replica); new ones are refused alike (`stream.rs`).
+            streams.close();
             watcher.abort();
             health::set_all(&reporter, ServingStatus::NotServing).await;
             tokio::time::sleep(grace).await;
@@ -128,6 +132,8 @@ pub async fn serve(
         .push_audit(gateway.audit.clone(), gateway.metrics.clone())
         // Metrics count what the caller got (after the audit layer's fail-closed answer).
         .push_observe(gateway.metrics.clone())
+        // The call's exported span (with [traces]), child of the caller's traceparent.
+        .push_trace()
         // The call's context (RPC, request id, deadline, peer) and the request id on every
         // answer.
         .push_context()
@@ -144,7 +150,9 @@ pub async fn serve(
     }
     let router = builder
         .layer(layers.into_inner())
-        // HTTP/2 keepalive detects dead client connections behind load balancers.
+        // HTTP/2 keepalive detects dead client connections behind load balancers, and keeps the
+        // connections of idle streams open through L4 proxies (`stream.rs` adds heartbeat
+        // messages for L7 proxies, which time out a stream that carries no data).
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         // tonic leaves streams per connection unlimited: one connection gets a small number.
         .max_concurrent_streams(gateway.config.limits.max_streams_per_connection)
@@ -180,6 +188,8 @@ pub async fn serve(
     };
     watcher.abort();
     refresher.abort();
+    // Leases of ended streams are revoked (their grace cut short) before the tokens that parent them.
+    gateway.streams.finish(drain).await;
     gateway.sessions.revoke_all(&gateway.leases.parents()).await;
     for task in [metrics_task.map(|t| t.abort_handle()), health_task.map(|t| t.abort_handle())].into_iter().flatten() {
         task.abort();

@@ -26,6 +26,7 @@ use crate::{
     ratelimit::RateLimits,
     rules::Resource,
     session::{Actor, Credentials, Sessions},
+    stream::{Heartbeat, Outgoing, Sink, Streams},
     vault::Client,
 };
 use std::{future::Future, sync::Arc};
@@ -56,6 +57,10 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Cached GetSecret, ListSecrets and GetKey answers, per Vault token (`cache.rs`).
     pub cache: ReadCache,
+    /// The open server streams: their bounds, shutdown, lingering clean-up (`stream.rs`).
+    pub streams: Arc<Streams>,
+    /// The shared KV metadata pollers of WatchSecret, per token, mount and path.
+    pub watched: secret::Watched,
     /// Each Transit key's versions per Vault token, kept fresh by pollers (`key_versions.rs`).
     pub(crate) key_versions: KeyVersions,
 }
@@ -78,6 +83,8 @@ impl Gateway {
             rate_limits: RateLimits::new(config.rate_limits.clone()),
             in_flight: Arc::new(Semaphore::new(config.limits.max_concurrent_calls)),
             cache: ReadCache::new(&config.cache, metrics.clone()),
+            streams: Streams::new(&config.watch),
+            watched: Default::default(),
             key_versions: KeyVersions::new(
                 Arc::new(vault.clone()),
                 &config.key_versions,
@@ -175,6 +182,30 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Runs one server-streaming call (`stream.rs`): the same admission as [`Gateway::serve`]
+    /// (authentication, rate limit, checks, rules), then a slot within the stream bounds, then
+    /// `produce(actor, message, sink)` in the stream's driver until the stream ends. The
+    /// producer sends into the sink and returns only to end the stream (`Err`: its status).
+    pub async fn serve_stream<R, T, F, Fut>(
+        &self,
+        request: Request<R>,
+        produce: F,
+    ) -> Result<Response<Outgoing<T>>, Status>
+    where
+        R: Described,
+        T: Heartbeat + Send + 'static,
+        F: FnOnce(Actor, Arc<R>, crate::stream::Sender<T>) -> Fut,
+        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        let deadline = request.extensions().get::<Arc<Call>>().and_then(|c| c.deadline);
+        let admitted = self.serve(request, |actor, _deadline, message| async move { Ok((actor, message)) }).await?;
+        let (actor, message) = admitted.into_inner();
+        let slot = self.streams.open(&actor.caller).map_err(Status::from)?;
+        let sink = Sink::default();
+        let producing = produce(actor, message, sink.sender());
+        Ok(Response::new(self.streams.run(slot, deadline, producing, sink)))
+    }
+
     /// Reads through the cache (`cache.rs`) as `actor`'s role allows: `key` names the read and is
     /// made with `actor`'s token, the token `fetch` reads with.
     pub(crate) async fn cached<F, Fut>(
@@ -215,13 +246,23 @@ pub trait Described: Checked + Send + Sync + 'static {
     }
 }
 
-/// The description of one RPC of `vaultgate.v1.<service>`.
+/// The description of one RPC of `vaultgate.v1.<service>`; `stream` marks a server-streaming one
+/// (served by [`Gateway::serve_stream`], `stream.rs`).
 macro_rules! rpc {
     ($service:literal, $name:literal, $kind:ident) => {
         &crate::call::Rpc {
             path: concat!("/vaultgate.v1.", $service, "/", $name),
             name: $name,
             kind: crate::call::ResourceKind::$kind,
+            streaming: false,
+        }
+    };
+    ($service:literal, $name:literal, $kind:ident, stream) => {
+        &crate::call::Rpc {
+            path: concat!("/vaultgate.v1.", $service, "/", $name),
+            name: $name,
+            kind: crate::call::ResourceKind::$kind,
+            streaming: true,
         }
     };
 }

@@ -35,6 +35,7 @@ use std::{
     time::Duration,
 };
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// A Vault token. Its `Debug` and `Display` are redacted so it can never reach a log by accident.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -602,8 +603,31 @@ impl Client {
                 return (node, Err(VaultError::Timeout));
             }
             let started = Instant::now();
-            let resp = match self.request(call, &url, token, body, timeout).send().await {
-                Ok(resp) => resp,
+            // One exported span per HTTP request (`traces.rs`): the endpoint kind, never the path.
+            // Not the health watcher's probes: every node each interval would be a trace of its own.
+            let span = if endpoint == "sys/health" {
+                tracing::Span::none()
+            } else {
+                tracing::info_span!(
+                target: "vaultgate::traces",
+                "vault.request",
+                otel.name = endpoint,
+                otel.kind = "client",
+                http.request.method = call.method.as_str(),
+                http.response.status_code = tracing::field::Empty,
+                )
+            };
+            let mut request = self.request(call, &url, token, body, timeout);
+            let mut traceparent = reqwest::header::HeaderMap::new();
+            crate::traces::inject(&span, &mut traceparent);
+            if !traceparent.is_empty() {
+                request = request.headers(traceparent);
+            }
+            let resp = match request.send().instrument(span.clone()).await {
+                Ok(resp) => {
+                    span.record("http.response.status_code", resp.status().as_u16());
+                    resp
+                }
                 Err(e) => {
                     self.metrics.vault(endpoint, None, started.elapsed());
                     let err = classify(e);

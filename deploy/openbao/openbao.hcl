@@ -1,6 +1,9 @@
-# OpenBao server config of the 3-node Raft StatefulSet (statefulset.yaml). What differs per pod
-# comes from its environment: BAO_API_ADDR, BAO_CLUSTER_ADDR and BAO_RAFT_NODE_ID.
-# scripts/check-deploy.sh boots this very file (paths and addresses rewritten to a temp dir).
+# OpenBao server config shared by every topology: listener, audit device, telemetry. The storage
+# and seal of a topology are in storage.hcl next to it (this directory: 3-node Raft with Transit
+# auto-unseal; overlays/evaluation: one node, Shamir), which the StatefulSet loads after this file
+# (`bao server -config=openbao.hcl -config=storage.hcl`). What differs per pod comes from its
+# environment: BAO_API_ADDR, BAO_CLUSTER_ADDR and BAO_RAFT_NODE_ID.
+# scripts/check-deploy.sh boots these very files (paths and addresses rewritten to a temp dir).
 
 ui           = false
 cluster_name = "openbao"
@@ -15,37 +18,6 @@ listener "tcp" {
   tls_cert_file   = "/openbao/tls/tls.crt"
   tls_key_file    = "/openbao/tls/tls.key"
   tls_min_version = "tls12"
-}
-
-# Integrated storage. Each pod tries to join the others until one of them is initialized
-# (`bao operator init` on openbao-0); the rest join it on their own.
-storage "raft" {
-  path = "/openbao/data"
-
-  retry_join {
-    leader_api_addr     = "https://openbao-0.openbao-internal.openbao.svc:8200"
-    leader_ca_cert_file = "/openbao/tls/ca.crt"
-  }
-  retry_join {
-    leader_api_addr     = "https://openbao-1.openbao-internal.openbao.svc:8200"
-    leader_ca_cert_file = "/openbao/tls/ca.crt"
-  }
-  retry_join {
-    leader_api_addr     = "https://openbao-2.openbao-internal.openbao.svc:8200"
-    leader_ca_cert_file = "/openbao/tls/ca.crt"
-  }
-}
-
-# Auto-unseal with the Transit engine of ANOTHER OpenBao (the "unseal cluster", run and backed up
-# separately). Its token comes from the environment (BAO_TOKEN, from Secret openbao-unseal-token),
-# never from this file: an orphan periodic token whose policy allows only update on
-# transit/encrypt/<key_name> and transit/decrypt/<key_name> (docs/deploy.md). Cloud KMS seals
-# (awskms, gcpckms, azurekeyvault) are drop-in alternatives to this stanza.
-seal "transit" {
-  address     = "https://openbao-unseal.example.internal:8200"
-  key_name    = "openbao-autounseal"
-  mount_path  = "transit/"
-  tls_ca_cert = "/openbao/unseal-ca/ca.crt"
 }
 
 # OpenBao 2.x creates audit devices from the config only (not through the API). Every request

@@ -345,11 +345,14 @@ def check_openbao(docs: list[dict], label: str) -> None:
     mounts = [m["mountPath"] for m in c["volumeMounts"]]
     cm_vol = next(v for v in spec["volumes"] if "configMap" in v and v["name"] == "config")
     cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == cm_vol["configMap"]["name"])
-    config_arg = next(a for a in c["command"] if a.startswith("-config="))[len("-config="):]
-    hcl_name = pathlib.PurePosixPath(config_arg).name
-    report(hcl_name in cm["data"] and any(config_arg.startswith(m + "/") for m in mounts),
-           f"{label}: StatefulSet/openbao runs the mounted {config_arg}", "not mounted")
-    hcl = cm["data"].get(hcl_name, "")
+    # Every -config file (openbao.hcl shared by all topologies, storage.hcl per topology), as one.
+    config_args = [a[len("-config="):] for a in c["command"] if a.startswith("-config=")]
+    hcl_names = [pathlib.PurePosixPath(a).name for a in config_args]
+    report(bool(config_args) and all(n in cm["data"] for n in hcl_names)
+           and all(any(a.startswith(m + "/") for m in mounts) for a in config_args),
+           f"{label}: StatefulSet/openbao runs the mounted {' '.join(config_args)}", "not mounted")
+    hcl_name = " + ".join(hcl_names)
+    hcl = "\n".join(cm["data"].get(n, "") for n in hcl_names)
     paths = set(re.findall(r'"(/openbao/[^"]+)"', hcl))
     unmounted = sorted(p for p in paths if not any(p == m or p.startswith(m + "/") for m in mounts))
     report(not unmounted, f"{label}: every path in {hcl_name} is on a mounted volume ({len(paths)} paths)",

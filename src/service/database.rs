@@ -1,6 +1,8 @@
 //! `vaultgate.v1.DatabaseService` over the database engine: dynamic credentials, and renewal or
 //! revocation of a lease by the caller that obtained it (see `leases.rs` for the lifetime rule).
 
+mod watch;
+
 use super::{rpc, validate, Described, Gateway};
 use crate::rules::Resource;
 use crate::{
@@ -108,6 +110,36 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// New credentials for `actor` from `role` of `mount`: the lease recorded as the caller's, its
+    /// parent token kept alive as long, its ownership tag signed (GetDbCreds, WatchDbCreds).
+    async fn issue_creds(
+        &self,
+        actor: &Actor,
+        mount: &str,
+        role: &str,
+        deadline: Option<Instant>,
+    ) -> Result<GetDbCredsResponse, Error> {
+        let lease = self
+            .vault
+            .db_creds(&actor.token, mount, role, deadline)
+            .await
+            .map_err(|e| Error::from_vault(e, Subject::DbRole(role)))?;
+        let secs = self.keep_parent(actor, &actor.token, lease.lease_duration, deadline).await;
+        self.leases.insert(&lease.lease_id, &actor.caller, actor.token.clone(), Duration::from_secs(secs));
+        let lease_token = self.sign_lease(actor, &lease.lease_id, deadline).await;
+        tracing::info!(caller = %actor.caller, role, lease_id = %lease.lease_id, ttl = secs, "database credentials issued");
+        Ok(GetDbCredsResponse {
+            username: lease.credentials.username,
+            password: lease.credentials.password,
+            lease_id: lease.lease_id,
+            lease_duration: Some(duration(secs)),
+            renewable: lease.renewable,
+            lease_token,
+        })
+    }
+}
+
 /// How a caller proved it owns a lease.
 enum Proof {
     /// This replica issued the lease; here is the token that parents it.
@@ -162,6 +194,16 @@ impl Described for GetDbCredsRequest {
     }
 }
 
+impl Described for WatchDbCredsRequest {
+    const RPC: &'static Rpc = rpc!("DatabaseService", "WatchDbCreds", DbRole, stream);
+    fn target(&self) -> (&str, usize) {
+        (&self.role, 1)
+    }
+    fn resource(&self) -> Option<Resource<'_>> {
+        Some(Resource::DbRole { mount: &self.mount, role: &self.role })
+    }
+}
+
 impl Described for RenewLeaseRequest {
     const RPC: &'static Rpc = rpc!("DatabaseService", "RenewLease", Lease);
     fn target(&self) -> (&str, usize) {
@@ -178,27 +220,25 @@ impl Described for RevokeLeaseRequest {
 
 #[tonic::async_trait]
 impl DatabaseService for Database {
+    type WatchDbCredsStream = crate::stream::Outgoing<WatchDbCredsResponse>;
+
     async fn get_db_creds(&self, req: Request<GetDbCredsRequest>) -> Result<Response<GetDbCredsResponse>, Status> {
         let gw = &self.0;
         gw.serve(req, |actor, deadline, r| async move {
             let mount = if r.mount.is_empty() { gw.config.mounts.database.as_str() } else { r.mount.as_str() };
-            let lease = gw
-                .vault
-                .db_creds(&actor.token, mount, &r.role, deadline)
-                .await
-                .map_err(|e| Error::from_vault(e, Subject::DbRole(&r.role)))?;
-            let secs = gw.keep_parent(&actor, &actor.token, lease.lease_duration, deadline).await;
-            gw.leases.insert(&lease.lease_id, &actor.caller, actor.token.clone(), Duration::from_secs(secs));
-            let lease_token = gw.sign_lease(&actor, &lease.lease_id, deadline).await;
-            tracing::info!(caller = %actor.caller, role = %r.role, lease_id = %lease.lease_id, ttl = secs, "database credentials issued");
-            Ok(GetDbCredsResponse {
-                username: lease.credentials.username,
-                password: lease.credentials.password,
-                lease_id: lease.lease_id,
-                lease_duration: Some(duration(secs)),
-                renewable: lease.renewable,
-                lease_token,
-            })
+            gw.issue_creds(&actor, mount, &r.role, deadline).await
+        })
+        .await
+    }
+
+    async fn watch_db_creds(
+        &self,
+        req: Request<WatchDbCredsRequest>,
+    ) -> Result<Response<Self::WatchDbCredsStream>, Status> {
+        let gw = &self.0;
+        gw.serve_stream(req, |actor, r, out| {
+            let mount = if r.mount.is_empty() { gw.config.mounts.database.clone() } else { r.mount.clone() };
+            gw.clone().watch_db_creds(actor, mount, r.role.clone(), out)
         })
         .await
     }

@@ -13,7 +13,7 @@ use crate::{
     call::Rpc,
     error::{Error, Subject},
     pb::vaultgate::v1::{pki_service_server::PkiService, *},
-    vault::pki::{with_newline, CertRequest, Certificate, PrivateKey, RevokeRequest},
+    vault::pki::{with_newline, CertRequest, Certificate, Certify, PrivateKey, RevokeRequest},
 };
 use prost_types::Timestamp;
 use std::sync::Arc;
@@ -88,7 +88,7 @@ impl PkiService for Pki {
             };
             let cert = gw
                 .vault
-                .pki_issue(&actor.token, gw.pki_mount(&r.mount), &r.role, &body, deadline)
+                .pki_certify(Certify::Issue, &actor.token, gw.pki_mount(&r.mount), &r.role, &body, deadline)
                 .await
                 .map_err(|e| Error::from_pki(e, Subject::PkiRole(&r.role)))?;
             let (certificate, ca_chain, serial_number, expiration, key) = parts(cert);
@@ -115,7 +115,7 @@ impl PkiService for Pki {
             };
             let cert = gw
                 .vault
-                .pki_sign(&actor.token, gw.pki_mount(&r.mount), &r.role, &body, deadline)
+                .pki_certify(Certify::Sign, &actor.token, gw.pki_mount(&r.mount), &r.role, &body, deadline)
                 .await
                 .map_err(|e| Error::from_pki(e, Subject::PkiRole(&r.role)))?;
             let (certificate, ca_chain, serial_number, expiration, _) = parts(cert);

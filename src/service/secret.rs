@@ -2,6 +2,10 @@
 //! read through the gateway's cache (`cache.rs`: per token, singleflight, stale while Vault
 //! cannot answer).
 
+mod watch;
+
+pub use watch::Watched;
+
 use super::{age, rpc, Described, Gateway};
 use crate::cache::{self, Read, Value as Cached};
 use crate::rules::Resource;
@@ -70,8 +74,38 @@ impl Described for ListSecretsRequest {
     }
 }
 
+impl Described for WatchSecretRequest {
+    const RPC: &'static Rpc = rpc!("SecretService", "WatchSecret", Secret, stream);
+    fn target(&self) -> (&str, usize) {
+        (&self.path, 1)
+    }
+    fn resource(&self) -> Option<Resource<'_>> {
+        Some(Resource::Secret { mount: &self.mount, path: &self.path })
+    }
+}
+
+impl crate::stream::Heartbeat for WatchSecretResponse {
+    fn heartbeat() -> Self {
+        WatchSecretResponse { heartbeat: true, ..Default::default() }
+    }
+}
+
 #[tonic::async_trait]
 impl SecretService for Secrets {
+    type WatchSecretStream = crate::stream::Outgoing<WatchSecretResponse>;
+
+    async fn watch_secret(
+        &self,
+        req: Request<WatchSecretRequest>,
+    ) -> Result<Response<Self::WatchSecretStream>, Status> {
+        let gw = &self.0;
+        gw.serve_stream(req, |actor, r, out| {
+            let mount = gw.kv_mount(&r.mount).to_string();
+            gw.clone().watch_secret(actor, mount, r.path.clone(), out)
+        })
+        .await
+    }
+
     async fn get_secret(&self, req: Request<GetSecretRequest>) -> Result<Response<GetSecretResponse>, Status> {
         let gw = &self.0;
         gw.serve(req, |actor, _deadline, r| async move {

@@ -451,6 +451,20 @@ impl Checked for GetSecretRequest {
     }
 }
 
+impl Checked for WatchSecretRequest {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        secret_path("path", &self.path, false)?;
+        requested_mount(&self.mount)
+    }
+}
+
+impl Checked for WatchDbCredsRequest {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        name("role", &self.role)?;
+        requested_mount(&self.mount)
+    }
+}
+
 impl Checked for ListSecretsRequest {
     fn check(&self, _: &Limits) -> Result<(), Error> {
         secret_path("path", &self.path, true)?;

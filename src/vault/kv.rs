@@ -36,6 +36,29 @@ pub struct SecretMetadata {
     pub version: u32,
 }
 
+/// The metadata of a secret (`GET <mount>/metadata/<path>`): its current version and the state
+/// of each version. No secret value is in it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Metadata {
+    /// The newest version (0: none).
+    #[serde(default)]
+    pub current_version: u32,
+    /// Each version kept, by number.
+    #[serde(default)]
+    pub versions: std::collections::HashMap<String, VersionState>,
+}
+
+/// The state of one version in a secret's metadata.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct VersionState {
+    /// RFC 3339 time when it was (or will be, with `delete_version_after`) deleted; "" if never.
+    #[serde(default)]
+    pub deletion_time: String,
+    /// Destroyed for good.
+    #[serde(default)]
+    pub destroyed: bool,
+}
+
 /// `data` of a KV list (crate-visible: the fuzz target decodes this very type).
 #[derive(Deserialize)]
 pub(crate) struct Keys {
@@ -62,6 +85,20 @@ impl Client {
             Some(secret) if secret.data.is_some() => Ok(secret),
             _ => Err(VaultError::Api { status: 404, errors: vec!["secret version deleted or destroyed".into()] }),
         }
+    }
+
+    /// `GET <mount>/metadata/<path>`: the current version and the state of every version.
+    pub async fn kv_metadata(
+        &self,
+        token: &VaultToken,
+        mount: &str,
+        path: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Metadata, VaultError> {
+        let call = Call::new(Method::GET, "kv/metadata", &[mount, "metadata", path]).class(Class::Kv).read();
+        let (status, bytes) = self.send::<()>(call, Some(token), None, deadline).await?;
+        let env: Envelope<Metadata> = decode(status, &bytes)?;
+        env.data.ok_or_else(|| VaultError::Decode("metadata answer without data".into()))
     }
 
     /// `LIST <mount>/metadata/<path>` (as `GET ?list=true`); folders end in `/`.

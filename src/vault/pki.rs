@@ -64,6 +64,15 @@ pub struct CertRequest<'a> {
     pub private_key_format: Option<&'static str>,
 }
 
+/// Which PKI endpoint certifies: `issue/:role` (Vault makes the key) or `sign/:role` (the caller's CSR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Certify {
+    /// `issue/:role`: the answer must carry the new private key.
+    Issue,
+    /// `sign/:role`.
+    Sign,
+}
+
 /// A certificate from `issue/:role` or `sign/:role`.
 #[derive(Debug, Deserialize)]
 pub struct Certificate {
@@ -156,39 +165,30 @@ pub fn pem_blocks(bundle: &str) -> Vec<String> {
 }
 
 impl Client {
-    /// `POST <mount>/issue/:role`: a new key pair and certificate (PKCS#8 key).
-    pub async fn pki_issue(
+    /// `POST <mount>/issue/:role` (a new key pair and certificate, PKCS#8 key) or
+    /// `POST <mount>/sign/:role` (a certificate for the CSR's public key), as `op` says.
+    pub async fn pki_certify(
         &self,
+        op: Certify,
         token: &VaultToken,
         mount: &str,
         role: &str,
         body: &CertRequest<'_>,
         deadline: Option<Instant>,
     ) -> Result<Certificate, VaultError> {
-        // Not idempotent: every issue creates another certificate (and key).
+        // Not idempotent: every issue creates another certificate (and key); every sign another certificate.
+        let (kind, segment) = match op {
+            Certify::Issue => ("pki/issue", "issue"),
+            Certify::Sign => ("pki/sign", "sign"),
+        };
         let env: Envelope<Certificate> = self
-            .call(Call::new(Method::POST, "pki/issue", &[mount, "issue", role]), Some(token), Some(body), deadline)
+            .call(Call::new(Method::POST, kind, &[mount, segment, role]), Some(token), Some(body), deadline)
             .await?;
-        let cert = env.data.ok_or_else(|| VaultError::Decode("issue answer without data".into()))?;
-        if cert.private_key.as_ref().is_none_or(|k| k.expose().is_empty()) {
+        let cert = env.data.ok_or_else(|| VaultError::Decode(format!("{segment} answer without data")))?;
+        if op == Certify::Issue && cert.private_key.as_ref().is_none_or(|k| k.expose().is_empty()) {
             return Err(VaultError::Decode("issue answer without a private key".into()));
         }
         Ok(cert)
-    }
-
-    /// `POST <mount>/sign/:role`: a certificate for the CSR's public key.
-    pub async fn pki_sign(
-        &self,
-        token: &VaultToken,
-        mount: &str,
-        role: &str,
-        body: &CertRequest<'_>,
-        deadline: Option<Instant>,
-    ) -> Result<Certificate, VaultError> {
-        let env: Envelope<Certificate> = self
-            .call(Call::new(Method::POST, "pki/sign", &[mount, "sign", role]), Some(token), Some(body), deadline)
-            .await?;
-        env.data.ok_or_else(|| VaultError::Decode("sign answer without data".into()))
     }
 
     /// `POST <mount>/revoke-with-key`: Vault revokes the certificate only if the private key

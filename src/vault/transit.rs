@@ -55,8 +55,8 @@ impl Op {
         }
     }
 
-    /// The metric label of its Vault endpoint.
-    fn kind(self) -> &'static str {
+    /// The metric label (and span attribute) of its Vault endpoint.
+    pub(crate) fn kind(self) -> &'static str {
         match self {
             Op::Encrypt => "transit/encrypt",
             Op::Decrypt => "transit/decrypt",

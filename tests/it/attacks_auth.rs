@@ -489,3 +489,77 @@ path "auth/token/renew-accessor" { capabilities = ["update"] }
         took.as_secs_f64() * 1e3
     );
 }
+
+/// A TLS front for OpenBao with a certificate of `ca`: forwards each connection whose handshake
+/// completes to `upstream`, counting them.
+async fn tls_front(ca: &vaultgate::dev::certs::Ca, upstream: String) -> (String, Arc<AtomicUsize>) {
+    use tokio_rustls::rustls::{
+        self,
+        pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+    };
+    let pair = ca.server().expect("server certificate");
+    let certs = vec![CertificateDer::from_pem_slice(pair.cert_pem.as_bytes()).expect("cert PEM")];
+    let key = PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes()).expect("key PEM");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("certificate and key");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shaken = Arc::new(AtomicUsize::new(0));
+    let counted = shaken.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, upstream, counted) = (acceptor.clone(), upstream.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let Ok(mut vault) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut vault).await;
+            });
+        }
+    });
+    (format!("https://localhost:{}", addr.port()), shaken)
+}
+
+pub async fn vault_certificates_from_other_cas_are_refused_when_ca_cert_is_set(env: &'static Env) {
+    let vault_ca = vaultgate::dev::certs::Ca::new("the Vault's CA").expect("CA");
+    let other_ca = vaultgate::dev::certs::Ca::new("a CA the gateway was not told of").expect("CA");
+    let upstream = env.vault_addr.trim_start_matches("http://").to_string();
+    let (front, handshakes) = tls_front(&vault_ca, upstream).await;
+    let dir = env.dir.join("attack-ca-cert");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut answers = Vec::new();
+    for (name, ca) in [("other", &other_ca), ("vault", &vault_ca)] {
+        let path = dir.join(format!("{name}.pem"));
+        std::fs::write(&path, ca.cert_pem()).expect("CA file");
+        let before = handshakes.load(Ordering::SeqCst);
+        let own = serve_gateway(&format!(
+            "[vault]\naddress = \"{front}\"\nca_cert = {path:?}\n[[callers]]\nrole = \"billing\"\nequals = \"billing\"\n"
+        ))
+        .await;
+        let r =
+            EncryptRequest { key: "billing".into(), plaintext: b"to the right Vault".to_vec(), ..Default::default() };
+        let mut call = req(r, &env.billing);
+        call.set_timeout(Duration::from_secs(10));
+        let answer = EncryptionServiceClient::new(own.channel.clone()).encrypt(call).await;
+        answers.push((name, answer.map(|a| a.into_inner().ciphertext), handshakes.load(Ordering::SeqCst) - before));
+    }
+    let [(_, refused, through_other), (_, served, through_vault)] = &answers[..] else { unreachable!() };
+    println!(
+        "  attacks: a Vault serving a certificate of a CA not in vault.ca_cert: the call {:?}, {through_other} TLS \
+         handshake(s) completed (no request, no token sent); with its own CA in ca_cert: {} after {through_vault} \
+         handshake(s)",
+        refused.as_ref().map_err(|s| (s.code(), s.message().chars().take(120).collect::<String>())),
+        if served.is_ok() { "served" } else { "FAILED" },
+    );
+    let status = refused.as_ref().expect_err("a certificate of another CA must be refused");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(*through_other, 0, "the gateway completed a TLS handshake with a Vault of another CA");
+    assert!(served.as_ref().is_ok_and(|c| c.starts_with("vault:v")), "the configured CA is trusted: {served:?}");
+    assert!(*through_vault > 0);
+}

@@ -28,8 +28,10 @@ mod pki;
 mod rotation;
 mod secrets;
 mod signing;
+mod streams;
 mod support;
 mod tools;
+mod traces;
 
 use std::{future::Future, pin::Pin, time::Duration};
 use support::Env;
@@ -92,6 +94,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     attacks_auth::unknown_kid_flood_refetches_the_jwks_at_most_once_per_ten_seconds,
     attacks_auth::vault_redirect_to_a_foreign_host_is_not_followed,
     attacks_auth::the_gateways_own_token_is_replaced_at_once_when_vault_refuses_it,
+    attacks_auth::vault_certificates_from_other_cas_are_refused_when_ca_cert_is_set,
     behaviours::shutdown_drains_held_calls_drops_late_ones_and_keeps_leases,
     behaviours::writes_are_sent_once_when_the_connection_drops,
     behaviours::slow_vault_is_unavailable_within_the_timeout,
@@ -108,6 +111,13 @@ const TESTS: &[(&str, TestFn)] = tests![
     contract::transit_requests_name_their_mount,
     contract::batch_items_carry_key_versions,
     contract::old_connections_are_closed_without_failing_calls,
+    streams::watch_secret_new_versions_reach_two_watchers_and_deletion_ends_them,
+    streams::two_hundred_watchers_of_one_path_cost_one_poller,
+    streams::watch_db_creds_renews_rotates_and_revokes_after_the_grace,
+    streams::callers_ending_watch_db_creds_early_leave_no_lease,
+    streams::shutdown_ends_a_hundred_streams_unavailable_and_leaves_no_lease,
+    streams::stream_bounds_attack_table,
+    traces::encrypt_is_traced_from_the_callers_traceparent_to_vault,
     rotation::decrypt_after_rotation_recommends_rewrap_without_a_key_read_per_call,
     rotation::rewrap_batch_of_a_thousand_takes_few_vault_requests,
     rotation::bound_ciphertexts_decrypt_only_for_their_caller,

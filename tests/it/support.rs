@@ -252,6 +252,16 @@ pub fn req<T>(message: T, jwt: &str) -> Request<T> {
     r
 }
 
+/// A PostgreSQL role of the test database whose users live `ttl`, renewable up to `max_ttl`.
+fn db_role(ttl: &str, max_ttl: &str) -> Value {
+    json!({
+        "db_name": "postgres",
+        "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
+        "default_ttl": ttl,
+        "max_ttl": max_ttl,
+    })
+}
+
 async fn provision_qa(admin: &provision::Admin<'_>, pg_port: u16, pg_password: &str) {
     let steps = [
         ("sys/policies/acl/qa", json!({"policy": QA_POLICY})),
@@ -281,7 +291,7 @@ async fn provision_qa(admin: &provision::Admin<'_>, pg_port: u16, pg_password: &
                 "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{pg_port}/postgres?sslmode=disable"),
                 "username": "postgres",
                 "password": pg_password,
-                "allowed_roles": ["billing", "qa", "qaonce"],
+                "allowed_roles": ["billing", "qa", "qaonce", "qawatch", "qawatch2", "qawatch3"],
             }),
         ),
         (
@@ -304,6 +314,11 @@ async fn provision_qa(admin: &provision::Admin<'_>, pg_port: u16, pg_password: &
             }),
         ),
         ("transit/keys/qa-once", json!({"type": "aes256-gcm96"})),
+        // WatchDbCreds (streams.rs): a 6 s lease with a 15 s max TTL (renewed, then rotated), and
+        // one role per test that counts the leases left behind.
+        ("database/roles/qawatch", db_role("6s", "15s")),
+        ("database/roles/qawatch2", db_role("60s", "1h")),
+        ("database/roles/qawatch3", db_role("60s", "1h")),
     ];
     for (path, body) in steps {
         admin.post(path, body).await.unwrap_or_else(|e| panic!("{e}"));
