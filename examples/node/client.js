@@ -44,6 +44,27 @@ function call(client, method, request, metadata = new grpc.Metadata()) {
   });
 }
 
+// The next message of a server stream that is not a heartbeat.
+function nextMessage(stream) {
+  return new Promise((resolve, reject) => {
+    const done = () => { stream.off('data', onData); stream.off('error', onError); stream.off('end', onEnd); };
+    const onData = (m) => { if (!m.heartbeat) { done(); resolve(m); } };
+    const onError = (e) => { done(); reject(e); };
+    const onEnd = () => { done(); reject(new Error('the stream ended')); };
+    stream.on('data', onData);
+    stream.on('error', onError);
+    stream.on('end', onEnd);
+  });
+}
+
+// Writes to dev mode's Vault with its root token (dev only: what an operator would do).
+async function vaultWrite(devDir, vaultPath, body) {
+  const addr = fs.readFileSync(path.join(devDir, 'vault-addr'), 'utf8').trim();
+  const token = fs.readFileSync(path.join(devDir, 'root-token'), 'utf8').trim();
+  const r = await fetch(`${addr}/v1/${vaultPath}`, { method: 'POST', headers: { 'X-Vault-Token': token }, body: JSON.stringify(body), signal: AbortSignal.timeout(10000) });
+  check(r.ok, `Vault write ${vaultPath}: got HTTP ${r.status}`);
+}
+
 // Logs in to dev mode's PostgreSQL with psql as user/password: {ok, out} (current_user or the error).
 function pgLogin(devDir, user, password) {
   const addr = fs.readFileSync(path.join(devDir, 'postgres-addr'), 'utf8').trim();
@@ -152,6 +173,30 @@ async function run(addr, devDir) {
     await call(dbs, 'RevokeLease', lease, billing);
     const after = pgLogin(devDir, c.username, c.password);
     check(!after.ok, `RevokeLease dropped the database user (its login is refused): got ${JSON.stringify(after.out)}`);
+
+    // WatchSecret: the current version first; each new version follows (here written straight
+    // to Vault with dev mode's root token, as an operator would). Heartbeats carry nothing: skip.
+    const watch = secrets.WatchSecret({ path: 'billing/api-keys' }, billing, { deadline: Date.now() + 30000 });
+    const first = await nextMessage(watch);
+    check(first.data?.fields?.stripe_key?.stringValue === 'sk_test_demo',
+      `WatchSecret sends the current version first: got version ${first.version}`);
+    const secondP = nextMessage(watch);
+    await vaultWrite(devDir, 'secret/data/billing/api-keys', { data: { stripe_key: 'sk_test_demo' } });
+    const second = await secondP;
+    check(second.version === first.version + 1, `WatchSecret sends the new version: got ${second.version}`);
+    watch.on('error', () => {});
+    watch.cancel();
+
+    // WatchDbCreds: credentials at once (ISSUED), then RENEWED/ROTATED while the stream is open;
+    // the gateway revokes the lease after watch.rotation_grace_ms once it closes.
+    const held = dbs.WatchDbCreds({ role: 'billing' }, billing, { deadline: Date.now() + 30000 });
+    const dbIssued = await nextMessage(held);
+    check(dbIssued.event === 'WATCH_DB_CREDS_EVENT_ISSUED' && dbIssued.lease_id.startsWith('database/creds/billing/'),
+      `WatchDbCreds sends ISSUED credentials: got ${dbIssued.event}, lease ${JSON.stringify(dbIssued.lease_id)}`);
+    const login = pgLogin(devDir, dbIssued.username, dbIssued.password);
+    check(login.ok && login.out === dbIssued.username, `the watched credentials log in to PostgreSQL: got ${JSON.stringify(login.out)}`);
+    held.on('error', () => {});
+    held.cancel();
 
     // Sign / Verify with the ed25519 key billing-signing: a changed input does not verify.
     const sig = await call(crypto, 'Sign', { key: 'billing-signing', input: Buffer.from('invoice 42') }, billing);

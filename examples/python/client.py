@@ -79,6 +79,17 @@ def pg_login(dev_dir, user, password):
     return (r.returncode == 0, (r.stdout if r.returncode == 0 else r.stderr).strip())
 
 
+def vault_write(dev_dir, path, body):
+    """Writes to dev mode's Vault with its root token (dev only: what an operator would do)."""
+    import urllib.request
+    addr = (dev_dir / "vault-addr").read_text().strip()
+    token = (dev_dir / "root-token").read_text().strip()
+    req = urllib.request.Request(f"{addr}/v1/{path}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"X-Vault-Token": token, "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
+        return json.loads(r.read() or b"{}")
+
+
 def bearer(jwt):
     return (("authorization", f"Bearer {jwt}"),)
 
@@ -187,6 +198,28 @@ def run(addr, dev_dir):
                         metadata=billing, timeout=TIMEOUT)
         ok, out = pg_login(dev_dir, c.username, c.password)
         check(not ok, f"RevokeLease dropped the database user (its login is refused): got {out!r}")
+
+        # WatchSecret: the current version first; each new version follows (here written straight
+        # to Vault with dev mode's root token, as an operator would). Heartbeats carry nothing: skip.
+        watch = secrets.WatchSecret(sec.WatchSecretRequest(path="billing/api-keys"), metadata=billing, timeout=30)
+        versions = (m for m in watch if not m.heartbeat)
+        first = next(versions)
+        check(json_format.MessageToDict(first.data).get("stripe_key") == "sk_test_demo",
+              f"WatchSecret sends the current version first: got version {first.version}")
+        vault_write(dev_dir, "secret/data/billing/api-keys", {"data": {"stripe_key": "sk_test_demo"}})
+        second = next(versions)
+        check(second.version == first.version + 1, f"WatchSecret sends the new version: got {second.version}")
+        watch.cancel()
+
+        # WatchDbCreds: credentials at once (ISSUED), then RENEWED/ROTATED events while the stream
+        # is open; the gateway revokes the lease after watch.rotation_grace_ms once it closes.
+        creds = dbs.WatchDbCreds(db.WatchDbCredsRequest(role="billing"), metadata=billing, timeout=30)
+        issued = next(m for m in creds if not m.heartbeat)
+        check(issued.event == db.WATCH_DB_CREDS_EVENT_ISSUED and issued.lease_id.startswith("database/creds/billing/"),
+              f"WatchDbCreds sends ISSUED credentials: got event {issued.event}, lease {issued.lease_id!r}")
+        ok, out = pg_login(dev_dir, issued.username, issued.password)
+        check(ok and out == issued.username, f"the watched credentials log in to PostgreSQL: got {out!r}")
+        creds.cancel()
 
         # Sign / Verify with the ed25519 key billing-signing: a changed input does not verify.
         sig = crypto.Sign(enc.SignRequest(key="billing-signing", input=b"invoice 42"), metadata=billing,
