@@ -114,7 +114,7 @@ async fn lease_alive(env: &Env, lease_id: &str) -> bool {
 pub async fn watch_secret_new_versions_reach_two_watchers_and_deletion_ends_them(env: &'static Env) {
     let gw = gateway(env, "").await;
     let qa2 = env.jwt("qa2", 3600);
-    let path = "qa/watch-two";
+    let path = "qa/watch/two";
     let first = write_secret(env, path, "watch-two-first-0f1c").await;
     let mut a = watch(&gw, path, &env.qa).await;
     let mut b = watch(&gw, path, &qa2).await;
@@ -150,7 +150,7 @@ pub async fn watch_secret_new_versions_reach_two_watchers_and_deletion_ends_them
 
 pub async fn two_hundred_watchers_of_one_path_cost_one_poller(env: &'static Env) {
     let gw = gateway(env, "[limits]\nmax_streams_per_connection = 1000\n[watch]\nmax_streams_per_caller = 250\n").await;
-    let path = "qa/watch-many";
+    let path = "qa/watch/many";
     let first = write_secret(env, path, "watch-many-first-5d0a").await;
     let before = metadata_reads(env, path);
     let opened = Instant::now();
@@ -318,7 +318,7 @@ pub async fn shutdown_ends_a_hundred_streams_unavailable_and_leaves_no_lease(env
         "[limits]\nmax_streams_per_connection = 1000\n[watch]\nmax_streams_per_caller = 200\n[shutdown]\ngrace_ms = 200\ndrain_timeout_ms = 10000\n",
     )
     .await;
-    let path = "qa/watch-term";
+    let path = "qa/watch/term";
     write_secret(env, path, "watch-term-value-3a9d").await;
     let mut secrets = Vec::new();
     for _ in 0..80 {
@@ -370,7 +370,7 @@ pub async fn stream_bounds_attack_table(env: &'static Env) {
     )
     .await;
     let qa2 = env.jwt("qa2", 3600);
-    let path = "qa/watch-bounds";
+    let path = "qa/watch/bounds";
     write_secret(env, path, "watch-bounds-value-c41e").await;
     let open = |jwt: String, path: &'static str| {
         let channel = gw.channel.clone();
