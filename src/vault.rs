@@ -246,6 +246,9 @@ pub struct Call<'a> {
     read: bool,
     class: Class,
     node: Option<usize>,
+    /// Sent without `X-Vault-Namespace`: a root-only endpoint (`sys/health` answers 400
+    /// "operation unavailable in namespaces" inside one).
+    root: bool,
 }
 
 impl<'a> Call<'a> {
@@ -263,6 +266,7 @@ impl<'a> Call<'a> {
             read: false,
             class: Class::Other,
             node: None,
+            root: false,
         }
     }
 
@@ -296,6 +300,12 @@ impl<'a> Call<'a> {
     /// Sends the call to configured node `index` only: no breaker, no retry (health probes).
     fn at_node(mut self, index: usize) -> Call<'a> {
         self.node = Some(index);
+        self
+    }
+
+    /// Sends the call in the root namespace whatever `vault.namespace` is (root-only endpoints).
+    fn in_root_namespace(mut self) -> Call<'a> {
+        self.root = true;
         self
     }
 }
@@ -681,7 +691,7 @@ impl Client {
         if let Some(token) = token {
             req = req.header("X-Vault-Token", token.expose());
         }
-        if let Some(ns) = &self.namespace {
+        if let Some(ns) = self.namespace.as_ref().filter(|_| !call.root) {
             req = req.header("X-Vault-Namespace", ns);
         }
         if let Some(body) = body {

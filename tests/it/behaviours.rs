@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tonic::Code;
-use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
 use vaultgate::pb::vaultgate::v1::{
     database_service_client::DatabaseServiceClient, encryption_service_client::EncryptionServiceClient as Client,
     secret_service_client::SecretServiceClient, *,
@@ -359,10 +359,28 @@ pub async fn vault_namespace_is_where_requests_go(env: &'static Env) {
     assert_eq!(status, 404, "ns-key must exist only in the namespace");
 
     let own = serve_gateway(&format!(
-        "[vault]\naddress = \"{}\"\nnamespace = \"{ns}\"\n[[callers]]\nrole = \"qa\"\nequals = \"qa\"\n",
+        "[vault]\naddress = \"{}\"\nnamespace = \"{ns}\"\nsilent_after_ms = 60000\n[[callers]]\nrole = \"qa\"\nequals = \"qa\"\n",
         env.vault_addr
     ))
     .await;
+    // The health watcher probes `sys/health`, a root-only endpoint (OpenBao answers 400 inside a
+    // namespace): the namespaced gateway must still see its node up and serve.
+    let mut health = HealthClient::new(own.channel.clone());
+    let waited = std::time::Instant::now();
+    let mut status = None;
+    while waited.elapsed() < Duration::from_secs(10) {
+        status = health.check(HealthCheckRequest { service: String::new() }).await.ok().map(|r| r.into_inner().status);
+        if status == Some(ServingStatus::Serving as i32) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, Some(ServingStatus::Serving as i32), "a gateway in namespace {ns} reports its Vault down");
+    // Still serving after several probe intervals (a failing probe opens the breaker after a few).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = health.check(HealthCheckRequest { service: String::new() }).await.expect("health").into_inner().status;
+    assert_eq!(later, ServingStatus::Serving as i32, "the namespaced gateway's health fell after its first probes");
+    println!("  namespace: health SERVING after {:.1} s and 3 s later", waited.elapsed().as_secs_f64() - 3.0);
     let plaintext = env.remember_plaintext(b"in the namespace");
     let out = Client::new(own.channel.clone())
         .encrypt(req(enc("ns-key", plaintext), &env.qa))
