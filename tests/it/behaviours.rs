@@ -69,6 +69,7 @@ pub async fn shutdown_drains_held_calls_drops_late_ones_and_keeps_leases(env: &'
         .into_inner();
     env.remember(&creds.password);
 
+    proxy.hold_only("/v1/transit/encrypt/");
     proxy.set_delay(held);
     // One call per key: each its own coalescer lane, so Vault gets (and the proxy holds) all at once.
     let keys = ["qa-aes", "qa-drain1", "qa-drain2"];
@@ -148,6 +149,7 @@ pub async fn shutdown_drains_held_calls_drops_late_ones_and_keeps_leases(env: &'
     let mut c = Client::new(channel);
     c.encrypt(req(enc("qa-aes", b"warm-up"), &env.qa)).await.expect("warm-up (login)");
     let held = Duration::from_secs(8);
+    proxy.hold_only("/v1/transit/encrypt/");
     proxy.set_delay(held);
     let call = tokio::spawn(async move {
         let r = c.encrypt(req(enc("qa-aes", b"held past the drain"), &env.qa)).await;

@@ -480,6 +480,9 @@ pub struct Proxy {
     cut: Arc<Mutex<Option<String>>>,
     cuts: Arc<std::sync::atomic::AtomicUsize>,
     holding: Arc<std::sync::atomic::AtomicUsize>,
+    /// When set, only answers to requests whose first bytes contain this text are held (the
+    /// gateway's own health probes and token renewals pass, and never count as held).
+    hold_only: Arc<Mutex<Option<String>>>,
 }
 
 impl Proxy {
@@ -490,14 +493,25 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
         let url = format!("http://{}", listener.local_addr().expect("proxy address"));
         let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_string();
-        let proxy =
-            Proxy { url, delay_ms: Arc::default(), cut: Arc::default(), cuts: Arc::default(), holding: Arc::default() };
-        let (delay_ms, cut, cuts, holding) =
-            (proxy.delay_ms.clone(), proxy.cut.clone(), proxy.cuts.clone(), proxy.holding.clone());
+        let proxy = Proxy {
+            url,
+            delay_ms: Arc::default(),
+            cut: Arc::default(),
+            cuts: Arc::default(),
+            holding: Arc::default(),
+            hold_only: Arc::default(),
+        };
+        let (delay_ms, cut, cuts, holding, hold_only) = (
+            proxy.delay_ms.clone(),
+            proxy.cut.clone(),
+            proxy.cuts.clone(),
+            proxy.holding.clone(),
+            proxy.hold_only.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (upstream, delay_ms, cut, cuts, holding) =
-                    (upstream.clone(), delay_ms.clone(), cut.clone(), cuts.clone(), holding.clone());
+                let (upstream, delay_ms, cut, cuts, holding, hold_only) =
+                    (upstream.clone(), delay_ms.clone(), cut.clone(), cuts.clone(), holding.clone(), hold_only.clone());
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
                     let _ = (client.set_nodelay(true), server.set_nodelay(true));
@@ -505,12 +519,25 @@ impl Proxy {
                     let (mut server_rx, mut server_tx) = server.into_split();
                     let cut_here = Arc::new(AtomicBool::new(false));
                     let armed = cut_here.clone();
+                    // Whether the request now on this (HTTP/1.1, one at a time) connection may be held.
+                    let may_hold = Arc::new(AtomicBool::new(true));
+                    let marked = may_hold.clone();
                     let upward = tokio::spawn(async move {
                         let mut buf = vec![0u8; 64 << 10];
                         while let Ok(n @ 1..) = client_rx.read(&mut buf).await {
                             {
-                                let mut cut = cut.lock().expect("lock");
                                 let text = String::from_utf8_lossy(&buf[..n]);
+                                let starts_request = ["GET ", "PUT ", "POST ", "DELETE ", "LIST ", "HEAD "]
+                                    .iter()
+                                    .any(|m| text.starts_with(m));
+                                if starts_request {
+                                    let only = hold_only.lock().expect("lock");
+                                    marked.store(
+                                        only.as_ref().is_none_or(|needle| text.contains(needle.as_str())),
+                                        Ordering::SeqCst,
+                                    );
+                                }
+                                let mut cut = cut.lock().expect("lock");
                                 if cut.as_ref().is_some_and(|needle| text.contains(needle.as_str())) {
                                     *cut = None;
                                     armed.store(true, Ordering::SeqCst);
@@ -531,7 +558,7 @@ impl Proxy {
                             return;
                         }
                         let delay = delay_ms.load(Ordering::SeqCst);
-                        if delay > 0 {
+                        if delay > 0 && may_hold.load(Ordering::SeqCst) {
                             holding.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
                             holding.fetch_sub(1, Ordering::SeqCst);
@@ -550,6 +577,12 @@ impl Proxy {
     /// Holds every chunk of Vault's answers read from now on for `delay`.
     pub fn set_delay(&self, delay: std::time::Duration) {
         self.delay_ms.store(delay.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Holds only the answers to requests whose first bytes contain `needle` (e.g. a path),
+    /// so that what [`Proxy::holding`] counts is the test's own calls.
+    pub fn hold_only(&self, needle: &str) {
+        *self.hold_only.lock().expect("lock") = Some(needle.to_string());
     }
 
     /// Cuts, once, the connection of the next request whose bytes contain `needle`, after Vault answered it.
