@@ -312,7 +312,13 @@ pub async fn silent_streams_holding_the_byte_budget_are_cut_at_the_read_timeout(
     tokio::spawn(connection);
     let started = Instant::now();
     let silent: Vec<_> = (0..SILENT).map(|_| tokio::spawn(slow_stream(h2.clone(), jwt, 4 << 20, 0))).collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The real caller starts once the streams the budget has no room for were refused: before
+    // that, its few bytes in flight could take the room of a silent stream's declared 4 MiB (on a
+    // loaded machine the streams' headers can arrive after a fixed pause).
+    let until = Instant::now() + READ_TIMEOUT * 10;
+    while silent.iter().filter(|s| s.is_finished()).count() < SILENT - 2 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut good = EncryptionServiceClient::new(own.channel.clone());
     let (mut refused, t0) = (0, Instant::now());
     let served = loop {
