@@ -3,7 +3,8 @@
 //! (a) a client calling Transit directly, one HTTP request per item, (b) the gateway with
 //! batching off, (c) the gateway with batching on, (h) `grpc.health.v1` Check calls to the same
 //! gateway (the HTTP/2 + gRPC floor of this machine: what tonic costs with no work behind it),
-//! and (d) 100-item EncryptBatch calls through the gateway against the same `batch_input` sent
+//! (hj) the same Check carrying the caller's JWT as every Encrypt does (the floor plus the
+//! header's HTTP/2 cost), and (d) 100-item EncryptBatch calls through the gateway against the same `batch_input` sent
 //! to OpenBao directly; then gateway peak RSS with 4,000 and 10,000 calls in flight. It prints
 //! the table of issue 12 with each row's goal.
 //!
@@ -455,9 +456,10 @@ impl Gateway {
         Ok(Target::GatewayBatch { channels: self.channels(concurrency).await?, auth: self.auth.clone() })
     }
 
-    /// `grpc.health.v1` Check calls for `concurrency` callers.
-    async fn health(&self, concurrency: usize) -> Result<Target, String> {
-        Ok(Target::Health { channels: self.channels(concurrency).await? })
+    /// `grpc.health.v1` Check calls for `concurrency` callers; `with_jwt`: each carrying the
+    /// caller's `authorization` metadata, as every Encrypt does (the health service ignores it).
+    async fn health(&self, concurrency: usize, with_jwt: bool) -> Result<Target, String> {
+        Ok(Target::Health { channels: self.channels(concurrency).await?, auth: with_jwt.then(|| self.auth.clone()) })
     }
 }
 
@@ -469,8 +471,9 @@ enum Target {
     GatewaySingle { channels: Vec<Channel>, auth: MetadataValue<tonic::metadata::Ascii> },
     /// (d) gateway: one EncryptBatch of [`BATCH_ITEMS`].
     GatewayBatch { channels: Vec<Channel>, auth: MetadataValue<tonic::metadata::Ascii> },
-    /// (h): one `grpc.health.v1` Check of the whole server, served by the same tonic server.
-    Health { channels: Vec<Channel> },
+    /// (h): one `grpc.health.v1` Check of the whole server, served by the same tonic server;
+    /// (hj): the same carrying the caller's JWT, the HTTP/2 cost of the header every call sends.
+    Health { channels: Vec<Channel>, auth: Option<MetadataValue<tonic::metadata::Ascii>> },
 }
 
 /// The plaintext of item `i`.
@@ -566,15 +569,16 @@ impl Target {
                 }
                 Ok(())
             }
-            Target::Health { channels } => {
+            Target::Health { channels, auth } => {
                 use tonic_health::pb::{
                     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
                 };
                 let mut client = HealthClient::new(channels[worker % channels.len()].clone());
-                let resp = client
-                    .check(HealthCheckRequest { service: String::new() })
-                    .await
-                    .map_err(|s| format!("health: {:?}: {}", s.code(), s.message()))?;
+                let mut req = tonic::Request::new(HealthCheckRequest { service: String::new() });
+                if let Some(auth) = auth {
+                    req.metadata_mut().insert("authorization", auth.clone());
+                }
+                let resp = client.check(req).await.map_err(|s| format!("health: {:?}: {}", s.code(), s.message()))?;
                 if resp.get_ref().status != ServingStatus::Serving as i32 {
                     return Err(format!("health: status {}", resp.get_ref().status));
                 }
@@ -932,7 +936,13 @@ fn goals(results: &[Measured]) -> Vec<Goal> {
             "x",
             true,
             1.5,
-            format!("{} per item vs {} per Check", us(cpu(c256)), us(cpu(h256))),
+            format!(
+                "{} per item vs {} per Check; {} per Check carrying the caller's JWT ({})",
+                us(cpu(c256)),
+                us(cpu(h256)),
+                us(cpu(find(results, "hj", 256))),
+                cpu(c256).zip(cpu(find(results, "hj", 256))).map_or("n/a".into(), |(c, h)| format!("{:.2} x", c / h))
+            ),
         ),
         Goal::new(
             "gateway CPU per Encrypt call at C=1".into(),
@@ -940,7 +950,11 @@ fn goals(results: &[Measured]) -> Vec<Goal> {
             "us",
             true,
             50.0,
-            format!("health Check at C=1: {}", us(cpu(find(results, "h", 1)))),
+            format!(
+                "health Check at C=1: {}; a bare reqwest client's own CPU per direct Transit call: {}",
+                us(cpu(find(results, "h", 1))),
+                us(a1.map(|a| a.client_cpu_ms_per_1k))
+            ),
         ),
         Goal::new(
             "p50 at C=1, gateway - direct Transit".into(),
@@ -1131,7 +1145,10 @@ async fn run(settings: &Settings) -> Result<(), String> {
             run_case(settings, r, ("c", "gateway, batching on"), c, w, &watch(Some(gw)), || gw.single(c)).await?;
         }
         if let Some(gw) = gw_on.as_ref().filter(|_| settings.wants("h")) {
-            run_case(settings, r, ("h", "gateway, health Check"), c, w, &watch(Some(gw)), || gw.health(c)).await?;
+            run_case(settings, r, ("h", "gateway, health Check"), c, w, &watch(Some(gw)), || gw.health(c, false))
+                .await?;
+            let target = || gw.health(c, true);
+            run_case(settings, r, ("hj", "health Check + caller JWT"), c, w, &watch(Some(gw)), target).await?;
         }
     }
     if let Some(gw) = gw_on.as_ref().filter(|_| settings.wants("d")) {
