@@ -17,11 +17,9 @@ use tonic_prost::{ProstCodec, ProstEncoder};
 /// vaultgate's messages are mostly far smaller (an Encrypt request of 64 bytes of plaintext is
 /// about 100 bytes; the JWT travels in the headers), and a call waiting for its body holds its
 /// decode buffer: with 10,000 calls in flight 8 KiB each was most of the gateway's memory. A
-/// larger message grows the buffer as it arrives. The yield threshold stays tonic's.
-const BUFFERS: (usize, usize) = (1024, 32 * 1024);
-
+/// larger message grows the buffer as it arrives. The yield threshold stays tonic's (32 KiB).
 fn buffer_settings() -> BufferSettings {
-    BufferSettings::new(BUFFERS.0, BUFFERS.1)
+    BufferSettings::new(1024, 32 * 1024)
 }
 
 /// The codec of every `vaultgate.v1` service: prost encoding, caller-error decoding.

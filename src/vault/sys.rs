@@ -30,14 +30,17 @@ pub(crate) struct HealthBody {
     pub(crate) standby: bool,
 }
 
+/// The health probe's request, in the root namespace whatever `vault.namespace` is: the
+/// endpoint is root-only (inside a namespace OpenBao answers 400).
+fn health_call<'a>() -> Call<'a> {
+    Call::new(Method::GET, "sys/health", &["sys/health"]).query("standbyok", "true").in_root_namespace()
+}
+
 impl Client {
-    /// `GET sys/health?standbyok=true` (root namespace: the endpoint is root-only) on whichever node answers: 200 ready, 503 sealed, 501
+    /// `GET sys/health?standbyok=true` on whichever node answers: 200 ready, 503 sealed, 501
     /// uninitialised; anything else or no answer is an error.
     pub async fn health(&self, deadline: Option<Instant>) -> Result<NodeHealth, VaultError> {
-        let call = Call::new(Method::GET, "sys/health", &["sys/health"])
-            .query("standbyok", "true")
-            .idempotent()
-            .in_root_namespace();
+        let call = health_call().idempotent();
         let (status, bytes) = self.send::<()>(call, None, None, deadline).await?;
         health_of(status.as_u16(), &bytes)
     }
@@ -45,10 +48,7 @@ impl Client {
     /// The same probe of configured node `index` only (no retry, no breaker): the health
     /// watcher's view of each node.
     pub async fn probe(&self, index: usize, deadline: Option<Instant>) -> Result<NodeHealth, VaultError> {
-        let call = Call::new(Method::GET, "sys/health", &["sys/health"])
-            .query("standbyok", "true")
-            .at_node(index)
-            .in_root_namespace();
+        let call = health_call().at_node(index);
         let (status, bytes) = self.send::<()>(call, None, None, deadline).await?;
         health_of(status.as_u16(), &bytes)
     }
