@@ -14,6 +14,7 @@ use crate::{
 };
 use sha2::Digest;
 use std::{
+    fmt::Write,
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -156,6 +157,11 @@ impl Call {
         self.who.get().map(|(c, r)| (&**c, &**r))
     }
 
+    /// The caller's role, once authenticated (shared, for a metric label).
+    pub fn role(&self) -> Option<&Arc<str>> {
+        self.who.get().map(|(_, role)| role)
+    }
+
     /// Records what the call acts on: `name` only if it is a valid name of the RPC's kind.
     pub fn aimed_at(&self, name: &str, items: usize) {
         let _ = self.target.set(Target::new(self.rpc.kind.audit_name(name), items));
@@ -184,7 +190,10 @@ fn request_id(headers: &HeaderMap) -> String {
         let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
         sha2::Sha256::digest(seed.as_bytes()).iter().take(4).map(|b| format!("{b:02x}")).collect()
     });
-    format!("{prefix}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+    // Sized once: `format!` would allocate and then grow.
+    let mut id = String::with_capacity(prefix.len() + 1 + 16);
+    let _ = write!(id, "{prefix}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed));
+    id
 }
 
 /// The caller's deadline from the `grpc-timeout` header, slightly early so that the answer is

@@ -62,11 +62,14 @@ pub type CallFuture = Pin<Box<dyn Future<Output = Result<HttpResponse, Infallibl
 
 /// The rest of the stack, as a layer sees it.
 pub trait Next:
-    Service<HttpRequest, Response = HttpResponse, Error = Infallible, Future: Send> + Clone + Send + 'static
+    Service<HttpRequest, Response = HttpResponse, Error = Infallible, Future: Send + 'static> + Clone + Send + 'static
 {
 }
 impl<S> Next for S where
-    S: Service<HttpRequest, Response = HttpResponse, Error = Infallible, Future: Send> + Clone + Send + 'static
+    S: Service<HttpRequest, Response = HttpResponse, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + 'static
 {
 }
 
@@ -210,8 +213,20 @@ fn call_of(request: &HttpRequest) -> Option<Arc<Call>> {
     request.extensions().get::<Arc<Call>>().cloned()
 }
 
+/// The rest of the stack's answer, untouched. When the rest is another layer its future is
+/// already a `CallFuture` and is passed on as it is, not boxed again.
 fn pass<S: Next>(request: HttpRequest, mut next: S) -> CallFuture {
-    Box::pin(next.call(request))
+    let mut answer = Some(next.call(request));
+    if let Some(boxed) =
+        (&mut answer as &mut dyn std::any::Any).downcast_mut::<Option<CallFuture>>().and_then(Option::take)
+    {
+        return boxed;
+    }
+    match answer {
+        Some(answer) => Box::pin(answer),
+        // Not reached: the downcast above takes the answer only when it is a `CallFuture`.
+        None => Box::pin(std::future::ready(Ok(refusal(Error::Internal("a layer lost its answer".into()))))),
+    }
 }
 
 /// Outermost: recognises a vaultgate RPC by its path and makes its [`Call`] (request id,
@@ -244,8 +259,9 @@ impl Concern for Streams {
         let Some(guard) = peer_of(&request).and_then(|p| self.admission.activity(p)).map(|a| a.stream()) else {
             return pass(request, next);
         };
+        let answer = next.call(request);
         Box::pin(async move {
-            let response = next.call(request).await?;
+            let response = answer.await?;
             Ok(response.map(|inner| Body::new(Streaming { inner, _guard: guard })))
         })
     }
@@ -281,11 +297,12 @@ impl Concern for CallContext {
         let call = Arc::new(Call::new(rpc, request.headers(), peer));
         request.extensions_mut().insert(call.clone());
         let span = tracing::info_span!("call", rpc = rpc.name, request_id = %call.request_id);
+        let answer = span.in_scope(|| next.call(request));
         Box::pin(
             async move {
-                let mut response = next.call(request).await?;
+                let mut response = answer.await?;
                 if let Ok(id) = HeaderValue::from_str(&call.request_id) {
-                    response.headers_mut().insert(REQUEST_ID, id);
+                    response.headers_mut().insert(http::HeaderName::from_static(REQUEST_ID), id);
                 }
                 Ok(response)
             }
@@ -316,11 +333,16 @@ impl Concern for Trace {
             vaultgate.role = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
+        if span.is_disabled() {
+            // Traces off: nothing to wrap the call in.
+            return pass(request, next);
+        }
         crate::traces::follow(&span, request.headers());
         let recorded = span.clone();
+        let answer = span.in_scope(|| next.call(request));
         Box::pin(
             async move {
-                let response = next.call(request).await?;
+                let response = answer.await?;
                 let code = code_of(&response);
                 recorded.record("rpc.grpc.status_code", code as i32);
                 if let Some((_, role)) = call.who() {
@@ -347,14 +369,15 @@ impl Concern for Observe {
     fn around<S: Next>(&self, request: HttpRequest, mut next: S) -> CallFuture {
         let Some(call) = call_of(&request) else { return pass(request, next) };
         let metrics = self.metrics.clone();
+        let answer = next.call(request);
         Box::pin(async move {
-            let response = next.call(request).await?;
+            let response = answer.await?;
             let streaming = call.rpc.streaming;
             let done = move |code: Code| {
                 let took = call.started.elapsed();
-                let role = call.who().map(|(_, role)| role);
+                let role = call.role();
                 metrics.call(call.rpc.name, code, role, took);
-                tracing::debug!(?code, role, ms = took.as_secs_f64() * 1e3, "call done");
+                tracing::debug!(?code, role = role.map(|r| &**r), ms = took.as_secs_f64() * 1e3, "call done");
             };
             // A stream that opened is counted when it ends, with the status it ended with.
             if streaming && code_of(&response) == Code::Ok {
@@ -429,9 +452,10 @@ impl Concern for Audit {
     fn around<S: Next>(&self, request: HttpRequest, mut next: S) -> CallFuture {
         let (Some(log), Some(call)) = (self.log.clone(), call_of(&request)) else { return pass(request, next) };
         let metrics = self.metrics.clone();
+        let answer = next.call(request);
         Box::pin(async move {
             let ids = RequestIds::default();
-            let response = ids.scope(next.call(request)).await?;
+            let response = ids.scope(answer).await?;
             let (caller, role) = call.who().unwrap_or(("", ""));
             let none = audit::Target::default();
             let entry = audit::Entry {
@@ -484,11 +508,14 @@ impl Concern for Shed {
             return pass(request, next);
         }
         match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => Box::pin(async move {
-                let response = next.call(request).await;
-                drop(permit);
-                response
-            }),
+            Ok(permit) => {
+                let answer = next.call(request);
+                Box::pin(async move {
+                    let response = answer.await;
+                    drop(permit);
+                    response
+                })
+            }
             Err(_) => {
                 let limit = self.limit;
                 self.metrics.calls_shed.inc();
@@ -512,8 +539,9 @@ pub struct Deadline;
 impl Concern for Deadline {
     fn around<S: Next>(&self, request: HttpRequest, mut next: S) -> CallFuture {
         let Some(deadline) = call_of(&request).and_then(|c| c.deadline) else { return pass(request, next) };
+        let answer = next.call(request);
         Box::pin(async move {
-            match tokio::time::timeout_at(deadline, next.call(request)).await {
+            match tokio::time::timeout_at(deadline, answer).await {
                 Ok(answer) => answer,
                 Err(_) => {
                     Ok(refusal(Error::DeadlineExceeded("the call's deadline passed before it was answered".into())))

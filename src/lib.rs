@@ -55,6 +55,7 @@ pub(crate) mod key_versions;
 pub mod layers;
 pub mod leases;
 pub mod listener;
+pub mod log_fields;
 pub mod metrics;
 pub mod ratelimit;
 pub(crate) mod redact;

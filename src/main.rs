@@ -106,7 +106,12 @@ fn init_tracing(
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
         .add_directive(format!("{}=off", traces::TARGET).parse().map_err(|e| format!("log filter: {e}"))?);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let fmt = if format == "json" { fmt.json().boxed() } else { fmt.boxed() };
+    // The JSON lines' span fields are written by `log_fields` (one allocation per span).
+    let fmt = if format == "json" {
+        fmt.json().fmt_fields(vaultgate::log_fields::JsonSpanFields).boxed()
+    } else {
+        fmt.boxed()
+    };
     let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
     match traces {
         Some(config) => {

@@ -27,8 +27,8 @@ pub struct CallLabels {
 /// Labels naming one thing from the config (a role, a Vault node address).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NameLabel {
-    /// The name.
-    pub name: String,
+    /// The name (shared: a role's label is looked up on every call without copying it).
+    pub name: Arc<str>,
 }
 
 /// Labels naming one kind chosen by the code (an RPC, a Vault endpoint kind, an event, a reason).
@@ -251,13 +251,12 @@ impl Metrics {
         out
     }
 
-    /// Records one gRPC call.
     /// Records one gRPC call; `role` is the configured role the caller was mapped to.
-    pub fn call(&self, rpc: &'static str, code: tonic::Code, role: Option<&str>, took: Duration) {
+    pub fn call(&self, rpc: &'static str, code: tonic::Code, role: Option<&Arc<str>>, took: Duration) {
         self.calls.get_or_create(&CallLabels { rpc, code: code_name(code) }).inc();
         self.call_seconds.get_or_create(&KindLabel { name: rpc }).observe(took.as_secs_f64());
         if let Some(role) = role {
-            self.role_calls.get_or_create(&NameLabel { name: role.into() }).inc();
+            self.role_calls.get_or_create(&NameLabel { name: role.clone() }).inc();
         }
     }
 
@@ -295,7 +294,7 @@ impl Metrics {
     /// Exports the rate-limit counter of each configured role at 0 (a role is bounded: config).
     pub fn roles(&self, roles: impl IntoIterator<Item = String>) {
         for name in roles {
-            drop(self.rate_limited.get_or_create(&NameLabel { name }));
+            drop(self.rate_limited.get_or_create(&NameLabel { name: name.into() }));
         }
     }
 
@@ -364,7 +363,7 @@ mod tests {
     #[test]
     fn exposition_names_every_family() {
         let m = Metrics::new();
-        m.call("Encrypt", tonic::Code::Ok, Some("billing"), Duration::from_millis(2));
+        m.call("Encrypt", tonic::Code::Ok, Some(&"billing".into()), Duration::from_millis(2));
         m.vault("transit/encrypt", Some(200), Duration::from_millis(1));
         m.batch_size.observe(12.0);
         m.logins.get_or_create(&KindLabel { name: "ok" }).inc();

@@ -111,7 +111,16 @@ pub async fn serve(
     // Connections are admitted (handshake slots, timeout, connection bound, idleness) before
     // tonic sees them.
     let admission = listener::Admission::new(&gateway.config.limits, gateway.metrics.clone());
+    let services = Services {
+        encryption: EncryptionServiceServer::new(Encryption(gateway.clone())).max_decoding_message_size(max),
+        secrets: SecretServiceServer::new(Secrets(gateway.clone())).max_decoding_message_size(max),
+        database: DatabaseServiceServer::new(Database(gateway.clone())).max_decoding_message_size(max),
+        pki: PkiServiceServer::new(Pki(gateway.clone())).max_decoding_message_size(max),
+        identity: IdentityServiceServer::new(Identity(gateway.clone())).max_decoding_message_size(max),
+    };
     let layers = layers::Stack::new()
+        // The vaultgate services themselves; health and reflection go on to tonic's router.
+        .push_concern(services)
         // On the services: tonic's OUT_OF_RANGE (message too large) becomes INVALID_ARGUMENT
         // before any layer counts or audits it.
         .push_transport_answer()
@@ -165,12 +174,7 @@ pub async fn serve(
         .initial_stream_window_size(CONNECTION_WINDOW)
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(EncryptionServiceServer::new(Encryption(gateway.clone())).max_decoding_message_size(max))
-        .add_service(SecretServiceServer::new(Secrets(gateway.clone())).max_decoding_message_size(max))
-        .add_service(DatabaseServiceServer::new(Database(gateway.clone())).max_decoding_message_size(max))
-        .add_service(PkiServiceServer::new(Pki(gateway.clone())).max_decoding_message_size(max))
-        .add_service(IdentityServiceServer::new(Identity(gateway.clone())).max_decoding_message_size(max));
+        .add_service(reflection_v1alpha);
     let drain = drain_timeout;
     let result = match &gateway.config.tls {
         Some(tls) => {
@@ -195,6 +199,38 @@ pub async fn serve(
         task.abort();
     }
     result
+}
+
+/// The vaultgate services, reached from the innermost layer by the service name in the path.
+/// tonic's own router (axum) would also do it, at the cost per call of decoding the URL,
+/// matching it against every route and boxing the request, the answer and a clone of the
+/// route's service; health and reflection still go through it (`docs/benchmarks.md`).
+#[derive(Clone)]
+struct Services {
+    encryption: EncryptionServiceServer<Encryption>,
+    secrets: SecretServiceServer<Secrets>,
+    database: DatabaseServiceServer<Database>,
+    pki: PkiServiceServer<Pki>,
+    identity: IdentityServiceServer<Identity>,
+}
+
+impl layers::Concern for Services {
+    fn around<S: layers::Next>(&self, request: layers::HttpRequest, mut next: S) -> layers::CallFuture {
+        use tonic::server::NamedService;
+        use tower::Service;
+        // `/{service}/{method}`; the generated services are always ready and answer an unknown
+        // method with UNIMPLEMENTED themselves.
+        let path = request.uri().path();
+        let service = path.strip_prefix('/').and_then(|p| p.split_once('/')).map_or("", |(service, _)| service);
+        match service {
+            EncryptionServiceServer::<Encryption>::NAME => self.encryption.clone().call(request),
+            SecretServiceServer::<Secrets>::NAME => self.secrets.clone().call(request),
+            DatabaseServiceServer::<Database>::NAME => self.database.clone().call(request),
+            PkiServiceServer::<Pki>::NAME => self.pki.clone().call(request),
+            IdentityServiceServer::<Identity>::NAME => self.identity.clone().call(request),
+            _ => Box::pin(next.call(request)),
+        }
+    }
 }
 
 /// Runs the server until it stops by itself, or until `drain_timeout` after draining began.
