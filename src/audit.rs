@@ -141,7 +141,12 @@ impl AuditLog {
             if let Some(result) = group.result.get() {
                 return result.clone();
             }
-            if let Some((lines, lead)) = self.lead() {
+            if let Some(leading) = self.lead() {
+                // The calls that are ready now add their lines first: on a one-thread runtime
+                // the callers of one Vault batch are woken together, and without this each
+                // would lead a write of its own single line.
+                tokio::task::yield_now().await;
+                let (lines, lead) = leading.take();
                 self.commit(lines, &lead);
                 if Arc::ptr_eq(&lead, &group) {
                     continue;
@@ -151,16 +156,14 @@ impl AuditLog {
         }
     }
 
-    /// Takes the pending lines for a write when no write is under way.
-    fn lead(&self) -> Option<(Vec<u8>, Arc<Group>)> {
+    /// Claims the next write when none is under way and lines are pending.
+    fn lead(&self) -> Option<Leading<'_>> {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         if q.writing || q.pending.is_empty() {
             return None;
         }
         q.writing = true;
-        let spare = std::mem::take(&mut q.spare);
-        let lines = std::mem::replace(&mut q.pending, spare);
-        Some((lines, std::mem::take(&mut q.group)))
+        Some(Leading { log: self, taken: false })
     }
 
     /// Writes one group with one `write_all`, records its result, wakes the waiting calls.
@@ -179,6 +182,38 @@ impl AuditLog {
             }
         }
         self.written.notify_waiters();
+    }
+}
+
+/// The claim of the next write: its holder takes the pending lines and writes them. A leader
+/// dropped before it took them (its call was cancelled while it let others add their lines)
+/// writes them as it is dropped, so no line waits for a later call.
+struct Leading<'a> {
+    log: &'a AuditLog,
+    taken: bool,
+}
+
+impl Leading<'_> {
+    /// The pending lines and their group, for [`AuditLog::commit`].
+    fn take(mut self) -> (Vec<u8>, Arc<Group>) {
+        self.taken = true;
+        self.lines()
+    }
+
+    fn lines(&self) -> (Vec<u8>, Arc<Group>) {
+        let mut q = self.log.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let spare = std::mem::take(&mut q.spare);
+        let lines = std::mem::replace(&mut q.pending, spare);
+        (lines, std::mem::take(&mut q.group))
+    }
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if !self.taken {
+            let (lines, group) = self.lines();
+            self.log.commit(lines, &group);
+        }
     }
 }
 
@@ -334,5 +369,48 @@ mod tests {
         let text = String::from_utf8(sink.writes.lock().unwrap().concat()).unwrap();
         assert_eq!(text.lines().count(), 1, "failed lines are not written later: {text}");
         assert!(text.contains("\"after\""));
+    }
+
+    /// One thread (the gateway pinned to one CPU): the callers of one Vault batch are woken
+    /// together, and their lines must share a write rather than each lead its own.
+    #[tokio::test(flavor = "current_thread")]
+    async fn calls_ready_together_on_one_thread_share_one_write() {
+        let sink = Recorder::default();
+        let log = Arc::new(AuditLog::with_sink(Box::new(sink.clone()), true));
+        let calls: Vec<_> = (0..100)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let target = Target::new("k", 1);
+                    log.write(&entry(&format!("c{i}"), &target)).await
+                })
+            })
+            .collect();
+        for c in calls {
+            c.await.unwrap().expect("written");
+        }
+        let writes = sink.writes.lock().unwrap().clone();
+        assert_eq!(writes.concat().iter().filter(|&&b| b == b'\n').count(), 100, "every line written once");
+        assert_eq!(writes.len(), 1, "100 calls ready at once, {} writes", writes.len());
+    }
+
+    /// A leader whose call is dropped while it lets the others add their lines still writes
+    /// them (its own included): no line waits for a later call.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_leader_dropped_before_its_write_writes_the_lines_as_it_goes() {
+        let sink = Recorder::default();
+        let log = AuditLog::with_sink(Box::new(sink.clone()), true);
+        let target = Target::new("k", 1);
+        let line = entry("dropped", &target);
+        let mut leader = Box::pin(log.write(&line));
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(leader.as_mut(), cx))).await;
+        assert!(first.is_pending(), "the leader yields before it writes");
+        assert!(sink.writes.lock().unwrap().is_empty(), "nothing written before the leader is dropped");
+        drop(leader);
+        let text = String::from_utf8(sink.writes.lock().unwrap().concat()).unwrap();
+        assert!(text.contains("\"dropped\""), "the dropped leader's line was written: {text:?}");
+        log.write(&entry("next", &target)).await.expect("a later call leads its own write");
+        assert_eq!(sink.writes.lock().unwrap().len(), 2);
     }
 }
