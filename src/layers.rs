@@ -3,8 +3,13 @@
 //! `server.rs` stacks them (innermost first, each `.push_*` wraps the ones before):
 //!
 //! ```text
-//! request ─▶ streams ─▶ context ─▶ trace ─▶ observe ─▶ audit ─▶ shed ─▶ deadline ─▶ budget ─▶ transport ─▶ tonic: decode ─▶ handler
+//! request ─▶ streams ─▶ context ─▶ trace ─▶ observe ─▶ audit ─▶ shed ─▶ deadline ─▶ budget ─▶ transport ─▶ services ─▶ tonic: decode ─▶ handler
 //! ```
+//!
+//! (`services`, in `server.rs`, sends a vaultgate RPC straight to its service.) A layer borrows
+//! the rest of the stack and calls it before it boxes its own future, so that box holds only
+//! the inner future and the layer's own state and nothing is cloned per call; a layer with
+//! nothing to do for a call passes the inner future on unboxed (`pass`).
 //!
 //! A layer answers with a status of its own (shed, deadline, budget, audit failure) by building
 //! the gRPC answer itself; every layer outside it still sees that answer, so a refused call is
@@ -75,8 +80,11 @@ impl<S> Next for S where
 
 /// One concern in front of decoding: what it does around the rest of the stack.
 pub trait Concern: Clone + Send + Sync + 'static {
-    /// Handles `request`, calling `next` (already ready) or answering by itself.
-    fn around<S: Next>(&self, request: HttpRequest, next: S) -> CallFuture;
+    /// Handles `request`, calling `next` (already ready) or answering by itself. `next` is
+    /// borrowed for this call only: it is called (at most once) before `around` returns, and
+    /// the returned future holds `next`'s future, never `next` itself, so no call clones the
+    /// rest of the stack.
+    fn around<S: Next>(&self, request: HttpRequest, next: &mut S) -> CallFuture;
 }
 
 /// A [`Concern`] as a tower layer.
@@ -108,10 +116,9 @@ impl<C: Concern, S: Next> Service<HttpRequest> for Around<C, S> {
     }
 
     fn call(&mut self, request: HttpRequest) -> CallFuture {
-        // The service that was polled ready serves this call; a clone waits for the next one.
-        let clone = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, clone);
-        self.concern.around(request, ready)
+        // The inner service was polled ready and is called before `around` returns (the
+        // `Concern` contract), so it serves this call in place: nothing is cloned per call.
+        self.concern.around(request, &mut self.inner)
     }
 }
 
@@ -215,7 +222,7 @@ fn call_of(request: &HttpRequest) -> Option<Arc<Call>> {
 
 /// The rest of the stack's answer, untouched. When the rest is another layer its future is
 /// already a `CallFuture` and is passed on as it is, not boxed again.
-fn pass<S: Next>(request: HttpRequest, mut next: S) -> CallFuture {
+fn pass<S: Next>(request: HttpRequest, next: &mut S) -> CallFuture {
     let mut answer = Some(next.call(request));
     if let Some(boxed) =
         (&mut answer as &mut dyn std::any::Any).downcast_mut::<Option<CallFuture>>().and_then(Option::take)
@@ -255,7 +262,7 @@ pub struct Streams {
 }
 
 impl Concern for Streams {
-    fn around<S: Next>(&self, request: HttpRequest, mut next: S) -> CallFuture {
+    fn around<S: Next>(&self, request: HttpRequest, next: &mut S) -> CallFuture {
         let Some(guard) = peer_of(&request).and_then(|p| self.admission.activity(p)).map(|a| a.stream()) else {
             return pass(request, next);
         };
@@ -291,7 +298,7 @@ impl http_body::Body for Streaming {
 }
 
 impl Concern for CallContext {
-    fn around<S: Next>(&self, mut request: HttpRequest, mut next: S) -> CallFuture {
+    fn around<S: Next>(&self, mut request: HttpRequest, next: &mut S) -> CallFuture {
         let Some(rpc) = call::describe(request.uri().path()) else { return pass(request, next) };
         let peer = peer_of(&request);
         let call = Arc::new(Call::new(rpc, request.headers(), peer));
@@ -320,7 +327,7 @@ impl Concern for CallContext {
 pub struct Trace;
 
 impl Concern for Trace {
-    fn around<S: Next>(&self, request: HttpRequest, mut next: S) -> CallFuture {
+    fn around<S: Next>(&self, request: HttpRequest, next: &mut S) -> CallFuture {
         let Some(call) = call_of(&request) else { return pass(request, next) };
         let span = tracing::info_span!(
             target: "vaultgate::traces",
@@ -366,7 +373,7 @@ pub struct Observe {
 }
 
 impl Concern for Observe {
-    fn around<S: Next>(&self, request: HttpRequest, mut next: S) -> CallFuture {
+    fn around<S: Next>(&self, request: HttpRequest, next: &mut S) -> CallFuture {
         let Some(call) = call_of(&request) else { return pass(request, next) };
         let metrics = self.metrics.clone();
         let answer = next.call(request);
@@ -449,7 +456,7 @@ pub struct Audit {
 }
 
 impl Concern for Audit {
-    fn around<S: Next>(&self, request: HttpRequest, mut next: S) -> CallFuture {
+    fn around<S: Next>(&self, request: HttpRequest, next: &mut S) -> CallFuture {
         let (Some(log), Some(call)) = (self.log.clone(), call_of(&request)) else { return pass(request, next) };
         let metrics = self.metrics.clone();
         let answer = next.call(request);
@@ -503,7 +510,7 @@ pub struct Shed {
 }
 
 impl Concern for Shed {
-    fn around<S: Next>(&self, request: HttpRequest, mut next: S) -> CallFuture {
+    fn around<S: Next>(&self, request: HttpRequest, next: &mut S) -> CallFuture {
         if call_of(&request).is_none() {
             return pass(request, next);
         }
@@ -537,7 +544,7 @@ impl Concern for Shed {
 pub struct Deadline;
 
 impl Concern for Deadline {
-    fn around<S: Next>(&self, request: HttpRequest, mut next: S) -> CallFuture {
+    fn around<S: Next>(&self, request: HttpRequest, next: &mut S) -> CallFuture {
         let Some(deadline) = call_of(&request).and_then(|c| c.deadline) else { return pass(request, next) };
         let answer = next.call(request);
         Box::pin(async move {
@@ -559,7 +566,7 @@ impl Concern for Deadline {
 pub struct TransportAnswer;
 
 impl Concern for TransportAnswer {
-    fn around<S: Next>(&self, request: HttpRequest, mut next: S) -> CallFuture {
+    fn around<S: Next>(&self, request: HttpRequest, next: &mut S) -> CallFuture {
         let answer = next.call(request);
         Box::pin(async move { answer.await.map(crate::error::transport_answer) })
     }
@@ -791,7 +798,7 @@ impl Budget {
 }
 
 impl Concern for Budget {
-    fn around<S: Next>(&self, request: HttpRequest, mut next: S) -> CallFuture {
+    fn around<S: Next>(&self, request: HttpRequest, next: &mut S) -> CallFuture {
         let charge = Charge::new(self.bytes.clone());
         let bounds = self.bounds;
         let request = request.map(|inner| Body::new(Budgeted::new(inner, charge.clone(), bounds)));

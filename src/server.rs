@@ -215,7 +215,7 @@ struct Services {
 }
 
 impl layers::Concern for Services {
-    fn around<S: layers::Next>(&self, request: layers::HttpRequest, mut next: S) -> layers::CallFuture {
+    fn around<S: layers::Next>(&self, request: layers::HttpRequest, next: &mut S) -> layers::CallFuture {
         use tonic::server::NamedService;
         use tower::Service;
         // `/{service}/{method}`; the generated services are always ready and answer an unknown
