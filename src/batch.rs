@@ -255,7 +255,9 @@ impl Coalescer {
             // An idle lane: this call's item goes alone, sent from this very task (no hand-off
             // to a driver task and back); the slot is given back, or handed to a driver for what
             // queued meanwhile, when `solo` ends or is dropped.
-            return Solo { coalescer: self.clone(), lane, key: Some(lane_key) }.send(item, deadline).await;
+            // Boxed: under load calls queue, and every queued call's future would otherwise
+            // reserve room for this path's (600 bytes per call in flight).
+            return Box::pin(Solo { coalescer: self.clone(), lane, key: Some(lane_key) }.send(item, deadline)).await;
         }
         let (tx, rx) = oneshot::channel();
         // The call's wait for its batch (`traces.rs`); it links to the batch's span.
