@@ -296,6 +296,19 @@ mod tests {
         }
     }
 
+    /// `n` calls, each writing the line of request id `{prefix}{i}` in a task of its own.
+    fn spawn_writes(log: &Arc<AuditLog>, n: usize, prefix: &str) -> Vec<tokio::task::JoinHandle<Result<(), String>>> {
+        (0..n)
+            .map(|i| {
+                let (log, id) = (log.clone(), format!("{prefix}{i}"));
+                tokio::spawn(async move {
+                    let target = Target::new("k", 1);
+                    log.write(&entry(&id, &target)).await
+                })
+            })
+            .collect()
+    }
+
     fn entry<'a>(request_id: &'a str, target: &'a Target) -> Entry<'a> {
         Entry {
             time_ms: 0,
@@ -352,16 +365,7 @@ mod tests {
         let log = Arc::new(AuditLog::with_sink(Box::new(sink.clone()), true));
         sink.failing.store(true, std::sync::atomic::Ordering::SeqCst);
         let target = Target::new("k", 1);
-        let failed: Vec<_> = (0..50)
-            .map(|i| {
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let target = Target::new("k", 1);
-                    log.write(&entry(&format!("f{i}"), &target)).await
-                })
-            })
-            .collect();
-        for f in failed {
+        for f in spawn_writes(&log, 50, "f") {
             assert_eq!(f.await.unwrap(), Err("disk full".to_string()), "no call of a failed write is answered Ok");
         }
         sink.failing.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -377,16 +381,7 @@ mod tests {
     async fn calls_ready_together_on_one_thread_share_one_write() {
         let sink = Recorder::default();
         let log = Arc::new(AuditLog::with_sink(Box::new(sink.clone()), true));
-        let calls: Vec<_> = (0..100)
-            .map(|i| {
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let target = Target::new("k", 1);
-                    log.write(&entry(&format!("c{i}"), &target)).await
-                })
-            })
-            .collect();
-        for c in calls {
+        for c in spawn_writes(&log, 100, "c") {
             c.await.unwrap().expect("written");
         }
         let writes = sink.writes.lock().unwrap().clone();

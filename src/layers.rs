@@ -222,7 +222,7 @@ fn call_of(request: &HttpRequest) -> Option<Arc<Call>> {
 
 /// The rest of the stack's answer, untouched. When the rest is another layer its future is
 /// already a `CallFuture` and is passed on as it is, not boxed again.
-fn pass<S: Next>(request: HttpRequest, next: &mut S) -> CallFuture {
+pub(crate) fn pass<S: Next>(request: HttpRequest, next: &mut S) -> CallFuture {
     let mut answer = Some(next.call(request));
     if let Some(boxed) =
         (&mut answer as &mut dyn std::any::Any).downcast_mut::<Option<CallFuture>>().and_then(Option::take)

@@ -228,7 +228,7 @@ impl layers::Concern for Services {
             DatabaseServiceServer::<Database>::NAME => self.database.clone().call(request),
             PkiServiceServer::<Pki>::NAME => self.pki.clone().call(request),
             IdentityServiceServer::<Identity>::NAME => self.identity.clone().call(request),
-            _ => Box::pin(next.call(request)),
+            _ => layers::pass(request, next),
         }
     }
 }
