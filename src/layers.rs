@@ -308,7 +308,13 @@ impl Concern for CallContext {
         Box::pin(
             async move {
                 let mut response = answer.await?;
-                if let Ok(id) = HeaderValue::from_str(&call.request_id) {
+                if let Ok(mut id) = HeaderValue::from_str(&call.request_id) {
+                    // Unique per call, so never worth a place in the connection's HPACK table:
+                    // indexed, each answer's id evicted the table's other entries and h2 compared
+                    // it with every earlier id still there (5 % of a call's instructions).
+                    // Sensitive, it is sent as a literal and the table keeps the answers'
+                    // shared headers.
+                    id.set_sensitive(true);
                     response.headers_mut().insert(http::HeaderName::from_static(REQUEST_ID), id);
                 }
                 Ok(response)
@@ -975,5 +981,23 @@ mod tests {
         assert!(b.take(90));
         let refused = body(vec![header(20)], &c, 10).collect().await.expect_err("the budget is full");
         assert_eq!(refused.code(), Code::ResourceExhausted);
+    }
+
+    /// The answer carries the call's request id as a never-indexed header, so no HPACK table
+    /// keeps (and compares against) ids that never repeat; a health Check gets none.
+    #[tokio::test]
+    async fn the_request_id_is_answered_and_never_indexed() {
+        let answer = tower::service_fn(|_: HttpRequest| async { Ok::<_, Infallible>(HttpResponse::new(Body::empty())) });
+        let mut next = answer;
+        let ask = |path: &str, id: &str| {
+            http::Request::builder().uri(path).header(REQUEST_ID, id).body(Body::empty()).expect("a valid request")
+        };
+        let encrypt = CallContext.around(ask("/vaultgate.v1.EncryptionService/Encrypt", "id-1"), &mut next).await;
+        let encrypt = encrypt.expect("infallible");
+        let id = encrypt.headers().get(REQUEST_ID).expect("the request id is answered");
+        assert_eq!(id, "id-1");
+        assert!(id.is_sensitive());
+        let check = CallContext.around(ask("/grpc.health.v1.Health/Check", "id-2"), &mut next).await;
+        assert!(check.expect("infallible").headers().get(REQUEST_ID).is_none());
     }
 }
