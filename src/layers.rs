@@ -987,8 +987,8 @@ mod tests {
     /// keeps (and compares against) ids that never repeat; a health Check gets none.
     #[tokio::test]
     async fn the_request_id_is_answered_and_never_indexed() {
-        let answer = tower::service_fn(|_: HttpRequest| async { Ok::<_, Infallible>(HttpResponse::new(Body::empty())) });
-        let mut next = answer;
+        let mut next =
+            tower::service_fn(|_: HttpRequest| async { Ok::<_, Infallible>(HttpResponse::new(Body::empty())) });
         let ask = |path: &str, id: &str| {
             http::Request::builder().uri(path).header(REQUEST_ID, id).body(Body::empty()).expect("a valid request")
         };
