@@ -103,6 +103,8 @@ pub struct Metrics {
     pub cache_bytes: Gauge,
     /// Client connections open (TLS: handshake done).
     pub connections: Gauge,
+    /// Server streams open (WatchSecret, WatchDbCreds, WatchKey), counted by `stream.rs`.
+    pub open_streams: Gauge,
     /// Connections closed by admission, by reason (`max_connections`, `handshakes`,
     /// `peer_handshakes` at once; `idle` after the idle timeouts).
     pub connections_refused: Family<KindLabel, Counter>,
@@ -191,6 +193,7 @@ impl Metrics {
             cache_entries: Gauge::default(),
             cache_bytes: Gauge::default(),
             connections: Gauge::default(),
+            open_streams: Gauge::default(),
             connections_refused: Family::default(),
             request_bytes_in_flight: Gauge::default(),
             vault_nodes: Family::default(),
@@ -230,6 +233,7 @@ impl Metrics {
             cache_entries => cache_entries: "answers held by the read cache",
             cache_bytes => cache_bytes: "estimated bytes held by the read cache",
             connections => connections: "client connections open",
+            open_streams => open_streams: "server streams open (WatchSecret, WatchDbCreds, WatchKey; watch.max_streams per replica)",
             connections_refused => connections_refused: "client connections closed by admission, by reason (max_connections, handshakes, peer_handshakes: at once; idle: no stream for the idle timeouts)",
             request_bytes_in_flight => request_bytes_in_flight: "request bytes received and held by calls in flight",
             vault_nodes => vault_nodes: "configured Vault nodes by last probed state (active, standby, sealed, down)",
@@ -393,6 +397,7 @@ mod tests {
             "vaultgate_vault_redirects_total",
             "vaultgate_vault_breaker_state{name=\"http://n1:8200\"}",
             "vaultgate_connections ",
+            "vaultgate_open_streams 0",
             "vaultgate_request_bytes_in_flight ",
             "vaultgate_vault_nodes{state=\"standby\"} 2",
             "vaultgate_vault_nodes{state=\"sealed\"} 0",

@@ -83,7 +83,7 @@ impl Gateway {
             rate_limits: RateLimits::new(config.rate_limits.clone()),
             in_flight: Arc::new(Semaphore::new(config.limits.max_concurrent_calls)),
             cache: ReadCache::new(&config.cache, metrics.clone()),
-            streams: Streams::new(&config.watch),
+            streams: Streams::new(&config.watch, metrics.open_streams.clone()),
             watched: Default::default(),
             key_versions: KeyVersions::new(
                 Arc::new(vault.clone()),

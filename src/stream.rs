@@ -31,6 +31,7 @@
 //!   *stream* that carries no data however many PINGs its connection sees.
 
 use crate::{config::WatchConfig, error::Error};
+use prometheus_client::metrics::gauge::Gauge;
 use std::{
     collections::HashMap,
     future::Future,
@@ -68,11 +69,14 @@ pub struct Streams {
     heartbeat: Option<Duration>,
     closing: watch::Sender<bool>,
     lingering: Mutex<JoinSet<()>>,
+    /// `vaultgate_open_streams`: follows [`Streams::open_streams`] (raised by a slot, lowered
+    /// when it is given back).
+    gauge: Gauge,
 }
 
 impl Streams {
-    /// The streams of a gateway configured with `config`.
-    pub fn new(config: &WatchConfig) -> Arc<Streams> {
+    /// The streams of a gateway configured with `config`, counted in `gauge`.
+    pub fn new(config: &WatchConfig, gauge: Gauge) -> Arc<Streams> {
         Arc::new(Streams {
             total: Arc::new(Semaphore::new(config.max_streams)),
             max_total: config.max_streams,
@@ -81,6 +85,7 @@ impl Streams {
             heartbeat: (config.heartbeat_ms > 0).then(|| Duration::from_millis(config.heartbeat_ms)),
             closing: watch::channel(false).0,
             lingering: Mutex::new(JoinSet::new()),
+            gauge,
         })
     }
 
@@ -108,6 +113,7 @@ impl Streams {
             ))
         })?;
         per_caller.insert(caller.clone(), held + 1);
+        self.gauge.inc();
         Ok(Slot { streams: self.clone(), caller: caller.clone(), _permit: permit })
     }
 
@@ -228,6 +234,7 @@ pub struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.streams.gauge.dec();
         let mut per_caller = self.streams.per_caller.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(held) = per_caller.get_mut(&self.caller) {
             *held = held.saturating_sub(1);
@@ -301,19 +308,27 @@ mod tests {
     }
 
     fn streams(total: usize, per_caller: usize, heartbeat_ms: u64) -> Arc<Streams> {
-        Streams::new(&WatchConfig {
-            max_streams: total,
-            max_streams_per_caller: per_caller,
-            heartbeat_ms,
-            poll_min_ms: 1000,
-            poll_max_ms: 3000,
-            rotation_grace_ms: 30_000,
-        })
+        streams_counted(total, per_caller, heartbeat_ms, Gauge::default())
+    }
+
+    fn streams_counted(total: usize, per_caller: usize, heartbeat_ms: u64, gauge: Gauge) -> Arc<Streams> {
+        Streams::new(
+            &WatchConfig {
+                max_streams: total,
+                max_streams_per_caller: per_caller,
+                heartbeat_ms,
+                poll_min_ms: 1000,
+                poll_max_ms: 3000,
+                rotation_grace_ms: 30_000,
+            },
+            gauge,
+        )
     }
 
     #[tokio::test]
     async fn bounds_per_caller_and_in_total_are_given_back() {
-        let s = streams(3, 2, 0);
+        let gauge = Gauge::default();
+        let s = streams_counted(3, 2, 0, gauge.clone());
         let (a, b): (Arc<str>, Arc<str>) = ("jwt:i#a".into(), "jwt:i#b".into());
         let a1 = s.open(&a).expect("first");
         let a2 = s.open(&a).expect("second");
@@ -323,10 +338,13 @@ mod tests {
         let refused = s.open(&b).err().expect("past the total");
         assert!(matches!(&refused, Error::ResourceExhausted(m) if m.contains("watch.max_streams")), "{refused:?}");
         assert_eq!(s.open_streams(), 3);
+        assert_eq!(gauge.get(), 3, "refused opens are not counted");
         drop(a1);
+        assert_eq!(gauge.get(), 2);
         assert!(s.open(&b).is_ok(), "a slot given back serves anyone");
         drop((a2, b1));
         assert_eq!(s.open_streams(), 0);
+        assert_eq!(gauge.get(), 0);
         assert!(s.per_caller.lock().unwrap().is_empty(), "callers without streams are forgotten");
     }
 

@@ -163,6 +163,7 @@ pub async fn two_hundred_watchers_of_one_path_cost_one_poller(env: &'static Env)
         assert_eq!(m.version, first);
     }
     assert_eq!(gw.gateway.watched.pollers(), 1, "one poller for 200 watchers of one path and token");
+    assert_eq!(gw.gateway.metrics.open_streams.get(), 200, "vaultgate_open_streams counts every open stream");
     let written = Instant::now();
     let second = write_secret(env, path, "watch-many-second-77c3").await;
     let mut slowest = Duration::ZERO;
@@ -192,6 +193,11 @@ pub async fn two_hundred_watchers_of_one_path_cost_one_poller(env: &'static Env)
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(gw.gateway.watched.pollers(), 0, "the poller stops with its last watcher");
+    let until = Instant::now() + Duration::from_secs(5);
+    while gw.gateway.metrics.open_streams.get() > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gw.gateway.metrics.open_streams.get(), 0, "streams whose callers left are no longer counted");
     println!(
         "  watch secret: 200 watchers, 1 poller, {reads} KV metadata reads in OpenBao's audit log over {:.1} s; new version reached all 200 in {:.2} s",
         elapsed.as_secs_f64(),
