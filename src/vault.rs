@@ -412,10 +412,7 @@ impl Client {
         Ok(url)
     }
 
-    /// Sends one request and returns the raw status and body; the only place that talks HTTP.
-    /// Chooses the node, follows 307s, retries what may be retried (see `vault/retry.rs`) within
-    /// `deadline`, and feeds each node's circuit breaker.
-    #[tracing::instrument(level = "debug", skip_all, fields(method = %call.method, path = %call.segments.join("/")))]
+    /// [`Client::send_bytes`] with `body` serialised as JSON.
     pub async fn send<B: Serialize + ?Sized>(
         &self,
         call: Call<'_>,
@@ -423,13 +420,27 @@ impl Client {
         body: Option<&B>,
         deadline: Option<Instant>,
     ) -> Result<(StatusCode, bytes::Bytes), VaultError> {
-        // Serialised once: a retry or a redirect sends the very same bytes.
         let body = match body {
             Some(b) => Some(bytes::Bytes::from(
                 serde_json::to_vec(b).map_err(|e| VaultError::Decode(format!("request body: {e}")))?,
             )),
             None => None,
         };
+        self.send_bytes(call, token, body, deadline).await
+    }
+
+    /// Sends one request whose JSON body is already written and returns the raw status and body;
+    /// the only place that talks HTTP. Chooses the node, follows 307s, retries what may be
+    /// retried (see `vault/retry.rs`) within `deadline`, and feeds each node's circuit breaker.
+    /// A retry or a redirect sends the very same bytes.
+    #[tracing::instrument(level = "debug", skip_all, fields(method = %call.method, path = %call.segments.join("/")))]
+    pub(crate) async fn send_bytes(
+        &self,
+        call: Call<'_>,
+        token: Option<&VaultToken>,
+        body: Option<bytes::Bytes>,
+        deadline: Option<Instant>,
+    ) -> Result<(StatusCode, bytes::Bytes), VaultError> {
         if let Some(node) = call.node {
             return self.attempt(node, &call, token, body.as_ref(), deadline).await.2.map(|a| (a.status, a.bytes));
         }

@@ -158,8 +158,8 @@ impl Gateway {
         deadline: Option<Instant>,
     ) -> Result<Vec<Result<BatchResult, Error>>, Error> {
         let mut out: Vec<Option<Result<BatchResult, Error>>> = Vec::with_capacity(items.len());
-        let mut valid = Vec::new();
-        let mut positions = Vec::new();
+        let mut valid = Vec::with_capacity(items.len());
+        let mut positions = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
             match item {
                 Ok(item) => {
