@@ -201,9 +201,10 @@ impl Gateway {
         let admitted = self.serve(request, |actor, _deadline, message| async move { Ok((actor, message)) }).await?;
         let (actor, message) = admitted.into_inner();
         let slot = self.streams.open(&actor.caller).map_err(Status::from)?;
+        let ends = crate::stream::Ends { deadline, credentials: actor.credentials_end() };
         let sink = Sink::default();
         let producing = produce(actor, message, sink.sender());
-        Ok(Response::new(self.streams.run(slot, deadline, producing, sink)))
+        Ok(Response::new(self.streams.run(slot, ends, producing, sink)))
     }
 
     /// Reads through the cache (`cache.rs`) as `actor`'s role allows: `key` names the read and is

@@ -61,7 +61,19 @@ pub struct Actor {
     /// The caller's rule sets `bind_identity`: `caller` goes into the associated data of its
     /// Transit encryptions (`bind.rs`).
     pub bind_identity: bool,
+    /// Unix seconds at which the caller's credentials end (its JWT's `exp`; a Kubernetes
+    /// service-account token is a JWT too); `None`: they carry no end (a JWT without `exp`, or a
+    /// certificate, whose validity the TLS handshake checked).
+    pub expires_unix: Option<u64>,
     key: SlotKey,
+}
+
+impl Actor {
+    /// When the caller's credentials end, on this process's clock: a stream ends there
+    /// (`stream.rs`), since a call made then would be refused.
+    pub fn credentials_end(&self) -> Option<Instant> {
+        self.expires_unix.map(|exp| Instant::now() + Duration::from_secs(exp.saturating_sub(unix_now())))
+    }
 }
 
 /// What a call presented to prove who it is (`Debug` never shows the JWT).
@@ -201,6 +213,7 @@ impl Who {
             kind: self.kind,
             name: self.name.clone(),
             bind_identity: self.bind_identity,
+            expires_unix: self.expires_unix,
             ..token_holder
         }
     }
@@ -612,6 +625,7 @@ impl Sessions {
             token: login.token.clone(),
             accessor: login.accessor.as_str().into(),
             bind_identity: who.bind_identity,
+            expires_unix: who.expires_unix,
             key: who.key.clone(),
         };
         let period = match login.ttl {
@@ -837,6 +851,7 @@ mod tests {
             token: VaultToken::new("t"),
             accessor: "a".into(),
             bind_identity: false,
+            expires_unix: None,
             key: SlotKey::Role("r".into()),
         }
     }

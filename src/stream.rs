@@ -20,7 +20,8 @@
 //! - Streams do not hold a `limits.max_concurrent_calls` permit once open (the shedding layer lets
 //!   go when the stream's head is sent): they are bounded here instead.
 //! - Every stream ends with a status: the producer's error, DEADLINE_EXCEEDED at the caller's
-//!   deadline, or, once [`Streams::close`] ran (graceful shutdown), UNAVAILABLE with RetryInfo and
+//!   deadline, UNAUTHENTICATED when the caller's credentials end (its JWT's `exp`: a stream never
+//!   outlives what admitted it), or, once [`Streams::close`] ran (graceful shutdown), UNAVAILABLE with RetryInfo and
 //!   `grpc-retry-pushback-ms` so the client reconnects, to another replica. New streams are then
 //!   refused the same way. A caller that goes away ends its stream's producer at once.
 //! - A producer is *dropped* when its stream ends, so clean-up that needs Vault (revoking a lease)
@@ -176,9 +177,10 @@ impl Streams {
     }
 
     /// Runs an admitted stream: spawns its driver and returns what tonic sends. The driver runs
-    /// `producing` with heartbeats until it ends, the caller goes away, `deadline` passes or the
-    /// gateway shuts down; then the caller gets the end status and the slot is given back.
-    pub fn run<T, Fut>(&self, slot: Slot, deadline: Option<Instant>, producing: Fut, sink: Sink<T>) -> Outgoing<T>
+    /// `producing` with heartbeats until it ends, the caller goes away, the first of `ends`
+    /// passes or the gateway shuts down; then the caller gets the end status and the slot is
+    /// given back.
+    pub fn run<T, Fut>(&self, slot: Slot, ends: Ends, producing: Fut, sink: Sink<T>) -> Outgoing<T>
     where
         T: Heartbeat + Send + 'static,
         Fut: Future<Output = Result<(), Error>> + Send + 'static,
@@ -196,16 +198,19 @@ impl Streams {
                     }
                 }
             };
-            let until_deadline = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
+            let until_end = async {
+                match ends.first() {
+                    Some((at, end)) => {
+                        tokio::time::sleep_until(at).await;
+                        end.error()
+                    }
                     None => std::future::pending().await,
                 }
             };
             let end = tokio::select! {
                 ended = &mut producing => ended.err(),
                 () = closing => Some(shutting_down()),
-                () = until_deadline => Some(Error::DeadlineExceeded("the stream reached the call's deadline".into())),
+                error = until_end => Some(error),
                 () = tx.closed() => None,
                 () = beats => None,
             };
@@ -218,6 +223,47 @@ impl Streams {
             drop(slot);
         });
         Outgoing(rx)
+    }
+}
+
+/// When a stream ends whatever its producer does.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ends {
+    /// The call's deadline (`grpc-timeout`).
+    pub deadline: Option<Instant>,
+    /// The caller's credentials end ([`Actor::credentials_end`](crate::session::Actor::credentials_end)):
+    /// a stream must not outlive what admitted it, so a caller whose JWT expired stops
+    /// receiving secrets and credentials and must come back with a fresh one.
+    pub credentials: Option<Instant>,
+}
+
+/// Which of [`Ends`] came first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Deadline,
+    Credentials,
+}
+
+impl Ends {
+    /// The first end and when it comes; the deadline when both come at once.
+    fn first(self) -> Option<(Instant, End)> {
+        match (self.deadline, self.credentials) {
+            (Some(d), Some(c)) if c < d => Some((c, End::Credentials)),
+            (Some(d), _) => Some((d, End::Deadline)),
+            (None, Some(c)) => Some((c, End::Credentials)),
+            (None, None) => None,
+        }
+    }
+}
+
+impl End {
+    fn error(self) -> Error {
+        match self {
+            End::Deadline => Error::DeadlineExceeded("the stream reached the call's deadline".into()),
+            End::Credentials => Error::Unauthenticated(
+                "the caller's credentials expired during the stream (the JWT's exp); reconnect with a fresh one".into(),
+            ),
+        }
     }
 }
 
@@ -358,7 +404,7 @@ mod tests {
             out.send(Msg(1)).await?;
             std::future::pending().await
         };
-        let mut stream = s.run(s.open(&caller).unwrap(), None, producing, sink);
+        let mut stream = s.run(s.open(&caller).unwrap(), Ends::default(), producing, sink);
         assert_eq!(stream.next().await.unwrap().unwrap(), Msg(1));
         s.close();
         let status = stream.next().await.unwrap().expect_err("ends with a status");
@@ -389,7 +435,7 @@ mod tests {
             let _guard = guard;
             std::future::pending().await
         };
-        let stream = s.run(s.open(&caller).unwrap(), None, producing, sink);
+        let stream = s.run(s.open(&caller).unwrap(), Ends::default(), producing, sink);
         drop(stream);
         for _ in 0..100 {
             if s.open_streams() == 0 {
@@ -412,7 +458,7 @@ mod tests {
             out.send(Msg(7)).await?;
             Err(Error::NotFound("secret \"x\" was deleted".into()))
         };
-        let stream = s.run(s.open(&"c".into()).unwrap(), None, producing, sink);
+        let stream = s.run(s.open(&"c".into()).unwrap(), Ends::default(), producing, sink);
         let got: Vec<_> = stream.collect().await;
         assert_eq!(got.len(), 4, "{got:?}");
         assert_eq!(got[0].as_ref().unwrap(), &Msg(0));
@@ -421,15 +467,44 @@ mod tests {
         assert_eq!(got[3].as_ref().unwrap_err().code(), tonic::Code::NotFound);
     }
 
+    #[test]
+    fn the_first_end_decides() {
+        let now = Instant::now();
+        let (early, late) = (now + Duration::from_secs(1), now + Duration::from_secs(2));
+        let cases = [
+            (None, None, None),
+            (Some(early), None, Some((early, End::Deadline))),
+            (None, Some(early), Some((early, End::Credentials))),
+            (Some(early), Some(late), Some((early, End::Deadline))),
+            (Some(late), Some(early), Some((early, End::Credentials))),
+            (Some(early), Some(early), Some((early, End::Deadline))),
+        ];
+        for (deadline, credentials, want) in cases {
+            assert_eq!(Ends { deadline, credentials }.first(), want, "{deadline:?} {credentials:?}");
+        }
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn the_deadline_ends_a_stream() {
+    async fn the_deadline_or_the_callers_expiry_ends_a_stream() {
         let s = streams(10, 10, 0);
-        let producing = std::future::pending::<Result<(), Error>>();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        let got: Vec<_> =
-            s.run::<Msg, _>(s.open(&"c".into()).unwrap(), Some(deadline), producing, Sink::default()).collect().await;
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].as_ref().unwrap_err().code(), tonic::Code::DeadlineExceeded);
+        let cases = [
+            (Some(3), None, tonic::Code::DeadlineExceeded, 3),
+            (None, Some(2), tonic::Code::Unauthenticated, 2),
+            (Some(5), Some(4), tonic::Code::Unauthenticated, 4),
+            (Some(4), Some(5), tonic::Code::DeadlineExceeded, 4),
+        ];
+        for (deadline, credentials, code, after) in cases {
+            let start = Instant::now();
+            let at = |secs: Option<u64>| secs.map(|s| start + Duration::from_secs(s));
+            let ends = Ends { deadline: at(deadline), credentials: at(credentials) };
+            let producing = std::future::pending::<Result<(), Error>>();
+            let got: Vec<_> =
+                s.run::<Msg, _>(s.open(&"c".into()).unwrap(), ends, producing, Sink::default()).collect().await;
+            assert_eq!(got.len(), 1, "{ends:?}");
+            assert_eq!(got[0].as_ref().unwrap_err().code(), code, "{ends:?}");
+            assert_eq!(start.elapsed().as_secs(), after, "{ends:?}");
+        }
+        assert_eq!(s.open_streams(), 0, "every ended stream gave its slot back");
     }
 
     #[tokio::test(start_paused = true)]

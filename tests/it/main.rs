@@ -113,6 +113,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     contract::old_connections_are_closed_without_failing_calls,
     streams::watch_secret_new_versions_reach_two_watchers_and_deletion_ends_them,
     streams::two_hundred_watchers_of_one_path_cost_one_poller,
+    streams::a_stream_ends_unauthenticated_when_its_callers_jwt_expires,
     streams::watch_db_creds_renews_rotates_and_revokes_after_the_grace,
     streams::callers_ending_watch_db_creds_early_leave_no_lease,
     streams::shutdown_ends_a_hundred_streams_unavailable_and_leaves_no_lease,

@@ -148,6 +148,42 @@ pub async fn watch_secret_new_versions_reach_two_watchers_and_deletion_ends_them
     );
 }
 
+pub async fn a_stream_ends_unauthenticated_when_its_callers_jwt_expires(env: &'static Env) {
+    let gw = gateway(env, "").await;
+    let path = "qa/watch/expiry";
+    write_secret(env, path, "watch-expiry-first-3a7c").await;
+    // Two streams of one caller: one opened with a JWT that expires in 4 s, one with an hour's.
+    let short = env.jwt("qa", 4);
+    let opened = Instant::now();
+    let mut expiring = watch(&gw, path, &short).await;
+    let mut lasting = watch(&gw, path, &env.qa).await;
+    for s in [&mut expiring, &mut lasting] {
+        let m = next(s, Duration::from_secs(10), secret_hb).await.expect("current version").expect("a message");
+        assert_eq!(value_of(&m), "watch-expiry-first-3a7c");
+    }
+    let end = next(&mut expiring, Duration::from_secs(10), secret_hb).await.expect_err("the stream ends");
+    let after = opened.elapsed();
+    assert_eq!(end.code(), Code::Unauthenticated, "{end:?}");
+    assert!(end.message().contains("expired"), "{}", end.message());
+    // `exp` is whole seconds: the end comes between 3 and 5 s after the JWT was minted.
+    assert!(after >= Duration::from_secs(2) && after < Duration::from_secs(6), "ended after {after:?}");
+    // The same caller's stream with a valid JWT goes on: a new version still reaches it.
+    let second = write_secret(env, path, "watch-expiry-second-9d1e").await;
+    let m = next(&mut lasting, Duration::from_secs(5), secret_hb).await.expect("still open").expect("a message");
+    assert_eq!((m.version, value_of(&m).as_str()), (second, "watch-expiry-second-9d1e"));
+    // And the expired JWT opens nothing any more.
+    let mut c = SecretServiceClient::new(gw.channel.clone());
+    let refused = c
+        .watch_secret(req(WatchSecretRequest { path: path.into(), mount: String::new() }, &short))
+        .await
+        .expect_err("an expired JWT is refused");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    println!(
+        "  watch secret: the stream of a JWT with exp 4 s ended UNAUTHENTICATED after {:.1} s; the caller's other stream went on",
+        after.as_secs_f64()
+    );
+}
+
 pub async fn two_hundred_watchers_of_one_path_cost_one_poller(env: &'static Env) {
     let gw = gateway(env, "[limits]\nmax_streams_per_connection = 1000\n[watch]\nmax_streams_per_caller = 250\n").await;
     let path = "qa/watch/many";
