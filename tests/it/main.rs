@@ -116,6 +116,7 @@ const TESTS: &[(&str, TestFn)] = tests![
     streams::a_stream_ends_unauthenticated_when_its_callers_jwt_expires,
     streams::watch_db_creds_renews_rotates_and_revokes_after_the_grace,
     streams::callers_ending_watch_db_creds_early_leave_no_lease,
+    streams::a_failed_reissue_is_tried_again_while_the_held_lease_lasts,
     streams::shutdown_ends_a_hundred_streams_unavailable_and_leaves_no_lease,
     streams::stream_bounds_attack_table,
     traces::encrypt_is_traced_from_the_callers_traceparent_to_vault,

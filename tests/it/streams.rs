@@ -4,7 +4,7 @@
 //! stream bounds attacked. Each test runs a gateway of its own (its own `[watch]` settings and
 //! counters); they run concurrently with the rest.
 
-use crate::support::{req, serve_gateway, Env, TestGateway};
+use crate::support::{req, serve_gateway, Env, Proxy, TestGateway};
 use reqwest::Method;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -306,6 +306,49 @@ pub async fn watch_db_creds_renews_rotates_and_revokes_after_the_grace(env: &'st
         rotated_at.as_secs_f64(),
         old_gone.as_secs_f64(),
         last_gone.as_secs_f64()
+    );
+}
+
+pub async fn a_failed_reissue_is_tried_again_while_the_held_lease_lasts(env: &'static Env) {
+    // Through a proxy that cuts the connection of the rotation's issue once, after Vault acted on
+    // it (the gateway sees a transport failure, as when Vault goes away mid-request).
+    let proxy = Proxy::start(&env.vault_addr).await;
+    let gw = serve_gateway(&format!(
+        "[vault]\naddress = \"{}\"\n[[callers]]\nrole = \"qa\"\nequals = \"qa\"\n[watch]\nrotation_grace_ms = 500\n",
+        proxy.url
+    ))
+    .await;
+    let mut c = DatabaseServiceClient::new(gw.channel.clone());
+    let started = Instant::now();
+    let mut s = c
+        .watch_db_creds(req(WatchDbCredsRequest { role: "qawatch4".into(), mount: String::new() }, &env.qa))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let issued = next(&mut s, Duration::from_secs(10), creds_hb).await.expect("issued").expect("a message");
+    env.remember(&issued.password);
+    assert_eq!(issued.event(), WatchDbCredsEvent::Issued);
+    // 4 s leases, 6 s max TTL: the renewal at ~2.7 s is capped, so the gateway rotates then.
+    proxy.cut_after("GET /v1/database/creds/qawatch4");
+    let rotated = loop {
+        let m = next(&mut s, Duration::from_secs(10), creds_hb).await.expect("the stream goes on").expect("a message");
+        env.remember(&m.password);
+        match m.event() {
+            WatchDbCredsEvent::Renewed => continue,
+            WatchDbCredsEvent::Rotated => break m,
+            other => panic!("unexpected event {other:?}"),
+        }
+    };
+    let rotated_at = started.elapsed();
+    assert_eq!(proxy.cuts(), 1, "the first try of the new credentials was cut");
+    assert_ne!(rotated.lease_id, issued.lease_id);
+    // The renewal at ~2.7 s extended the lease to the 6 s max TTL: the retry came within it.
+    assert!(rotated_at < Duration::from_secs(6), "rotated within the held lease: {rotated_at:?}");
+    env.pg_login(&rotated.username, &rotated.password).await.expect("the new credentials log in");
+    drop(s);
+    println!(
+        "  watch db creds: the rotation's issue cut once by the proxy, tried again 1 s later: ROTATED at {:.1} s, within the held lease (max TTL 6 s; the stream ended at once before)",
+        rotated_at.as_secs_f64()
     );
 }
 

@@ -291,7 +291,7 @@ async fn provision_qa(admin: &provision::Admin<'_>, pg_port: u16, pg_password: &
                 "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{pg_port}/postgres?sslmode=disable"),
                 "username": "postgres",
                 "password": pg_password,
-                "allowed_roles": ["billing", "qa", "qaonce", "qawatch", "qawatch2", "qawatch3"],
+                "allowed_roles": ["billing", "qa", "qaonce", "qawatch", "qawatch2", "qawatch3", "qawatch4"],
             }),
         ),
         (
@@ -319,6 +319,7 @@ async fn provision_qa(admin: &provision::Admin<'_>, pg_port: u16, pg_password: &
         ("database/roles/qawatch", db_role("6s", "15s")),
         ("database/roles/qawatch2", db_role("60s", "1h")),
         ("database/roles/qawatch3", db_role("60s", "1h")),
+        ("database/roles/qawatch4", db_role("4s", "6s")),
     ];
     for (path, body) in steps {
         admin.post(path, body).await.unwrap_or_else(|e| panic!("{e}"));

@@ -3,8 +3,11 @@
 //! ISSUED at once; then the lease is renewed at two thirds of its duration, asking for its first
 //! duration again (RENEWED). When Vault gives less than that (the lease is near its max TTL), or
 //! a renewal fails, or the lease is not renewable (at two thirds of it), new credentials are
-//! issued (ROTATED) and the old lease is revoked after `watch.rotation_grace_ms`. When the stream
-//! ends, however it ends, the current lease is revoked after the same grace.
+//! issued (ROTATED) and the old lease is revoked after `watch.rotation_grace_ms`. When new
+//! credentials cannot be issued for a transient reason (Vault unreachable, sealed, rate-limited),
+//! they are asked for again, backing off, while the held lease lasts: the stream ends only when
+//! it would run out. When the stream ends, however it ends, the current lease is revoked after
+//! the same grace.
 //!
 //! Invariants:
 //! - Every lease this stream obtained is revoked: each is held by a [`Held`] whose drop hands its
@@ -59,6 +62,27 @@ fn after_renewal(asked: u64, got: u64) -> Next {
     } else {
         Next::Renew(asked)
     }
+}
+
+/// Longest wait between two tries to replace credentials.
+const REISSUE_MAX_WAIT: Duration = Duration::from_secs(30);
+/// How long before the held lease ends the last try to replace it is made.
+const REISSUE_MARGIN: Duration = Duration::from_secs(1);
+
+/// After the `failures`-th transient failure (≥ 1) to replace credentials whose lease ends at
+/// `lease_end`: when to try again (1, 2, 4 … 30 s after `now`, but never later than
+/// [`REISSUE_MARGIN`] before the lease ends), or `None` when no try is left before then, and the
+/// stream ends with the failure. Meanwhile the caller keeps using the credentials it holds.
+fn reissue_at(now: Instant, lease_end: Instant, failures: u32) -> Option<Instant> {
+    let wait = Duration::from_secs(1u64 << failures.saturating_sub(1).min(5)).min(REISSUE_MAX_WAIT);
+    let last = lease_end.checked_sub(REISSUE_MARGIN)?;
+    let at = (now + wait).min(last);
+    (at > now).then_some(at)
+}
+
+/// Failures worth another try: Vault unreachable, sealed, failing or rate-limiting.
+fn transient(e: &Error) -> bool {
+    matches!(e, Error::Unavailable(_) | Error::ResourceExhausted(_) | Error::DeadlineExceeded(_))
 }
 
 /// A lease this stream obtained: revoked (after the grace) when dropped.
@@ -141,7 +165,7 @@ impl Gateway {
             match next {
                 Next::Renew(_) => out.send(held.message(WatchDbCredsEvent::Renewed)).await?,
                 Next::Rotate => {
-                    let fresh = self.issue_held(&actor, &mount, &role).await?;
+                    let fresh = self.reissue(&actor, &mount, &role, &held).await?;
                     // The old lease is revoked after the grace (dropped here).
                     let old = std::mem::replace(&mut held, fresh);
                     tracing::info!(old = %old.creds.lease_id, new = %held.creds.lease_id, "watched database credentials rotated");
@@ -149,6 +173,24 @@ impl Gateway {
                     out.send(held.message(WatchDbCredsEvent::Rotated)).await?;
                 }
             }
+        }
+    }
+
+    /// New credentials to replace `held`: a transient failure is tried again ([`reissue_at`])
+    /// while the held lease lasts, so a Vault that is away for a while does not end the stream.
+    async fn reissue(self: &Arc<Self>, actor: &Actor, mount: &str, role: &str, held: &Held) -> Result<Held, Error> {
+        let lease_end = held.since + Duration::from_secs(held.secs.min(crate::leases::MAX_TTL.as_secs()));
+        let mut failures = 0;
+        loop {
+            let err = match self.issue_held(actor, mount, role).await {
+                Ok(fresh) => return Ok(fresh),
+                Err(e) if transient(&e) => e,
+                Err(e) => return Err(e),
+            };
+            failures += 1;
+            let Some(at) = reissue_at(Instant::now(), lease_end, failures) else { return Err(err) };
+            tracing::warn!(error = ?err, failures, lease_id = %held.creds.lease_id, "new watched database credentials could not be issued; trying again while the current lease lasts");
+            tokio::time::sleep_until(at).await;
         }
     }
 
@@ -185,6 +227,33 @@ mod tests {
         // Vault's answers are bounded before the arithmetic.
         let (at, _) = plan(t, u64::MAX, u64::MAX, true);
         assert!(at <= t + crate::leases::MAX_TTL);
+    }
+
+    #[test]
+    fn reissue_backs_off_until_the_held_lease_nearly_ends() {
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        // (seconds of lease left, failures so far, seconds until the next try or None: give up)
+        let cases = [
+            (60, 1, Some(1)),
+            (60, 2, Some(2)),
+            (60, 3, Some(4)),
+            (60, 6, Some(30)),
+            (600, 40, Some(30)),
+            (600, u32::MAX, Some(30)),
+            (5, 3, Some(4)),
+            (4, 3, Some(3)),
+            (2, 2, Some(1)),
+            (1, 1, None),
+            (0, 1, None),
+        ];
+        for (left, failures, want) in cases {
+            let at = reissue_at(now, now + s(left), failures);
+            assert_eq!(at.map(|at| (at - now).as_secs()), want, "{left} s left, {failures} failures");
+        }
+        assert!(transient(&Error::Unavailable("sealed".into())));
+        assert!(!transient(&Error::NotFound("role".into())));
+        assert!(!transient(&Error::VaultDenied("policy".into())));
     }
 
     #[test]
