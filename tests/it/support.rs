@@ -319,7 +319,7 @@ async fn provision_qa(admin: &provision::Admin<'_>, pg_port: u16, pg_password: &
         ("database/roles/qawatch", db_role("6s", "15s")),
         ("database/roles/qawatch2", db_role("60s", "1h")),
         ("database/roles/qawatch3", db_role("60s", "1h")),
-        ("database/roles/qawatch4", db_role("4s", "6s")),
+        ("database/roles/qawatch4", db_role("10s", "15s")),
     ];
     for (path, body) in steps {
         admin.post(path, body).await.unwrap_or_else(|e| panic!("{e}"));
