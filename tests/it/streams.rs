@@ -67,6 +67,25 @@ async fn watch(gw: &TestGateway, path: &str, jwt: &str) -> Streaming<WatchSecret
     .await
 }
 
+/// A WatchDbCreds stream of database role `role` for the `qa` caller, and its first message
+/// (ISSUED, whose password the log scan is told of).
+async fn watch_creds(
+    env: &Env,
+    gw: &TestGateway,
+    role: &str,
+) -> (Streaming<WatchDbCredsResponse>, WatchDbCredsResponse) {
+    let c = DatabaseServiceClient::new(gw.channel.clone());
+    let mut s = opened(|| {
+        let (mut c, r) = (c.clone(), req(WatchDbCredsRequest { role: role.into(), mount: String::new() }, &env.qa));
+        async move { c.watch_db_creds(r).await }
+    })
+    .await;
+    let issued = next(&mut s, Duration::from_secs(10), creds_hb).await.expect("issued").expect("a message");
+    env.remember(&issued.password);
+    assert_eq!(issued.event(), WatchDbCredsEvent::Issued);
+    (s, issued)
+}
+
 /// A stream opened as a client should: an `UNAVAILABLE` answer (with RetryInfo) is tried again
 /// after its pushback, up to 5 times. With the whole suite running on 2 cores, OpenBao sometimes
 /// answers nothing for longer than the gateway's `silent_after`, and the gateway then fails
@@ -271,16 +290,8 @@ pub async fn two_hundred_watchers_of_one_path_cost_one_poller(env: &'static Env)
 
 pub async fn watch_db_creds_renews_rotates_and_revokes_after_the_grace(env: &'static Env) {
     let gw = gateway(env, "[watch]\nrotation_grace_ms = 1500\n").await;
-    let mut c = DatabaseServiceClient::new(gw.channel.clone());
     let started = Instant::now();
-    let mut s = c
-        .watch_db_creds(req(WatchDbCredsRequest { role: "qawatch".into(), mount: String::new() }, &env.qa))
-        .await
-        .expect("stream opens")
-        .into_inner();
-    let issued = next(&mut s, Duration::from_secs(10), creds_hb).await.expect("issued").expect("a message");
-    env.remember(&issued.password);
-    assert_eq!(issued.event(), WatchDbCredsEvent::Issued);
+    let (mut s, issued) = watch_creds(env, &gw, "qawatch").await;
     assert_eq!(issued.lease_duration.as_ref().map(|d| d.seconds), Some(6));
     env.pg_login(&issued.username, &issued.password).await.expect("issued credentials log in");
     let mut renewals = 0;
@@ -346,16 +357,8 @@ pub async fn a_failed_reissue_is_tried_again_while_the_held_lease_lasts(env: &'s
         proxy.url
     ))
     .await;
-    let mut c = DatabaseServiceClient::new(gw.channel.clone());
     let started = Instant::now();
-    let mut s = c
-        .watch_db_creds(req(WatchDbCredsRequest { role: "qawatch4".into(), mount: String::new() }, &env.qa))
-        .await
-        .expect("stream opens")
-        .into_inner();
-    let issued = next(&mut s, Duration::from_secs(10), creds_hb).await.expect("issued").expect("a message");
-    env.remember(&issued.password);
-    assert_eq!(issued.event(), WatchDbCredsEvent::Issued);
+    let (mut s, issued) = watch_creds(env, &gw, "qawatch4").await;
     // 10 s leases, 15 s max TTL: the renewal at ~6.7 s is capped (8.3 s), so the gateway rotates
     // then, with at least 3 s of the held lease left for another try.
     proxy.cut_after("GET /v1/database/creds/qawatch4");
@@ -442,16 +445,7 @@ pub async fn shutdown_ends_a_hundred_streams_unavailable_and_leaves_no_lease(env
     }
     let mut creds = Vec::new();
     for _ in 0..20 {
-        let c = DatabaseServiceClient::new(gw.channel.clone());
-        let r = WatchDbCredsRequest { role: "qawatch3".into(), mount: String::new() };
-        let mut s = opened(|| {
-            let (mut c, r) = (c.clone(), req(r.clone(), &env.qa));
-            async move { c.watch_db_creds(r).await }
-        })
-        .await;
-        let m = next(&mut s, Duration::from_secs(10), creds_hb).await.expect("issued").expect("a message");
-        env.remember(&m.password);
-        creds.push(s);
+        creds.push(watch_creds(env, &gw, "qawatch3").await.0);
     }
     assert_eq!(gw.gateway.streams.open_streams(), 100);
     assert_eq!(leases_of(env, "qawatch3").await.len(), 20);
