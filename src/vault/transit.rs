@@ -187,7 +187,7 @@ impl BatchItem {
 }
 
 /// One entry of `batch_results`: either a value or an `error` (`Debug` redacts the plaintext).
-#[derive(Clone, Deserialize, Default, PartialEq)]
+#[derive(Clone, Deserialize, Default)]
 pub struct BatchResult {
     /// Encrypt, rewrap: the ciphertext.
     #[serde(default)]
@@ -227,139 +227,10 @@ impl std::fmt::Debug for BatchResult {
     }
 }
 
-/// `data` of a Transit batch answer, as serde's derive decodes it: the reference that
-/// [`batch_results`] is checked against (tests and the fuzz target).
-#[cfg(any(test, feature = "fuzzing"))]
+/// `data` of a Transit batch answer (crate-visible: the fuzz target decodes this very type).
 #[derive(Deserialize)]
 pub(crate) struct BatchData {
     pub(crate) batch_results: Vec<BatchResult>,
-}
-
-/// The `batch_results` of a batch answer (`{"data":{"batch_results":[…]},…}`, the envelope's other
-/// fields skipped), collected into a vector made for the `items` sent: serde's own `Vec` starts
-/// empty (JSON says nothing of a sequence's length), and a 100-item answer grew and moved it seven
-/// times. `Ok(None)`: the answer has no `data`. Otherwise it decodes what
-/// `Envelope<BatchData>` decodes, into the same results.
-pub(crate) fn batch_results(body: &[u8], items: usize) -> serde_json::Result<Option<Vec<BatchResult>>> {
-    use serde::de::{DeserializeSeed, Deserializer, Error, IgnoredAny, MapAccess, SeqAccess, Visitor};
-    use std::fmt;
-
-    #[derive(Deserialize, Clone, Copy)]
-    #[serde(field_identifier, rename_all = "snake_case")]
-    enum Field {
-        Data,
-        BatchResults,
-        #[serde(other)]
-        Other,
-    }
-
-    /// A map of which only `data` (the answer) or `batch_results` (its `data`) is kept.
-    #[derive(Clone, Copy)]
-    struct Level {
-        keep: Field,
-        items: usize,
-    }
-
-    impl<'de> Visitor<'de> for Level {
-        type Value = Option<Vec<BatchResult>>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str(if matches!(self.keep, Field::Data) { "a Vault answer" } else { "batch data" })
-        }
-
-        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_map(self)
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut kept: Option<Option<Vec<BatchResult>>> = None;
-            while let Some(field) = map.next_key::<Field>()? {
-                match (field, self.keep) {
-                    (Field::Data, Field::Data) | (Field::BatchResults, Field::BatchResults) if kept.is_some() => {
-                        return Err(A::Error::duplicate_field(self.name()));
-                    }
-                    (Field::Data, Field::Data) => {
-                        kept = Some(map.next_value_seed(Level { keep: Field::BatchResults, items: self.items })?);
-                    }
-                    (Field::BatchResults, Field::BatchResults) => {
-                        kept = Some(Some(map.next_value_seed(Results(self.items))?));
-                    }
-                    _ => {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-            }
-            match (kept, self.keep) {
-                (Some(kept), _) => Ok(kept),
-                // An answer without `data` has none; data without `batch_results` is not an answer.
-                (None, Field::Data) => Ok(None),
-                (None, _) => Err(A::Error::missing_field("batch_results")),
-            }
-        }
-    }
-
-    impl Level {
-        fn name(self) -> &'static str {
-            if matches!(self.keep, Field::Data) {
-                "data"
-            } else {
-                "batch_results"
-            }
-        }
-    }
-
-    impl<'de> DeserializeSeed<'de> for Level {
-        type Value = Option<Vec<BatchResult>>;
-
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            if matches!(self.keep, Field::Data) {
-                d.deserialize_map(self)
-            } else {
-                d.deserialize_option(self)
-            }
-        }
-    }
-
-    /// The results, in a vector made for the items sent (at most 4,096 up front: the answer's
-    /// length is Vault's to say).
-    struct Results(usize);
-
-    impl<'de> Visitor<'de> for Results {
-        type Value = Vec<BatchResult>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a sequence of batch results")
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut results = Vec::with_capacity(self.0.min(4096));
-            while let Some(result) = seq.next_element()? {
-                results.push(result);
-            }
-            Ok(results)
-        }
-    }
-
-    impl<'de> DeserializeSeed<'de> for Results {
-        type Value = Vec<BatchResult>;
-
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_seq(self)
-        }
-    }
-
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let results = Level { keep: Field::Data, items }.deserialize(&mut de)?;
-    de.end()?;
-    Ok(results)
 }
 
 /// The body of a datakey request (base64 values; `None` fields are not sent).
@@ -533,8 +404,8 @@ impl Client {
         // 200 all ok (or item errors without a flag: always so for sign/verify/hmac), 400
         // some/all items failed, 207 partial override.
         let results = if matches!(code, 200 | 207 | 400) {
-            match batch_results(&bytes, items.len()) {
-                Ok(Some(results)) => results,
+            match serde_json::from_slice::<Envelope<BatchData>>(&bytes) {
+                Ok(Envelope { data: Some(d), .. }) => d.batch_results,
                 _ => return Err(api_error(status, &bytes)),
             }
         } else {
@@ -710,53 +581,6 @@ mod tests {
         let at = Endpoint { mount: "transit", op: Op::Sign, key: "k", algorithm: Some("sha2-512") };
         let reserved = 64 + real.iter().map(BatchItem::json_bytes).sum::<usize>();
         assert!(batch_body(&at, &real).len() <= reserved, "the body outgrew its first buffer");
-    }
-
-    #[test]
-    fn batch_results_decode_what_the_envelope_decodes() {
-        let one = r#"{"ciphertext":"vault:v1:x","key_version":1,"reference":""}"#;
-        let two = r#"{"plaintext":"aGk=","error":"invalid ciphertext","reference":""}"#;
-        // (body, Some(results) | None (no data) as both decode it, or Err: both refuse it)
-        let ok = |n: usize| Ok::<_, ()>(Some(n));
-        let cases: &[(String, Result<Option<usize>, ()>)] = &[
-            (
-                format!(
-                    r#"{{"request_id":"r","lease_id":"","renewable":false,"lease_duration":0,"data":{{"batch_results":[{one},{two}]}},"wrap_info":null,"warnings":null,"auth":null,"mount_type":"transit"}}"#
-                ),
-                ok(2),
-            ),
-            (format!(r#"{{"data":{{"batch_results":[{one}],"other":[1,{{"a":"b"}}]}}}}"#), ok(1)),
-            (format!(r#" {{ "data" : {{ "batch_results" : [ {one} ] }} }} "#), ok(1)),
-            (r#"{"data":{"batch_results":[]}}"#.into(), ok(0)),
-            (r#"{"data":null}"#.into(), Ok(None)),
-            (r#"{"errors":["permission denied"]}"#.into(), Ok(None)),
-            (r#"{}"#.into(), Ok(None)),
-            (r#"{"data":{}}"#.into(), Err(())),
-            (r#"{"data":{"batch_results":null}}"#.into(), Err(())),
-            (r#"{"data":{"batch_results":{}}}"#.into(), Err(())),
-            (r#"{"data":{"batch_results":[1]}}"#.into(), Err(())),
-            (r#"{"data":{"batch_results":[{"key_version":"1"}]}}"#.into(), Err(())),
-            (r#"{"data":{"batch_results":[]},"data":{"batch_results":[]}}"#.into(), Err(())),
-            (r#"{"data":{"batch_results":[],"batch_results":[]}}"#.into(), Err(())),
-            (r#"{"data":[]}"#.into(), Err(())),
-            (r#"{"data":{"batch_results":[]}} x"#.into(), Err(())),
-            (r#"{"data":{"batch_results":["#.into(), Err(())),
-            (r#"[]"#.into(), Err(())),
-            (r#"null"#.into(), Err(())),
-            ("".into(), Err(())),
-        ];
-        for (body, want) in cases {
-            let reference = serde_json::from_slice::<Envelope<BatchData>>(body.as_bytes())
-                .map(|e| e.data.map(|d| d.batch_results))
-                .map_err(|_| ());
-            let got = batch_results(body.as_bytes(), 2).map_err(|_| ());
-            assert_eq!(got.as_ref().map(|r| r.as_ref().map(Vec::len)).map_err(|_| ()), *want, "{body}");
-            assert!(got == reference, "{body}: {got:?} vs serde's derive {reference:?}");
-        }
-        // The results' vector is made for the items sent, not grown.
-        let body = format!(r#"{{"data":{{"batch_results":[{}]}}}}"#, vec![one; 100].join(","));
-        let results = batch_results(body.as_bytes(), 100).unwrap().unwrap();
-        assert_eq!((results.len(), results.capacity()), (100, 100));
     }
 
     #[test]
