@@ -118,6 +118,36 @@ mod tests {
         }
     }
 
+    /// The cargo-fuzz crate (`fuzz/`, built only by `make fuzz`) is what [`TARGETS`] says: a
+    /// `[[bin]]` and a `fuzz_targets/<name>.rs` per target, each calling its `run` here and
+    /// nothing else. `make test` checks this instead of compiling the crate: that took two minutes
+    /// of CI (its own lock file and target directory, libFuzzer's C++ built for a check).
+    #[test]
+    fn the_fuzz_crate_builds_every_target_and_only_them() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+        let bins = manifest.matches("[[bin]]").count();
+        assert_eq!(bins, TARGETS.len(), "fuzz/Cargo.toml has {bins} [[bin]]s for {} targets", TARGETS.len());
+        let mut files: Vec<String> = std::fs::read_dir(root.join("fuzz_targets"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let mut want: Vec<String> = TARGETS.iter().map(|(name, _)| format!("{name}.rs")).collect();
+        want.sort();
+        assert_eq!(files, want, "fuzz/fuzz_targets/ holds one file per target");
+        for (name, _) in TARGETS {
+            assert!(
+                manifest.contains(&format!("[[bin]]\nname = \"{name}\"\npath = \"fuzz_targets/{name}.rs\"\n")),
+                "fuzz/Cargo.toml: no [[bin]] {name} at fuzz_targets/{name}.rs"
+            );
+            let source = std::fs::read_to_string(root.join("fuzz_targets").join(format!("{name}.rs"))).unwrap();
+            let code: Vec<&str> = source.lines().filter(|l| !l.starts_with("//") && !l.trim().is_empty()).collect();
+            let body = format!("libfuzzer_sys::fuzz_target!(|data: &[u8]| vaultgate::fuzzing::{name}::run(data));");
+            assert_eq!(code, ["#![no_main]", body.as_str()], "fuzz/fuzz_targets/{name}.rs");
+        }
+    }
+
     #[test]
     fn fuzz_smoke_of_every_target() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");

@@ -315,10 +315,18 @@ pub async fn silent_streams_holding_the_byte_budget_are_cut_at_the_read_timeout(
     // The real caller starts once the streams the budget has no room for were refused: before
     // that, its few bytes in flight could take the room of a silent stream's declared 4 MiB (on a
     // loaded machine the streams' headers can arrive after a fixed pause).
+    // Meanwhile the budget's gauge shows what the silent streams hold: its peak is the proof that
+    // the budget was full (the real caller's refusals below depend on the machine's timing: a
+    // caller stalled past the read timeout finds the budget already given back).
+    let budget = 2 * ((4 << 20) + 5);
+    let held = || own.gateway.metrics.request_bytes_in_flight.get();
     let until = Instant::now() + READ_TIMEOUT * 10;
+    let mut peak = held();
     while silent.iter().filter(|s| s.is_finished()).count() < SILENT - 2 && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(10)).await;
+        peak = peak.max(held());
     }
+    peak = peak.max(held());
     let mut good = EncryptionServiceClient::new(own.channel.clone());
     let (mut refused, t0) = (0, Instant::now());
     let served = loop {
@@ -341,15 +349,15 @@ pub async fn silent_streams_holding_the_byte_budget_are_cut_at_the_read_timeout(
     }
     println!(
         "  attacks: {SILENT} streams declaring 4 MiB and sending nothing against a budget of two such messages \
-         (message_read_timeout_ms {}): answers {codes:?} after {:.0} ms; the real caller refused {refused} time(s) \
-         (RESOURCE_EXHAUSTED), served after {:.0} ms",
+         (message_read_timeout_ms {}): answers {codes:?} after {:.0} ms, {peak} of {budget} bytes held at the peak; \
+         the real caller refused {refused} time(s) (RESOURCE_EXHAUSTED), served after {:.0} ms",
         READ_TIMEOUT.as_millis(),
         started.elapsed().as_secs_f64() * 1e3,
         waited.as_secs_f64() * 1e3
     );
     assert_eq!(codes.get("DeadlineExceeded"), Some(&2), "the two holding the budget are cut: {codes:?}");
     assert_eq!(codes.get("ResourceExhausted"), Some(&(SILENT - 2)), "the others refused at their header: {codes:?}");
-    assert!(refused > 0, "the budget was held while the streams were silent");
+    assert_eq!(peak, budget, "the two silent streams held the whole budget while they were silent");
     assert!(waited < READ_TIMEOUT * 5, "served {waited:?} later: the budget was held past the read timeout");
 }
 

@@ -8,7 +8,7 @@
 use crate::{
     ha::{encrypt, Cluster, POLICY},
     health::wait_for,
-    support::{req, serve_gateway, Env, TestGateway},
+    support::{req, retried, serve_gateway, Env, TestGateway},
 };
 use serde_json::json;
 use std::{
@@ -509,23 +509,26 @@ pub async fn idle_callers_are_served_without_a_new_login(env: &'static Env) {
                 .map(|_| ())
         }
     };
-    call(&warm).await.expect("first call (login)");
-    call(&cold).await.expect("first call (login)");
+    // Logins are counted from here: a first call the gateway failed fast (Vault silent for a
+    // moment on a loaded machine) is tried again, and its login attempt counts too.
+    retried(|| call(&warm)).await.expect("first call (login)");
+    retried(|| call(&cold)).await.expect("first call (login)");
+    let (w, c) = (&warm.gateway.sessions, &cold.gateway.sessions);
+    let (warm_logins, cold_logins) = (w.logins(), c.logins());
     tokio::time::sleep(Duration::from_secs(7)).await;
     let started = Instant::now();
-    call(&warm).await.expect("call after the quiet spell");
+    retried(|| call(&warm)).await.expect("call after the quiet spell");
     let took = started.elapsed();
-    call(&cold).await.expect("call after the quiet spell, no keep-warm");
-    let (w, c) = (&warm.gateway.sessions, &cold.gateway.sessions);
+    retried(|| call(&cold)).await.expect("call after the quiet spell, no keep-warm");
     println!(
-        "  idle caller: token TTL 4 s, idle 7 s: with keep-warm {} login(s), {} background renewal(s), first call after \
-         {:.1} ms; without it {} logins",
-        w.logins(),
+        "  idle caller: token TTL 4 s, idle 7 s: with keep-warm {} new login(s), {} background renewal(s), first call \
+         after {:.1} ms; without it {} new login(s)",
+        w.logins() - warm_logins,
         w.stats.renewals.load(Ordering::Relaxed),
         took.as_secs_f64() * 1e3,
-        c.logins()
+        c.logins() - cold_logins
     );
-    assert_eq!(w.logins(), 1, "the idle caller paid a new login");
+    assert_eq!(w.logins(), warm_logins, "the idle caller paid a new login");
     assert!(w.stats.renewals.load(Ordering::Relaxed) >= 2, "the token was renewed in the background");
-    assert_eq!(c.logins(), 2, "control: without keep-warm the idle caller logs in again");
+    assert!(c.logins() > cold_logins, "control: without keep-warm the idle caller logs in again");
 }

@@ -199,16 +199,20 @@ fn main() {
                 failed.push(name);
             }
         }
+        let stopping = std::time::Instant::now();
         env.stop().await;
+        println!("  the stack stopped in {:.1} s", stopping.elapsed().as_secs_f64());
         let mut passed = selected.len() + alone.len() - failed.len();
         let mut failed_n = failed.len();
         // The scan must be able to fail before its verdict on the run means anything.
         let registered = env.plaintexts().len();
+        let scanning = std::time::Instant::now();
         let (wrong, caught) = logs::self_check(&log, env, full_run);
         println!(
-            "test logs::scan_catches_planted_secrets ... {} ({caught} planted secrets caught, {} plaintexts registered)",
+            "test logs::scan_catches_planted_secrets ... {} ({caught} planted secrets caught, {} plaintexts registered; {:.1} s)",
             if wrong.is_empty() { "ok" } else { "FAILED" },
-            registered
+            registered,
+            scanning.elapsed().as_secs_f64()
         );
         let leaks = logs::check(&log, env);
         println!("test logs::whole_run_holds_no_secret ... {}", if leaks.is_empty() { "ok" } else { "FAILED" });

@@ -4,7 +4,7 @@
 //! stream bounds attacked. Each test runs a gateway of its own (its own `[watch]` settings and
 //! counters); they run concurrently with the rest.
 
-use crate::support::{req, serve_gateway, Env, Proxy, TestGateway};
+use crate::support::{req, retried, serve_gateway, Env, Proxy, TestGateway};
 use reqwest::Method;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -86,31 +86,14 @@ async fn watch_creds(
     (s, issued)
 }
 
-/// A stream opened as a client should: an `UNAVAILABLE` answer (with RetryInfo) is tried again
-/// after its pushback, up to 5 times. With the whole suite running on 2 cores, OpenBao sometimes
-/// answers nothing for longer than the gateway's `silent_after`, and the gateway then fails
-/// fast for a moment, as it should; these tests are about streams, not that.
-async fn opened<T, F, Fut>(mut open: F) -> Streaming<T>
+/// A stream opened as a client should ([`retried`]): these tests are about streams, not about
+/// Vault being silent for a moment on a loaded machine.
+async fn opened<T, F, Fut>(open: F) -> Streaming<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<Streaming<T>>, Status>>,
 {
-    let mut tries = 0;
-    loop {
-        match open().await {
-            Ok(r) => return r.into_inner(),
-            Err(e) if e.code() == Code::Unavailable && tries < 5 => {
-                tries += 1;
-                let pushback = e
-                    .metadata()
-                    .get("grpc-retry-pushback-ms")
-                    .and_then(|v| v.to_str().ok()?.parse().ok())
-                    .unwrap_or(1000u64);
-                tokio::time::sleep(Duration::from_millis(pushback)).await;
-            }
-            Err(e) => panic!("stream opens: {e:?}"),
-        }
-    }
+    retried(open).await.unwrap_or_else(|e| panic!("stream opens: {e:?}")).into_inner()
 }
 
 /// KV metadata reads of `path` in OpenBao's audit log.

@@ -252,6 +252,32 @@ pub fn req<T>(message: T, jwt: &str) -> Request<T> {
     r
 }
 
+/// `call` made as a client should: an UNAVAILABLE answer is tried again after its
+/// `grpc-retry-pushback-ms` (1 s without one), up to 5 times. With the whole suite running on 2
+/// cores, OpenBao sometimes answers nothing for longer than the gateway's `silent_after`, and the
+/// gateway then fails fast for a moment, as it should; tests about something else use this.
+pub async fn retried<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut tries = 0;
+    loop {
+        match call().await {
+            Err(e) if e.code() == tonic::Code::Unavailable && tries < 5 => {
+                tries += 1;
+                let pushback = e
+                    .metadata()
+                    .get("grpc-retry-pushback-ms")
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(1000u64);
+                tokio::time::sleep(std::time::Duration::from_millis(pushback)).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
 /// A PostgreSQL role of the test database whose users live `ttl`, renewable up to `max_ttl`.
 fn db_role(ttl: &str, max_ttl: &str) -> Value {
     json!({
