@@ -30,7 +30,10 @@
 //! `VAULTGATE_BENCH_CASES` (default `a,c,h,d,mem`; `b` adds the gateway with batching off),
 //! `VAULTGATE_BENCH_GATEWAY_LOG` (the gateway's log filter, default `info`, JSON lines),
 //! `VAULTGATE_BENCH_AUDIT` (`0` runs the gateway without its audit log; default on),
-//! `VAULTGATE_BENCH_BATCH_TOML` (extra lines of the gateway's `[batch]` table), `VAULTGATE_BIN`
+//! `VAULTGATE_BENCH_BATCH_TOML` (extra lines of the gateway's `[batch]` table),
+//! `VAULTGATE_BENCH_GATEWAY_CPU` (the gateway's CPU, default 1 with OpenBao; `0` gives OpenBao
+//! its core alone, as in production where Vault runs elsewhere, and the gateway shares the load
+//! generator's), `VAULTGATE_BIN`
 //! (gateway binary, default the release `vaultgate` cargo built with this bench), `VAULTGATE_BAO`.
 //! Output: a table on stdout, `target/bench/transit-<UTC time>.json` and `target/bench/latest.json`.
 
@@ -100,6 +103,8 @@ struct Settings {
     batch_toml: String,
     /// Whether processes are pinned to CPUs.
     pinned: bool,
+    /// The CPU the gateway is pinned to (OpenBao's, [`SERVER_CPU`], unless set).
+    gateway_cpu: &'static str,
 }
 
 /// Seconds from environment variable `name`, else `default`.
@@ -134,6 +139,10 @@ impl Settings {
             audit: std::env::var("VAULTGATE_BENCH_AUDIT").map_or(true, |v| v != "0"),
             batch_toml: std::env::var("VAULTGATE_BENCH_BATCH_TOML").unwrap_or_default(),
             pinned,
+            gateway_cpu: match std::env::var("VAULTGATE_BENCH_GATEWAY_CPU").as_deref() {
+                Ok("0") => CLIENT_CPU,
+                _ => SERVER_CPU,
+            },
         }
     }
 
@@ -163,7 +172,7 @@ fn pin_self() -> bool {
     ok
 }
 
-/// A child process (OpenBao or the gateway), pinned to [`SERVER_CPU`], killed when dropped.
+/// A child process (OpenBao or the gateway), pinned to a CPU, killed when dropped.
 struct Server {
     /// The process (`taskset` execs the program, so this is the program itself).
     child: Child,
@@ -176,10 +185,10 @@ struct Server {
 }
 
 impl Server {
-    /// Starts `program args` with stdout and stderr to `log`.
+    /// Starts `program args` on `cpu` (unpinned: `None`) with stdout and stderr to `log`.
     fn spawn(
         name: &'static str,
-        pinned: bool,
+        cpu: Option<&str>,
         program: &Path,
         args: &[String],
         log: PathBuf,
@@ -187,12 +196,13 @@ impl Server {
         let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
         // `taskset -c CPU program` execs the program, so the child's pid is the program's.
-        let mut cmd = if pinned {
-            let mut c = Command::new("taskset");
-            c.args(["-c", SERVER_CPU]).arg(program);
-            c
-        } else {
-            Command::new(program)
+        let mut cmd = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpu]).arg(program);
+                c
+            }
+            None => Command::new(program),
         };
         let child = cmd
             .args(args)
@@ -303,7 +313,8 @@ async fn start_bao(settings: &Settings, dir: &Path, root: &str) -> Result<(Serve
         format!("-dev-root-token-id={root}"),
         format!("-dev-listen-address=127.0.0.1:{port}"),
     ];
-    let mut bao = Server::spawn("OpenBao", settings.pinned, &find_bao()?, &args, dir.join("bao.log"))?;
+    let mut bao =
+        Server::spawn("OpenBao", settings.pinned.then_some(SERVER_CPU), &find_bao()?, &args, dir.join("bao.log"))?;
     let addr = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     for _ in 0..600 {
@@ -405,7 +416,13 @@ impl Gateway {
         std::fs::write(&config, gateway_config(port, metrics_port, bao_addr, batching, settings, &audit))
             .map_err(|e| format!("{}: {e}", config.display()))?;
         let args = vec!["serve".to_string(), "--config".into(), config.display().to_string()];
-        let mut server = Server::spawn("the gateway", settings.pinned, bin, &args, dir.join(format!("{name}.log")))?;
+        let mut server = Server::spawn(
+            "the gateway",
+            settings.pinned.then_some(settings.gateway_cpu),
+            bin,
+            &args,
+            dir.join(format!("{name}.log")),
+        )?;
         let auth = format!("Bearer {jwt}").parse().map_err(|e| format!("JWT as metadata: {e}"))?;
         let addr = format!("http://127.0.0.1:{port}");
         for _ in 0..200 {
@@ -1112,7 +1129,11 @@ async fn run(settings: &Settings) -> Result<(), String> {
          items/req = items per HTTP request OpenBao received (the gateway's batch size, from its metrics)\n\n{HEADER}",
         settings.window.as_secs_f64(),
         settings.warmup.as_secs_f64(),
-        if settings.pinned { "client on CPU 0, OpenBao + gateway on CPU 1" } else { "UNPINNED" },
+        match (settings.pinned, settings.gateway_cpu == SERVER_CPU) {
+            (false, _) => "UNPINNED",
+            (true, true) => "client on CPU 0, OpenBao + gateway on CPU 1",
+            (true, false) => "client + gateway on CPU 0, OpenBao alone on CPU 1 (VAULTGATE_BENCH_GATEWAY_CPU=0)",
+        },
     );
     // Both gateways run from the start (the idle one costs nothing) so that, at each
     // concurrency, (a), (b) and (c) run back to back and drift over the run affects them alike.
@@ -1171,7 +1192,10 @@ async fn run(settings: &Settings) -> Result<(), String> {
     bao.stop().await;
 
     let goals = goals(&results);
-    println!("\nThe table of issue 12 (one run; CPU = the gateway process's utime + stime in the window):");
+    println!(
+        "\nThe table of issue 12 (one run; CPU = the gateway process's utime + stime in the window{}):",
+        if settings.gateway_cpu == SERVER_CPU { "" } else { "; the gateway NOT on OpenBao's CPU" }
+    );
     for g in &goals {
         let value = g.value.map_or("n/a".to_string(), |v| format!("{v:.2} {}", g.unit));
         let met = match g.met {
@@ -1201,6 +1225,7 @@ async fn run(settings: &Settings) -> Result<(), String> {
             "pinned": settings.pinned,
             "client_cpu": CLIENT_CPU,
             "server_cpu": SERVER_CPU,
+            "gateway_cpu": settings.gateway_cpu,
             "plaintext_bytes": PLAINTEXT_BYTES,
             "batch_items": BATCH_ITEMS,
             "calls_per_channel": CALLS_PER_CHANNEL,
