@@ -38,16 +38,16 @@ fn vault_token_at(text: &str) -> Option<usize> {
 /// took minutes over a full run's log (11 MB) for the scan and its self-check.
 fn scan(text: &str, secrets: &[String]) -> Vec<String> {
     let mut leaks = Vec::new();
+    let found = |needle: &str| memchr::memmem::find(text.as_bytes(), needle.as_bytes()).is_some();
     let mut unique: Vec<&str> = secrets.iter().map(String::as_str).filter(|s| s.len() >= 6).collect();
     unique.sort_unstable();
     unique.dedup();
     for secret in unique {
-        if memchr::memmem::find(text.as_bytes(), secret.as_bytes()).is_some() {
+        if found(secret) {
             let start: String = secret.chars().take(3).collect();
             leaks.push(format!("a registered secret ({} bytes, starts {start:?}) is in the log", secret.len()));
         }
     }
-    let found = |needle: &str| memchr::memmem::find(text.as_bytes(), needle.as_bytes()).is_some();
     if found("eyJ") {
         leaks.push("something shaped like a JWT (eyJ…) is in the log".into());
     }

@@ -146,6 +146,11 @@ const ALONE: &[(&str, TestFn)] = tests![
 /// Upper bound of one test, so a hang fails instead of blocking CI.
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// The concurrent tests start this far apart (about 2 s for all of them). Started at once, their
+/// gateways and first calls kept OpenBao from answering anything for over a second on 2 cores,
+/// past the gateways' `silent_after` (750 ms), and tests that were not about that failed fast.
+const STAGGER: Duration = Duration::from_millis(25);
+
 fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let wanted = |(name, _): &&(&str, TestFn)| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
@@ -168,16 +173,17 @@ fn main() {
             env.vault_addr,
             env.addr
         );
-        let run = |test: TestFn| {
+        let run = |test: TestFn, delay: Duration| {
             tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
                 let started = std::time::Instant::now();
                 let finished = tokio::time::timeout(TEST_TIMEOUT, test(env)).await.is_ok();
                 (finished, started.elapsed())
             })
         };
         let mut handles = Vec::new();
-        for (name, test) in selected.iter().copied() {
-            handles.push((*name, run(*test)));
+        for (i, (name, test)) in selected.iter().copied().enumerate() {
+            handles.push((*name, run(*test, STAGGER * i as u32)));
         }
         let mut failed = Vec::new();
         let mut finished = Vec::new();
@@ -185,7 +191,7 @@ fn main() {
             finished.push((name, task.await));
         }
         for (name, test) in alone.iter().copied() {
-            let result = run(*test).await;
+            let result = run(*test, Duration::ZERO).await;
             finished.push((*name, result));
         }
         for (name, result) in finished {

@@ -467,14 +467,17 @@ pub async fn stream_bounds_attack_table(env: &'static Env) {
     let qa2 = env.jwt("qa2", 3600);
     let path = "qa/watch/bounds";
     write_secret(env, path, "watch-bounds-value-c41e").await;
+    // Opened as a client would (`retried`); no row of the table expects UNAVAILABLE.
     let open = |jwt: String, path: &'static str| {
         let channel = gw.channel.clone();
-        async move {
-            let mut c = SecretServiceClient::new(channel);
-            c.watch_secret(req(WatchSecretRequest { path: path.into(), mount: String::new() }, &jwt))
-                .await
-                .map(|r| r.into_inner())
-        }
+        retried(move || {
+            let (mut c, jwt) = (SecretServiceClient::new(channel.clone()), jwt.clone());
+            async move {
+                c.watch_secret(req(WatchSecretRequest { path: path.into(), mount: String::new() }, &jwt))
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
     };
     let mut held = Vec::new();
     for _ in 0..3 {
