@@ -146,10 +146,10 @@ const ALONE: &[(&str, TestFn)] = tests![
 /// Upper bound of one test, so a hang fails instead of blocking CI.
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// The concurrent tests start this far apart (about 2 s for all of them). Started at once, their
+/// The concurrent tests start this far apart (about 5 s for all of them). Started at once, their
 /// gateways and first calls kept OpenBao from answering anything for over a second on 2 cores,
 /// past the gateways' `silent_after` (750 ms), and tests that were not about that failed fast.
-const STAGGER: Duration = Duration::from_millis(25);
+const STAGGER: Duration = Duration::from_millis(60);
 
 fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
