@@ -60,6 +60,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// Vault unreachable, sealed, too slow or rate-limiting: worth another try later (what the
+    /// gateway's own background work, the watch streams, tries again; not a caller's mistake).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::ResourceExhausted(_) | Error::DeadlineExceeded(_))
+    }
+
     /// A wrong request field.
     pub fn bad_field(field: impl Into<String>, why: impl Into<String>) -> Error {
         Error::BadField { field: field.into(), why: why.into() }

@@ -268,7 +268,7 @@ where
                 tries += 1;
                 let pushback = e
                     .metadata()
-                    .get("grpc-retry-pushback-ms")
+                    .get(vaultgate::error::RETRY_PUSHBACK)
                     .and_then(|v| v.to_str().ok()?.parse().ok())
                     .unwrap_or(1000u64);
                 tokio::time::sleep(std::time::Duration::from_millis(pushback)).await;

@@ -27,6 +27,7 @@ use crate::{
     service::Gateway,
     session::Actor,
     stream::{Heartbeat, Sender},
+    vault::retry,
 };
 use std::{sync::Arc, time::Duration};
 use tokio::time::Instant;
@@ -64,7 +65,8 @@ fn after_renewal(asked: u64, got: u64) -> Next {
     }
 }
 
-/// Longest wait between two tries to replace credentials.
+/// First and longest wait between two tries to replace credentials.
+const REISSUE_FIRST_WAIT: Duration = Duration::from_secs(1);
 const REISSUE_MAX_WAIT: Duration = Duration::from_secs(30);
 /// How long before the held lease ends the last try to replace it is made.
 const REISSUE_MARGIN: Duration = Duration::from_secs(1);
@@ -74,15 +76,11 @@ const REISSUE_MARGIN: Duration = Duration::from_secs(1);
 /// [`REISSUE_MARGIN`] before the lease ends), or `None` when no try is left before then, and the
 /// stream ends with the failure. Meanwhile the caller keeps using the credentials it holds.
 fn reissue_at(now: Instant, lease_end: Instant, failures: u32) -> Option<Instant> {
-    let wait = Duration::from_secs(1u64 << failures.saturating_sub(1).min(5)).min(REISSUE_MAX_WAIT);
+    // The shared backoff without its jitter (one stream's tries, not a herd): 1, 2, 4 … 30 s.
+    let wait = retry::backoff(failures.saturating_sub(1), REISSUE_FIRST_WAIT, REISSUE_MAX_WAIT, 1.0);
     let last = lease_end.checked_sub(REISSUE_MARGIN)?;
     let at = (now + wait).min(last);
     (at > now).then_some(at)
-}
-
-/// Failures worth another try: Vault unreachable, sealed, failing or rate-limiting.
-fn transient(e: &Error) -> bool {
-    matches!(e, Error::Unavailable(_) | Error::ResourceExhausted(_) | Error::DeadlineExceeded(_))
 }
 
 /// A lease this stream obtained: revoked (after the grace) when dropped.
@@ -184,7 +182,7 @@ impl Gateway {
         loop {
             let err = match self.issue_held(actor, mount, role).await {
                 Ok(fresh) => return Ok(fresh),
-                Err(e) if transient(&e) => e,
+                Err(e) if e.is_transient() => e,
                 Err(e) => return Err(e),
             };
             failures += 1;
@@ -251,9 +249,9 @@ mod tests {
             let at = reissue_at(now, now + s(left), failures);
             assert_eq!(at.map(|at| (at - now).as_secs()), want, "{left} s left, {failures} failures");
         }
-        assert!(transient(&Error::Unavailable("sealed".into())));
-        assert!(!transient(&Error::NotFound("role".into())));
-        assert!(!transient(&Error::VaultDenied("policy".into())));
+        assert!(Error::Unavailable("sealed".into()).is_transient());
+        assert!(!Error::NotFound("role".into()).is_transient());
+        assert!(!Error::VaultDenied("policy".into()).is_transient());
     }
 
     #[test]

@@ -156,7 +156,7 @@ impl Gateway {
                     every = min;
                 }
                 Ok(None) => every = next_interval(every, false, min, max),
-                Err(e @ (Error::Unavailable(_) | Error::DeadlineExceeded(_) | Error::ResourceExhausted(_))) => {
+                Err(e) if e.is_transient() => {
                     tracing::warn!(error = ?e, "watched secret: Vault did not answer; polling again");
                     every = max;
                 }
